@@ -1,0 +1,43 @@
+"""The ``trl-irl`` command: compose the Hydra config, run the pipeline, print the path of metrics.json last."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _start_logger(cfg: dict):
+    logger = cfg["logger"]
+    if logger["report_to"] != "wandb":
+        return None
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", logger.get("mode", "offline"))  # no server by default: never block on network
+    os.environ.setdefault("WANDB_PROJECT", logger.get("project", "trl-irl"))
+    return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from .pipeline import Pipeline
+
+    container = OmegaConf.to_container(cfg, resolve=True)  # plain dicts: TRL configs must stay JSON-serialisable
+    pipeline = Pipeline(container)  # validates the config before any work
+    run = _start_logger(container)
+    path = pipeline.run()
+    if run is not None:
+        import json
+
+        arms = json.loads(path.read_text())["arms"]
+        run.summary.update({f"{arm}/{k}": v for arm, values in arms.items() for k, v in values.items()})
+        run.finish()
+    print(path, flush=True)  # the output contract: the last line is the absolute path of metrics.json
+
+
+if __name__ == "__main__":
+    main()

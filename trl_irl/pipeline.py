@@ -1,0 +1,224 @@
+"""The main job: task -> BC -> reward pretraining -> online IRL -> evaluation of every arm -> metrics.json + plot.
+
+Each stage writes its final model under ``output_dir/<stage>/final``; with ``resume=true`` finished stages are
+loaded instead of retrained and online IRL continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .tasks import TASKS
+
+
+def check_keys(cls, keys, where: str):
+    """Every key must be a field of the dataclass ``cls``; the error names the config section and the fix."""
+    unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} under {where}: they are not fields of {cls.__name__}. "
+                         f"Fix the spelling or remove them (see the {cls.__name__} docs for valid fields)")
+
+
+def build_args(cls, values: dict, where: str):
+    """A TRL config from a plain dict, validated by ``check_keys``."""
+    check_keys(cls, values, where)
+    return cls(**values)
+
+
+def make_task(task_cfg: dict):
+    cfg = dict(task_cfg)
+    name = cfg.pop("name")
+    if name not in TASKS:
+        raise ValueError(f"task.name={name!r} is unknown: choose one of {sorted(TASKS)}")
+    for key in ("num_demonstrations", "num_heldout"):
+        if cfg.get(key, 0) < 1:
+            raise ValueError(f"task.{key} must be >= 1, got {cfg.get(key)}")
+    sizes = {k: cfg.pop(k) for k in ("num_demonstrations", "num_heldout")}
+    return TASKS[name](**cfg), sizes
+
+
+def _atomic_write_text(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Pipeline:
+    """Runs the stages of one configured experiment; ``run()`` returns the path of ``metrics.json``."""
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+        self.out = Path(cfg["output_dir"]).resolve()
+        self.use_cpu = (not torch.cuda.is_available()) if cfg["use_cpu"] == "auto" else bool(cfg["use_cpu"])
+        self.timings: dict[str, float] = {}
+        # fail on bad config before any expensive work
+        self.task, self.sizes = make_task(cfg["task"])
+        from .rewards import make_objective
+
+        self.objective = make_objective(cfg["reward"]["objective"])
+        from trl import SFTConfig
+
+        from .trainers import IRLRewardConfig, OnlineIRLConfig
+
+        check_keys(SFTConfig, cfg["bc"]["extra"], "bc.extra")
+        check_keys(IRLRewardConfig, cfg["reward"]["pretrain"], "reward.pretrain")
+        algo = {k: v for k, v in cfg["algo"].items() if k not in ("name", "extra")}
+        check_keys(OnlineIRLConfig, [*algo, *cfg["algo"]["extra"]], "algo")
+        check_keys(OnlineIRLConfig, [f"reward_{k}" for k in cfg["reward"]["online"]], "reward.online")
+
+    # --- helpers ----------------------------------------------------------------------------------------------
+    def common_args(self, stage: str) -> dict:
+        args = {"output_dir": str(self.out / stage), "seed": self.cfg["seed"], "use_cpu": self.use_cpu,
+                "report_to": self.cfg["logger"]["report_to"], "disable_tqdm": False, "logging_strategy": "steps"}
+        if self.use_cpu:
+            args["bf16"] = False  # transformers refuses bf16 without a GPU; TRL sets it when unset
+        return args
+
+    def final_dir(self, stage: str) -> Path:
+        return self.out / stage / "final"
+
+    def done(self, stage: str) -> bool:
+        return self.cfg["resume"] and (self.final_dir(stage) / "DONE").exists()
+
+    def mark_done(self, stage: str, model, tokenizer):
+        from .models import save_model
+
+        save_model(model, tokenizer, self.final_dir(stage))
+        (self.final_dir(stage) / "DONE").touch()
+
+    def timed(self, stage: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.timings[stage] = round(time.perf_counter() - start, 2)
+        return result
+
+    # --- stages -----------------------------------------------------------------------------------------------
+    def setup(self):
+        from .models import build_char_tokenizer, build_tiny_causal_lm, save_model
+
+        torch.set_num_threads(self.cfg["threads"])
+        torch.manual_seed(self.cfg["seed"])
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed = self.cfg["seed"]
+        self.demos = self.task.sample_demonstrations(self.sizes["num_demonstrations"], seed=1000 + seed)
+        self.heldout = self.task.sample_demonstrations(self.sizes["num_heldout"], seed=2000 + seed)
+        self.tokenizer = build_char_tokenizer(self.task.alphabet)
+        m = self.cfg["model"]
+        model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
+                                     m["intermediate_size"], max_positions=2 + 2 * self.task.horizon, seed=seed)
+        self.init_path = save_model(model, self.tokenizer, self.out / "init")
+
+    def behaviour_cloning(self):
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM, EarlyStoppingCallback
+        from trl import SFTConfig, SFTTrainer
+
+        if not self.done("bc"):
+            c = self.cfg["bc"]
+            args = build_args(SFTConfig, {
+                **self.common_args("bc"), "learning_rate": c["learning_rate"], "num_train_epochs": c["num_train_epochs"],
+                "per_device_train_batch_size": c["per_device_train_batch_size"], "eval_strategy": "epoch",
+                "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc")
+            trainer = SFTTrainer(model=self.init_path, args=args, train_dataset=Dataset.from_list(self.demos),
+                                 eval_dataset=Dataset.from_list(self.heldout), processing_class=self.tokenizer,
+                                 callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])])
+            trainer.train()
+            self.mark_done("bc", trainer.model, self.tokenizer)
+        self.bc_path = str(self.final_dir("bc"))
+        self.bc_model = AutoModelForCausalLM.from_pretrained(self.bc_path).eval()
+
+    def reward_pretraining(self):
+        from datasets import Dataset
+
+        from .evaluation import sample_completions
+        from .models import load_reward_model
+        from .trainers import IRLRewardConfig, IRLRewardTrainer
+
+        if self.done("reward_pretrain"):
+            self.reward_model = load_reward_model(self.final_dir("reward_pretrain"), self.objective.model_kind)
+            return
+        self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind)
+
+        def pairs(demos, seed):
+            samples = sample_completions(self.bc_model, self.tokenizer, [d["prompt"] for d in demos],
+                                         self.task.horizon, self.cfg["eval"]["batch_size"], seed, desc="BC samples")
+            return Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": s}
+                                      for d, s in zip(demos, samples)])
+
+        seed = self.cfg["seed"]
+        args = build_args(IRLRewardConfig, {**self.common_args("reward_pretrain"), "objective": self.objective.name,
+                                            "eval_strategy": "epoch", "save_strategy": "no", "logging_steps": 5,
+                                            **self.cfg["reward"]["pretrain"]}, "reward.pretrain")
+        trainer = IRLRewardTrainer(model=self.reward_model, args=args, train_dataset=pairs(self.demos, 3000 + seed),
+                                   eval_dataset=pairs(self.heldout, 4000 + seed), processing_class=self.tokenizer,
+                                   policy=self.bc_model if self.objective.needs_policy else None)
+        trainer.train()
+        self.mark_done("reward_pretrain", self.reward_model, self.tokenizer)
+
+    def evaluate(self, name: str, policy) -> dict:
+        from .evaluation import evaluate_arm
+
+        return evaluate_arm(policy, self.tokenizer, self.task, self.heldout, reference=self.bc_model,
+                            reward_objective=self.objective, reward_model=self.reward_model.eval(),
+                            reward_tokenizer=self.tokenizer, batch_size=self.cfg["eval"]["batch_size"],
+                            seed=5000 + self.cfg["seed"], name=name)
+
+    def online_irl(self):
+        from datasets import Dataset
+        from transformers import AutoModelForCausalLM
+
+        from .trainers import OnlineIRLConfig, OnlineIRLTrainer
+
+        stage = "online_irl"
+        self.log_history = []
+        if self.done(stage):
+            self.policy = AutoModelForCausalLM.from_pretrained(self.final_dir(stage)).eval()
+            self.reward_model.load_state_dict(  # the reward model as online IRL left it
+                type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
+            return
+        a = dict(self.cfg["algo"])
+        a.pop("name")
+        extra = a.pop("extra")
+        online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
+        args = build_args(OnlineIRLConfig, {
+            **self.common_args(stage), "objective": self.objective.name, "max_completion_length": self.task.horizon,
+            "save_strategy": "steps", **a, **online, **extra}, "algo / reward.online")
+        dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
+        trainer = OnlineIRLTrainer(model=self.bc_path, reward_model=self.reward_model, args=args,
+                                   train_dataset=dataset, processing_class=self.tokenizer)
+        resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        self.log_history = trainer.state.log_history
+        self.policy = trainer.model.eval()
+        self.reward_model.save_pretrained(self.out / stage / "final_reward", safe_serialization=True)
+        self.mark_done(stage, self.policy, self.tokenizer)
+
+    # --- the whole job ----------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        from .evaluation import plot, print_table
+
+        start = time.perf_counter()
+        self.timed("setup", self.setup)
+        self.timed("bc", self.behaviour_cloning)
+        self.timed("reward_pretrain", self.reward_pretraining)
+        arms = {"bc": self.timed("eval_bc", self.evaluate, "bc", self.bc_model)}
+        self.timed("online_irl", self.online_irl)
+        arms["online_irl"] = self.timed("eval_online_irl", self.evaluate, "online_irl", self.policy)
+        metrics = {
+            "arms": arms,
+            "reference": {"expert_logprob_per_token": self.task.expert_logprob_per_token(), "success_rate": 1.0},
+            "timings_s": {**self.timings, "total": round(time.perf_counter() - start, 2)},
+            "config": self.cfg,
+        }
+        path = self.out / "metrics.json"
+        _atomic_write_text(path, json.dumps(metrics, indent=2))
+        plot(metrics, self.log_history, self.out / "metrics.png")
+        print_table(metrics)
+        return path

@@ -1,0 +1,151 @@
+"""How a reward model scores text, learns from demonstrations vs samples, and rewards the policy.
+
+``RewardObjective`` owns the shared steps (tokenise, score, split, accuracy); each variant overrides the small
+methods that make it what it is, as in ``imitation``'s adversarial trainers:
+
+=========  ===================  =============================  =====================================
+objective  reward model         loss (``losses.py``)           policy reward for a completion
+=========  ===================  =============================  =====================================
+bt         sequence classifier  Bradley-Terry, paired          r(x, y)
+gail       sequence classifier  logistic discriminator         softplus(r) = -log(1 - D)
+airl       causal LM q          token-level logistic on        sum_t log q(y_t|s_t) - log pi(y_t|s_t)
+                                l_t = log q - log pi
+=========  ===================  =============================  =====================================
+
+AIRL's f is the log-softmax of a causal LM initialised as a copy of the policy: f is normalised and the initial
+logit is exactly 0, which kept online IRL from collapsing in our calibration (raw-logit f drove the reward to
+about +5 per token and the policy after it).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from . import losses
+
+
+def tokenize_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> tuple[list[int], int]:
+    """Token ids of ``prompt + completion + eos`` and the prompt's length (the completion mask starts there).
+    Prompt and completion are tokenised apart so the mask is exact; the EOS marks where the completion ends."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    return prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)
+
+
+def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``(ids, prompt_length)`` rows: ``input_ids``, ``attention_mask`` and ``completion_mask`` (B, L)."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completion_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (ids, prompt_length) in enumerate(rows):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        attention_mask[i, : len(ids)] = 1
+        completion_mask[i, prompt_length : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
+    rows = [tokenize_completion(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    return collate(rows, tokenizer.pad_token_id)
+
+
+def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """log p(x_t | x_<t) of a causal LM for t = 1..L-1, zeroed outside the completion: (B, L-1)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logps = logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return logps * batch["completion_mask"][:, 1:]
+
+
+class RewardObjective:
+    """Bradley-Terry on a sequence classifier: the default, and the base the other objectives override."""
+
+    name = "bt"
+    model_kind = "classifier"  # what ``models.load_reward_model`` builds for it
+    needs_policy = False  # whether scoring needs the current policy's log-probs
+
+    # --- the three pieces a variant overrides --------------------------------------------------------------
+    def score(self, model, batch, policy=None) -> torch.Tensor:
+        """The model's raw output: a scalar per sequence (B,), or AIRL's per-token logits (B, L-1)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, 0]
+
+    def loss(self, demo: torch.Tensor, sample: torch.Tensor, batch) -> torch.Tensor:
+        return losses.bradley_terry_loss(demo, sample)
+
+    def reward(self, scores: torch.Tensor, batch) -> torch.Tensor:
+        """The policy's reward for each sequence (B,)."""
+        return scores
+
+    # --- shared -----------------------------------------------------------------------------------------------
+    def pair_loss(self, model, batch, policy=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on a batch whose first half is demonstrations and second half samples for the same prompts."""
+        self._check_policy(policy)
+        scores = self.score(model, batch, policy)
+        demo, sample = scores.chunk(2)
+        loss = self.loss(demo, sample, batch)
+        with torch.no_grad():
+            r_demo, r_sample = self.reward(scores, batch).chunk(2)
+            metrics = {
+                "loss": loss.item(),
+                "accuracy": (r_demo > r_sample).float().mean().item(),
+                "margin": (r_demo - r_sample).mean().item(),
+                "mean_reward": torch.cat([r_demo, r_sample]).mean().item(),
+            }
+        return loss, metrics
+
+    @torch.no_grad()
+    def rewards(self, model, tokenizer, prompts, completions, policy=None) -> torch.Tensor:
+        """Policy rewards (B,) for text completions, without gradients."""
+        self._check_policy(policy)
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts, completions).items()}
+        return self.reward(self.score(model, batch, policy), batch).float()
+
+    def _check_policy(self, policy):
+        if self.needs_policy and policy is None:
+            raise ValueError(f"the '{self.name}' reward objective needs the current policy to compute log pi(a|s): "
+                             "pass policy=<the policy model>")
+
+
+class GAILObjective(RewardObjective):
+    """Logistic discriminator (demonstrations 1, samples 0); rewards the policy with -log(1 - D)."""
+
+    name = "gail"
+
+    def loss(self, demo, sample, batch):
+        return losses.gail_loss(demo, sample)
+
+    def reward(self, scores, batch):
+        return losses.gail_reward(scores)
+
+
+class AIRLObjective(RewardObjective):
+    """Per-token discriminator logit f(s, a) - log pi(a|s) with f = log q(a|s) from a causal LM."""
+
+    name = "airl"
+    model_kind = "lm"
+    needs_policy = True
+
+    def score(self, model, batch, policy=None):
+        f = completion_logps(model, batch)
+        with torch.no_grad():
+            policy_logps = completion_logps(policy, batch)
+        return losses.airl_logits(f, policy_logps)
+
+    def loss(self, demo, sample, batch):
+        mask_demo, mask_sample = batch["completion_mask"][:, 1:].chunk(2)
+        return losses.airl_loss(demo, sample, mask_demo, mask_sample)
+
+    def reward(self, scores, batch):
+        return scores.sum(dim=-1)  # scores are already zero outside the completion
+
+
+OBJECTIVES: dict[str, type[RewardObjective]] = {cls.name: cls for cls in (RewardObjective, GAILObjective, AIRLObjective)}
+
+
+def make_objective(name: str) -> RewardObjective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"reward.objective={name!r} is unknown: choose one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[name]()

@@ -1,0 +1,181 @@
+"""The online-IRL reward updater: a reward model that keeps learning during policy training.
+
+It lives outside TRL's optimizer, checkpoints and process sync, so it owns all three: its own AdamW, a bounded
+replay buffer of recent (prompt, demonstration, sample) triples, gradients all-reduced across processes so every
+rank holds the same reward model, and an atomic save/load of everything a resume needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import deque
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .objectives import RewardObjective, encode
+
+STATE_DIR = "irl_reward"
+
+
+class ReplayBuffer:
+    """The ``capacity`` most recent (prompt, demonstration, sample) text triples."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"reward_buffer_size must be >= 1, got {capacity}")
+        self.items: deque[tuple[str, str, str]] = deque(maxlen=capacity)
+
+    def __len__(self):
+        return len(self.items)
+
+    def add(self, prompts, demonstrations, samples):
+        self.items.extend(zip(prompts, demonstrations, samples, strict=True))
+
+    def sample(self, n: int, generator: torch.Generator) -> list[tuple[str, str, str]]:
+        idx = torch.randint(len(self.items), (n,), generator=generator)
+        return [self.items[i] for i in idx.tolist()]
+
+
+class RunningStandardizer:
+    """Running mean and variance over every reward seen (Chan et al.'s parallel update); x -> (x - mean) / std."""
+
+    def __init__(self, eps: float = 1e-6):
+        self.count, self.mean, self.m2, self.eps = 0, 0.0, 0.0, eps
+
+    def update(self, x: torch.Tensor):
+        n = x.numel()
+        if n == 0:
+            return
+        batch_mean = x.mean().item()
+        batch_m2 = ((x - batch_mean) ** 2).sum().item()
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta**2 * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.m2 / max(self.count - 1, 1)) ** 0.5 if self.count > 1 else 1.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / (self.std + self.eps)
+
+    def state_dict(self):
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state):
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]):
+    """Average tensors in place across processes; a no-op in a single process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+class OnlineRewardUpdater:
+    """Owns a learning reward model: buffer, optimizer, cross-process gradient sync, state for checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer, objective: RewardObjective, *, learning_rate: float,
+                 weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int):
+        self.model, self.tokenizer, self.objective = model, tokenizer, objective
+        self.batch_size, self.steps, self.max_grad_norm = batch_size, steps, max_grad_norm
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the reward model has no trainable parameters: an online reward model must be able to learn")
+        self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=weight_decay)
+        self.buffer = ReplayBuffer(buffer_size)
+        self.standardizer = RunningStandardizer()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.num_updates = 0  # reward-model optimizer steps taken
+        self.num_batches = 0  # generation batches seen
+        self.model.eval()
+
+    def add(self, prompts, demonstrations, samples):
+        self.buffer.add(prompts, demonstrations, samples)
+        self.num_batches += 1
+
+    def update(self, policy=None) -> dict[str, float]:
+        """``steps`` optimizer steps on demonstrations vs buffered samples; returns the mean metrics."""
+        if len(self.buffer) == 0:
+            raise RuntimeError("the replay buffer is empty: add policy samples before updating the reward model")
+        device = next(self.model.parameters()).device
+        self.model.train()
+        totals: dict[str, float] = {}
+        for _ in range(self.steps):
+            prompts, demos, samples = zip(*self.buffer.sample(self.batch_size, self.generator))
+            batch = encode(self.tokenizer, list(prompts) * 2, list(demos) + list(samples))
+            batch = {k: v.to(device) for k, v in batch.items()}
+            loss, metrics = self.objective.pair_loss(self.model, batch, policy)
+            self.optimizer.zero_grad(set_to_none=False)
+            loss.backward()
+            # every rank must end with the same reward model: average gradients before the step
+            all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
+            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
+            self.optimizer.step()
+            self.num_updates += 1
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / self.steps
+        self.model.eval()
+        return totals
+
+    def rewards(self, prompts, completions, policy=None) -> torch.Tensor:
+        return self.objective.rewards(self.model, self.tokenizer, prompts, completions, policy)
+
+    # --- checkpointing ----------------------------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike):
+        """Write model (safetensors), optimizer, buffer and counters into ``directory``, atomically: a crash
+        mid-write leaves the previous state in place."""
+        directory = Path(directory)
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp / "model", safe_serialization=True)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {
+            "num_updates": self.num_updates,
+            "num_batches": self.num_batches,
+            "standardizer": self.standardizer.state_dict(),
+            "generator": self.generator.get_state().tolist(),
+            "buffer_capacity": self.buffer.items.maxlen,
+            "buffer": list(self.buffer.items),
+        }
+        (tmp / "state.json").write_text(json.dumps(state))
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, directory: str | os.PathLike):
+        directory = Path(directory)
+        if not (directory / "state.json").exists():
+            raise FileNotFoundError(f"no online reward state in {directory} (expected {STATE_DIR}/state.json in the "
+                                    "checkpoint): was it written by OnlineIRLTrainer?")
+        from safetensors.torch import load_file
+
+        weights = {}
+        for f in sorted((directory / "model").glob("*.safetensors")):
+            weights.update(load_file(f))
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:  # tied heads are not saved
+            raise ValueError(f"reward checkpoint does not match the reward model: missing={missing} unexpected={unexpected}")
+        device = next(self.model.parameters()).device
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
+        state = json.loads((directory / "state.json").read_text())
+        self.num_updates, self.num_batches = state["num_updates"], state["num_batches"]
+        self.standardizer.load_state_dict(state["standardizer"])
+        self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
+        self.buffer = ReplayBuffer(state["buffer_capacity"])
+        self.buffer.items.extend(tuple(item) for item in state["buffer"])

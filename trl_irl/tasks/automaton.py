@@ -1,0 +1,136 @@
+"""A random stochastic automaton: a known expert whose exact log-probabilities we can compute.
+
+Text format (one character is one token, so text and token ids round-trip exactly):
+    prompt      one upper-case letter, the start state ("C" is state 2)
+    completion  lower-case letters, one per step ("fab..." are tokens 5, 0, 1, ...)
+
+The expert in state ``s`` emits token ``a`` with probability ``p(a|s)`` (Dirichlet over ``n_allowed`` tokens,
+zero elsewhere) and moves to ``next_state[s, a]``. Errors are non-recoverable: after the first invalid token
+nothing is valid, so a completion succeeds only if all ``horizon`` tokens are valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+STATE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass
+class AutomatonTask:
+    """A random automaton expert over a small vocabulary.
+
+    Args:
+        n_states: hidden states; the prompt shows the start state.
+        n_tokens: vocabulary of actions.
+        n_allowed: valid tokens per state (the rest fail the sequence).
+        horizon: completion length T of demonstrations and of a successful sample.
+        dirichlet_alpha: concentration of each state's distribution over its valid tokens.
+        seed: seeds the automaton itself (not the demonstrations).
+        transitions: "random": next_state[s, a] is any state (the state is a function of the whole prefix);
+            "token": the token sets the next state, next_state[s, a] = a mod n_states (the state is readable from
+            the last token, as in a first-order Markov chain with sparse support).
+    """
+
+    n_states: int = 16
+    n_tokens: int = 16
+    n_allowed: int = 4
+    horizon: int = 24
+    dirichlet_alpha: float = 1.0
+    seed: int = 0
+    transitions: str = "random"
+    next_state: np.ndarray = field(init=False, repr=False)
+    log_probs: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        checks = [
+            (1 <= self.n_states <= len(STATE_CHARS), f"task.n_states must be in 1..{len(STATE_CHARS)}"),
+            (1 <= self.n_tokens <= len(TOKEN_CHARS), f"task.n_tokens must be in 1..{len(TOKEN_CHARS)}"),
+            (1 <= self.n_allowed <= self.n_tokens, "task.n_allowed must be in 1..task.n_tokens"),
+            (self.horizon >= 1, "task.horizon must be >= 1"),
+            (self.dirichlet_alpha > 0, "task.dirichlet_alpha must be > 0"),
+            (self.transitions in ("random", "token"), "task.transitions must be 'random' or 'token'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message} (got {self})")
+        rng = np.random.default_rng(self.seed)
+        self.next_state = rng.integers(0, self.n_states, size=(self.n_states, self.n_tokens))
+        if self.transitions == "token":
+            self.next_state = np.tile(np.arange(self.n_tokens) % self.n_states, (self.n_states, 1))
+        probs = np.zeros((self.n_states, self.n_tokens))
+        for s in range(self.n_states):
+            allowed = rng.choice(self.n_tokens, size=self.n_allowed, replace=False)
+            probs[s, allowed] = rng.dirichlet(np.full(self.n_allowed, self.dirichlet_alpha))
+        with np.errstate(divide="ignore"):
+            self.log_probs = np.log(probs)
+
+    # --- vocabulary -------------------------------------------------------------------------------------------
+    @property
+    def alphabet(self) -> list[str]:
+        """Every character the task writes: start states, then tokens."""
+        return list(STATE_CHARS[: self.n_states]) + list(TOKEN_CHARS[: self.n_tokens])
+
+    def prompt(self, state: int) -> str:
+        return STATE_CHARS[state]
+
+    def start_state(self, prompt: str) -> int:
+        if len(prompt) != 1 or prompt not in STATE_CHARS[: self.n_states]:
+            raise ValueError(f"prompt {prompt!r} is not a start state of this task (one of {STATE_CHARS[: self.n_states]})")
+        return STATE_CHARS.index(prompt)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt(s) for s in range(self.n_states)]
+
+    # --- the expert -------------------------------------------------------------------------------------------
+    def sample_demonstrations(self, n: int, seed: int) -> list[dict[str, str]]:
+        """``n`` expert rollouts of length ``horizon``, start states uniform: ``[{"prompt", "completion"}]``."""
+        rng = np.random.default_rng(seed)
+        probs = np.exp(self.log_probs)
+        demos = []
+        for _ in range(n):
+            s = int(rng.integers(self.n_states))
+            prompt, tokens = self.prompt(s), []
+            for _ in range(self.horizon):
+                a = int(rng.choice(self.n_tokens, p=probs[s]))
+                tokens.append(TOKEN_CHARS[a])
+                s = int(self.next_state[s, a])
+            demos.append({"prompt": prompt, "completion": "".join(tokens)})
+        return demos
+
+    def token_logprobs(self, prompt: str, completion: str) -> np.ndarray:
+        """Expert log p(x_t | prefix) for each character of ``completion``; -inf from the first invalid one on."""
+        s = self.start_state(prompt)
+        out = np.full(len(completion), -np.inf)
+        for t, ch in enumerate(completion):
+            a = TOKEN_CHARS.find(ch)
+            if not 0 <= a < self.n_tokens or not np.isfinite(self.log_probs[s, a]):
+                break  # non-recoverable: this token and every later one are invalid
+            out[t] = self.log_probs[s, a]
+            s = int(self.next_state[s, a])
+        return out
+
+    def sequence_logprob(self, prompt: str, completion: str) -> float:
+        return float(self.token_logprobs(prompt, completion).sum())
+
+    def valid_prefix_length(self, prompt: str, completion: str) -> int:
+        return int(np.isfinite(self.token_logprobs(prompt, completion)).sum())
+
+    def is_success(self, prompt: str, completion: str) -> bool:
+        return len(completion) == self.horizon and self.valid_prefix_length(prompt, completion) == self.horizon
+
+    def expert_logprob_per_token(self) -> float:
+        """Exact E[log p(x_t|prefix)] over the expert's own rollouts of length ``horizon`` (minus its entropy rate)."""
+        probs = np.exp(self.log_probs)
+        plogp = np.where(probs > 0, probs * np.where(probs > 0, self.log_probs, 0.0), 0.0).sum(axis=1)
+        state_dist, total = np.full(self.n_states, 1.0 / self.n_states), 0.0
+        for _ in range(self.horizon):
+            total += state_dist @ plogp
+            nxt = np.zeros(self.n_states)
+            np.add.at(nxt, self.next_state.ravel(), (state_dist[:, None] * probs).ravel())
+            state_dist = nxt
+        return float(total / self.horizon)

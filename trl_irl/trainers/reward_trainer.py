@@ -1,0 +1,77 @@
+"""Reward learning from demonstrations vs policy samples on top of TRL's RewardTrainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import RewardConfig, RewardTrainer
+
+from ..rewards.objectives import collate, make_objective, tokenize_completion
+from ..validation import check_dataset, check_tokenizer
+
+PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+
+
+@dataclass
+class IRLRewardConfig(RewardConfig):
+    """RewardConfig plus the IRL objective."""
+
+    objective: str = field(default="bt", metadata={"help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic "
+                                                           "discriminator) or 'airl' (per-token f - log pi)."})
+
+
+@dataclass
+class PairCollator:
+    """Pads chosen rows then rejected rows (the order RewardTrainer uses) and adds a ``completion_mask``."""
+
+    pad_token_id: int
+
+    def __call__(self, examples):
+        rows = [(e["chosen_ids"], e["prompt_length"]) for e in examples]
+        rows += [(e["rejected_ids"], e["prompt_length"]) for e in examples]
+        return collate(rows, self.pad_token_id)
+
+
+class IRLRewardTrainer(RewardTrainer):
+    """Learns a reward from demonstrations (``chosen``) vs samples of the current policy (``rejected``) for the
+    same ``prompt``, with the loss of ``args.objective``. AIRL also needs ``policy``: its logit is f - log pi."""
+
+    def __init__(self, model, args: IRLRewardConfig, train_dataset, processing_class, eval_dataset=None,
+                 policy=None, **kwargs):
+        self.objective = make_objective(args.objective)
+        check_tokenizer(processing_class)
+        check_dataset(train_dataset, PAIR_COLUMNS, "train_dataset")
+        if eval_dataset is not None:
+            check_dataset(eval_dataset, PAIR_COLUMNS, "eval_dataset")
+        if self.objective.needs_policy and policy is None:
+            raise ValueError(f"objective '{args.objective}' needs policy=<the current policy model>")
+        if self.objective.model_kind == "lm":
+            model.config.num_labels = 1  # RewardTrainer checks this; AIRL's score is per token, from an LM head
+        super().__init__(model=model, args=args, train_dataset=self._tokenize(train_dataset, processing_class),
+                         eval_dataset=None if eval_dataset is None else self._tokenize(eval_dataset, processing_class),
+                         processing_class=processing_class, data_collator=PairCollator(processing_class.pad_token_id),
+                         **kwargs)
+        self.policy = None
+        if policy is not None:
+            self.policy = policy.to(self.accelerator.device).eval()
+            self.policy.requires_grad_(False)
+
+    @staticmethod
+    def _tokenize(dataset, tokenizer):
+        def tokenize(example):
+            chosen, prompt_length = tokenize_completion(tokenizer, example["prompt"], example["chosen"])
+            rejected, _ = tokenize_completion(tokenizer, example["prompt"], example["rejected"])
+            return {"chosen_ids": chosen, "rejected_ids": rejected, "prompt_length": prompt_length}
+
+        return dataset.map(tokenize, remove_columns=dataset.column_names)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["chosen_ids", "rejected_ids", "prompt_length"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.objective.pair_loss(model, inputs, self.policy)
+        mode = "train" if self.model.training else "eval"
+        for key in ("accuracy", "margin", "mean_reward"):  # the metric names TRL's RewardTrainer logs
+            self._metrics[mode][key].append(metrics[key])
+        return (loss, {}) if return_outputs else loss
