@@ -8,7 +8,7 @@ import torch
 from trl_irl.evaluation import sample_completions
 from trl_irl.models import load_reward_model
 from trl_irl.rewards import OnlineRewardUpdater, ReplayBuffer, RunningStandardizer, make_objective
-from trl_irl.rewards.objectives import encode, tokenize_completion
+from trl_irl.rewards.objectives import encode, tokenize_completions
 
 
 def test_bt_scores_of_a_padded_batch_equal_each_sequence_alone(policy_path, tokenizer):
@@ -17,7 +17,7 @@ def test_bt_scores_of_a_padded_batch_equal_each_sequence_alone(policy_path, toke
     prompts, completions = ["A", "B", "C"], ["abc", "a", "fedcba"]
     batched = make_objective("bt").rewards(model, tokenizer, prompts, completions)
     for i, (p, c) in enumerate(zip(prompts, completions)):
-        ids, _ = tokenize_completion(tokenizer, p, c)
+        [(ids, _)] = tokenize_completions(tokenizer, [p], [c])
         alone = model(input_ids=torch.tensor([ids])).logits[0, 0]  # unpadded: the score of the last token (EOS)
         assert batched[i].item() == pytest.approx(alone.item(), abs=1e-5)
 
@@ -34,7 +34,7 @@ def test_airl_reward_is_a_sum_of_per_token_log_ratios(policy_path, tokenizer):
         p.data.add_(0.1 * torch.randn_like(p))
     got = objective.rewards(q, tokenizer, prompts, completions, policy)
     for i, (p, c) in enumerate(zip(prompts, completions)):  # reference: a plain loop over completion tokens
-        ids, start = tokenize_completion(tokenizer, p, c)
+        [(ids, start)] = tokenize_completions(tokenizer, [p], [c])
         lq = torch.log_softmax(q(input_ids=torch.tensor([ids])).logits[0], -1)
         lpi = torch.log_softmax(policy(input_ids=torch.tensor([ids])).logits[0], -1)
         expected = sum((lq[t - 1, ids[t]] - lpi[t - 1, ids[t]]).item() for t in range(start, len(ids)))

@@ -25,12 +25,14 @@ from transformers import PreTrainedTokenizerBase
 from . import losses
 
 
-def tokenize_completion(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> tuple[list[int], int]:
-    """Token ids of ``prompt + completion + eos`` and the prompt's length (the completion mask starts there).
-    Prompt and completion are tokenised apart so the mask is exact; the EOS marks where the completion ends."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    return prompt_ids + completion_ids + [tokenizer.eos_token_id], len(prompt_ids)
+def tokenize_completions(tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                         completions: list[str]) -> list[tuple[list[int], int]]:
+    """``(ids of prompt + completion + eos, prompt length)`` per row; the completion mask starts at the prompt length.
+    Prompts and completions are tokenised apart (in two batched calls) so the mask is exact; EOS marks the end."""
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    eos = [tokenizer.eos_token_id]
+    return [(p + c + eos, len(p)) for p, c in zip(prompt_ids, completion_ids, strict=True)]
 
 
 def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> dict[str, torch.Tensor]:
@@ -47,8 +49,7 @@ def collate(rows: list[tuple[list[int], int]], pad_token_id: int) -> dict[str, t
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]) -> dict[str, torch.Tensor]:
-    rows = [tokenize_completion(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
-    return collate(rows, tokenizer.pad_token_id)
+    return collate(tokenize_completions(tokenizer, prompts, completions), tokenizer.pad_token_id)
 
 
 def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig, RewardTrainer
 
-from ..rewards.objectives import collate, make_objective, tokenize_completion
+from ..rewards.objectives import collate, make_objective, tokenize_completions
 from ..validation import check_dataset, check_tokenizer
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -58,12 +58,13 @@ class IRLRewardTrainer(RewardTrainer):
 
     @staticmethod
     def _tokenize(dataset, tokenizer):
-        def tokenize(example):
-            chosen, prompt_length = tokenize_completion(tokenizer, example["prompt"], example["chosen"])
-            rejected, _ = tokenize_completion(tokenizer, example["prompt"], example["rejected"])
-            return {"chosen_ids": chosen, "rejected_ids": rejected, "prompt_length": prompt_length}
+        def tokenize(batch):
+            chosen = tokenize_completions(tokenizer, batch["prompt"], batch["chosen"])
+            rejected = tokenize_completions(tokenizer, batch["prompt"], batch["rejected"])
+            return {"chosen_ids": [ids for ids, _ in chosen], "rejected_ids": [ids for ids, _ in rejected],
+                    "prompt_length": [n for _, n in chosen]}
 
-        return dataset.map(tokenize, remove_columns=dataset.column_names)
+        return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
