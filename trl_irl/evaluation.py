@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .rewards.objectives import RewardObjective
+from .rewards.objectives import RewardObjective, encode
 
 
 @torch.no_grad()
@@ -32,8 +32,6 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
 @torch.no_grad()
 def kl_to_reference(model, reference, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> float:
     """Exact KL(pi(.|s) || ref(.|s)) summed over the vocabulary, averaged over the states the samples visit."""
-    from .rewards.objectives import encode
-
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(prompts), batch_size):
