@@ -24,13 +24,13 @@ def test_toy_recipe_end_to_end(tmp_path):
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == str((out / "metrics.json").resolve())  # the output contract
     metrics = json.loads(Path(last_line).read_text())
-    assert set(metrics["arms"]) == {"bc", "online_irl"}
+    assert set(metrics["arms"]) == {"bc", "grpo"}
     for arm in metrics["arms"].values():
         assert 0.0 <= arm["success_rate"] <= 1.0
         assert arm["expert_logprob_per_token"] <= 0.0
-    assert metrics["arms"]["online_irl"]["kl_to_bc"] > 0.0  # the policy moved
+    assert metrics["arms"]["grpo"]["kl_to_bc"] > 0.0  # the policy moved
     assert (out / "metrics.png").stat().st_size > 0
-    assert (out / "online_irl" / "checkpoint-4" / "irl_reward" / "state.json").exists()
+    assert (out / "grpo" / "checkpoint-4" / "irl_reward" / "state.json").exists()
     assert "BC vs online IRL" in result.stdout
 
 

@@ -80,9 +80,15 @@ def test_nan_reward_stops_training_with_a_clear_error(tmp_path, policy_path, tok
 def test_missing_column_stops_before_any_model_is_loaded(tmp_path, tokenizer):
     dataset = Dataset.from_list([{"prompt": "A", "answer": "abc"}])
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['demonstration'\]"):
-        # the model path does not exist: validation comes first
-        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=None, args=make_args(tmp_path),
+        # the model path does not exist: validation comes first (a learning reward model needs demonstrations)
+        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=torch.nn.Linear(1, 1), args=make_args(tmp_path),
                          train_dataset=dataset, processing_class=tokenizer)
+
+
+def test_no_reward_at_all_is_refused(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="no reward"):
+        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=None, args=make_args(tmp_path),
+                         train_dataset=Dataset.from_list([{"prompt": "A"}]), processing_class=tokenizer)
 
 
 def test_empty_dataset_names_the_problem(tmp_path, tokenizer):

@@ -1,7 +1,8 @@
-"""The main job: task -> BC -> reward pretraining -> online IRL -> evaluation of every arm -> metrics.json + plot.
+"""The main job: task -> BC -> reward pretraining -> policy training (``algo`` with ``credit`` on the online-IRL
+reward) -> evaluation of every arm -> metrics.json + plot.
 
 Each stage writes its final model under ``output_dir/<stage>/final``; with ``resume=true`` finished stages are
-loaded instead of retrained and online IRL continues from its last checkpoint.
+loaded instead of retrained and policy training continues from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -64,15 +65,31 @@ class Pipeline:
         self.objective = make_objective(cfg["reward"]["objective"])
         from trl import SFTConfig
 
-        from .trainers import IRLRewardConfig, OnlineIRLConfig
+        from .trainers import ALGORITHMS, IRLRewardConfig
+        from .trainers.credit import check_credit
 
         check_keys(SFTConfig, cfg["bc"]["extra"], "bc.extra")
         check_keys(IRLRewardConfig, cfg["reward"]["pretrain"], "reward.pretrain")
+        if cfg["algo"]["name"] not in ALGORITHMS:
+            raise ValueError(f"algo.name={cfg['algo']['name']!r} is unknown: choose one of {sorted(ALGORITHMS)}")
+        self.algo = cfg["algo"]["name"]
+        config_cls = ALGORITHMS[self.algo][0]
         algo = {k: v for k, v in cfg["algo"].items() if k not in ("name", "extra")}
-        check_keys(OnlineIRLConfig, [*algo, *cfg["algo"]["extra"]], "algo")
-        check_keys(OnlineIRLConfig, [f"reward_{k}" for k in cfg["reward"]["online"]], "reward.online")
+        check_keys(config_cls, [*algo, *cfg["algo"]["extra"]], "algo")
+        check_keys(config_cls, [f"reward_{k}" for k in cfg["reward"]["online"]], "reward.online")
+        check_credit(cfg["credit"]["name"], self.objective, True, algo.get("beta", 0.0), True)
+        if self.algo == "rloo" and cfg["credit"]["name"] != "sequence":
+            raise ValueError(f"algo=rloo is TRL's RLOO, which optimises a per-sequence ratio and takes credit=sequence "
+                             f"only; for credit={cfg['credit']['name']} use algo=rloo_token (token-level RLOO loss)")
+        check_keys(config_cls, self.credit_args(), "credit")
 
     # --- helpers ----------------------------------------------------------------------------------------------
+    def credit_args(self) -> dict:
+        """The credit group as trainer config fields: ``name`` -> ``credit``, the rest as they are."""
+        c = dict(self.cfg["credit"])
+        name = c.pop("name")
+        return {} if self.algo == "rloo" else {"credit": name, **c}  # TRL's RLOO: sequence level only
+
     def common_args(self, stage: str) -> dict:
         args = {"output_dir": str(self.out / stage), "seed": self.cfg["seed"], "use_cpu": self.use_cpu,
                 "report_to": self.cfg["logger"]["report_to"], "disable_tqdm": False, "logging_strategy": "steps"}
@@ -170,29 +187,32 @@ class Pipeline:
                             reward_tokenizer=self.tokenizer, batch_size=self.cfg["eval"]["batch_size"],
                             seed=5000 + self.cfg["seed"], name=name)
 
-    def online_irl(self):
+    def policy_training(self):
+        """The policy stage: ``algo`` (ppo, grpo, rloo, ...) on the online-IRL reward, with ``credit``."""
         from datasets import Dataset
         from transformers import AutoModelForCausalLM
 
-        from .trainers import OnlineIRLConfig, OnlineIRLTrainer
+        from .trainers import ALGORITHMS
 
-        stage = "online_irl"
+        stage = self.algo
         self.log_history = []
         if self.done(stage):
             self.policy = AutoModelForCausalLM.from_pretrained(self.final_dir(stage)).eval()
             self.reward_model.load_state_dict(  # the reward model as online IRL left it
                 type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
             return
+        config_cls, trainer_cls = ALGORITHMS[self.algo]
         a = dict(self.cfg["algo"])
         a.pop("name")
         extra = a.pop("extra")
         online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
-        args = build_args(OnlineIRLConfig, {
+        credit = self.credit_args()
+        args = build_args(config_cls, {
             **self.common_args(stage), "objective": self.objective.name, "max_completion_length": self.task.horizon,
-            "save_strategy": "steps", **a, **online, **extra}, "algo / reward.online")
+            "save_strategy": "steps", **a, **online, **credit, **extra}, "algo / credit / reward.online")
         dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
-        trainer = OnlineIRLTrainer(model=self.bc_path, reward_model=self.reward_model, args=args,
-                                   train_dataset=dataset, processing_class=self.tokenizer)
+        trainer = trainer_cls(model=self.bc_path, reward_model=self.reward_model, args=args,
+                              train_dataset=dataset, processing_class=self.tokenizer)
         resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume else None)
         self.log_history = trainer.state.log_history
@@ -209,8 +229,8 @@ class Pipeline:
         self.timed("bc", self.behaviour_cloning)
         self.timed("reward_pretrain", self.reward_pretraining)
         arms = {"bc": self.timed("eval_bc", self.evaluate, "bc", self.bc_model)}
-        self.timed("online_irl", self.online_irl)
-        arms["online_irl"] = self.timed("eval_online_irl", self.evaluate, "online_irl", self.policy)
+        self.timed(self.algo, self.policy_training)
+        arms[self.algo] = self.timed(f"eval_{self.algo}", self.evaluate, self.algo, self.policy)
         metrics = {
             "arms": arms,
             "reference": {"expert_logprob_per_token": self.task.expert_logprob_per_token(), "success_rate": 1.0},

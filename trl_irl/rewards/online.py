@@ -43,7 +43,7 @@ class ReplayBuffer:
 class RunningStandardizer:
     """Running mean and variance over every reward seen (Chan et al.'s parallel update); x -> (x - mean) / std."""
 
-    def __init__(self, eps: float = 1e-6):
+    def __init__(self, eps: float = 1e-4):  # as TRL's GRPO: ties stay ties, not amplified noise
         self.count, self.mean, self.m2, self.eps = 0, 0.0, 0.0, eps
 
     def update(self, x: torch.Tensor):

@@ -1,8 +1,12 @@
-"""Online IRL on top of TRL's GRPOTrainer: the reward model keeps learning from demonstrations vs the policy's own
-samples while the policy trains on its rewards.
+"""Online IRL on top of TRL's GRPOTrainer, with token-level credit.
+
+Three questions, three places: the reward comes from ``OnlineRewardMixin`` (a reward model that keeps learning from
+demonstrations vs the policy's own samples, plus any reward functions), credit is spread over tokens by
+``trainers/credit.py`` (pure maths in ``credit/``), and each algorithm says how returns become advantages in one
+method, ``compute_advantages``: GRPO here, RLOO / ReMax / REINFORCE++ in ``algorithms.py``, PPO in ``ppo.py``.
 
 Hooks (each calls ``super()`` and transforms its result; no TRL method body is copied):
-    _generate_and_score_completions  buffer the fresh samples; every k generation batches, update the reward model
+    _generate_and_score_completions  token credit -> advantages (B, T); buffer the samples; update the reward model
     _calculate_rewards               stop on NaN rewards; standardise the IRL reward with running statistics
     _save_checkpoint / _load_optimizer_and_scheduler   the reward model, its optimizer, buffer and statistics
 """
@@ -15,20 +19,22 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
+from .. import credit as C
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
 from ..validation import check_dataset, check_tokenizer
+from .credit import CREDITS, check_credit, token_rewards
 
 
 @dataclass
-class OnlineIRLConfig(GRPOConfig):
-    """GRPOConfig plus the online reward model's settings. KL to the initial (BC) policy is GRPO's ``beta``."""
+class OnlineRewardFields:
+    """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
 
     objective: str = field(default="bt", metadata={"help": "IRL loss of the online reward updates: 'bt', 'gail' or 'airl'."})
     demonstration_column: str = field(default="demonstration", metadata={
         "help": "Dataset column with a demonstration for the row's prompt; it is the positive in reward updates."})
     reward_update_every: int = field(default=1, metadata={
-        "help": "Update the reward model every this many generation batches (0 freezes it)."})
+        "help": "Update the reward model every this many generation batches (0 freezes it: a fixed reward model)."})
     reward_update_steps: int = field(default=2, metadata={"help": "Reward-model optimizer steps per update."})
     reward_batch_size: int = field(default=32, metadata={"help": "Demonstration-sample pairs per reward step."})
     reward_learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the reward model."})
@@ -50,77 +56,237 @@ class OnlineIRLConfig(GRPOConfig):
             raise ValueError(f"reward_update_every must be >= 0 (0 freezes the reward model), got {self.reward_update_every}")
 
 
-class OnlineIRLTrainer(GRPOTrainer):
-    """GRPO whose reward model learns online from demonstrations vs fresh policy samples.
+@dataclass
+class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
+    """GRPOConfig plus the online reward model's and token credit's settings. KL to the initial (BC) policy is
+    GRPO's ``beta`` (a loss term); ``token_kl_coef`` puts a per-token KL penalty in the reward instead."""
+
+    credit: str = field(default="sequence", metadata={
+        "help": f"How reward is spread over tokens: one of {list(CREDITS)} (see trl_irl/trainers/credit.py)."})
+    credit_gamma: float = field(default=1.0, metadata={
+        "help": "Discount of token rewards in returns-to-go G_t = sum_k gamma^(k-t) r_k (and GAE's gamma in PPO)."})
+    attention_mix: float = field(default=0.5, metadata={
+        "help": "credit=attention: share of the reward spread by attention; the rest stays on the last token."})
+    implicit_beta: float = field(default=1.0, metadata={"help": "credit=implicit: beta of beta * log q / pi_ref."})
+    token_kl_coef: float = field(default=0.0, metadata={
+        "help": "Per-token KL penalty -coef * (log pi - log pi_ref) added to token rewards (needs beta > 0 for the "
+                "reference log-probs, or set beta tiny)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.credit not in CREDITS:
+            raise ValueError(f"credit={self.credit!r} is unknown: choose one of {list(CREDITS)}")
+        if not 0.0 <= self.credit_gamma <= 1.0:
+            raise ValueError(f"credit_gamma must be in [0, 1], got {self.credit_gamma}")
+        if not 0.0 <= self.attention_mix <= 1.0:
+            raise ValueError(f"attention_mix must be in [0, 1], got {self.attention_mix}")
+        if self.token_kl_coef and not self.beta:
+            raise ValueError("token_kl_coef > 0 needs the reference model's log-probs: set beta > 0")
+
+    @property
+    def token_level(self) -> bool:
+        return self.credit != "sequence" or self.token_kl_coef > 0
+
+
+class OnlineRewardMixin:
+    """The reward source of every policy trainer: an online-IRL reward model (learning, or fixed with
+    ``reward_update_every=0``) and/or plain reward functions. Put it before the TRL trainer in the bases.
 
     Args:
         model: the policy (a path, so TRL can load the KL reference from it when ``beta > 0``).
-        reward_model: the learning reward model (``models.load_reward_model``; a causal LM for AIRL).
-        args: ``OnlineIRLConfig``.
-        train_dataset: columns ``prompt`` and ``args.demonstration_column``.
+        reward_model: the reward model (``models.load_reward_model``; a causal LM for AIRL), or None to train on
+            ``reward_funcs`` alone.
+        args: a config with ``OnlineRewardFields``.
+        train_dataset: column ``prompt``, and ``args.demonstration_column`` when the reward model learns.
         processing_class: the policy's tokenizer; ``reward_processing_class`` the reward model's (default: same).
-        reward_funcs: further reward functions, added to the IRL reward as in GRPO.
+        reward_funcs: further reward functions or models, added to the IRL reward as in GRPO.
     """
 
-    def __init__(self, model, reward_model, args: OnlineIRLConfig, train_dataset, processing_class,
+    def __init__(self, model, reward_model=None, args=None, train_dataset=None, processing_class=None,
                  reward_processing_class=None, reward_funcs=None, **kwargs):
         reward_tokenizer = reward_processing_class or processing_class
         check_tokenizer(processing_class)
-        check_tokenizer(reward_tokenizer, "reward_processing_class")
-        check_dataset(train_dataset, ["prompt", args.demonstration_column], "train_dataset")
+        learns = reward_model is not None and args.reward_update_every > 0
+        check_dataset(train_dataset, ["prompt", args.demonstration_column] if learns else ["prompt"], "train_dataset")
+        if reward_model is None and not reward_funcs:
+            raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
         objective = make_objective(args.objective)
+        self._check_setup(args, objective, reward_model, reward_tokenizer is processing_class)
+        funcs = list(reward_funcs or [])
+        if reward_model is not None:
+            check_tokenizer(reward_tokenizer, "reward_processing_class")
 
-        def irl_reward(prompts, completions, **_):
-            return self.reward_updater.rewards(prompts, completions, self._policy_for_reward()).tolist()
+            def irl_reward(prompts, completions, **_):
+                return self.reward_updater.rewards(prompts, completions, self._policy_for_reward()).tolist()
 
-        super().__init__(model=model, reward_funcs=[irl_reward, *(reward_funcs or [])], args=args,
-                         train_dataset=train_dataset, processing_class=processing_class, **kwargs)
-        self.reward_updater = OnlineRewardUpdater(
-            reward_model.to(self.accelerator.device), reward_tokenizer, objective,
-            learning_rate=args.reward_learning_rate, weight_decay=args.reward_weight_decay,
-            batch_size=args.reward_batch_size, steps=args.reward_update_steps, buffer_size=args.reward_buffer_size,
-            max_grad_norm=args.reward_max_grad_norm, seed=args.seed)
+            funcs.insert(0, irl_reward)
+        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
+                         processing_class=processing_class, **kwargs)
+        self.reward_updater = None
+        if reward_model is not None:
+            self.reward_updater = OnlineRewardUpdater(
+                reward_model.to(self.accelerator.device), reward_tokenizer, objective,
+                learning_rate=args.reward_learning_rate, weight_decay=args.reward_weight_decay,
+                batch_size=args.reward_batch_size, steps=args.reward_update_steps,
+                buffer_size=args.reward_buffer_size, max_grad_norm=args.reward_max_grad_norm, seed=args.seed)
+
+    def _check_setup(self, args, objective, reward_model, same_tokenizer: bool):
+        """Checks a subclass adds before any model is loaded."""
 
     def _policy_for_reward(self):
         return self.accelerator.unwrap_model(self.model) if self.reward_updater.objective.needs_policy else None
 
+    def _transform_scored(self, output: dict, inputs: list[dict]) -> dict:
+        """Runs after TRL scored the batch and before the reward model learns from it (so token credit reads the
+        same reward model that scored the batch). Identity here; ``OnlineIRLTrainer`` puts advantages in."""
+        return output
+
     # --- hooks ------------------------------------------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
+        output = self._transform_scored(super()._generate_and_score_completions(inputs), inputs)
+        if self.model.training and self.reward_updater is not None and self.args.reward_update_every:
             ids = output["completion_ids"].masked_fill(output["completion_mask"] == 0, self.processing_class.pad_token_id)
             samples = self.processing_class.batch_decode(ids, skip_special_tokens=True)
             column = self.args.demonstration_column
             self.reward_updater.add([x["prompt"] for x in inputs], [x[column] for x in inputs], samples)
-            every = self.args.reward_update_every
-            if every and self.reward_updater.num_batches % every == 0:
+            if self.reward_updater.num_batches % self.args.reward_update_every == 0:
                 for key, value in self.reward_updater.update(self._policy_for_reward()).items():
                     self._metrics["train"][f"irl/{key}"].append(value)
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered (B, n)
-        irl = rewards[:, 0]
-        if torch.isnan(irl).any():
-            raise FloatingPointError(
-                f"the IRL reward model returned NaN for {int(torch.isnan(irl).sum())} of {irl.numel()} completions at "
-                f"step {self.state.global_step}: it has diverged. Lower reward_learning_rate (now "
-                f"{self.args.reward_learning_rate}) or reward_max_grad_norm, or resume from an earlier checkpoint")
-        mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["irl/raw_reward"].append(irl.mean().item())
-        if self.args.reward_standardize:
-            if self.model.training:  # identical on every rank: the rewards are already gathered
-                self.reward_updater.standardizer.update(irl)
-            rewards[:, 0] = self.reward_updater.standardizer(irl)
+        if self.reward_updater is not None:
+            irl = rewards[:, 0]
+            if torch.isnan(irl).any():
+                raise FloatingPointError(
+                    f"the IRL reward model returned NaN for {int(torch.isnan(irl).sum())} of {irl.numel()} completions "
+                    f"at step {self.state.global_step}: it has diverged. Lower reward_learning_rate (now "
+                    f"{self.args.reward_learning_rate}) or reward_max_grad_norm, or resume from an earlier checkpoint")
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["irl/raw_reward"].append(irl.mean().item())
+            if self.args.reward_standardize:
+                if self.model.training and not getattr(self, "_scoring_baseline", False):
+                    self.reward_updater.standardizer.update(irl)  # identical on every rank: rewards are gathered
+                rewards[:, 0] = self.reward_updater.standardizer(irl)
+        self._last_rewards_per_func = rewards
         return rewards
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-            self.reward_updater.save(os.path.join(folder, STATE_DIR))
+        if self.args.should_save and self.reward_updater is not None:
+            self.reward_updater.save(os.path.join(self._checkpoint_dir(trial), STATE_DIR))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None:
+        if checkpoint is not None and self.reward_updater is not None:
             self.reward_updater.load(os.path.join(checkpoint, STATE_DIR))
+
+    def _checkpoint_dir(self, trial) -> str:
+        return os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+
+
+class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
+    """GRPO with an online-IRL (or fixed) reward and token-level credit; the base of our other algorithms.
+
+    With ``credit=sequence`` (and no token KL) it keeps TRL's GRPO advantages untouched. Otherwise token rewards
+    r_t (``trainers/credit.py``) become returns-to-go G_t and ``compute_advantages`` turns them into (B, T)
+    advantages, which TRL's token-level clipped loss accepts as they are.
+    """
+
+    def _check_setup(self, args, objective, reward_model, same_tokenizer):
+        check_credit(args.credit, objective, reward_model is not None, args.beta, same_tokenizer)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.credit == "attention":  # attention weights need the eager kernel
+            self.reward_updater.model.set_attn_implementation("eager")
+
+    # --- the one method each algorithm overrides ---------------------------------------------------------------
+    def compute_advantages(self, returns: torch.Tensor, mask: torch.Tensor, output: dict, inputs: list) -> torch.Tensor:
+        """Local returns (B, T) -> advantages (B, T). GRPO: per-position group mean, group std of the return."""
+        return self.across_processes(lambda g, m: C.grpo_advantages(g, m, self.num_generations,
+                                                                    scale=self.scale_rewards != "none"), returns, mask)
+
+    # --- wiring -----------------------------------------------------------------------------------------------
+    def uses_trl_advantages(self) -> bool:
+        return type(self).compute_advantages is OnlineIRLTrainer.compute_advantages and not self.args.token_level
+
+    def _transform_scored(self, output, inputs):
+        if not self.model.training or self.uses_trl_advantages():
+            return output
+        rewards = self.local_sequence_rewards(len(inputs))
+        if self.args.token_level:
+            mask = output["completion_mask"]
+            returns = C.discounted_returns(self.token_rewards(output, rewards), mask, self.args.credit_gamma)
+        else:  # sequence level: one return per completion
+            returns, mask = rewards[:, None], torch.ones_like(rewards[:, None])
+        advantages = self.compute_advantages(returns, mask, output, inputs)
+        output["advantages"] = advantages if self.args.token_level else advantages[:, 0]
+        self._log_advantages(advantages, mask)
+        return output
+
+    def local_sequence_rewards(self, n_local: int) -> torch.Tensor:
+        """This process's sequence rewards (B,): every reward function, weighted (unscorable rows count 0)."""
+        per_func = self._last_rewards_per_func
+        rewards = (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)
+        start = self.accelerator.process_index * n_local
+        return rewards[start : start + n_local]
+
+    def token_rewards(self, output: dict, sequence_rewards: torch.Tensor) -> torch.Tensor:
+        """(B, T) token rewards from the configured credit source, plus the per-token KL penalty."""
+        args, updater = self.args, self.reward_updater
+        scale, shift = 1.0, 0.0  # raw reward-model units -> the trainer's: weight * (s - mean) / std
+        if updater is not None:
+            scale = float(self.reward_weights[0])
+            if args.reward_standardize:
+                scale /= updater.standardizer.std + updater.standardizer.eps
+                shift = updater.standardizer.mean
+        policy_logps = self.policy_logps(output) if args.credit == "airl" or args.token_kl_coef else None
+        ref_logps = self.ref_logps(output) if args.credit == "implicit" or args.token_kl_coef else None
+        rewards = token_rewards(args.credit, output, sequence_rewards, updater=updater, scale=scale, shift=shift,
+                                policy_logps=policy_logps, ref_logps=ref_logps,
+                                attention_mix=args.attention_mix, implicit_beta=args.implicit_beta)
+        if args.token_kl_coef:
+            rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"],
+                                             args.token_kl_coef)
+        return rewards
+
+    @torch.no_grad()
+    def policy_logps(self, output: dict) -> torch.Tensor:
+        """log pi(y_t | s_t) of the sampling policy: TRL's old log-probs, computed (and kept) when TRL skipped them."""
+        if output.get("old_per_token_logps") is None:
+            output["old_per_token_logps"] = self._per_token_logps(self.model, output)
+        return output["old_per_token_logps"]
+
+    @torch.no_grad()
+    def ref_logps(self, output: dict) -> torch.Tensor:
+        """log pi_ref(y_t | s_t): TRL's reference log-probs (present when beta > 0), computed for batches TRL did
+        not score (ReMax's greedy completions)."""
+        if output.get("ref_per_token_logps") is None:
+            if self.ref_model is None:
+                raise ValueError("reference log-probs need a reference model: set beta > 0 (with a full model)")
+            output["ref_per_token_logps"] = self._per_token_logps(self.ref_model, output)
+        return output["ref_per_token_logps"]
+
+    def _per_token_logps(self, model, output: dict) -> torch.Tensor:
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+                                                              output["completion_ids"].size(1),
+                                                              batch_size=self.args.per_device_train_batch_size)
+        return logps
+
+    def across_processes(self, fn, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Apply a batch-wide estimator (groups, global statistics) to the returns of all processes; keep ours."""
+        n, T = returns.shape
+        if self.accelerator.num_processes == 1:
+            return fn(returns, mask)
+        gather = lambda x: self.accelerator.gather(self.accelerator.pad_across_processes(x, dim=1))  # noqa: E731
+        start = self.accelerator.process_index * n
+        return fn(gather(returns), gather(mask))[start : start + n, :T]
+
+    def _log_advantages(self, advantages, mask):
+        valid = advantages[mask.bool()]
+        self._metrics["train"]["advantages/mean"].append(valid.mean().item())
+        self._metrics["train"]["advantages/std"].append(valid.std().item() if valid.numel() > 1 else 0.0)

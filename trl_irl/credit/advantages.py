@@ -1,0 +1,126 @@
+"""Advantage estimators: pure tensor functions, (returns or rewards, values, masks) in, advantages out.
+
+Shapes: ``(B, T)`` per token, with a 0/1 ``mask`` that is 1 on a completion's tokens (a prefix of each row) and 0 on
+padding. A sequence-level estimator is the same function on ``(B, 1)`` with an all-ones mask. Groups follow TRL's
+layout: the ``group_size`` completions of one prompt are consecutive rows. Padding never receives credit: every
+output is zero where ``mask`` is 0.
+
+Per-token baselines are per position: the baseline of token t is computed from the returns at position t of the
+group's other completions that are still running at t. It does not depend on the action at t (the leave-one-out
+version does not depend on the sample at all), so it lowers variance without bias.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """Monte-Carlo return-to-go  G_t = sum_{k >= t} gamma^(k-t) r_k  over the completion's tokens (B, T)."""
+    mask = mask.to(rewards.dtype)
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        running = (rewards[:, t] + gamma * running) * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), as in CleanRL's ``ppo.py``:
+
+        delta_t = r_t + gamma V(s_{t+1}) - V(s_t)      (V = 0 after the completion's last token)
+        A_t     = delta_t + gamma lambda A_{t+1}
+        returns_t = A_t + V(s_t)                         (the critic's regression target)
+
+    Returns ``(advantages, returns)``, both (B, T) and zero on padding.
+    """
+    mask = mask.to(rewards.dtype)
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    last_advantage = torch.zeros_like(rewards[:, 0])
+    T = rewards.size(1)
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(values[:, 0])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_advantage = (delta + gamma * lam * last_advantage) * mask[:, t]
+        advantages[:, t] = last_advantage
+    return advantages, (advantages + values) * mask
+
+
+def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    if x.size(0) % group_size:
+        raise ValueError(f"batch of {x.size(0)} rows is not a whole number of groups of {group_size} (num_generations)")
+    return x.view(-1, group_size, *x.shape[1:])
+
+
+def group_baseline(returns: torch.Tensor, mask: torch.Tensor, group_size: int,
+                   leave_one_out: bool = False) -> torch.Tensor:
+    """Per-position mean return of the group's completions running at t:
+
+        b_{i,t} = mean_{j in group(i), mask_{j,t}=1} G_{j,t}             (GRPO, REINFORCE++-baseline)
+        b_{i,t} = mean_{j in group(i), j != i, mask_{j,t}=1} G_{j,t}     (RLOO: leave-one-out)
+
+    Where no (other) completion of the group runs at t, the baseline is 0.
+    """
+    mask = mask.to(returns.dtype)
+    g_returns, g_mask = _grouped(returns * mask, group_size), _grouped(mask, group_size)
+    total, count = g_returns.sum(1, keepdim=True), g_mask.sum(1, keepdim=True)
+    if leave_one_out:
+        total, count = total - g_returns, count - g_mask
+    baseline = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    return (baseline.expand_as(g_returns) if not leave_one_out else baseline).reshape_as(returns) * mask
+
+
+def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, scale: bool = True,
+                    eps: float = 1e-4) -> torch.Tensor:
+    """GRPO group normalisation (Shao et al. 2024), per position:
+
+        A_{i,t} = (G_{i,t} - b_{i,t}) / (s_g + eps),   s_g^2 = sum_{j in g, t valid} (G_{j,t} - b_{j,t})^2 / (n_g - 1)
+
+    b the per-position group mean (``group_baseline``), n_g the group's number of valid tokens. On (B, 1) s_g is the
+    group's (unbiased) reward std, so this is TRL's GRPO advantage exactly; per token, s_g measures the spread of
+    what is being normalised (a group whose totals tie but whose token returns differ is not blown up).
+    """
+    mask = mask.to(returns.dtype)
+    advantages = (returns - group_baseline(returns, mask, group_size)) * mask
+    if scale:
+        g_adv, g_mask = _grouped(advantages, group_size), _grouped(mask, group_size)
+        dims = tuple(range(1, g_adv.dim()))
+        var = (g_adv**2).sum(dims) / (g_mask.sum(dims) - 1).clamp(min=1)
+        advantages = advantages / (var.sqrt().repeat_interleave(group_size).view(-1, 1) + eps)
+    return advantages
+
+
+def rloo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024):  A_{i,t} = G_{i,t} - mean_{j != i} G_{j,t}."""
+    return (returns - group_baseline(returns, mask, group_size, leave_one_out=True)) * mask.to(returns.dtype)
+
+
+def remax_advantages(returns: torch.Tensor, mask: torch.Tensor, greedy_returns: torch.Tensor,
+                     greedy_mask: torch.Tensor) -> torch.Tensor:
+    """ReMax (Li et al. 2024): the baseline is the return of the greedy completion of the same prompt,
+    A_{i,t} = G_{i,t} - G^greedy_{i,t}  (0 where the greedy completion has ended). ``greedy_*`` are row-aligned with
+    ``returns``; any width (they are cut or zero-padded to T)."""
+    T = returns.size(1)
+    greedy = (greedy_returns * greedy_mask.to(greedy_returns.dtype))[:, :T]
+    greedy = torch.nn.functional.pad(greedy, (0, T - greedy.size(1)))
+    return (returns - greedy) * mask.to(returns.dtype)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the valid entries of the whole batch; zero on padding."""
+    mask = mask.to(x.dtype)
+    n = mask.sum().clamp(min=1)
+    mean = (x * mask).sum() / n
+    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+    return (x - mean) / (var.sqrt() + eps) * mask
+
+
+def reinforce_pp_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int | None = None) -> torch.Tensor:
+    """REINFORCE++ (Hu 2025): global batch normalisation of the return,  A = whiten(G);  with ``group_size`` the
+    REINFORCE++-baseline variant subtracts the per-position group mean first,  A = whiten(G - b)."""
+    if group_size:
+        returns = returns - group_baseline(returns, mask, group_size)
+    return whiten(returns, mask)

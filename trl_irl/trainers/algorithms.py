@@ -1,0 +1,110 @@
+"""Critic-free policy-gradient algorithms: each is ``OnlineIRLTrainer`` with its own ``compute_advantages``.
+
+All take the same reward sources (online IRL, fixed reward model, reward functions) and every token credit; their
+loss is GRPO's token-level clipped surrogate, so (B, T) advantages are used as they are. ``TRLRLOOTrainer`` is TRL's
+own RLOO (sequence-level ratio, KL in the reward) with our reward source; it takes ``credit=sequence`` only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from trl import RLOOConfig, RLOOTrainer
+
+from .. import credit as C
+from .credit import CREDITS
+from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin
+
+
+class RLOOTokenTrainer(OnlineIRLTrainer):
+    """RLOO (Ahmadian et al. 2024) with a token-level loss: A_{i,t} = G_{i,t} - mean_{j != i} G_{j,t}, no std scaling.
+    Use it for token credit; ``TRLRLOOTrainer`` is TRL's sequence-level RLOO."""
+
+    def compute_advantages(self, returns, mask, output, inputs):
+        return self.across_processes(lambda g, m: C.rloo_advantages(g, m, self.num_generations), returns, mask)
+
+
+@dataclass
+class ReinforcePPConfig(OnlineIRLConfig):
+    """OnlineIRLConfig for REINFORCE++; its KL usually goes in the reward (``token_kl_coef``)."""
+
+    group_baseline: bool = field(default=True, metadata={
+        "help": "Subtract the per-position group mean before the global normalisation (REINFORCE++-baseline); "
+                "False: plain REINFORCE++ (global normalisation only)."})
+
+
+class ReinforcePPTrainer(OnlineIRLTrainer):
+    """REINFORCE++ (Hu 2025): A = whiten_batch(G - b), b the group mean with ``group_baseline`` else 0."""
+
+    def compute_advantages(self, returns, mask, output, inputs):
+        group = self.num_generations if self.args.group_baseline else None
+        return self.across_processes(lambda g, m: C.reinforce_pp_advantages(g, m, group), returns, mask)
+
+
+class ReMaxTrainer(OnlineIRLTrainer):
+    """ReMax (Li et al. 2024): the baseline is the reward of a greedy completion of the same prompt (one extra greedy
+    rollout per prompt group), A_{i,t} = G_{i,t} - G^greedy_{i,t}."""
+
+    def compute_advantages(self, returns, mask, output, inputs):
+        greedy_returns, greedy_mask = self.greedy_returns(output, inputs)
+        if not self.args.token_level:  # one return per completion: the greedy completion's whole reward
+            greedy_returns, greedy_mask = greedy_returns[:, :1], greedy_mask[:, :1]
+        return C.remax_advantages(returns, mask, greedy_returns, greedy_mask)
+
+    @torch.no_grad()
+    def greedy_returns(self, output, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns-to-go (B, T') of one greedy completion per prompt group, repeated to the group's rows."""
+        G, n, device = self.num_generations, len(inputs), output["prompt_ids"].device
+        rows = torch.arange(n) + self.accelerator.process_index * n  # global row index -> group = row // G
+        group_starts = torch.cat([torch.tensor([True]), rows[1:] // G != rows[:-1] // G]).nonzero().squeeze(1)
+        row_to_group = torch.cumsum(torch.zeros(n, dtype=torch.long).index_fill(0, group_starts, 1), 0) - 1
+        tokenizer, pick = self.processing_class, group_starts.to(device)
+        prompt_ids, prompt_mask = output["prompt_ids"][pick], output["prompt_mask"][pick]
+        generated = self.accelerator.unwrap_model(self.model).generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False, max_new_tokens=self.max_completion_length,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        completion_ids = generated[:, prompt_ids.size(1):]
+        is_eos = completion_ids == tokenizer.eos_token_id
+        end = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1) - 1)
+        completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= end[:, None]).long()
+        greedy_inputs = [inputs[i] for i in group_starts.tolist()]
+        completions = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id),
+                                             skip_special_tokens=True)
+        ids_list = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask)]
+        self._scoring_baseline = True  # score with the same reward, without moving its running statistics
+        try:  # (gathers across processes: with several, each holds the same number of groups when B % G == 0)
+            per_func = self._calculate_rewards(greedy_inputs, [x["prompt"] for x in greedy_inputs], completions, ids_list)
+        finally:
+            self._scoring_baseline = False
+        k = len(greedy_inputs)
+        rewards = (per_func * self.reward_weights.to(per_func.device)).nansum(1)
+        self._metrics["train"]["remax/greedy_reward"].append(rewards.mean().item())
+        rewards = rewards[self.accelerator.process_index * k : (self.accelerator.process_index + 1) * k]
+        greedy = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+                  "completion_mask": completion_mask}
+        if self.args.token_level:
+            returns = C.discounted_returns(self.token_rewards(greedy, rewards), completion_mask, self.args.credit_gamma)
+        else:
+            returns = C.discounted_returns(C.terminal_rewards(rewards, completion_mask), completion_mask, 1.0)
+        index = row_to_group.to(device)
+        return returns[index], completion_mask[index]
+
+
+@dataclass
+class TRLRLOOConfig(OnlineRewardFields, RLOOConfig):
+    """TRL's RLOOConfig plus the online reward model's settings."""
+
+    credit: str = field(default="sequence", metadata={
+        "help": "TRL's RLOO optimises a per-sequence ratio: only 'sequence'. For token credit use RLOOTokenTrainer "
+                "(algo=rloo_token)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.credit != "sequence":
+            raise ValueError(f"credit={self.credit!r}: TRL's RLOO sums log-probs per sequence and cannot take token "
+                             f"advantages. Use algo=rloo_token (token-level RLOO) for credit in {list(CREDITS[1:])}")
+
+
+class TRLRLOOTrainer(OnlineRewardMixin, RLOOTrainer):
+    """TRL's RLOOTrainer, unchanged, with the online-IRL (or fixed) reward source."""

@@ -1,0 +1,167 @@
+"""PPO (Schulman et al. 2017) as a thin ``GRPOTrainer`` subclass: a critic, GAE advantages of shape (B, T), a
+clipped value loss. TRL deleted its own PPOTrainer in 1.13; this one rides on GRPO's generation and clipped policy
+loss and adds only what PPO has beyond it.
+
+PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generation``. Hooks, each calling ``super()``:
+    _transform_scored      token rewards -> critic values -> GAE (credit/advantages.py) -> advantages, returns
+    _compute_loss          + vf_coef * clipped value loss
+    create_optimizer       the critic's parameters as an extra group (own learning rate; clipped and, under several
+                           processes, all-reduced by a step pre-hook, since Trainer clips only the policy)
+    _save_checkpoint / _load_optimizer_and_scheduler   the critic's weights (its Adam state rides in the optimizer)
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForTokenClassification
+
+from .. import credit as C
+from ..rewards.losses import masked_mean
+from ..rewards.online import all_reduce_mean_
+from .online_irl import OnlineIRLConfig, OnlineIRLTrainer
+
+CRITIC_DIR = "critic"
+
+
+@dataclass
+class PPOConfig(OnlineIRLConfig):
+    """OnlineIRLConfig plus the critic's settings. GAE's gamma is ``credit_gamma``."""
+
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda: 1 = Monte-Carlo returns, 0 = one-step TD."})
+    vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss in the total loss."})
+    cliprange_value: float = field(default=0.2, metadata={
+        "help": "Clip of the value prediction around its value at generation time (PPO's clipped value loss)."})
+    critic_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the critic."})
+    critic_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping of the critic."})
+    whiten_advantages: bool = field(default=True, metadata={
+        "help": "Normalise advantages over the batch's valid tokens (mean 0, std 1)."})
+    critic_model: str | None = field(default=None, metadata={
+        "help": "Path of the critic's initial weights (a causal LM or token classifier). Default: the policy's own "
+                "weights, with a zero value head, so the critic starts from the policy's features."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+        if self.cliprange_value <= 0:
+            raise ValueError(f"cliprange_value must be > 0, got {self.cliprange_value}")
+
+
+def build_critic(policy: torch.nn.Module, path: str | None = None) -> torch.nn.Module:
+    """A value model V(s_t) on the policy's config: a token classifier with one output, its trunk initialised from
+    ``path`` or from the policy's trunk, its head at zero (V = 0 at the start)."""
+    if path is not None:
+        critic = AutoModelForTokenClassification.from_pretrained(path, num_labels=1)
+    else:
+        config = copy.deepcopy(policy.config)
+        config.num_labels = 1
+        critic = AutoModelForTokenClassification.from_config(config)
+        critic.base_model.load_state_dict(policy.base_model.state_dict())
+    head = critic.score if hasattr(critic, "score") else critic.classifier
+    torch.nn.init.zeros_(head.weight)
+    if getattr(head, "bias", None) is not None:
+        torch.nn.init.zeros_(head.bias)
+    return critic.to(next(policy.parameters()).device)
+
+
+class PPOTrainer(OnlineIRLTrainer):
+    """PPO with a separate critic and GAE over token rewards from any credit source (``credit=sequence``: the
+    reward on the last token). Takes the same reward sources as every trainer here."""
+
+    def __init__(self, *args, critic=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        policy = self.accelerator.unwrap_model(self.model)
+        self.critic = critic if critic is not None else build_critic(policy, self.args.critic_model)
+        self.critic.to(self.accelerator.device).train()
+
+    def uses_trl_advantages(self) -> bool:
+        return False
+
+    def values(self, critic, output: dict) -> torch.Tensor:
+        """V(s_t) for every completion token t (B, T): the critic's output at the position before token t."""
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[..., 0]
+        P, T = output["prompt_ids"].size(1), output["completion_ids"].size(1)
+        return logits[:, P - 1 : P - 1 + T].float() * output["completion_mask"]
+
+    def _transform_scored(self, output, inputs):
+        if not self.model.training:
+            return output
+        mask = output["completion_mask"]
+        rewards = self.token_rewards(output, self.local_sequence_rewards(len(inputs)))  # (B, T)
+        with torch.no_grad():
+            values = self.values(self.critic, output)
+        advantages, returns = C.gae(rewards, values, mask, self.args.credit_gamma, self.args.gae_lambda)
+        if self.args.whiten_advantages:
+            advantages = self.across_processes(C.whiten, advantages, mask)
+        output.update(advantages=advantages, returns=returns, old_values=values)
+        self.policy_logps(output)  # PPO's ratio needs the sampling policy's log-probs even when TRL skips them
+        self._log_advantages(advantages, mask)
+        return output
+
+    def _compute_loss(self, model, inputs):
+        loss = super()._compute_loss(model, inputs)
+        mode = "train" if self.model.training else "eval"
+        if "returns" not in inputs:  # evaluation batches carry no returns
+            return loss
+        mask = inputs["completion_mask"].float()
+        values, old, returns = self.values(self.critic, inputs), inputs["old_values"], inputs["returns"]
+        clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
+        value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+        self._metrics[mode]["value_loss"].append(value_loss.item())
+        self._metrics[mode]["value_clipfrac"].append(masked_mean(((values - clipped).abs() > 1e-8).float(), mask).item())
+        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
+        return loss + self.args.vf_coef * value_loss / accumulation
+
+    def create_optimizer(self, *args, **kwargs):
+        optimizer = super().create_optimizer(*args, **kwargs)
+        params = [p for p in self.critic.parameters() if p.requires_grad]
+        optimizer.add_param_group({"params": params, "lr": self.args.critic_learning_rate, "weight_decay": 0.0})
+
+        def clip_critic(opt, args, kwargs):
+            all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+            norm = torch.nn.utils.clip_grad_norm_(params, self.args.critic_max_grad_norm)
+            self._metrics["train"]["critic_grad_norm"].append(norm.item())
+
+        optimizer.register_step_pre_hook(clip_critic)
+        return optimizer
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            save_critic(self.critic, Path(self._checkpoint_dir(trial)) / CRITIC_DIR)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None:  # weights first: the optimizer state refers to these parameters
+            load_critic(self.critic, Path(checkpoint) / CRITIC_DIR)
+        super()._load_optimizer_and_scheduler(checkpoint)
+
+
+def save_critic(critic: torch.nn.Module, directory: Path):
+    """safetensors into ``directory``, atomically (tmp dir + rename)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    critic.save_pretrained(tmp, safe_serialization=True)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+
+
+def load_critic(critic: torch.nn.Module, directory: Path):
+    from safetensors.torch import load_file
+
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no critic weights in {directory}: was the checkpoint written by PPOTrainer?")
+    weights = {}
+    for f in files:
+        weights.update(load_file(f))
+    critic.load_state_dict(weights)
