@@ -34,3 +34,24 @@ def policy_path(task, tokenizer, tmp_path_factory):
 @pytest.fixture
 def demos(task):
     return task.sample_demonstrations(64, seed=1)
+
+
+@pytest.fixture(scope="session")
+def bc_policy_path(task, tokenizer, policy_path, tmp_path_factory):
+    """The tiny policy after a little behaviour cloning (plain NLL on demonstrations): valid often, not always."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_irl.rewards.objectives import completion_logps, encode
+
+    model = AutoModelForCausalLM.from_pretrained(policy_path)
+    demos = task.sample_demonstrations(256, seed=5)
+    batch = encode(tokenizer, [d["prompt"] for d in demos], [d["completion"] for d in demos])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(25):
+        loss = -completion_logps(model, batch).sum() / batch["completion_mask"].sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return save_model(model, tokenizer, tmp_path_factory.mktemp("bc_policy"))
+

@@ -189,10 +189,7 @@ class Pipeline:
 
     def policy_training(self):
         """The policy stage: ``algo`` (ppo, grpo, rloo, ...) on the online-IRL reward, with ``credit``."""
-        from datasets import Dataset
         from transformers import AutoModelForCausalLM
-
-        from .trainers import ALGORITHMS
 
         stage = self.algo
         self.log_history = []
@@ -201,7 +198,22 @@ class Pipeline:
             self.reward_model.load_state_dict(  # the reward model as online IRL left it
                 type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
             return
+        trainer = self.build_policy_trainer()
+        resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        self.log_history = trainer.state.log_history
+        self.policy = trainer.model.eval()
+        self.reward_model.save_pretrained(self.out / stage / "final_reward", safe_serialization=True)
+        self.mark_done(stage, self.policy, self.tokenizer)
+
+    def build_policy_trainer(self, **overrides):
+        """The configured algorithm's trainer, from the BC policy and the current reward model."""
+        from datasets import Dataset
+
+        from .trainers import ALGORITHMS
+
         config_cls, trainer_cls = ALGORITHMS[self.algo]
+        stage = self.algo
         a = dict(self.cfg["algo"])
         a.pop("name")
         extra = a.pop("extra")
@@ -209,16 +221,10 @@ class Pipeline:
         credit = self.credit_args()
         args = build_args(config_cls, {
             **self.common_args(stage), "objective": self.objective.name, "max_completion_length": self.task.horizon,
-            "save_strategy": "steps", **a, **online, **credit, **extra}, "algo / credit / reward.online")
+            "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
         dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
-        trainer = trainer_cls(model=self.bc_path, reward_model=self.reward_model, args=args,
-                              train_dataset=dataset, processing_class=self.tokenizer)
-        resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=True if resume else None)
-        self.log_history = trainer.state.log_history
-        self.policy = trainer.model.eval()
-        self.reward_model.save_pretrained(self.out / stage / "final_reward", safe_serialization=True)
-        self.mark_done(stage, self.policy, self.tokenizer)
+        return trainer_cls(model=self.bc_path, reward_model=self.reward_model, args=args, train_dataset=dataset,
+                           processing_class=self.tokenizer)
 
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
