@@ -52,7 +52,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: 
     return collate(tokenize_completions(tokenizer, prompts, completions), tokenizer.pad_token_id)
 
 
-def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask and position ids that skip left padding (TRL left-pads prompts)."""
     position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": position_ids}
@@ -60,7 +60,7 @@ def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log p(x_t | x_<t) of a causal LM for t = 1..L-1, zeroed outside the completion: (B, L-1)."""
-    logits = model(**_model_inputs(batch), use_cache=False).logits
+    logits = model(**model_inputs(batch), use_cache=False).logits
     logps = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     logps = logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     return logps * batch["completion_mask"][:, 1:]
@@ -121,7 +121,7 @@ class RewardObjective:
         captured = []
         handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
-            model(**_model_inputs(batch), use_cache=False)
+            model(**model_inputs(batch), use_cache=False)
         finally:
             handle.remove()
         return self.reward(captured[0][..., 0].float(), batch)
@@ -129,7 +129,7 @@ class RewardObjective:
     def attention_weights(self, model, batch, query_index: torch.Tensor) -> torch.Tensor:
         """The reward model's last-layer attention from each row's scoring position ``query_index`` (B,) over all
         positions, averaged over heads: (B, L). Needs eager attention (``set_attn_implementation("eager")``)."""
-        attentions = model(**_model_inputs(batch), output_attentions=True, use_cache=False).attentions
+        attentions = model(**model_inputs(batch), output_attentions=True, use_cache=False).attentions
         if not attentions or attentions[-1] is None:
             raise ValueError("the reward model returned no attention weights: load it with attn_implementation='eager'")
         last = attentions[-1].float().mean(dim=1)  # (B, L, L)

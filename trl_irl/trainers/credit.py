@@ -52,7 +52,8 @@ def check_credit(name: str, objective, has_reward_model: bool, beta: float, same
 
 
 def reward_model_batch(output: dict) -> dict[str, torch.Tensor]:
-    """Prompt + completion ids as one batch for the reward model, with a completion mask."""
+    """Prompt + completion ids of a TRL batch as one batch for another model (reward model, critic), with a
+    completion mask."""
     prompt_mask, completion_mask = output["prompt_mask"], output["completion_mask"]
     return {"input_ids": torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
             "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),

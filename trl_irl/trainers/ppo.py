@@ -23,7 +23,9 @@ from transformers import AutoModelForTokenClassification
 
 from .. import credit as C
 from ..rewards.losses import masked_mean
+from ..rewards.objectives import model_inputs
 from ..rewards.online import all_reduce_mean_
+from .credit import reward_model_batch
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer
 
 CRITIC_DIR = "critic"
@@ -85,10 +87,7 @@ class PPOTrainer(OnlineIRLTrainer):
 
     def values(self, critic, output: dict) -> torch.Tensor:
         """V(s_t) for every completion token t (B, T): the critic's output at the position before token t."""
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[..., 0]
+        logits = critic(**model_inputs(reward_model_batch(output))).logits[..., 0]
         P, T = output["prompt_ids"].size(1), output["completion_ids"].size(1)
         return logits[:, P - 1 : P - 1 + T].float() * output["completion_mask"]
 
