@@ -47,14 +47,12 @@ class ReMaxTrainer(OnlineIRLTrainer):
     rollout per prompt group), A_{i,t} = G_{i,t} - G^greedy_{i,t}."""
 
     def compute_advantages(self, returns, mask, output, inputs):
-        greedy_returns, greedy_mask = self.greedy_returns(output, inputs)
-        if not self.args.token_level:  # one return per completion: the greedy completion's whole reward
-            greedy_returns, greedy_mask = greedy_returns[:, :1], greedy_mask[:, :1]
-        return C.remax_advantages(returns, mask, greedy_returns, greedy_mask)
+        return C.remax_advantages(returns, mask, *self.greedy_returns(output, inputs))
 
     @torch.no_grad()
     def greedy_returns(self, output, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns-to-go (B, T') of one greedy completion per prompt group, repeated to the group's rows."""
+        """Returns of one greedy completion per prompt group, repeated to the group's rows, with their mask: per
+        token (B, T') with token credit, else the whole reward (B, 1)."""
         G, n, device = self.num_generations, len(inputs), output["prompt_ids"].device
         rows = torch.arange(n) + self.accelerator.process_index * n  # global row index -> group = row // G
         group_starts = torch.cat([torch.tensor([True]), rows[1:] // G != rows[:-1] // G]).nonzero().squeeze(1)
@@ -86,7 +84,7 @@ class ReMaxTrainer(OnlineIRLTrainer):
         if self.args.token_level:
             returns = C.discounted_returns(self.token_rewards(greedy, rewards), completion_mask, self.args.credit_gamma)
         else:
-            returns = C.discounted_returns(C.terminal_rewards(rewards, completion_mask), completion_mask, 1.0)
+            returns, completion_mask = rewards[:, None], torch.ones_like(rewards[:, None])
         index = row_to_group.to(device)
         return returns[index], completion_mask[index]
 

@@ -23,7 +23,7 @@ from .. import credit as C
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
 from ..validation import check_dataset, check_tokenizer
-from .credit import CREDITS, check_credit, token_rewards
+from .credit import CREDITS, check_credit, reward_model_batch, token_rewards
 
 
 @dataclass
@@ -270,9 +270,8 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         return output["ref_per_token_logps"]
 
     def _per_token_logps(self, model, output: dict) -> torch.Tensor:
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+        batch = reward_model_batch(output)
+        logps, _, _ = self._get_per_token_logps_and_entropies(model, batch["input_ids"], batch["attention_mask"],
                                                               output["completion_ids"].size(1),
                                                               batch_size=self.args.per_device_train_batch_size)
         return logps

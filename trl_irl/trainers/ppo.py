@@ -82,9 +82,6 @@ class PPOTrainer(OnlineIRLTrainer):
         self.critic = critic if critic is not None else build_critic(policy, self.args.critic_model)
         self.critic.to(self.accelerator.device).train()
 
-    def uses_trl_advantages(self) -> bool:
-        return False
-
     def values(self, critic, output: dict) -> torch.Tensor:
         """V(s_t) for every completion token t (B, T): the critic's output at the position before token t."""
         logits = critic(**model_inputs(reward_model_batch(output))).logits[..., 0]
