@@ -4,10 +4,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/credit.py --out benchmarks/results/credit.json   # full
 
 For each seed: BC and reward pretraining once (Bradley-Terry for sequence / redistribution / attention, AIRL for
-implicit / airl), then every (algo, credit) pair trains from the same BC policy and a fresh copy of the same
-pretrained reward model, learning online. Every ``--eval-every`` updates the policy samples one completion per
-held-out prompt (temperature 1) and the success rate is recorded; ``updates_to_target`` is the first update at
-which it reaches ``--target`` (``null`` if never within ``--steps``). ``sec_per_update`` is training time only
+implicit / airl; BT with the prefix loss for redistribution_prefix), then every (algo, credit) pair trains from the
+same BC policy and a fresh copy of the same pretrained reward model, learning online. Every ``--eval-every`` updates
+the policy samples one completion per held-out prompt (``--n-eval`` of them, temperature 1) and the success rate is
+recorded; ``updates_to_target`` is the first update at which it reaches the seed's BC success + ``--target-gain``
+(or an absolute ``--target``; ``null`` if never within ``--steps``). ``sec_per_update`` is training time only
 (evaluation excluded). Medians over seeds. Writes JSON ``{"rows": [...]}``, a table, and a plot next to the JSON.
 Goal (issue 3): token credit reaches the target in <= 1/2 the updates of sequence-level GRPO at <= 1.10x its
 time per update.
@@ -40,8 +41,13 @@ from trl_irl.evaluation import sample_completions  # noqa: E402
 from trl_irl.pipeline import Pipeline  # noqa: E402
 
 ALGOS = ["grpo", "rloo", "rloo_token", "remax", "reinforce_pp", "ppo"]
-CREDITS = ["sequence", "redistribution", "attention", "implicit", "airl"]
-OBJECTIVE = {"sequence": "bt", "redistribution": "bt", "attention": "bt", "implicit": "airl", "airl": "airl"}
+CREDITS = ["sequence", "redistribution", "redistribution_prefix", "attention", "implicit", "airl"]
+# benchmark arm -> (credit, reward model, its overrides): redistribution_prefix is redistribution on a BT model that
+# also learns the score of every prefix pair (reward.prefix_weight), so the prefix scores it reads are trained
+BT, BT_PREFIX, AIRL = ("bt", ["reward=bt"]), ("bt_prefix", ["reward=bt", "reward.prefix_weight=1.0"]), ("airl", ["reward=airl"])
+ARM = {"sequence": ("sequence", *BT), "redistribution": ("redistribution", *BT),
+       "redistribution_prefix": ("redistribution", *BT_PREFIX), "attention": ("attention", *BT),
+       "implicit": ("implicit", *AIRL), "airl": ("airl", *AIRL)}
 
 
 class SuccessTracker(TrainerCallback):
@@ -74,12 +80,12 @@ def compose_cfg(overrides: list[str], out: Path) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def run_arm(algo: str, credit: str, seed: int, args, out: Path) -> dict:
-    objective = OBJECTIVE[credit]
-    cfg = compose_cfg([f"algo={algo}", f"credit={credit}", f"reward={objective}", f"seed={seed}",
+def run_arm(algo: str, arm: str, seed: int, args, out: Path) -> dict:
+    credit, reward_name, reward = ARM[arm]
+    cfg = compose_cfg([f"algo={algo}", f"credit={credit}", *reward, f"seed={seed}", f"task.num_heldout={args.n_eval}",
                        f"algo.max_steps={args.steps}", f"algo.learning_rate={args.learning_rate}", "algo.save_steps=100000",
                        *args.override],
-                      out / f"seed{seed}_{objective}")
+                      out / f"seed{seed}_{reward_name}")  # BC and reward pretraining shared by arms with this reward
     p = Pipeline(cfg)
     p.setup()
     p.behaviour_cloning()  # reused from disk after the first arm of this seed (resume=true)
@@ -92,8 +98,9 @@ def run_arm(algo: str, credit: str, seed: int, args, out: Path) -> dict:
     start = time.perf_counter()
     trainer.train()
     train_seconds = time.perf_counter() - start - tracker.eval_seconds
-    reached = next((step for step, rate in tracker.curve if rate >= args.target), None)
-    return {"updates_to_target": reached, "sec_per_update": train_seconds / args.steps,
+    target = args.target if args.target is not None else tracker.curve[0][1] + args.target_gain
+    reached = next((step for step, rate in tracker.curve if rate >= target - 1e-9), None)
+    return {"updates_to_target": reached, "target": round(target, 4), "sec_per_update": train_seconds / args.steps,
             "final_success_rate": tracker.curve[-1][1], "initial_success_rate": tracker.curve[0][1],
             "curve": tracker.curve}
 
@@ -111,9 +118,10 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="policy updates per arm")
     parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--n-eval", type=int, default=256)
-    parser.add_argument("--target", type=float, default=0.5,
-                        help="success rate to reach (BC starts at 0.43 on these held-out prompts, seed 0)")
+    parser.add_argument("--n-eval", type=int, default=1024, help="held-out prompts (task.num_heldout) for the success rate")
+    parser.add_argument("--target-gain", type=float, default=0.1,
+                        help="target = this seed's initial (BC) success rate + gain: seeds start at different levels")
+    parser.add_argument("--target", type=float, default=None, help="an absolute success-rate target instead")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="policy learning rate of every arm")
     parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
     parser.add_argument("--credits", nargs="+", default=CREDITS, choices=CREDITS)
@@ -151,14 +159,14 @@ def main():
                 r["updates_ratio_vs_grpo_sequence"] = round(r["updates_to_target"] / base["updates_to_target"], 3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"target": args.target, "steps": args.steps, "learning_rate": args.learning_rate, "eval_every": args.eval_every, "n_eval": args.n_eval,
+    meta = {"target": args.target, "target_gain": args.target_gain, "steps": args.steps, "learning_rate": args.learning_rate, "eval_every": args.eval_every, "n_eval": args.n_eval,
             "overrides": args.override, "threads": 1, "torch": torch.__version__}
     out.write_text(json.dumps({"rows": rows, "settings": meta}, indent=2))
-    report(rows, out.with_suffix(".png"), args.target)
+    report(rows, out.with_suffix(".png"), f"{args.target}" if args.target is not None else f"BC + {args.target_gain}")
     print(out)
 
 
-def report(rows, png: Path, target: float):
+def report(rows, png: Path, target: str):
     from rich.console import Console
     from rich.table import Table
 
@@ -180,7 +188,6 @@ def report(rows, png: Path, target: float):
         steps = [s for s, _ in r["per_seed"][0]["curve"]]
         rates = [statistics.median(run["curve"][i][1] for run in r["per_seed"]) for i in range(len(steps))]
         ax.plot(steps, rates, label=f"{r['algo']}/{r['credit']}", linestyle="-" if r["credit"] == "sequence" else "--")
-    ax.axhline(target, color="grey", linewidth=0.8)
     ax.set_xlabel("policy updates")
     ax.set_ylabel("success rate (median over seeds)")
     ax.legend(fontsize=7, ncol=2)

@@ -62,7 +62,7 @@ class Pipeline:
         self.task, self.sizes = make_task(cfg["task"])
         from .rewards import make_objective
 
-        self.objective = make_objective(cfg["reward"]["objective"])
+        self.objective = make_objective(cfg["reward"]["objective"], cfg["reward"]["prefix_weight"])
         from trl import SFTConfig
 
         from .trainers import ALGORITHMS, IRLRewardConfig
@@ -171,6 +171,7 @@ class Pipeline:
 
         seed = self.cfg["seed"]
         args = build_args(IRLRewardConfig, {**self.common_args("reward_pretrain"), "objective": self.objective.name,
+                                            "prefix_weight": self.objective.prefix_weight,
                                             "eval_strategy": "epoch", "save_strategy": "no", "logging_steps": 5,
                                             **self.cfg["reward"]["pretrain"]}, "reward.pretrain")
         trainer = IRLRewardTrainer(model=self.reward_model, args=args, train_dataset=pairs(self.demos, 3000 + seed),
@@ -220,7 +221,8 @@ class Pipeline:
         online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
         credit = self.credit_args()
         args = build_args(config_cls, {
-            **self.common_args(stage), "objective": self.objective.name, "max_completion_length": self.task.horizon,
+            **self.common_args(stage), "objective": self.objective.name,
+            "reward_prefix_weight": self.objective.prefix_weight, "max_completion_length": self.task.horizon,
             "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
         dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
         return trainer_cls(model=self.bc_path, reward_model=self.reward_model, args=args, train_dataset=dataset,

@@ -72,6 +72,17 @@ class RewardObjective:
     name = "bt"
     model_kind = "classifier"  # what ``models.load_reward_model`` builds for it
     needs_policy = False  # whether scoring needs the current policy's log-probs
+    has_prefix_loss = True  # whether ``prefix_weight`` applies (a classifier scores every prefix)
+
+    def __init__(self, prefix_weight: float = 0.0):
+        """``prefix_weight``: weight of the same loss on every pair of prefixes (``prefix_pair_loss``), which trains
+        the score the model gives a cut-off sequence, the quantity redistribution credit reads."""
+        if prefix_weight < 0:
+            raise ValueError(f"reward prefix_weight must be >= 0, got {prefix_weight}")
+        if prefix_weight and not self.has_prefix_loss:
+            raise ValueError(f"reward prefix_weight applies to sequence classifiers (bt, gail); the '{self.name}' "
+                             "objective is already per token: set prefix_weight=0")
+        self.prefix_weight = prefix_weight
 
     # --- the three pieces a variant overrides --------------------------------------------------------------
     def score(self, model, batch, policy=None) -> torch.Tensor:
@@ -89,18 +100,40 @@ class RewardObjective:
     def pair_loss(self, model, batch, policy=None) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss on a batch whose first half is demonstrations and second half samples for the same prompts."""
         self._check_policy(policy)
-        scores = self.score(model, batch, policy)
+        if self.prefix_weight:
+            scores, prefixes = self.scores_with_prefixes(model, batch)
+        else:
+            scores = self.score(model, batch, policy)
         demo, sample = scores.chunk(2)
         loss = self.loss(demo, sample, batch)
+        metrics = {}
+        if self.prefix_weight:
+            prefix_loss = self.prefix_pair_loss(prefixes, batch)
+            loss = loss + self.prefix_weight * prefix_loss
+            metrics["prefix_loss"] = prefix_loss.item()
         with torch.no_grad():
             r_demo, r_sample = self.reward(scores, batch).chunk(2)
-            metrics = {
+            metrics |= {
                 "loss": loss.item(),
                 "accuracy": (r_demo > r_sample).float().mean().item(),
                 "margin": (r_demo - r_sample).mean().item(),
                 "mean_reward": torch.cat([r_demo, r_sample]).mean().item(),
             }
         return loss, metrics
+
+    def prefix_pair_loss(self, prefixes: torch.Tensor, batch) -> torch.Tensor:
+        """The objective's loss on every pair of prefixes (demonstration cut after t vs sample cut after t), over the
+        completion positions where both exist and the two already differ (identical prefixes carry no gradient):
+        L = mean_{b, t: y_demo[<=t] != y_sample[<=t]} loss(s(x, y_demo[<=t]), s(x, y_sample[<=t])).
+        Pairs share the prompt, so position t is the same completion offset in both rows."""
+        demo, sample = prefixes.chunk(2)
+        ids_demo, ids_sample = batch["input_ids"].chunk(2)
+        mask_demo, mask_sample = batch["completion_mask"].bool().chunk(2)
+        differs = (ids_demo != ids_sample).cumsum(dim=-1) > 0
+        keep = mask_demo & mask_sample & differs
+        if not keep.any():
+            return prefixes.sum() * 0.0  # every pair identical: nothing to learn, keep the graph
+        return self.loss(demo[keep], sample[keep], batch)
 
     @torch.no_grad()
     def rewards(self, model, tokenizer, prompts, completions, policy=None) -> torch.Tensor:
@@ -114,6 +147,10 @@ class RewardObjective:
     def prefix_scores(self, model, batch) -> torch.Tensor:
         """Reward of the sequence cut after each position, (B, L), in one forward pass: a causal sequence
         classifier's score head applied at every position (its pooled score is the head at the last token)."""
+        return self.reward(self.scores_with_prefixes(model, batch)[1], batch)
+
+    def scores_with_prefixes(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw pooled score (B,) and the raw score at every position (B, L), from one forward pass."""
         head = getattr(model, "score", None)
         if head is None:
             raise ValueError(f"prefix scores need a causal sequence classifier with a per-position `score` head "
@@ -121,10 +158,10 @@ class RewardObjective:
         captured = []
         handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
-            model(**model_inputs(batch), use_cache=False)
+            pooled = model(**model_inputs(batch), use_cache=False).logits[:, 0]
         finally:
             handle.remove()
-        return self.reward(captured[0][..., 0].float(), batch)
+        return pooled, captured[0][..., 0].float()
 
     def attention_weights(self, model, batch, query_index: torch.Tensor) -> torch.Tensor:
         """The reward model's last-layer attention from each row's scoring position ``query_index`` (B,) over all
@@ -159,6 +196,7 @@ class AIRLObjective(RewardObjective):
     name = "airl"
     model_kind = "lm"
     needs_policy = True
+    has_prefix_loss = False
 
     def score(self, model, batch, policy=None):
         f = completion_logps(model, batch)
@@ -177,7 +215,7 @@ class AIRLObjective(RewardObjective):
 OBJECTIVES: dict[str, type[RewardObjective]] = {cls.name: cls for cls in (RewardObjective, GAILObjective, AIRLObjective)}
 
 
-def make_objective(name: str) -> RewardObjective:
+def make_objective(name: str, prefix_weight: float = 0.0) -> RewardObjective:
     if name not in OBJECTIVES:
         raise ValueError(f"reward.objective={name!r} is unknown: choose one of {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name]()
+    return OBJECTIVES[name](prefix_weight)

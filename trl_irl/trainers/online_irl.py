@@ -42,13 +42,16 @@ class OnlineRewardFields:
     reward_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping of the reward model."})
     reward_buffer_size: int = field(default=1024, metadata={
         "help": "Replay buffer: the most recent (prompt, demonstration, sample) triples the reward model learns from."})
+    reward_prefix_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the reward loss on every pair of prefixes (bt, gail): trains the scores that "
+                "credit=redistribution reads at intermediate tokens (objectives.RewardObjective.prefix_pair_loss)."})
     reward_standardize: bool = field(default=True, metadata={
         "help": "Standardise the IRL reward with running mean/std over all rewards seen (steady scale while the "
                 "reward model moves; matters when it is combined with other reward functions)."})
 
     def __post_init__(self):
         super().__post_init__()
-        make_objective(self.objective)  # fails early on an unknown name
+        make_objective(self.objective, self.reward_prefix_weight)  # fails early on a bad name or weight
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -110,7 +113,7 @@ class OnlineRewardMixin:
         check_dataset(train_dataset, ["prompt", args.demonstration_column] if learns else ["prompt"], "train_dataset")
         if reward_model is None and not reward_funcs:
             raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
-        objective = make_objective(args.objective)
+        objective = make_objective(args.objective, args.reward_prefix_weight)
         self._check_setup(args, objective, reward_model, reward_tokenizer is processing_class)
         funcs = list(reward_funcs or [])
         if reward_model is not None:

@@ -18,6 +18,13 @@ class IRLRewardConfig(RewardConfig):
 
     objective: str = field(default="bt", metadata={"help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic "
                                                            "discriminator) or 'airl' (per-token f - log pi)."})
+    prefix_weight: float = field(default=0.0, metadata={
+        "help": "Weight of the same loss on every pair of prefixes (bt, gail): trains the scores of cut-off "
+                "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
 
 
 @dataclass
@@ -38,7 +45,7 @@ class IRLRewardTrainer(RewardTrainer):
 
     def __init__(self, model, args: IRLRewardConfig, train_dataset, processing_class, eval_dataset=None,
                  policy=None, **kwargs):
-        self.objective = make_objective(args.objective)
+        self.objective = make_objective(args.objective, args.prefix_weight)
         check_tokenizer(processing_class)
         check_dataset(train_dataset, PAIR_COLUMNS, "train_dataset")
         if eval_dataset is not None:
@@ -73,6 +80,7 @@ class IRLRewardTrainer(RewardTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, metrics = self.objective.pair_loss(model, inputs, self.policy)
         mode = "train" if self.model.training else "eval"
-        for key in ("accuracy", "margin", "mean_reward"):  # the metric names TRL's RewardTrainer logs
-            self._metrics[mode][key].append(metrics[key])
+        for key in ("accuracy", "margin", "mean_reward", "prefix_loss"):  # TRL RewardTrainer's names, + ours
+            if key in metrics:
+                self._metrics[mode][key].append(metrics[key])
         return (loss, {}) if return_outputs else loss
