@@ -24,9 +24,16 @@ def _start_logger(cfg: dict):
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
+    container = OmegaConf.to_container(cfg, resolve=True)  # plain dicts: TRL configs must stay JSON-serialisable
+    if container["job"] == "prompt_oirl":
+        from .prompt_oirl.experiment import run
+
+        print(run(container, Path(container["output_dir"]).resolve()), flush=True)  # metrics.json, last
+        return
+    if container["job"] != "pipeline":
+        raise ValueError(f"job={container['job']!r} is unknown: choose pipeline or prompt_oirl")
     from .pipeline import Pipeline
 
-    container = OmegaConf.to_container(cfg, resolve=True)  # plain dicts: TRL configs must stay JSON-serialisable
     pipeline = Pipeline(container)  # validates the config before any work
     run = _start_logger(container)
     path = pipeline.run()
