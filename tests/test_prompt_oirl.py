@@ -200,6 +200,10 @@ def test_the_prompt_oirl_recipe_runs_on_a_slice_of_the_released_logs(tmp_path):
     train_acc = logs.labels[logs.rows("train")][:, :6].mean(0)
     assert m["best_single_success_rate"] == pytest.approx(y[:, int(train_acc.argmax())].mean(), abs=1e-4)
     assert m["majority_accuracy"] == pytest.approx((y[:, :6] == 0).mean(), abs=1e-4)  # GSM8K: mostly wrong
+    critic = logs.critic_pred[logs.rows("test")][:, :6]
+    order = np.argsort(-train_acc, kind="stable")  # self-critique selection: the first judged-correct prompt by rank
+    picks = [next((j for j in order if critic[i, j] == 1), order[0]) for i in range(len(y))]
+    assert m["llm_self_critique_success_rate"] == pytest.approx(np.mean([y[i, j] for i, j in enumerate(picks)]), abs=1e-4)
     assert m["selected_success_rate"] <= m["oracle_success_rate"]
     if m["switch_margin"] == "inf":  # validation said never to leave the best single prompt
         assert m["selected_success_rate"] == m["best_single_success_rate"] and m["switched_share"] == 0

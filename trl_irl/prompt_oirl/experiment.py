@@ -184,6 +184,10 @@ def run(cfg: dict, out: Path) -> Path:
     if logs.critic_pred is not None:
         critic = logs.critic_pred[test_rows][:, train_prompts].astype(float)
         metrics |= _prefixed("llm_self_critique_", sel.classification_scores(critic, y[:, train_prompts], 0.5))
+        # selection by self-critique: a prompt whose answer the LLM judged correct, the best single one first
+        train_acc = np.where(y_train >= 0, y_train, 0).sum(0) / np.maximum((y_train >= 0).sum(0), 1)
+        judged = (logs.critic_pred[test_rows] == 1) + 1e-3 * train_acc
+        metrics["llm_self_critique_success_rate"] = sel.success_rate(y, sel.best_of_n(judged, observed, train_prompts))
         confidence = np.nan_to_num(logs.critic_conf[test_rows], nan=-np.inf)
         metrics["llm_confidence_success_rate"] = sel.success_rate(y, sel.best_of_n(confidence, observed, train_prompts))
     if len(heldout) and observed[:, heldout].all():  # held-out prompts were run on the test rows
@@ -312,6 +316,7 @@ def report(result: dict, png: Path):
              k6.get('Prompt-OIRL ("IRL Test 10", smart_combined)')),
             ("RM best of all prompts", m.get("all_selected_success_rate"), k6.get('RM best-of-(K+10) ("Naive Mixture")')),
             ("LLM confidence selection", m.get("llm_confidence_success_rate"), k6.get("LLM confidence within subset")),
+            ("LLM self-critique selection", m.get("llm_self_critique_success_rate"), None),
             ("random prompt", m["random_success_rate"], None),
             ("oracle (any training prompt correct)", m["oracle_success_rate"], None),
             ("RM accuracy (Q)", m["rm_accuracy"], k6.get("RM accuracy, training prompts (Q)")),
