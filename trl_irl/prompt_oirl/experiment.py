@@ -79,12 +79,13 @@ def validation_split(logs: PromptLogs, train_rows: np.ndarray, fraction: float, 
     return train_rows[~is_val], train_rows[is_val]
 
 
-def fit_reward_model(kind: str, params: dict, features: Features, labels: np.ndarray, rows, prompts, seed: int):
+def fit_reward_model(kind: str, params: dict, features: Features, labels: np.ndarray, rows, prompts, seed: int,
+                     threads: int = 1):
     """A reward model trained on the observed cells of ``rows`` x ``prompts`` only."""
     r, p, X = features.cells(rows, prompts)
     y = labels[r, p]
     observed = y >= 0
-    return make_reward_model(kind, seed=seed, **params).fit(X[observed], y[observed])
+    return make_reward_model(kind, seed=seed, threads=threads, **params).fit(X[observed], y[observed])
 
 
 def score_grid(model, features: Features, rows: np.ndarray, n_prompts: int) -> np.ndarray:
@@ -143,7 +144,7 @@ def run(cfg: dict, out: Path) -> Path:
     for name, params in candidates.items():
         params = dict(params or {})
         kind = params.pop("kind", name)
-        model = fit_reward_model(kind, params, features, logs.labels, fit_rows, train_prompts, seed)
+        model = fit_reward_model(kind, params, features, logs.labels, fit_rows, train_prompts, seed, cfg["threads"])
         scores = score_grid(model, features, val_rows, logs.labels.shape[1])
         by_margin = {m: sel.success_rate(y_val, sel.best_of_n_with_default(scores, observed_val, train_prompts,
                                                                              default_val, m)) for m in margins}
@@ -158,7 +159,7 @@ def run(cfg: dict, out: Path) -> Path:
 
     # --- refit on every training row; score the test split once ----------------------------------------------
     t0 = time.perf_counter()
-    model = fit_reward_model(kind, params, features, logs.labels, train_rows, train_prompts, seed)
+    model = fit_reward_model(kind, params, features, logs.labels, train_rows, train_prompts, seed, cfg["threads"])
     scores = score_grid(model, features, test_rows, logs.labels.shape[1])
     y, observed = logs.labels[test_rows], logs.observed[test_rows]
     y_train = logs.labels[train_rows]
@@ -210,7 +211,7 @@ def run(cfg: dict, out: Path) -> Path:
     timings["test"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    per_k = k_sweep(cfg["selection"], logs, features, kind, params, margin, train_rows, test_rows, seed)
+    per_k = k_sweep(cfg["selection"], logs, features, kind, params, margin, train_rows, test_rows, seed, cfg["threads"])
     timings["k_sweep"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
     result = {"metrics": _rounded(metrics), "per_k": _rounded(per_k), "reward_model": chosen,
@@ -226,7 +227,7 @@ def run(cfg: dict, out: Path) -> Path:
     return path
 
 
-def k_sweep(cfg: dict, logs, features, kind, params, margin, train_rows, test_rows, seed) -> dict:
+def k_sweep(cfg: dict, logs, features, kind, params, margin, train_rows, test_rows, seed, threads=1) -> dict:
     """For each K in ``cfg["ks"]``: K-subsets of the training prompts (all of them, or ``max_subsets`` drawn with
     the run's seed), each with its own reward model trained on that subset's cells only. Mean over subsets of the
     success of: the selection (best-of-K with the validated margin over the subset's best single prompt), the
@@ -245,7 +246,7 @@ def k_sweep(cfg: dict, logs, features, kind, params, margin, train_rows, test_ro
             subsets = [subsets[i] for i in sorted(rng.choice(len(subsets), cfg["max_subsets"], replace=False))]
         rows = []
         for subset in subsets:
-            model = fit_reward_model(kind, params, features, logs.labels, train_rows, subset, seed)
+            model = fit_reward_model(kind, params, features, logs.labels, train_rows, subset, seed, threads)
             scores = score_grid(model, features, test_rows, logs.labels.shape[1])
             default = sel.best_single_prompt(y_train, subset)
             argmax = sel.best_of_n(scores, observed, subset)

@@ -21,7 +21,8 @@ class GBDTReward:
 
         self.model = LGBMClassifier(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
                                     min_child_samples=min_child_samples, colsample_bytree=colsample_bytree,
-                                    subsample=0.8, subsample_freq=1, random_state=seed, n_jobs=threads, verbose=-1)
+                                    subsample=0.8, subsample_freq=1, random_state=seed, n_jobs=threads, verbose=-1,
+                                    deterministic=True, force_col_wise=True)  # same model on any thread count
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> GBDTReward:
         self.model.fit(X, y)
@@ -37,10 +38,11 @@ class MLPReward:
     def __init__(self, hidden: int = 256, epochs: int = 20, learning_rate: float = 1e-3, weight_decay: float = 1e-4,
                  batch_size: int = 256, dropout: float = 0.1, seed: int = 0, threads: int = 1):
         self.hidden, self.epochs, self.lr, self.wd = hidden, epochs, learning_rate, weight_decay
-        self.batch_size, self.dropout, self.seed = batch_size, dropout, seed
+        self.batch_size, self.dropout, self.seed, self.threads = batch_size, dropout, seed, threads
         self.net: torch.nn.Module | None = None
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> MLPReward:
+        torch.set_num_threads(self.threads)
         g = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
         self.net = torch.nn.Sequential(torch.nn.Linear(X.shape[1], self.hidden), torch.nn.GELU(),

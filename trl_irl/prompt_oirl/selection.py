@@ -76,9 +76,3 @@ def best_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
     accuracy = [((p >= t) == y).mean() for t in grid]
     return float(grid[int(np.argmax(accuracy))])
 
-
-def critic_confidence(critic_pred: np.ndarray, critic_conf: np.ndarray) -> np.ndarray:
-    """The LLM's own probability that its answer is correct: conf when it judged "correct", 1 - conf otherwise
-    (-inf where there is no judgement)."""
-    p = np.where(critic_pred == 1, critic_conf, 1.0 - critic_conf)
-    return np.where((critic_pred >= 0) & np.isfinite(critic_conf), p, -np.inf)
