@@ -186,8 +186,7 @@ def run(cfg: dict, out: Path) -> Path:
         critic = logs.critic_pred[test_rows][:, train_prompts].astype(float)
         metrics |= _prefixed("llm_self_critique_", sel.classification_scores(critic, y[:, train_prompts], 0.5))
         # selection by self-critique: a prompt whose answer the LLM judged correct, the best single one first
-        train_acc = np.where(y_train >= 0, y_train, 0).sum(0) / np.maximum((y_train >= 0).sum(0), 1)
-        judged = (logs.critic_pred[test_rows] == 1) + 1e-3 * train_acc
+        judged = (logs.critic_pred[test_rows] == 1) + 1e-3 * sel.observed_accuracy(y_train)
         metrics["llm_self_critique_success_rate"] = sel.success_rate(y, sel.best_of_n(judged, observed, train_prompts))
         confidence = np.nan_to_num(logs.critic_conf[test_rows], nan=-np.inf)
         metrics["llm_confidence_success_rate"] = sel.success_rate(y, sel.best_of_n(confidence, observed, train_prompts))

@@ -42,9 +42,13 @@ def success_rate(labels: np.ndarray, choice: np.ndarray) -> float:
 def best_single_prompt(train_labels: np.ndarray, candidates) -> int:
     """The query-agnostic choice: the candidate with the highest accuracy on its observed training cells."""
     candidates = np.asarray(candidates)
-    labels = train_labels[:, candidates].astype(float)
-    acc = np.where(labels >= 0, labels, 0).sum(0) / np.maximum((labels >= 0).sum(0), 1)
-    return int(candidates[acc.argmax()])
+    return int(candidates[observed_accuracy(train_labels)[candidates].argmax()])
+
+
+def observed_accuracy(labels: np.ndarray) -> np.ndarray:
+    """Per-prompt accuracy over its observed cells (0 where none is observed): (P,)."""
+    observed = labels >= 0
+    return np.where(observed, labels, 0).sum(0) / np.maximum(observed.sum(0), 1)
 
 
 def oracle_success_rate(labels: np.ndarray, candidates) -> float:
