@@ -30,7 +30,7 @@ RUNS = [("gsm8k", "split_paper"), ("svamp", "split_clean"), ("svamp", "split_pap
 KEYS = ["selected_success_rate", "argmax_success_rate", "best_single_success_rate", "hindsight_best_single_success_rate",
         "prompt_oirl_success_rate", "all_selected_success_rate", "llm_confidence_success_rate", "random_success_rate",
         "oracle_success_rate", "rm_accuracy", "rm_precision", "majority_accuracy", "rm_heldout_accuracy",
-        "majority_heldout_accuracy", "switch_margin", "switched_share"]
+        "majority_heldout_accuracy", "switch_margin", "switched_share", "selected_gain_ci95", "argmax_gain_ci95"]
 
 
 def main():

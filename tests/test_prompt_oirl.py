@@ -116,6 +116,17 @@ def test_selection_and_metrics_equal_a_hand_computation():
         sel.best_of_n(scores, labels >= 0, [2])
 
 
+def test_paired_bootstrap_interval_brackets_the_gain_and_shrinks_with_rows():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((4000, 2)) < [0.5, 0.6]).astype(int)
+    choice, baseline = np.ones(4000, dtype=int), np.zeros(4000, dtype=int)
+    gain = labels[:, 1].mean() - labels[:, 0].mean()
+    low, high = sel.paired_bootstrap_ci(labels, choice, baseline)
+    assert low < gain < high and 0.03 < high - low < 0.06  # 2 * 1.96 * sqrt(0.49 / 4000) ~ 0.043
+    low_small, high_small = sel.paired_bootstrap_ci(labels[:400], choice[:400], baseline[:400])
+    assert high_small - low_small > 2.5 * (high - low)  # ~ sqrt(10) wider
+
+
 def test_best_of_n_never_picks_an_unobserved_cell_and_matches_a_loop():
     rng = np.random.default_rng(0)
     scores, observed = rng.normal(size=(500, 16)), rng.random((500, 16)) < 0.4

@@ -172,6 +172,9 @@ def run(cfg: dict, out: Path) -> Path:
         "argmax_success_rate": sel.success_rate(y, argmax),  # the paper's rule: the RM's best, no default
         "switch_margin": margin,
         "switched_share": float((choice != best_single).mean()),
+        # 95% paired-bootstrap intervals of the gain over the best single prompt (test rows resampled)
+        "selected_gain_ci95": sel.paired_bootstrap_ci(y, choice, np.full(len(y), best_single), seed=seed),
+        "argmax_gain_ci95": sel.paired_bootstrap_ci(y, argmax, np.full(len(y), best_single), seed=seed),
         "best_single_success_rate": sel.success_rate(y, np.full(len(y), best_single)),
         "best_single_prompt": best_single,
         "oracle_success_rate": sel.oracle_success_rate(y, train_prompts),
@@ -361,6 +364,8 @@ def _prefixed(prefix: str, d: dict) -> dict:
 def _rounded(x):
     if isinstance(x, dict):
         return {str(k): _rounded(v) for k, v in x.items()}
+    if isinstance(x, tuple):
+        return [_rounded(v) for v in x]
     if isinstance(x, float):
         return round(x, 4) if np.isfinite(x) else str(x)  # strict JSON has no inf
     return x
