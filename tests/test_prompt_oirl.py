@@ -112,6 +112,9 @@ def test_selection_and_metrics_equal_a_hand_computation():
     got = sel.classification_scores(scores, labels, 0.5)
     assert got["precision"] == 2 / 4
     assert got["accuracy"] == pytest.approx(6 / 10)  # 10 observed cells; wrong: (0,0) (0,1) (1,2) (2,0)
+    # Prompt-OIRL's rule at threshold 0.75, every cell observed (as on the logs' test rows): only row 2, whose best
+    # training score is 0.7, falls back to held-out prompt 2 (row 3's prompt 1 now counts, at 9.0)
+    assert sel.best_of_n_with_fallback(scores, np.ones_like(labels, bool), [0, 1], [2], 0.75).tolist() == [1, 1, 2, 1]
     with pytest.raises(ValueError, match="no observed label"):
         sel.best_of_n(scores, labels >= 0, [2])
 

@@ -185,30 +185,29 @@ def run(cfg: dict, out: Path) -> Path:
                                                        y[:, train_prompts], 0.5)["accuracy"],
         "rm_threshold": threshold,
     }
+    confidence = None if logs.critic_conf is None else np.nan_to_num(logs.critic_conf[test_rows], nan=-np.inf)
     if logs.critic_pred is not None:
         critic = logs.critic_pred[test_rows][:, train_prompts].astype(float)
         metrics |= _prefixed("llm_self_critique_", sel.classification_scores(critic, y[:, train_prompts], 0.5))
         # selection by self-critique: a prompt whose answer the LLM judged correct, the best single one first
         judged = (logs.critic_pred[test_rows] == 1) + 1e-3 * sel.observed_accuracy(y_train)
         metrics["llm_self_critique_success_rate"] = sel.success_rate(y, sel.best_of_n(judged, observed, train_prompts))
-        confidence = np.nan_to_num(logs.critic_conf[test_rows], nan=-np.inf)
+    if confidence is not None:
         metrics["llm_confidence_success_rate"] = sel.success_rate(y, sel.best_of_n(confidence, observed, train_prompts))
     if len(heldout) and observed[:, heldout].all():  # held-out prompts were run on the test rows
         everything = np.concatenate([train_prompts, heldout])
-        fallback = sel.best_of_n(scores, observed, heldout)
-        confident = scores[np.arange(len(y)), argmax] >= cfg["selection"]["heldout_threshold"]
         metrics |= {
             "heldout_selected_success_rate": sel.success_rate(y, sel.best_of_n(scores, observed, heldout)),
             "all_selected_success_rate": sel.success_rate(y, sel.best_of_n(scores, observed, everything)),
-            "prompt_oirl_success_rate": sel.success_rate(y, np.where(confident, argmax, fallback)),
+            "prompt_oirl_success_rate": sel.success_rate(y, sel.best_of_n_with_fallback(
+                scores, observed, train_prompts, heldout, cfg["selection"]["heldout_threshold"])),
             "oracle_all_success_rate": sel.oracle_success_rate(y, everything),
             **_prefixed("rm_heldout_", sel.classification_scores(scores[:, heldout], y[:, heldout], threshold)),
             "majority_heldout_accuracy": sel.classification_scores(
                 np.full(y[:, heldout].shape, float(majority)), y[:, heldout], 0.5)["accuracy"],
         }
-        if logs.critic_conf is not None:
-            metrics["llm_confidence_all_success_rate"] = sel.success_rate(
-                y, sel.best_of_n(np.nan_to_num(logs.critic_conf[test_rows], nan=-np.inf), observed, everything))
+        if confidence is not None:
+            metrics["llm_confidence_all_success_rate"] = sel.success_rate(y, sel.best_of_n(confidence, observed, everything))
     metrics["leakage"] = _leakage(logs, train_rows, test_rows, choice, train_prompts, best_single)
     timings["test"] = time.perf_counter() - t0
 
@@ -257,10 +256,9 @@ def k_sweep(cfg: dict, logs, features, kind, params, margin, train_rows, test_ro
                    "best_single": sel.success_rate(y, np.full(len(y), default)),
                    "oracle": sel.oracle_success_rate(y, subset), "random": sel.random_success_rate(y, subset)}
             if len(heldout):
-                confident = scores[np.arange(len(y)), argmax] >= cfg["heldout_threshold"]
                 row["with_heldout"] = sel.success_rate(y, sel.best_of_n(scores, observed, np.concatenate([subset, heldout])))
-                row["prompt_oirl"] = sel.success_rate(
-                    y, np.where(confident, argmax, sel.best_of_n(scores, observed, heldout)))
+                row["prompt_oirl"] = sel.success_rate(y, sel.best_of_n_with_fallback(
+                    scores, observed, subset, heldout, cfg["heldout_threshold"]))
             rows.append(row)
         per_k[str(k)] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"subsets": len(rows)}
     return per_k

@@ -31,6 +31,15 @@ def best_of_n_with_default(scores: np.ndarray, observed: np.ndarray, candidates,
     return np.where(switch, choice, default)
 
 
+def best_of_n_with_fallback(scores: np.ndarray, observed: np.ndarray, candidates, fallback_candidates,
+                            threshold: float) -> np.ndarray:
+    """Prompt-OIRL's rule (the authors' ``smart_combined``): the best candidate where its score reaches
+    ``threshold``, else the best of ``fallback_candidates`` (the held-out prompts)."""
+    choice = best_of_n(scores, observed, candidates)
+    confident = scores[np.arange(len(choice)), choice] >= threshold
+    return np.where(confident, choice, best_of_n(scores, observed, fallback_candidates))
+
+
 def success_rate(labels: np.ndarray, choice: np.ndarray) -> float:
     """Mean logged correctness of the chosen cell per row."""
     picked = labels[np.arange(len(choice)), choice]
