@@ -46,3 +46,35 @@ def test_misspelt_trainer_key_fails_before_training(tmp_path):
     assert result.returncode != 0
     assert "unknown key(s) ['lerning_rate'] under algo" in result.stderr
     assert not (tmp_path / "bc").exists()  # nothing expensive ran
+
+
+def test_shared_base_4bit_ppo_end_to_end_and_resume(tmp_path):
+    """QLoRA on the toy task: policy, critic and reward as adapters on one 4-bit base. Every role is checkpointed,
+    the policy is exported merged, and a resumed run reuses every finished stage and reports the same metrics."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    args = ["recipe=toy", "peft=lora", "quant=4bit", "shared_base=true", "algo=ppo", f"hydra.run.dir={out}"]
+    result = run(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = json.loads((out / "metrics.json").read_text())
+    checkpoint = out / "ppo" / "checkpoint-4"
+    for part in ("adapter_model.safetensors", "critic/model.safetensors", "irl_reward/model/model.safetensors",
+                 "optimizer.pt"):
+        assert (checkpoint / part).exists(), part
+    merged = AutoModelForCausalLM.from_pretrained(out / "ppo" / "merged")  # a plain model, no adapters
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    result = run(*args, "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = json.loads((out / "metrics.json").read_text())
+    for arm, values in first["arms"].items():  # the loaded adapter is upcast from bf16 (TRL's QLoRA cast) to fp32,
+        for key, value in values.items():      # which moves the tiny KL in its 3rd digit
+            assert second["arms"][arm][key] == pytest.approx(value, rel=0.05 if key == "kl_to_bc" else 1e-9), key
+    assert second["timings_s"]["bc"] < first["timings_s"]["bc"] / 2  # BC was loaded, not retrained
+
+
+def test_quantised_base_without_lora_is_refused_before_training(tmp_path):
+    result = run("recipe=toy", "quant=4bit", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode != 0
+    assert "only adapters can train: add peft=lora" in result.stderr
+    assert not (tmp_path / "bc").exists()

@@ -70,7 +70,7 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, reference, rew
         "success_rate": float(np.mean([task.is_success(p, c) for p, c in zip(prompts, samples)])),
         "expert_logprob_per_token": float(valid.mean()) if valid.size else -math.inf,
         "valid_token_rate": float(valid.size / max(n_tokens, 1)),
-        "mean_length": float(np.mean([len(c) for c in samples])),
+        "mean_length": float(np.mean([len(task.split(c)) for c in samples])),
         "kl_to_bc": kl_to_reference(policy, reference, tokenizer, prompts, samples, batch_size),
         "reward_accuracy": float((r_demo > r_sample).float().mean()),
         "num_samples": len(samples),

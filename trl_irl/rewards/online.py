@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..shared_base import adapter_scope, trainable_parameters
 from .objectives import RewardObjective, encode
 
 STATE_DIR = "irl_reward"
@@ -92,7 +93,7 @@ class OnlineRewardUpdater:
                  weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int):
         self.model, self.tokenizer, self.objective = model, tokenizer, objective
         self.batch_size, self.steps, self.max_grad_norm = batch_size, steps, max_grad_norm
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = trainable_parameters(model)
         if not self.params:
             raise ValueError("the reward model has no trainable parameters: an online reward model must be able to learn")
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=weight_decay)
@@ -118,9 +119,10 @@ class OnlineRewardUpdater:
             prompts, demos, samples = zip(*self.buffer.sample(self.batch_size, self.generator))
             batch = encode(self.tokenizer, list(prompts) * 2, list(demos) + list(samples))
             batch = {k: v.to(device) for k, v in batch.items()}
-            loss, metrics = self.objective.pair_loss(self.model, batch, policy)
-            self.optimizer.zero_grad(set_to_none=False)
-            loss.backward()
+            with adapter_scope(self.model):  # on a shared base, backward recomputes under the reward's adapter
+                loss, metrics = self.objective.pair_loss(self.model, batch, policy)
+                self.optimizer.zero_grad(set_to_none=False)
+                loss.backward()
             # every rank must end with the same reward model: average gradients before the step
             all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()

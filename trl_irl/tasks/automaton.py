@@ -33,6 +33,8 @@ class AutomatonTask:
         transitions: "random": next_state[s, a] is any state (the state is a function of the whole prefix);
             "token": the token sets the next state, next_state[s, a] = a mod n_states (the state is readable from
             the last token, as in a first-order Markov chain with sparse support).
+        separator: written before every completion token (" " gives " f a b"): with a subword tokenizer (SmolLM2,
+            Llama, Qwen) each " x" is one token, while "fab" would merge. Empty for the character tokenizer.
     """
 
     n_states: int = 16
@@ -42,6 +44,7 @@ class AutomatonTask:
     dirichlet_alpha: float = 1.0
     seed: int = 0
     transitions: str = "random"
+    separator: str = ""
     next_state: np.ndarray = field(init=False, repr=False)
     log_probs: np.ndarray = field(init=False, repr=False)
 
@@ -53,6 +56,7 @@ class AutomatonTask:
             (self.horizon >= 1, "task.horizon must be >= 1"),
             (self.dirichlet_alpha > 0, "task.dirichlet_alpha must be > 0"),
             (self.transitions in ("random", "token"), "task.transitions must be 'random' or 'token'"),
+            (self.separator in ("", " "), "task.separator must be '' or ' '"),
         ]
         for ok, message in checks:
             if not ok:
@@ -72,7 +76,21 @@ class AutomatonTask:
     @property
     def alphabet(self) -> list[str]:
         """Every character the task writes: start states, then tokens."""
-        return list(STATE_CHARS[: self.n_states]) + list(TOKEN_CHARS[: self.n_tokens])
+        return list(STATE_CHARS[: self.n_states]) + list(TOKEN_CHARS[: self.n_tokens]) + list(self.separator)
+
+    @property
+    def step_texts(self) -> list[str]:
+        """The text of each possible completion step (a tokenizer must keep each one a single token)."""
+        return [self.render([c]) for c in TOKEN_CHARS[: self.n_tokens]]
+
+    def render(self, tokens: list[str]) -> str:
+        """Completion text of token characters: the separator before each."""
+        return "".join(self.separator + t for t in tokens)
+
+    def split(self, completion: str) -> list[str]:
+        """The completion's steps: its characters, or with a separator the pieces between separators (a piece that
+        is not one token character is an invalid step)."""
+        return list(completion) if not self.separator else [t for t in completion.split(self.separator) if t]
 
     def prompt(self, state: int) -> str:
         return STATE_CHARS[state]
@@ -99,15 +117,16 @@ class AutomatonTask:
                 a = int(rng.choice(self.n_tokens, p=probs[s]))
                 tokens.append(TOKEN_CHARS[a])
                 s = int(self.next_state[s, a])
-            demos.append({"prompt": prompt, "completion": "".join(tokens)})
+            demos.append({"prompt": prompt, "completion": self.render(tokens)})
         return demos
 
     def token_logprobs(self, prompt: str, completion: str) -> np.ndarray:
-        """Expert log p(x_t | prefix) for each character of ``completion``; -inf from the first invalid one on."""
+        """Expert log p(x_t | prefix) for each step of ``completion``; -inf from the first invalid one on."""
         s = self.start_state(prompt)
-        out = np.full(len(completion), -np.inf)
-        for t, ch in enumerate(completion):
-            a = TOKEN_CHARS.find(ch)
+        steps = self.split(completion)
+        out = np.full(len(steps), -np.inf)
+        for t, ch in enumerate(steps):
+            a = TOKEN_CHARS.find(ch) if len(ch) == 1 else -1
             if not 0 <= a < self.n_tokens or not np.isfinite(self.log_probs[s, a]):
                 break  # non-recoverable: this token and every later one are invalid
             out[t] = self.log_probs[s, a]
@@ -121,7 +140,7 @@ class AutomatonTask:
         return int(np.isfinite(self.token_logprobs(prompt, completion)).sum())
 
     def is_success(self, prompt: str, completion: str) -> bool:
-        return len(completion) == self.horizon and self.valid_prefix_length(prompt, completion) == self.horizon
+        return len(self.split(completion)) == self.horizon and self.valid_prefix_length(prompt, completion) == self.horizon
 
     def expert_logprob_per_token(self) -> float:
         """Exact E[log p(x_t|prefix)] over the expert's own rollouts of length ``horizon`` (minus its entropy rate)."""

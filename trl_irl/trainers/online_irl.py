@@ -22,6 +22,7 @@ from trl import GRPOConfig, GRPOTrainer
 from .. import credit as C
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
+from ..shared_base import POLICY, AdapterRole
 from ..validation import check_dataset, check_tokenizer
 from .credit import CREDITS, check_credit, reward_model_batch, token_rewards
 
@@ -137,7 +138,16 @@ class OnlineRewardMixin:
         """Checks a subclass adds before any model is loaded."""
 
     def _policy_for_reward(self):
-        return self.accelerator.unwrap_model(self.model) if self.reward_updater.objective.needs_policy else None
+        """The policy for objectives that need log pi (AIRL). On a shared base it is the policy's adapter as a role:
+        the reward's forward switches to the reward's adapter, and log pi must not."""
+        if not self.reward_updater.objective.needs_policy:
+            return None
+        policy = self.accelerator.unwrap_model(self.model)
+        if isinstance(self.reward_updater.model, AdapterRole):
+            if getattr(self, "_policy_role", None) is None:
+                self._policy_role = AdapterRole(policy, POLICY, "lm")
+            return self._policy_role
+        return policy
 
     def _transform_scored(self, output: dict, inputs: list[dict]) -> dict:
         """Runs after TRL scored the batch and before the reward model learns from it (so token credit reads the

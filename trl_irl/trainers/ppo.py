@@ -4,7 +4,8 @@ loss and adds only what PPO has beyond it.
 
 PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generation``. Hooks, each calling ``super()``:
     _transform_scored      token rewards -> critic values -> GAE (credit/advantages.py) -> advantages, returns
-    _compute_loss          + vf_coef * clipped value loss
+    _compute_loss          + vf_coef * clipped value loss (backpropagated under the critic's adapter scope, so a
+                           critic that is an adapter on the policy's shared base recomputes with its own adapter)
     create_optimizer       the critic's parameters as an extra group (own learning rate; clipped and, under several
                            processes, all-reduced by a step pre-hook, since Trainer clips only the policy)
     _save_checkpoint / _load_optimizer_and_scheduler   the critic's weights (its Adam state rides in the optimizer)
@@ -25,6 +26,7 @@ from .. import credit as C
 from ..rewards.losses import masked_mean
 from ..rewards.objectives import model_inputs
 from ..rewards.online import all_reduce_mean_
+from ..shared_base import adapter_scope, trainable_parameters
 from .credit import reward_model_batch
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer
 
@@ -109,17 +111,21 @@ class PPOTrainer(OnlineIRLTrainer):
         if "returns" not in inputs:  # evaluation batches carry no returns
             return loss
         mask = inputs["completion_mask"].float()
-        values, old, returns = self.values(self.critic, inputs), inputs["old_values"], inputs["returns"]
-        clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
-        value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+        # the value loss is backpropagated here, under the critic's scope: on a shared base (critic = an adapter of
+        # the policy's model) gradient checkpointing must recompute the critic's forward with the critic's adapter
+        with adapter_scope(self.critic):
+            values, old, returns = self.values(self.critic, inputs), inputs["old_values"], inputs["returns"]
+            clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
+            value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+            if mode == "train" and torch.is_grad_enabled():
+                self.accelerator.backward(self.args.vf_coef * value_loss / self.current_gradient_accumulation_steps)
         self._metrics[mode]["value_loss"].append(value_loss.item())
         self._metrics[mode]["value_clipfrac"].append(masked_mean(((values - clipped).abs() > 1e-8).float(), mask).item())
-        accumulation = self.current_gradient_accumulation_steps if mode == "train" else 1
-        return loss + self.args.vf_coef * value_loss / accumulation
+        return loss
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
-        params = [p for p in self.critic.parameters() if p.requires_grad]
+        params = trainable_parameters(self.critic)
         optimizer.add_param_group({"params": params, "lr": self.args.critic_learning_rate, "weight_decay": 0.0})
 
         def clip_critic(opt, args, kwargs):
