@@ -22,9 +22,21 @@ def _start_logger(cfg: dict):
     return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
 
 
+def config_dict(cfg: DictConfig) -> dict:
+    """Plain dicts (TRL configs must stay JSON-serialisable); a value left at ``???`` (e.g. ``model.path`` of the
+    qlora recipes) fails here, with its key named, before anything runs."""
+    from omegaconf.errors import MissingMandatoryValue
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as error:
+        key = getattr(error, "full_key", None) or str(error)
+        raise ValueError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    container = OmegaConf.to_container(cfg, resolve=True)  # plain dicts: TRL configs must stay JSON-serialisable
+    container = config_dict(cfg)
     if container["job"] == "prompt_oirl":
         from .prompt_oirl.experiment import run
 
@@ -42,6 +54,8 @@ def main(cfg: DictConfig) -> None:
 
         arms = json.loads(path.read_text())["arms"]
         run.summary.update({f"{arm}/{k}": v for arm, values in arms.items() for k, v in values.items()})
+        # the trained arm under one name too, so a sweep over algorithms has one metric to optimise
+        run.summary.update({f"policy/{k}": v for k, v in arms[pipeline.algo].items()})
         run.finish()
     print(path, flush=True)  # the output contract: the last line is the absolute path of metrics.json
 

@@ -1,0 +1,66 @@
+"""Every recipe composes and passes the pipeline's checks (no model is loaded), and the qlora recipes configure
+what their names promise."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from trl_irl.cli import CONF_DIR, config_dict
+
+RECIPES = sorted(str(p.relative_to(CONF_DIR / "recipe").with_suffix("")) for p in (CONF_DIR / "recipe").rglob("*.yaml")
+                 if "parts" not in p.parts and "sweeps" not in p.parts)
+
+
+def composed(recipe: str, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"recipe={recipe}", "output_dir=/tmp/unused", *overrides])
+    return config_dict(cfg)
+
+
+def test_the_recipes_are_found():
+    assert {"default", "toy", "smollm2_online_irl", "qlora/ppo_7b", "qlora/online_irl_0.5b"} <= set(RECIPES)
+    assert len([r for r in RECIPES if r.startswith("qlora/")]) == 12
+
+
+@pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "prompt_oirl"])
+def test_each_pipeline_recipe_passes_the_checks(recipe):
+    from trl_irl.pipeline import Pipeline
+
+    cfg = composed(recipe, *(["model.path=/models/yours"] if recipe.startswith("qlora/") else []))
+    Pipeline(cfg)  # raises on any inconsistent or misspelt setting
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo", "remax", "online_irl"])
+@pytest.mark.parametrize("size", ["0.5b", "1.5b", "7b"])
+def test_qlora_recipes(algo, size):
+    cfg = composed(f"qlora/{algo}_{size}", "model.path=/models/yours")
+    assert cfg["quant"]["mode"] == "4bit" and cfg["peft"]["enabled"] and cfg["shared_base"]
+    assert cfg["algo"]["name"] == {"online_irl": "grpo"}.get(algo, algo)
+    assert cfg["algo"]["extra"]["gradient_checkpointing"]
+    assert (cfg["reward"]["online"]["update_every"] == 0) == (algo == "grpo")  # GRPO: a fixed reward model
+    assert cfg["model"]["path"] == "/models/yours"
+
+
+def test_qlora_recipe_without_weights_names_the_missing_key():
+    with pytest.raises(ValueError, match=r"model.path has no value: give it on the command line, e.g. model.path="):
+        composed("qlora/ppo_7b")
+
+
+@pytest.mark.parametrize("sweep", sorted((Path(CONF_DIR) / "recipe" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_wandb_sweeps_call_trl_irl_with_hydra_overrides(sweep):
+    """A wandb agent runs ``trl-irl key=value ...``: every parameter, at every listed value, must compose."""
+    import yaml
+
+    spec = yaml.safe_load(sweep.read_text())
+    assert spec["program"] == "trl-irl"
+    assert spec["command"] == ["${env}", "${program}", "${args_no_hyphens}"]
+    params = spec["parameters"]
+    fixed = [f"{k}={v['value']}" for k, v in params.items() if "value" in v and k != "recipe"]
+    for key, values in params.items():
+        choices = values.get("values") or [values.get("value", values.get("min"))]
+        for choice in choices:
+            overrides = [o for o in fixed if not o.startswith(f"{key}=")] + ([] if key == "recipe" else [f"{key}={choice}"])
+            cfg = composed(params["recipe"]["value"], *overrides)
+            assert cfg is not None
+    assert spec["metric"]["name"].startswith("policy/")
