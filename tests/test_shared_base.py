@@ -7,7 +7,6 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
-from trl_irl.models import export_smollm2  # noqa: F401  (import check: the loader stays importable without the package)
 from trl_irl.rewards import make_objective
 from trl_irl.rewards.objectives import completion_logps, encode
 from trl_irl.rewards.online import OnlineRewardUpdater
@@ -132,8 +131,6 @@ def test_reference_is_the_base_model(shared, policy_path, task, tokenizer, demos
 
 def test_airl_reward_role_uses_its_adapter_and_the_policys(shared, task, tokenizer, demos):
     """AIRL's logit f - log pi on a shared base: f under the reward adapter, log pi under the policy's."""
-    from trl_irl.rewards.objectives import model_inputs
-
     batch = batch_for(task, tokenizer, demos[:8])
     reward, policy = shared.role(REWARD, "lm"), AdapterRole(shared.model, POLICY, "lm")
     with torch.no_grad():
@@ -146,7 +143,6 @@ def test_airl_reward_role_uses_its_adapter_and_the_policys(shared, task, tokeniz
         log_pi = completion_logps(shared.model, batch)
     torch.testing.assert_close(logits, (f - log_pi) * batch["completion_mask"][:, 1:])
     assert logits.abs().sum() > 0
-    del model_inputs
 
 
 def test_roles_save_and_load(shared, policy_path, task, tokenizer, demos, tmp_path):

@@ -180,7 +180,6 @@ class Pipeline:
         else:
             self.init_path, self.tokenizer = load_base(m, self.task)
 
-
     def behaviour_cloning(self):
         from datasets import Dataset
         from transformers import EarlyStoppingCallback
@@ -287,8 +286,8 @@ class Pipeline:
         metrics = updater.update(policy)
         r_chosen = updater.rewards(heldout["prompt"], heldout["chosen"], policy)
         r_rejected = updater.rewards(heldout["prompt"], heldout["rejected"], policy)
-        metrics["eval_accuracy"] = (r_chosen > r_rejected).float().mean().item()
-        self.reward_pretrain_metrics = metrics
+        print(f"reward pretraining: train loss {metrics['loss']:.4f}, held-out accuracy "  # as the Trainer would log
+              f"{(r_chosen > r_rejected).float().mean().item():.3f}", flush=True)
         self.reward_model.save_pretrained(self.final_dir("reward_pretrain"))
         (self.final_dir("reward_pretrain") / "DONE").touch()
 
@@ -302,20 +301,17 @@ class Pipeline:
 
     def policy_training(self):
         """The policy stage: ``algo`` (ppo, grpo, rloo, ...) on the online-IRL reward, with ``credit``."""
-        from transformers import AutoModelForCausalLM
-
         stage = self.algo
         self.log_history = []
         if self.done(stage):
-            if self.shared_base:
+            self.policy = self.load_policy(str(self.final_dir(stage)))
+            if self.shared_base:  # the reward model as online IRL left it
                 from .shared_base import load_role
 
-                self.policy = self.load_policy(str(self.final_dir(stage)))
                 load_role(self.reward_model, self.out / stage / "final_reward")
-                return
-            self.policy = AutoModelForCausalLM.from_pretrained(self.final_dir(stage)).eval()
-            self.reward_model.load_state_dict(  # the reward model as online IRL left it
-                type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
+            else:
+                self.reward_model.load_state_dict(
+                    type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
             return
         trainer = self.build_policy_trainer()
         resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
