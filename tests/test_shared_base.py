@@ -148,12 +148,13 @@ def test_airl_reward_role_uses_its_adapter_and_the_policys(shared, task, tokeniz
 def test_roles_save_and_load(shared, policy_path, task, tokenizer, demos, tmp_path):
     batch = batch_for(task, tokenizer, demos[:8])
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    expected = {}
     for name, kind in ((REWARD, "classifier"), (CRITIC, "token")):
         role = shared.role(name, kind)
         with torch.no_grad():
             for p in role.parameters():
                 p.add_(torch.randn_like(p))
-            expected = role(**inputs).logits
+            expected[name] = role(**inputs).logits
         role.save_pretrained(tmp_path / name)
     torch.manual_seed(1)
     fresh = SharedBase(policy_path, LORA)
@@ -161,7 +162,7 @@ def test_roles_save_and_load(shared, policy_path, task, tokenizer, demos, tmp_pa
         role = fresh.role(name, kind)
         load_role(role, tmp_path / name)
         with torch.no_grad():
-            torch.testing.assert_close(role(**inputs).logits, shared.role(name, kind)(**inputs).logits)
+            torch.testing.assert_close(role(**inputs).logits, expected[name])
 
 
 def test_updater_checkpoint_of_a_reward_role(shared, policy_path, task, tokenizer, demos, tmp_path):

@@ -3,6 +3,8 @@ reward models initialised from the policy. Everything is saved to disk so TRL re
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 from pathlib import Path
 
 import torch
@@ -50,6 +52,32 @@ def save_model(model, tokenizer, path: str | Path) -> str:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@contextlib.contextmanager
+def atomic_directory(directory: str | Path):
+    """Yields an empty sibling folder to write into; when the block ends it takes ``directory``'s place, and the old
+    content is removed only after that: a crash mid-write leaves the previous state (or nothing) in place."""
+    directory = Path(directory)
+    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every ``*.safetensors`` file in ``directory`` (sharded checkpoints included); {} if none."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        weights.update(load_file(f))
+    return weights
 
 
 def load_reward_model(path: str | Path, kind: str) -> torch.nn.Module:
@@ -162,7 +190,6 @@ def export_smollm2(out_dir: str | Path) -> str:
     once: GGUF loading dequantises (~15 s) and ``save_pretrained`` refuses GGUF-loaded models, so the weights are
     copied into a model built from the same config. Later runs load the folder in ~2 s."""
     import importlib.util
-    import shutil
 
     from transformers import AutoTokenizer
 
@@ -181,10 +208,7 @@ def export_smollm2(out_dir: str | Path) -> str:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf.state_dict())
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return str(out_dir)

@@ -25,13 +25,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
 POLICY, REWARD, CRITIC = "default", "reward", "critic"
-HEADS_FILE = "heads.safetensors"
 
 
 def tuner_layers(peft_model) -> list:
@@ -196,12 +194,12 @@ def copy_adapter(peft_model, source: str, target: str):
 
 def load_role(role: AdapterRole, directory):
     """Load what ``AdapterRole.save_pretrained`` wrote, in place (the shared base's parameters are updated)."""
-    from safetensors.torch import load_file
+    from .models import read_safetensors
 
-    path = Path(directory) / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"no role weights at {path}: was it written by AdapterRole.save_pretrained?")
-    role.load_state_dict(load_file(path))
+    weights = read_safetensors(directory)
+    if not weights:
+        raise FileNotFoundError(f"no role weights in {directory}: was it written by AdapterRole.save_pretrained?")
+    role.load_state_dict(weights)
 
 
 def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=None, dtype=torch.float32) -> str:
@@ -212,13 +210,10 @@ def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=No
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=False)
     merged = PeftModel.from_pretrained(base, adapter_dir, adapter_name=POLICY).merge_and_unload()
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    from .models import atomic_directory
+
+    with atomic_directory(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return str(out_dir)

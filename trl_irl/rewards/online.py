@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import deque
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from ..models import atomic_directory, read_safetensors
 from ..shared_base import adapter_scope, trainable_parameters
 from .objectives import RewardObjective, encode
 
@@ -140,11 +140,6 @@ class OnlineRewardUpdater:
     def save(self, directory: str | os.PathLike):
         """Write model (safetensors), optimizer, buffer and counters into ``directory``, atomically: a crash
         mid-write leaves the previous state in place."""
-        directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp / "model", safe_serialization=True)
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         state = {
             "num_updates": self.num_updates,
             "num_batches": self.num_batches,
@@ -153,24 +148,17 @@ class OnlineRewardUpdater:
             "buffer_capacity": self.buffer.items.maxlen,
             "buffer": list(self.buffer.items),
         }
-        (tmp / "state.json").write_text(json.dumps(state))
-        old = directory.with_name(directory.name + ".old")
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_directory(directory) as tmp:
+            self.model.save_pretrained(tmp / "model", safe_serialization=True)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(state))
 
     def load(self, directory: str | os.PathLike):
         directory = Path(directory)
         if not (directory / "state.json").exists():
             raise FileNotFoundError(f"no online reward state in {directory} (expected {STATE_DIR}/state.json in the "
                                     "checkpoint): was it written by OnlineIRLTrainer?")
-        from safetensors.torch import load_file
-
-        weights = {}
-        for f in sorted((directory / "model").glob("*.safetensors")):
-            weights.update(load_file(f))
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing, unexpected = self.model.load_state_dict(read_safetensors(directory / "model"), strict=False)
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:  # tied heads are not saved
             raise ValueError(f"reward checkpoint does not match the reward model: missing={missing} unexpected={unexpected}")
         device = next(self.model.parameters()).device

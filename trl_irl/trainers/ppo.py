@@ -14,8 +14,6 @@ PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generati
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from .. import credit as C
+from ..models import atomic_directory, read_safetensors
 from ..rewards.losses import masked_mean
 from ..rewards.objectives import model_inputs
 from ..rewards.online import all_reduce_mean_
@@ -148,22 +147,13 @@ class PPOTrainer(OnlineIRLTrainer):
 
 
 def save_critic(critic: torch.nn.Module, directory: Path):
-    """safetensors into ``directory``, atomically (tmp dir + rename)."""
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    critic.save_pretrained(tmp, safe_serialization=True)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    """safetensors into ``directory``, atomically."""
+    with atomic_directory(directory) as tmp:
+        critic.save_pretrained(tmp, safe_serialization=True)
 
 
 def load_critic(critic: torch.nn.Module, directory: Path):
-    from safetensors.torch import load_file
-
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
+    weights = read_safetensors(directory)
+    if not weights:
         raise FileNotFoundError(f"no critic weights in {directory}: was the checkpoint written by PPOTrainer?")
-    weights = {}
-    for f in files:
-        weights.update(load_file(f))
     critic.load_state_dict(weights)
