@@ -262,3 +262,35 @@ def test_roles_start_from_a_pretrained_policy_adapter(shared, policy_path, task,
         torch.testing.assert_close(policy_logps(built, batch), policy_logps(shared, batch))
     assert torch.equal(logits, torch.zeros_like(logits))
     assert any(p.requires_grad for p in built.model.parameters())  # the policy adapter trains on
+
+
+@pytest.mark.parametrize("shared_base", [True, False])
+def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
+    """peft=lora: policy, critic and reward adapters all start from BC's; shared_base=true puts them on one base,
+    false gives each a base of its own (the memory benchmark's separate setup, with LoRA). PPO trains all three."""
+    from hydra import compose, initialize_config_dir
+
+    from trl_irl.cli import CONF_DIR, config_dict
+    from trl_irl.pipeline import Pipeline
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = config_dict(compose("config", overrides=[
+            "recipe=toy", "peft=lora", "quant=4bit", "algo=ppo", f"shared_base={str(shared_base).lower()}",
+            "bc.num_train_epochs=1", f"output_dir={tmp_path}"]))
+    pipeline = Pipeline(cfg)
+    pipeline.setup()
+    pipeline.behaviour_cloning()
+    pipeline.reward_pretraining()
+    trainer = pipeline.build_policy_trainer(max_steps=2, save_strategy="no")
+    policy, critic, reward = trainer.model, trainer.critic, pipeline.reward_model
+    bases = {id(policy), id(critic.peft_model), id(reward.peft_model)}
+    assert len(bases) == (1 if shared_base else 3)
+    assert sorted(policy.peft_config) == (["critic", "default", "ref", "reward"] if shared_base else ["default", "ref"])
+    def weights():
+        policy_adapter = [p for n, p in policy.named_parameters() if ".default." in n]
+        return [snapshot(params) for params in (policy_adapter, list(critic.parameters()), list(reward.parameters()))]
+
+    before = weights()
+    trainer.train()
+    for name, b, a in zip(("policy", "critic", "reward"), before, weights()):
+        assert any(not torch.equal(x, y) for x, y in zip(b, a)), f"the {name} did not train"

@@ -47,8 +47,10 @@ def main(cfg: DictConfig) -> None:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(container)  # validates the config before any work
-    run = _start_logger(container)
+    run = _start_logger(container) if pipeline.state.is_main_process else None
     path = pipeline.run()
+    if not pipeline.state.is_main_process:  # under `accelerate launch`: one process reports
+        return
     if run is not None:
         import json
 

@@ -64,6 +64,15 @@ def load_base(model_cfg: dict, task):
     return path, tokenizer
 
 
+def release_memory():
+    """Return freed tensors' memory (after the last reference to a model is dropped)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _atomic_write_text(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -74,9 +83,16 @@ class Pipeline:
     """Runs the stages of one configured experiment; ``run()`` returns the path of ``metrics.json``."""
 
     def __init__(self, cfg: dict):
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
         self.cfg = cfg
-        self.out = Path(cfg["output_dir"]).resolve()
         self.use_cpu = (not torch.cuda.is_available()) if cfg["use_cpu"] == "auto" else bool(cfg["use_cpu"])
+        # one process, or several under `accelerate launch` (DDP): every rank runs every stage; the main process
+        # alone writes files, and the others wait for it (``on_main``). Hydra's run folder is named by the clock on
+        # each rank, so all use the main process's.
+        self.state = PartialState(cpu=self.use_cpu)
+        self.out = Path(broadcast_object_list([str(Path(cfg["output_dir"]).resolve())])[0])
         self.timings: dict[str, float] = {}
         # fail on bad config before any expensive work
         self.task, self.sizes = make_task(cfg["task"])
@@ -120,14 +136,12 @@ class Pipeline:
         if self.shared_base and not self.peft:
             raise ValueError("shared_base=true puts the critic and the reward as LoRA adapters on the policy's base: "
                              "add peft=lora")
-        if self.peft and not self.shared_base:
-            raise ValueError("peft=lora runs with shared_base=true in the pipeline (policy, reference, critic and reward "
-                             "on one base); separate LoRA models per role are not wired into the pipeline yet")
         if cfg["model"].get("path") is None and cfg["model"]["name"] != "tiny":
             raise ValueError(f"model.path is missing for model={cfg['model']['name']}: give a local folder "
                              "(model.path=/path/to/model)")
-        if self.shared_base and self.algo == "rloo":
-            raise ValueError("algo=rloo is TRL's RLOOTrainer, which takes no shared base: use algo=rloo_token")
+        if self.peft and self.algo == "rloo":
+            raise ValueError("algo=rloo is TRL's RLOOTrainer, which we run with full models only: with peft=lora use "
+                             "algo=rloo_token")
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def credit_args(self) -> dict:
@@ -149,11 +163,20 @@ class Pipeline:
     def done(self, stage: str) -> bool:
         return self.cfg["resume"] and (self.final_dir(stage) / "DONE").exists()
 
+    def on_main(self, fn, *args):
+        """``fn(*args)`` on the main process only (file writes); every process continues once it is done."""
+        result = fn(*args) if self.state.is_main_process else None
+        self.state.wait_for_everyone()
+        return result
+
     def mark_done(self, stage: str, model, tokenizer):
         from .models import save_model
 
-        save_model(model, tokenizer, self.final_dir(stage))
-        (self.final_dir(stage) / "DONE").touch()
+        def write():
+            save_model(model, tokenizer, self.final_dir(stage))
+            (self.final_dir(stage) / "DONE").touch()
+
+        self.on_main(write)
 
     def timed(self, stage: str, fn, *args):
         start = time.perf_counter()
@@ -176,9 +199,11 @@ class Pipeline:
             self.tokenizer = build_char_tokenizer(self.task.alphabet)
             model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
                                          m["intermediate_size"], max_positions=2 + 2 * self.task.horizon, seed=seed)
-            self.init_path = save_model(model, self.tokenizer, self.out / "init")
+            self.init_path = str(self.out / "init")
+            self.on_main(save_model, model, self.tokenizer, self.init_path)
         else:
-            self.init_path, self.tokenizer = load_base(m, self.task)
+            with self.state.main_process_first():  # a one-time export (SmolLM2) is written by the main process
+                self.init_path, self.tokenizer = load_base(m, self.task)
 
     def behaviour_cloning(self):
         from datasets import Dataset
@@ -217,14 +242,24 @@ class Pipeline:
 
         return PeftModel.from_pretrained(load_causal_lm(self.init_path, self.cfg["quant"]), path).eval()
 
-    def build_shared_base(self):
-        """The policy's base with the BC adapter as the policy and copies of it as reward (and critic) adapters."""
-        from .shared_base import CRITIC, REWARD, SharedBase
+    def adapter_model(self, role: str):
+        """With peft=lora, the (quantised) base that ``role`` (POLICY, REWARD or CRITIC) lives on, each adapter starting
+        from BC's: the one shared base (shared_base=true), or a base of the role's own (false)."""
+        from .shared_base import CRITIC, POLICY, REWARD, SharedBase
 
-        roles = (REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)
-        self.shared = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"], policy_adapter=self.bc_path,
-                                 roles=roles)
-        return self.shared.role(REWARD, self.objective.model_kind)
+        if not hasattr(self, "bases"):
+            self.bases = {}
+        key = "shared" if self.shared_base else role
+        if key not in self.bases:
+            roles = ((REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)) if self.shared_base else \
+                ((role,) if role != POLICY else ())
+            self.bases[key] = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"],
+                                         policy_adapter=self.bc_path, roles=roles)
+        return self.bases[key]
+
+    def adapter_role(self, role: str, kind: str):
+        """The reward or critic of a LoRA run as a module (an ``AdapterRole``) on its base."""
+        return self.adapter_model(role).role(role, kind)
 
     def reward_pretraining(self):
         from datasets import Dataset
@@ -233,8 +268,10 @@ class Pipeline:
         from .models import load_reward_model
         from .trainers import IRLRewardConfig, IRLRewardTrainer
 
-        if self.shared_base:
-            self.reward_model = self.build_shared_base()
+        if self.peft:
+            from .shared_base import REWARD
+
+            self.reward_model = self.adapter_role(REWARD, self.objective.model_kind)
             if self.done("reward_pretrain"):
                 from .shared_base import load_role
 
@@ -253,7 +290,7 @@ class Pipeline:
                                       for d, s in zip(demos, samples)])
 
         seed = self.cfg["seed"]
-        if self.shared_base:
+        if self.peft:
             self.pretrain_reward_role(pairs(self.demos, 3000 + seed), pairs(self.heldout, 4000 + seed))
             return
         args = build_args(IRLRewardConfig, {**self.common_args("reward_pretrain"), "objective": self.objective.name,
@@ -282,14 +319,19 @@ class Pipeline:
                                       buffer_size=len(train), max_grad_norm=c.get("max_grad_norm", 1.0),
                                       seed=self.cfg["seed"])
         updater.add(train["prompt"], train["chosen"], train["rejected"])
-        policy = AdapterRole(self.shared.model, POLICY, "lm") if self.objective.needs_policy else None
+        policy = None
+        if self.objective.needs_policy:  # on a shared base: the BC adapter of that base, as a role
+            policy = AdapterRole(self.adapter_model(POLICY).model, POLICY, "lm") if self.shared_base else self.bc_model
         metrics = updater.update(policy)
         r_chosen = updater.rewards(heldout["prompt"], heldout["chosen"], policy)
         r_rejected = updater.rewards(heldout["prompt"], heldout["rejected"], policy)
         print(f"reward pretraining: train loss {metrics['loss']:.4f}, held-out accuracy "  # as the Trainer would log
               f"{(r_chosen > r_rejected).float().mean().item():.3f}", flush=True)
-        self.reward_model.save_pretrained(self.final_dir("reward_pretrain"))
-        (self.final_dir("reward_pretrain") / "DONE").touch()
+        def write():
+            self.reward_model.save_pretrained(self.final_dir("reward_pretrain"))
+            (self.final_dir("reward_pretrain") / "DONE").touch()
+
+        self.on_main(write)
 
     def evaluate(self, name: str, policy) -> dict:
         from .evaluation import evaluate_arm
@@ -305,7 +347,7 @@ class Pipeline:
         self.log_history = []
         if self.done(stage):
             self.policy = self.load_policy(str(self.final_dir(stage)))
-            if self.shared_base:  # the reward model as online IRL left it
+            if self.peft:  # the reward model as online IRL left it
                 from .shared_base import load_role
 
                 load_role(self.reward_model, self.out / stage / "final_reward")
@@ -318,14 +360,18 @@ class Pipeline:
         trainer.train(resume_from_checkpoint=True if resume else None)
         self.log_history = trainer.state.log_history
         self.policy = trainer.model.eval()
-        self.reward_model.save_pretrained(self.out / stage / "final_reward", safe_serialization=True)
-        if self.shared_base:  # the policy adapter alone, and merged into the full-precision base for inference
+        self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
+        if self.peft:  # the policy adapter alone, and merged into the full-precision base for inference
             from .shared_base import POLICY, export_merged_policy
 
-            self.policy.save_pretrained(self.final_dir(stage), selected_adapters=[POLICY])
-            self.tokenizer.save_pretrained(self.final_dir(stage))
-            export_merged_policy(self.init_path, str(self.final_dir(stage)), self.out / stage / "merged", self.tokenizer)
-            (self.final_dir(stage) / "DONE").touch()
+            def write():
+                self.policy.save_pretrained(self.final_dir(stage), selected_adapters=[POLICY])
+                self.tokenizer.save_pretrained(self.final_dir(stage))
+                export_merged_policy(self.init_path, str(self.final_dir(stage)), self.out / stage / "merged",
+                                     self.tokenizer)
+                (self.final_dir(stage) / "DONE").touch()
+
+            self.on_main(write)
             return
         self.mark_done(stage, self.policy, self.tokenizer)
 
@@ -348,12 +394,12 @@ class Pipeline:
             "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
         dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
         model, shared = self.bc_path, {}
-        if self.shared_base:  # the shared PEFT model is the policy; PPO's critic is its critic adapter
-            from .shared_base import CRITIC
+        if self.peft:  # the policy's PEFT model; PPO's critic an adapter on the shared base or on its own
+            from .shared_base import CRITIC, POLICY
 
-            model = self.shared.model
+            model = self.adapter_model(POLICY).model
             if self.algo == "ppo":
-                shared["critic"] = self.shared.role(CRITIC, "token")
+                shared["critic"] = self.adapter_role(CRITIC, "token")
         return trainer_cls(model=model, reward_model=self.reward_model, args=args, train_dataset=dataset,
                            processing_class=self.tokenizer, **shared)
 
@@ -366,7 +412,12 @@ class Pipeline:
         self.timed("bc", self.behaviour_cloning)
         self.timed("reward_pretrain", self.reward_pretraining)
         arms = {"bc": self.timed("eval_bc", self.evaluate, "bc", self.bc_model)}
+        if self.peft:  # the BC policy's own (4-bit) base is not held while the policy trains: reloaded to evaluate
+            self.bc_model = None
+            release_memory()
         self.timed(self.algo, self.policy_training)
+        if self.bc_model is None:
+            self.bc_model = self.load_policy(self.bc_path)
         arms[self.algo] = self.timed(f"eval_{self.algo}", self.evaluate, self.algo, self.policy)
         metrics = {
             "arms": arms,
@@ -375,7 +426,11 @@ class Pipeline:
             "config": self.cfg,
         }
         path = self.out / "metrics.json"
-        _atomic_write_text(path, json.dumps(metrics, indent=2))
-        plot(metrics, self.log_history, self.out / "metrics.png")
-        print_table(metrics)
+
+        def write():
+            _atomic_write_text(path, json.dumps(metrics, indent=2))
+            plot(metrics, self.log_history, self.out / "metrics.png")
+            print_table(metrics)
+
+        self.on_main(write)
         return path

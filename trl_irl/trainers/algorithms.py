@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from transformers.utils import logging
 from trl import RLOOConfig, RLOOTrainer
 
 from .. import credit as C
 from .credit import CREDITS
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin
+
+logger = logging.get_logger(__name__)
 
 
 class RLOOTokenTrainer(OnlineIRLTrainer):
@@ -45,6 +48,12 @@ class ReinforcePPTrainer(OnlineIRLTrainer):
 class ReMaxTrainer(OnlineIRLTrainer):
     """ReMax (Li et al. 2024): the baseline is the reward of a greedy completion of the same prompt (one extra greedy
     rollout per prompt group), A_{i,t} = G_{i,t} - G^greedy_{i,t}."""
+
+    def _check_setup(self, args, objective, reward_model, same_tokenizer):
+        super()._check_setup(args, objective, reward_model, same_tokenizer)
+        if args.use_vllm:
+            logger.warning("ReMaxTrainer with use_vllm=true: the sampled completions come from vLLM, but the greedy "
+                           "baseline rollout runs on the training model's generate() (one greedy completion per prompt)")
 
     def compute_advantages(self, returns, mask, output, inputs):
         return C.remax_advantages(returns, mask, *self.greedy_returns(output, inputs))

@@ -92,6 +92,23 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
         return self.credit != "sequence" or self.token_kl_coef > 0
 
 
+def check_backends(args, model, trainer: str):
+    """TRL's switches our trainers can't follow, said at start-up, before a model or a vLLM engine is loaded."""
+    if args.distributed_state.distributed_type == "DEEPSPEED":
+        raise ValueError(
+            f"{trainer} under DeepSpeed is not supported yet: the online reward model's optimizer and PPO's critic "
+            "group live outside the DeepSpeed engine and are untested with ZeRO. Launch without DeepSpeed "
+            "(`accelerate launch --num_processes N`, i.e. DDP), which keeps them in sync across processes")
+    if args.use_vllm:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        quantised = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
+        if quantised or "quantization_config" in (args.model_init_kwargs or {}):
+            raise ValueError(
+                f"{trainer} with use_vllm=true and a bitsandbytes-quantised policy (quant=4bit/8bit) fails in TRL 1.16: "
+                "the weight sync sends dequantised merged weights that vLLM's engine cannot load "
+                "(huggingface/trl#4973). Set use_vllm=false, or quant=none (LoRA on a full-precision base)")
+
+
 class OnlineRewardMixin:
     """The reward source of every policy trainer: an online-IRL reward model (learning, or fixed with
     ``reward_update_every=0``) and/or plain reward functions. Put it before the TRL trainer in the bases.
@@ -115,6 +132,7 @@ class OnlineRewardMixin:
         if reward_model is None and not reward_funcs:
             raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
         objective = make_objective(args.objective, args.reward_prefix_weight)
+        check_backends(args, model, type(self).__name__)
         self._check_setup(args, objective, reward_model, reward_tokenizer is processing_class)
         funcs = list(reward_funcs or [])
         if reward_model is not None:

@@ -1,0 +1,311 @@
+"""Peak memory and throughput of one training step: the 4-bit policy alone, every role its own model, and every role
+on one 4-bit base (issue 5).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --quick --out benchmarks/results/memory_quick.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --out benchmarks/results/memory.json      # CPU, full
+    python benchmarks/memory.py --models qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b --out memory_gpu.json   # on a GPU
+
+Setups, each run in a fresh process (a peak can't be reset, and one setup's allocations must not count for the next):
+
+=============  ========================================================================================================
+policy_only    the 4-bit base with a LoRA policy; TRL's GRPO step on a rule reward (reference = TRL's frozen adapter)
+separate       our PPO step with every role its own model in the compute dtype: the policy (full fine-tuning), TRL's
+               reference copy, the critic and the reward model (learning online), as PPO was run before LoRA
+shared_base    our PPO step with policy, reference, critic and reward (learning online) on one 4-bit base (SharedBase)
+=============  ========================================================================================================
+
+Every setup: the same prompts (``--prompt-len`` random tokens), ``--completion-len`` new tokens (generation is forced to
+full length, so every step processes the same tokens), micro-batch ``--batch`` completions, gradient checkpointing,
+beta 0.05. Models: ``tiny`` (the default task's model) and ``smollm2_135m`` (SmolLM2-135M-Instruct, see
+conf/model/smollm2_135m.yaml) with their real weights; ``qwen2.5-{0.5b,1.5b,7b}`` and ``random-tiny`` built
+randomly from Qwen2.5-shaped configs (weights change neither memory nor speed), for a GPU.
+
+peak_mem_mb: on CPU the peak resident memory (``VmHWM``) above the process's resident memory after imports and
+before any model is loaded; on a GPU ``torch.cuda.max_memory_allocated``. tokens_per_s: completion tokens of a step
+(batch x completion length) per second of step time, median over the measured steps (the first step, a warm-up, is
+not counted). A setup that runs out of GPU memory gets ``"oom": true``. With ``--repeats`` > 1 every figure is the
+median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SETUPS = ("policy_only", "separate", "shared_base")
+ROW_TAG = "MEMORY_ROW "
+QUANT = {"mode": "4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "auto"}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
+# Qwen2.5 shapes (config.json of the released models); "random-tiny" takes the same path at test size
+QWEN = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+    "random-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+}
+# micro-batch (completions per step) as in recipes/qlora/parts/size_*.yaml
+BATCH = {"qwen2.5-0.5b": 16, "qwen2.5-1.5b": 8, "qwen2.5-7b": 2}
+
+
+# --- models (built once per run, by a process of their own) -----------------------------------------------------
+def word_tokenizer(vocab_size: int):
+    """A word-level tokenizer with ``vocab_size`` entries (``t3``, ``t4``, ...): any sampled id decodes and re-encodes."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from trl_irl.models import EOS, PAD, UNK
+
+    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK])} | {f"t{i}": i for i in range(3, vocab_size)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+def prepare(name: str, directory: Path) -> str:
+    """A folder with the model's weights and tokenizer (random models: bf16 on a GPU, so 7B fits on disk and in RAM)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    from trl_irl.models import build_char_tokenizer, build_tiny_causal_lm, export_smollm2, save_model
+    from trl_irl.tasks import AutomatonTask
+
+    if name == "tiny":
+        tokenizer = build_char_tokenizer(AutomatonTask().alphabet)
+        return save_model(build_tiny_causal_lm(tokenizer, 64, 2, 4, 128, 512, seed=0), tokenizer, directory)
+    if name == "smollm2_135m":
+        return export_smollm2(os.environ.get("TRL_IRL_SMOLLM2", "~/.cache/trl_irl/models/smollm2_135m"))
+    if name not in QWEN:
+        raise ValueError(f"unknown model {name!r}: choose from tiny, smollm2_135m, {', '.join(QWEN)}")
+    tokenizer = word_tokenizer(QWEN[name]["vocab_size"])
+    config = Qwen2Config(**QWEN[name], max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    cuda = torch.cuda.is_available()
+    torch.manual_seed(0)
+    with torch.device("cuda" if cuda else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    return save_model(model, tokenizer, directory)
+
+
+# --- one setup, in a child process ------------------------------------------------------------------------------
+def peak_bytes() -> int:
+    """The high-water mark since the last ``reset_peak``: GPU tensor memory, or the process's peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated()
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def reset_peak():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current resident size
+
+
+def run_setup(model: str, setup: str, path: str, opts) -> dict:
+    import psutil
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trl_irl.models import compute_dtype
+    from trl_irl.shared_base import CRITIC, REWARD, SharedBase
+    from trl_irl.trainers import PPOConfig, PPOTrainer
+
+    torch.set_num_threads(1)
+    cuda = torch.cuda.is_available()
+    baseline = 0 if cuda else psutil.Process().memory_info().rss  # after imports, before any model
+    reset_peak()
+
+    # random models: their word-level tokenizer as saved (AutoTokenizer would pick Qwen2's class from the config)
+    tokenizer = (PreTrainedTokenizerFast if model in QWEN else AutoTokenizer).from_pretrained(path, trust_remote_code=False)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    special = len(tokenizer.all_special_ids)
+    generator = torch.Generator().manual_seed(0)
+
+    def text(n):  # random tokens, decoded: the prompt and demonstration texts
+        return tokenizer.decode(torch.randint(special, len(tokenizer), (n,), generator=generator),
+                                skip_special_tokens=True)
+
+    B, C = opts.batch, opts.completion_len
+    dataset = Dataset.from_list([{"prompt": text(opts.prompt_len), "demonstration": text(C)} for _ in range(64)])
+    out = tempfile.mkdtemp()
+    common = dict(output_dir=out, per_device_train_batch_size=B, num_generations=min(B, 4), max_completion_length=C,
+                  max_steps=1 + opts.steps, learning_rate=1e-5, beta=0.05, gradient_checkpointing=True, use_cpu=not cuda,
+                  bf16=cuda, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
+                  generation_kwargs={"min_new_tokens": C})
+    online = dict(reward_update_every=1, reward_update_steps=1, reward_batch_size=B, objective="bt")
+
+    def build():
+        if setup == "policy_only":
+            shared = SharedBase(path, LORA, QUANT, roles=())
+            return GRPOTrainer(model=shared.model, reward_funcs=[lambda completions, **_: [float(len(c)) for c in completions]],
+                               args=GRPOConfig(**common), train_dataset=dataset, processing_class=tokenizer)
+        if setup == "shared_base":
+            shared = SharedBase(path, LORA, QUANT, roles=(REWARD, CRITIC))
+            return PPOTrainer(model=shared.model, reward_model=shared.role(REWARD, "classifier"),
+                              critic=shared.role(CRITIC, "token"), args=PPOConfig(**common, **online),
+                              train_dataset=dataset, processing_class=tokenizer)
+        dtype = compute_dtype(QUANT)  # separate: full models in the compute dtype
+        reward = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, trust_remote_code=False)
+        reward.config.pad_token_id = tokenizer.pad_token_id
+        return PPOTrainer(model=path, reward_model=reward, train_dataset=dataset, processing_class=tokenizer,
+                          args=PPOConfig(**common, **online, model_init_kwargs={"dtype": dtype}))
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            torch.cuda.synchronize() if cuda else None
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            torch.cuda.synchronize() if cuda else None
+            self.times.append(time.perf_counter() - self.start)
+
+    mb = lambda n: round((n - baseline) / 2**20, 1)  # noqa: E731
+    row = {"model": model, "setup": setup, "oom": False, "policy_trainable_parameters": None}
+    timer = StepTimer()
+    try:
+        trainer = build()
+        trainer.add_callback(timer)
+        row["policy_trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        row["load_peak_mem_mb"] = mb(peak_bytes())
+        reset_peak()  # the training steps' own peak, apart from loading (which can peak higher on CPU)
+        row["loaded_mem_mb"] = mb(psutil.Process().memory_info().rss if not cuda else torch.cuda.memory_allocated())
+        trainer.train()
+    except torch.cuda.OutOfMemoryError:  # a finding on a GPU (the separate setup at 7B), not a failure
+        row["oom"] = True
+    row["train_peak_mem_mb"] = mb(peak_bytes())
+    row["peak_mem_mb"] = max(row.get("load_peak_mem_mb", 0.0), row["train_peak_mem_mb"])
+    measured = timer.times[1:]
+    row["tokens_per_s"] = round(B * C / statistics.median(measured), 2) if measured and not row["oom"] else None
+    row["seconds_per_step"] = round(statistics.median(measured), 3) if measured else None
+    return row
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+def child(args: list[str]) -> dict:
+    """Run this file again in a fresh process; returns the row it printed (raises with its stderr on failure)."""
+    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
+    rows = [json.loads(line[len(ROW_TAG):]) for line in result.stdout.splitlines() if line.startswith(ROW_TAG)]
+    if result.returncode != 0 or not rows:
+        raise RuntimeError(f"benchmarks/memory.py {' '.join(args)} failed:\n{result.stderr[-4000:]}")
+    return rows[0]
+
+
+def median_row(rows: list[dict]) -> dict:
+    row = dict(rows[0])
+    for key in ("peak_mem_mb", "load_peak_mem_mb", "loaded_mem_mb", "train_peak_mem_mb", "tokens_per_s",
+                "seconds_per_step"):
+        values = [r.get(key) for r in rows if r.get(key) is not None]
+        row[key] = round(statistics.median(values), 2) if values else None
+    row["oom"] = any(r["oom"] for r in rows)
+    row["repeats"] = len(rows)
+    return row
+
+
+def add_ratios(rows: list[dict]) -> dict:
+    """Each row's peak over its model's policy_only peak; and the goal checks."""
+    base = {r["model"]: r["peak_mem_mb"] for r in rows if r["setup"] == "policy_only"}
+    for r in rows:
+        if base.get(r["model"]) and r["peak_mem_mb"] is not None:
+            r["peak_vs_policy_only"] = round(r["peak_mem_mb"] / base[r["model"]], 2)
+    ratio = {(r["model"], r["setup"]): r.get("peak_vs_policy_only") for r in rows}
+    goals = {}
+    for model in base:
+        shared, separate = ratio.get((model, "shared_base")), ratio.get((model, "separate"))
+        goals[model] = {"shared_base_le_1.3x": None if shared is None else shared <= 1.3,
+                        "separate_ge_4x": None if separate is None else separate >= 4.0}
+    return goals
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 measured step, short sequences, 1 repeat")
+    parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    parser.add_argument("--models", default=None, help="comma-separated; default tiny,smollm2_135m (CPU) or the "
+                                                       "Qwen2.5 shapes (GPU)")
+    parser.add_argument("--setups", default=",".join(SETUPS))
+    parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (CPU 32, GPU 512; quick 16)")
+    parser.add_argument("--completion-len", type=int, default=None, help="new tokens (CPU 96, GPU 512; quick 32)")
+    parser.add_argument("--batch", type=int, default=None, help="completions per step (CPU 4; GPU as the recipes)")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps after one warm-up (quick 1, else 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick 1, else 3)")
+    parser.add_argument("--workdir", default=None, help="where model folders are built (default: a temporary one)")
+    parser.add_argument("--child", nargs=3, metavar=("MODEL", "SETUP", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", nargs=2, metavar=("MODEL", "DIR"), help=argparse.SUPPRESS)
+    opts = parser.parse_args(argv)
+    if opts.prepare:
+        print(ROW_TAG + json.dumps({"path": prepare(opts.prepare[0], Path(opts.prepare[1]))}))
+        return
+    if opts.child:
+        print(ROW_TAG + json.dumps(run_setup(*opts.child, opts)), flush=True)
+        return
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    models = (opts.models or ("qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b" if gpu else "tiny,smollm2_135m")).split(",")
+    setups = opts.setups.split(",")
+    for s in setups:
+        if s not in SETUPS:
+            parser.error(f"--setups: {s!r} is unknown, choose from {SETUPS}")
+    for m in models:
+        if m not in ("tiny", "smollm2_135m", *QWEN):
+            parser.error(f"--models: {m!r} is unknown, choose from tiny, smollm2_135m, {', '.join(QWEN)}")
+    sizes = {"prompt_len": opts.prompt_len or (16 if opts.quick else 512 if gpu else 32),
+             "completion_len": opts.completion_len or (32 if opts.quick else 512 if gpu else 96),
+             "steps": opts.steps or (1 if opts.quick else 3)}
+    repeats = opts.repeats or (1 if opts.quick else 3)
+    workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="trl_irl_memory_"))
+    rows = []
+    for model in models:
+        path = child(["--prepare", model, str(workdir / model)])["path"]
+        batch = opts.batch or BATCH.get(model, 4)
+        flags = [f"--prompt-len={sizes['prompt_len']}", f"--completion-len={sizes['completion_len']}",
+                 f"--batch={batch}", f"--steps={sizes['steps']}"]
+        for setup in setups:
+            row = median_row([child(["--child", model, setup, path, *flags]) for _ in range(repeats)])
+            row |= {"batch": batch, **sizes, "device": "cuda" if gpu else "cpu"}
+            rows.append(row)
+            print(f"{model:>14} {setup:>12}: peak {row['peak_mem_mb']} MB, {row['tokens_per_s']} tokens/s"
+                  + (" (out of memory)" if row["oom"] else ""), flush=True)
+    goals = add_ratios(rows)
+    result = {"rows": rows, "goals": goals,
+              "command": "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    for r in rows:
+        print(f"{r['model']:>14} {r['setup']:>12}: {r.get('peak_vs_policy_only')}x policy_only's peak")
+    if opts.out:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(result, indent=2))
+        print(f"wrote {opts.out}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

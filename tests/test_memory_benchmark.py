@@ -1,0 +1,59 @@
+"""benchmarks/memory.py: its CPU memory probe reads a known allocation, and each setup is what it claims to be."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "benchmarks" / "memory.py")
+memory = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(memory)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM / clear_refs are Linux's")
+def test_peak_probe_reads_a_known_allocation():
+    memory.reset_peak()
+    before = psutil.Process().memory_info().rss
+    block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched
+    del block
+    grown = (memory.peak_bytes() - before) / 2**20
+    assert 190 < grown < 230, grown
+    memory.reset_peak()  # the peak drops back once the block is freed
+    assert (memory.peak_bytes() - before) / 2**20 < 100
+
+
+def lora_parameters(shape: dict, r: int) -> int:
+    """LoRA on every linear layer of a Qwen2 block (not the LM head): r * (in + out) per layer, by hand."""
+    h, i = shape["hidden_size"], shape["intermediate_size"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    per_block = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # q, k, v, o, gate, up, down
+    return shape["num_hidden_layers"] * sum(r * (a + b) for a, b in per_block)
+
+
+def test_quick_run_rows_and_setups(tmp_path):
+    out = tmp_path / "memory.json"
+    memory.main(["--quick", "--models", "random-tiny", "--workdir", str(tmp_path / "models"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    rows = {r["setup"]: r for r in result["rows"]}
+    assert sorted(rows) == sorted(memory.SETUPS)
+    for r in rows.values():
+        assert set(r) >= {"model", "setup", "peak_mem_mb", "tokens_per_s"}
+        assert r["peak_mem_mb"] > 0 and r["tokens_per_s"] > 0 and not r["oom"]
+        assert r["peak_vs_policy_only"] == pytest.approx(r["peak_mem_mb"] / rows["policy_only"]["peak_mem_mb"], abs=0.01)
+    # the policy trains LoRA alone in both 4-bit setups (the roles' adapters are frozen outside their scope), and
+    # every weight of its own full model in the separate setup
+    shape = memory.QWEN["random-tiny"]
+    lora = lora_parameters(shape, memory.LORA["r"])
+    assert rows["policy_only"]["policy_trainable_parameters"] == lora
+    assert rows["shared_base"]["policy_trainable_parameters"] == lora
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = h // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    attention = (h * h + h) + 2 * (h * kv + kv) + h * h  # q, k, v with biases; o without
+    full = shape["vocab_size"] * h + h + layers * (attention + 3 * h * i + 2 * h)  # tied embeddings, norms
+    assert rows["separate"]["policy_trainable_parameters"] == full
+    assert result["goals"]["random-tiny"].keys() == {"shared_base_le_1.3x", "separate_ge_4x"}
