@@ -156,7 +156,8 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
                   max_steps=1 + opts.steps, learning_rate=1e-5, beta=0.05, gradient_checkpointing=True, use_cpu=not cuda,
                   bf16=cuda, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
                   generation_kwargs={"min_new_tokens": C})
-    online = dict(reward_update_every=1, reward_update_steps=1, reward_batch_size=B, objective="bt")
+    # B/2 (demonstration, sample) pairs: B sequences per reward step, the policy's micro-batch (as the qlora recipes)
+    online = dict(reward_update_every=1, reward_update_steps=1, reward_batch_size=max(1, B // 2), objective="bt")
 
     def build():
         if setup == "policy_only":

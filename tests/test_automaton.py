@@ -56,3 +56,66 @@ def test_demonstrations_are_valid_and_expert_logprob_per_token_is_exact():
 def test_bad_task_config_names_the_field():
     with pytest.raises(ValueError, match="task.n_allowed"):
         AutomatonTask(n_tokens=4, n_allowed=5)
+
+
+def rare_task(**overrides):
+    values = dict(n_states=8, n_tokens=8, n_allowed=3, rare_states=3, rare_prob=0.1, horizon=12, seed=4)
+    return AutomatonTask(**{**values, **overrides})
+
+
+def test_sub_automaton_is_entered_only_through_its_doors():
+    task = rare_task()
+    probs, n_main = np.exp(task.log_probs), task.n_states - task.rare_states
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert task.prompts == [task.prompt(s) for s in range(n_main)]
+    for s in range(task.n_states):
+        valid = np.flatnonzero(probs[s])
+        into_rare = [a for a in valid if task.next_state[s, a] >= n_main]
+        if s < n_main:  # one door, of probability rare_prob, and every other valid token stays in the main states
+            assert len(into_rare) == 1 and probs[s, into_rare[0]] == pytest.approx(task.rare_prob)
+        else:  # inside: exactly one valid token leads back out
+            assert len(valid) - len(into_rare) == 1
+
+
+def test_expert_state_distribution_matches_sampled_rollouts():
+    task = rare_task()
+    exact = task.expert_state_distributions()  # (T, S)
+    demos = task.sample_demonstrations(4000, seed=0)
+    counts = np.zeros_like(exact)
+    for d in demos:
+        for t, s in enumerate(task.state_path(d["prompt"], d["completion"])):
+            counts[t, s] += 1
+    rare = slice(task.n_states - task.rare_states, None)
+    empirical, expected = counts[:, rare].sum(1) / len(demos), exact[:, rare].sum(1)
+    assert expected[0] == 0 and expected[-1] > 0.1  # the expert does go in, a little
+    np.testing.assert_allclose(empirical, expected, atol=4 * np.sqrt(0.25 / len(demos)))
+    lp = np.mean([task.token_logprobs(d["prompt"], d["completion"]).mean() for d in demos])
+    assert lp == pytest.approx(task.expert_logprob_per_token(), abs=0.03)
+
+
+def test_recoverable_errors_cost_one_step_each():
+    task = AutomatonTask(n_states=4, n_tokens=6, n_allowed=3, horizon=3, seed=3, recoverable=True)
+    probs = np.exp(task.log_probs)
+    s0 = 0
+    a = int(np.flatnonzero(probs[s0])[0])
+    bad = int(np.flatnonzero(probs[s0] == 0)[0])
+    s1 = int(task.next_state[s0, a])
+    b = int(np.flatnonzero(probs[s1])[0])
+    bad1 = int(np.flatnonzero(probs[s1] == 0)[0])
+    # a, then an error in s1 (state stays s1), then b, valid in s1
+    completion = TOKEN_CHARS[a] + TOKEN_CHARS[bad1] + TOKEN_CHARS[b]
+    lp = task.token_logprobs("A", completion)
+    assert lp[0] == task.log_probs[s0, a] and lp[1] == -math.inf and lp[2] == task.log_probs[s1, b]
+    assert task.invalid_count("A", completion) == 1 and not task.is_success("A", completion)
+    assert task.state_path("A", completion) == [s0, s1, s1]
+    strict = AutomatonTask(n_states=4, n_tokens=6, n_allowed=3, horizon=3, seed=3)
+    assert list(strict.token_logprobs("A", completion)[1:]) == [-math.inf, -math.inf]
+    assert strict.invalid_count("A", completion) == 2
+    assert task.invalid_count("A", TOKEN_CHARS[bad]) == 3  # one error and two missing steps
+
+
+def test_sub_automaton_needs_prefix_dependent_states():
+    with pytest.raises(ValueError, match="task.rare_states needs task.transitions='random'"):
+        rare_task(transitions="token")
+    with pytest.raises(ValueError, match="task.rare_prob must be in"):
+        rare_task(rare_prob=0.0)

@@ -131,3 +131,44 @@ def test_reward_trainer_learns_and_checks_its_columns(tmp_path, policy_path, tok
     trainer.train()
     after = trainer.evaluate()
     assert after["eval_loss"] < before - 0.05 and after["eval_accuracy"] > 0.7, (before, after)
+
+
+def test_vllm_with_a_4bit_policy_is_refused_before_any_engine_starts(tmp_path, policy_path, tokenizer, demos):
+    """TRL 1.16's vLLM weight sync can't carry a bitsandbytes base (huggingface/trl#4973): said at start-up."""
+    from trl_irl.shared_base import REWARD, SharedBase
+
+    shared = SharedBase(policy_path, {"r": 4, "alpha": 8}, {"mode": "4bit"}, roles=(REWARD,))
+    dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
+    with pytest.raises(ValueError, match=r"use_vllm=true and a bitsandbytes-quantised policy .*trl#4973"):
+        OnlineIRLTrainer(model=shared.model, reward_model=shared.role(REWARD, "classifier"),
+                         args=make_args(tmp_path, use_vllm=True), train_dataset=dataset, processing_class=tokenizer)
+
+
+def test_deepspeed_is_refused_with_the_ddp_alternative(policy_path):
+    from types import SimpleNamespace
+
+    from trl_irl.trainers.online_irl import check_backends
+
+    args = SimpleNamespace(distributed_state=SimpleNamespace(distributed_type="DEEPSPEED"), use_vllm=False,
+                           model_init_kwargs=None)
+    with pytest.raises(ValueError, match="PPOTrainer under DeepSpeed is not supported yet.*accelerate launch"):
+        check_backends(args, policy_path, "PPOTrainer")
+    args.distributed_state.distributed_type = "MULTI_CPU"
+    check_backends(args, policy_path, "PPOTrainer")  # DDP passes
+
+
+def test_remax_says_at_start_up_that_its_greedy_rollout_skips_vllm(tmp_path, policy_path, tokenizer, demos):
+    from transformers.utils import logging
+
+    from trl_irl.trainers import ReMaxTrainer
+
+    records = []
+    handler = type("H", (__import__("logging").Handler,), {"emit": lambda self, r: records.append(r.getMessage())})()
+    logger = logging.get_logger("trl_irl.trainers.algorithms")
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(ImportError, match="vllm|vLLM"):  # not installed here: TRL stops after our message
+            make_trainer(tmp_path, policy_path, tokenizer, demos, cls=ReMaxTrainer, use_vllm=True)
+    finally:
+        logger.removeHandler(handler)
+    assert any("greedy baseline rollout runs on the training model's generate()" in m for m in records), records

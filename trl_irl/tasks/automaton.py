@@ -5,8 +5,14 @@ Text format (one character is one token, so text and token ids round-trip exactl
     completion  lower-case letters, one per step ("fab..." are tokens 5, 0, 1, ...)
 
 The expert in state ``s`` emits token ``a`` with probability ``p(a|s)`` (Dirichlet over ``n_allowed`` tokens,
-zero elsewhere) and moves to ``next_state[s, a]``. Errors are non-recoverable: after the first invalid token
-nothing is valid, so a completion succeeds only if all ``horizon`` tokens are valid.
+zero elsewhere) and moves to ``next_state[s, a]``. By default errors are non-recoverable: after the first invalid
+token nothing is valid, so a completion succeeds only if all ``horizon`` tokens are valid. With ``recoverable=True``
+an invalid token is one error and leaves the state as it was.
+
+A plain random automaton only leaks a constant probability per token (success ~ (1-h)^T). ``rare_states`` adds real
+compounding: a sub-automaton of that many states, with valid tokens of its own, that the expert enters through one
+"door" token of probability ``rare_prob`` per main state. Demonstrations rarely show it, so a policy that
+over-weights a door (a small deviation) lands where its behaviour is least trained.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ class AutomatonTask:
             the last token, as in a first-order Markov chain with sparse support).
         separator: written before every completion token (" " gives " f a b"): with a subword tokenizer (SmolLM2,
             Llama, Qwen) each " x" is one token, while "fab" would merge. Empty for the character tokenizer.
+        rare_states: size of the rarely entered sub-automaton (0: none). Its states are the last ``rare_states``;
+            prompts start in the others (the main states). Needs ``transitions="random"``.
+        rare_prob: the expert's probability, in each main state, of the door token into the sub-automaton.
+        recoverable: an invalid token is one error and the sequence goes on from the same state (False: it fails
+            the rest of the sequence).
     """
 
     n_states: int = 16
@@ -45,6 +56,9 @@ class AutomatonTask:
     seed: int = 0
     transitions: str = "random"
     separator: str = ""
+    rare_states: int = 0
+    rare_prob: float = 0.02
+    recoverable: bool = False
     next_state: np.ndarray = field(init=False, repr=False)
     log_probs: np.ndarray = field(init=False, repr=False)
 
@@ -57,6 +71,12 @@ class AutomatonTask:
             (self.dirichlet_alpha > 0, "task.dirichlet_alpha must be > 0"),
             (self.transitions in ("random", "token"), "task.transitions must be 'random' or 'token'"),
             (self.separator in ("", " "), "task.separator must be '' or ' '"),
+            (0 <= self.rare_states < self.n_states, "task.rare_states must be in 0..task.n_states-1"),
+            (not self.rare_states or 0 < self.rare_prob < 1, "task.rare_prob must be in (0, 1)"),
+            (not self.rare_states or self.n_allowed < self.n_tokens,
+             "task.n_allowed must be < task.n_tokens with rare_states (the door is a token outside the allowed ones)"),
+            (not self.rare_states or self.transitions == "random",
+             "task.rare_states needs task.transitions='random' (with 'token' the last token alone sets the state)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -69,8 +89,31 @@ class AutomatonTask:
         for s in range(self.n_states):
             allowed = rng.choice(self.n_tokens, size=self.n_allowed, replace=False)
             probs[s, allowed] = rng.dirichlet(np.full(self.n_allowed, self.dirichlet_alpha))
+        if self.rare_states:
+            self._add_sub_automaton(rng, probs)
         with np.errstate(divide="ignore"):
             self.log_probs = np.log(probs)
+
+    def _add_sub_automaton(self, rng, probs):
+        """Main states keep to main states, plus one door token (probability ``rare_prob``) into the sub-automaton;
+        sub-automaton states keep to it, except one valid token each that leads back to a main state."""
+        n_main = self.n_states - self.rare_states
+        for s in range(self.n_states):
+            allowed = np.flatnonzero(probs[s])
+            if s < n_main:
+                self.next_state[s, allowed] = rng.integers(0, n_main, size=allowed.size)
+                door = rng.choice(np.setdiff1d(np.arange(self.n_tokens), allowed))
+                probs[s] *= 1 - self.rare_prob
+                probs[s, door] = self.rare_prob
+                self.next_state[s, door] = rng.integers(n_main, self.n_states)
+            else:
+                self.next_state[s, allowed] = rng.integers(n_main, self.n_states, size=allowed.size)
+                self.next_state[s, rng.choice(allowed)] = rng.integers(0, n_main)
+
+    @property
+    def n_start_states(self) -> int:
+        """Prompts start in the main states (all states when there is no sub-automaton)."""
+        return self.n_states - self.rare_states
 
     # --- vocabulary -------------------------------------------------------------------------------------------
     @property
@@ -102,7 +145,7 @@ class AutomatonTask:
 
     @property
     def prompts(self) -> list[str]:
-        return [self.prompt(s) for s in range(self.n_states)]
+        return [self.prompt(s) for s in range(self.n_start_states)]
 
     # --- the expert -------------------------------------------------------------------------------------------
     def sample_demonstrations(self, n: int, seed: int) -> list[dict[str, str]]:
@@ -111,7 +154,7 @@ class AutomatonTask:
         probs = np.exp(self.log_probs)
         demos = []
         for _ in range(n):
-            s = int(rng.integers(self.n_states))
+            s = int(rng.integers(self.n_start_states))
             prompt, tokens = self.prompt(s), []
             for _ in range(self.horizon):
                 a = int(rng.choice(self.n_tokens, p=probs[s]))
@@ -121,17 +164,37 @@ class AutomatonTask:
         return demos
 
     def token_logprobs(self, prompt: str, completion: str) -> np.ndarray:
-        """Expert log p(x_t | prefix) for each step of ``completion``; -inf from the first invalid one on."""
+        """Expert log p(x_t | prefix) for each step of ``completion``; -inf for an invalid step and (non-recoverable)
+        every step after the first invalid one."""
         s = self.start_state(prompt)
         steps = self.split(completion)
         out = np.full(len(steps), -np.inf)
         for t, ch in enumerate(steps):
             a = TOKEN_CHARS.find(ch) if len(ch) == 1 else -1
             if not 0 <= a < self.n_tokens or not np.isfinite(self.log_probs[s, a]):
+                if self.recoverable:
+                    continue  # one error; the state stays
                 break  # non-recoverable: this token and every later one are invalid
             out[t] = self.log_probs[s, a]
             s = int(self.next_state[s, a])
         return out
+
+    def invalid_count(self, prompt: str, completion: str) -> int:
+        """Invalid steps of ``completion`` plus missing steps up to ``horizon`` (non-recoverable: every step from the
+        first error on)."""
+        lp = self.token_logprobs(prompt, completion)
+        return int((~np.isfinite(lp)).sum()) + max(self.horizon - len(lp), 0)
+
+    def state_path(self, prompt: str, completion: str) -> list[int]:
+        """The state before each step (invalid steps leave it unchanged; non-recoverable: up to the first error)."""
+        s, path = self.start_state(prompt), []
+        for ch, lp in zip(self.split(completion), self.token_logprobs(prompt, completion)):
+            path.append(s)
+            if np.isfinite(lp):
+                s = int(self.next_state[s, TOKEN_CHARS.index(ch)])
+            elif not self.recoverable:
+                break
+        return path
 
     def sequence_logprob(self, prompt: str, completion: str) -> float:
         return float(self.token_logprobs(prompt, completion).sum())
@@ -146,10 +209,20 @@ class AutomatonTask:
         """Exact E[log p(x_t|prefix)] over the expert's own rollouts of length ``horizon`` (minus its entropy rate)."""
         probs = np.exp(self.log_probs)
         plogp = np.where(probs > 0, probs * np.where(probs > 0, self.log_probs, 0.0), 0.0).sum(axis=1)
-        state_dist, total = np.full(self.n_states, 1.0 / self.n_states), 0.0
-        for _ in range(self.horizon):
+        total = 0.0
+        for state_dist in self.expert_state_distributions():
             total += state_dist @ plogp
+        return float(total / self.horizon)
+
+    def expert_state_distributions(self) -> np.ndarray:
+        """(horizon, n_states): the exact distribution of the expert's state before each step t."""
+        probs = np.exp(self.log_probs)
+        state_dist = np.zeros(self.n_states)
+        state_dist[: self.n_start_states] = 1.0 / self.n_start_states
+        out = []
+        for _ in range(self.horizon):
+            out.append(state_dist)
             nxt = np.zeros(self.n_states)
             np.add.at(nxt, self.next_state.ravel(), (state_dist[:, None] * probs).ravel())
             state_dist = nxt
-        return float(total / self.horizon)
+        return np.array(out)

@@ -4,8 +4,9 @@ loss and adds only what PPO has beyond it.
 
 PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generation``. Hooks, each calling ``super()``:
     _transform_scored      token rewards -> critic values -> GAE (credit/advantages.py) -> advantages, returns
-    _compute_loss          + vf_coef * clipped value loss (backpropagated under the critic's adapter scope, so a
-                           critic that is an adapter on the policy's shared base recomputes with its own adapter)
+    _compute_loss          + vf_coef * clipped value loss, backpropagated before the policy's forward (the two graphs
+                           never coexist) and under the critic's adapter scope (a critic that is an adapter on the
+                           policy's shared base recomputes with its own adapter)
     create_optimizer       the critic's parameters as an extra group (own learning rate; clipped and, under several
                            processes, all-reduced by a step pre-hook, since Trainer clips only the policy)
     _save_checkpoint / _load_optimizer_and_scheduler   the critic's weights (its Adam state rides in the optimizer)
@@ -105,13 +106,15 @@ class PPOTrainer(OnlineIRLTrainer):
         return output
 
     def _compute_loss(self, model, inputs):
-        loss = super()._compute_loss(model, inputs)
+        if "returns" in inputs:  # evaluation batches carry no returns
+            self._value_loss_backward(inputs)  # first: its graph is freed before the policy's forward builds its own
+        return super()._compute_loss(model, inputs)
+
+    def _value_loss_backward(self, inputs):
+        """PPO's clipped value loss, logged, and backpropagated (times ``vf_coef``) right away, under the critic's
+        adapter scope: on a shared base gradient checkpointing recomputes the critic's forward with its adapter."""
         mode = "train" if self.model.training else "eval"
-        if "returns" not in inputs:  # evaluation batches carry no returns
-            return loss
         mask = inputs["completion_mask"].float()
-        # the value loss is backpropagated here, under the critic's scope: on a shared base (critic = an adapter of
-        # the policy's model) gradient checkpointing must recompute the critic's forward with the critic's adapter
         with adapter_scope(self.critic):
             values, old, returns = self.values(self.critic, inputs), inputs["old_values"], inputs["returns"]
             clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
@@ -120,7 +123,6 @@ class PPOTrainer(OnlineIRLTrainer):
                 self.accelerator.backward(self.args.vf_coef * value_loss / self.current_gradient_accumulation_steps)
         self._metrics[mode]["value_loss"].append(value_loss.item())
         self._metrics[mode]["value_clipfrac"].append(masked_mean(((values - clipped).abs() > 1e-8).float(), mask).item())
-        return loss
 
     def create_optimizer(self, *args, **kwargs):
         optimizer = super().create_optimizer(*args, **kwargs)
