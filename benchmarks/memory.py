@@ -5,7 +5,7 @@ on one 4-bit base (issue 5).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --out benchmarks/results/memory.json      # CPU, full
     python benchmarks/memory.py --models qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b --out memory_gpu.json   # on a GPU
 
-Setups, each run in a fresh process (a peak can't be reset, and one setup's allocations must not count for the next):
+Setups, each run in a fresh process (one setup's allocations and allocator state must not count for the next):
 
 =============  ========================================================================================================
 policy_only    the 4-bit base with a LoRA policy; TRL's GRPO step on a rule reward (reference = TRL's frozen adapter)
@@ -241,6 +241,9 @@ def add_ratios(rows: list[dict]) -> dict:
         shared, separate = ratio.get((model, "shared_base")), ratio.get((model, "separate"))
         goals[model] = {"shared_base_le_1.3x": None if shared is None else shared <= 1.3,
                         "separate_ge_4x": None if separate is None else separate >= 4.0}
+        if model.endswith("7b"):  # the 7B-shaped PPO step within 20 GB (on a GPU, at the default 512 + 512 tokens)
+            row = next((r for r in rows if r["model"] == model and r["setup"] == "shared_base"), None)
+            goals[model]["shared_base_step_le_20gb"] = None if row is None or row["oom"] else row["peak_mem_mb"] <= 20 * 1024
     return goals
 
 
