@@ -94,6 +94,7 @@ class Pipeline:
         self.state = PartialState(cpu=self.use_cpu)
         self.out = Path(broadcast_object_list([str(Path(cfg["output_dir"]).resolve())])[0])
         self.timings: dict[str, float] = {}
+        self.bases: dict = {}  # LoRA runs: the (quantised) base models, by role or "shared" (``adapter_model``)
         # fail on bad config before any expensive work
         self.task, self.sizes = make_task(cfg["task"])
         from .rewards import make_objective
@@ -247,8 +248,6 @@ class Pipeline:
         from BC's: the one shared base (shared_base=true), or a base of the role's own (false)."""
         from .shared_base import CRITIC, POLICY, REWARD, SharedBase
 
-        if not hasattr(self, "bases"):
-            self.bases = {}
         key = "shared" if self.shared_base else role
         if key not in self.bases:
             roles = ((REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)) if self.shared_base else \

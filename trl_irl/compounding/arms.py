@@ -143,8 +143,7 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, obj
         rollouts = policy.sample(env, s.batch, horizon, generator)
         for _ in range(s.reward_steps):
             idx = torch.randint(len(demos.starts), (s.batch,), generator=generator)
-            demo = Rollouts(*(x[idx] for x in (demos.actions, demos.starts, demos.states, demos.valid,
-                                               demos.alive, demos.expert_logps)))
+            demo = demos[idx]
             if objective == "airl":
                 loss = airl_loss(token_rewards(demo), token_rewards(rollouts), ones, ones)
             else:

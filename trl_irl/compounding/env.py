@@ -8,7 +8,7 @@ seed) runs on 2 cores, so it rolls a GRU out in a vectorised loop instead. The d
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -25,6 +25,10 @@ class Rollouts:
     valid: torch.Tensor  # (N, T) bool, the action is valid where it is taken
     alive: torch.Tensor  # (N, T) bool, no earlier non-recoverable error (recoverable: all True)
     expert_logps: torch.Tensor  # (N, T) expert log p(action | state), -inf where invalid
+
+    def __getitem__(self, idx) -> "Rollouts":
+        """The sequences ``idx`` of the batch."""
+        return Rollouts(*(getattr(self, f.name)[idx] for f in fields(self)))
 
 
 class Automaton:
