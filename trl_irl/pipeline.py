@@ -170,14 +170,20 @@ class Pipeline:
         self.state.wait_for_everyone()
         return result
 
-    def mark_done(self, stage: str, model, tokenizer):
-        from .models import save_model
+    def mark_done(self, stage: str, save):
+        """``save(final_dir)`` on the main process, then the DONE marker that ``resume`` looks for."""
 
         def write():
-            save_model(model, tokenizer, self.final_dir(stage))
+            save(self.final_dir(stage))
             (self.final_dir(stage) / "DONE").touch()
 
         self.on_main(write)
+
+    def save_full_model(self, model):
+        """A ``save`` for ``mark_done``: the model and the tokenizer, as safetensors."""
+        from .models import save_model
+
+        return lambda directory: save_model(model, self.tokenizer, directory)
 
     def timed(self, stage: str, fn, *args):
         start = time.perf_counter()
@@ -227,7 +233,7 @@ class Pipeline:
                                  eval_dataset=Dataset.from_list(self.heldout), processing_class=self.tokenizer,
                                  callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
             trainer.train()
-            self.mark_done("bc", trainer.model, self.tokenizer)
+            self.mark_done("bc", self.save_full_model(trainer.model))
         self.bc_path = str(self.final_dir("bc"))
         self.bc_model = self.load_policy(self.bc_path)
 
@@ -300,7 +306,7 @@ class Pipeline:
                                    eval_dataset=pairs(self.heldout, 4000 + seed), processing_class=self.tokenizer,
                                    policy=self.bc_model if self.objective.needs_policy else None)
         trainer.train()
-        self.mark_done("reward_pretrain", self.reward_model, self.tokenizer)
+        self.mark_done("reward_pretrain", self.save_full_model(self.reward_model))
 
     def pretrain_reward_role(self, train, heldout):
         """Reward pretraining of an adapter role: the online updater's own loop over the (demonstration, BC sample)
@@ -326,11 +332,7 @@ class Pipeline:
         r_rejected = updater.rewards(heldout["prompt"], heldout["rejected"], policy)
         print(f"reward pretraining: train loss {metrics['loss']:.4f}, held-out accuracy "  # as the Trainer would log
               f"{(r_chosen > r_rejected).float().mean().item():.3f}", flush=True)
-        def write():
-            self.reward_model.save_pretrained(self.final_dir("reward_pretrain"))
-            (self.final_dir("reward_pretrain") / "DONE").touch()
-
-        self.on_main(write)
+        self.mark_done("reward_pretrain", self.reward_model.save_pretrained)
 
     def evaluate(self, name: str, policy) -> dict:
         from .evaluation import evaluate_arm
@@ -363,16 +365,14 @@ class Pipeline:
         if self.peft:  # the policy adapter alone, and merged into the full-precision base for inference
             from .shared_base import POLICY, export_merged_policy
 
-            def write():
-                self.policy.save_pretrained(self.final_dir(stage), selected_adapters=[POLICY])
-                self.tokenizer.save_pretrained(self.final_dir(stage))
-                export_merged_policy(self.init_path, str(self.final_dir(stage)), self.out / stage / "merged",
-                                     self.tokenizer)
-                (self.final_dir(stage) / "DONE").touch()
+            def save(directory):
+                self.policy.save_pretrained(directory, selected_adapters=[POLICY])
+                self.tokenizer.save_pretrained(directory)
+                export_merged_policy(self.init_path, str(directory), self.out / stage / "merged", self.tokenizer)
 
-            self.on_main(write)
+            self.mark_done(stage, save)
             return
-        self.mark_done(stage, self.policy, self.tokenizer)
+        self.mark_done(stage, self.save_full_model(self.policy))
 
     def build_policy_trainer(self, **overrides):
         """The configured algorithm's trainer, from the BC policy and the current reward model."""
