@@ -77,6 +77,19 @@ def test_sub_automaton_is_entered_only_through_its_doors():
             assert len(valid) - len(into_rare) == 1
 
 
+def test_sticky_sub_automaton_exit_has_the_given_probability():
+    task, plain = rare_task(rare_exit_prob=0.03), rare_task()
+    probs, n_main = np.exp(task.log_probs), task.n_states - task.rare_states
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(task.next_state, plain.next_state)  # only the inside probabilities change
+    np.testing.assert_array_equal(probs[:n_main], np.exp(plain.log_probs[:n_main]))
+    for s in range(n_main, task.n_states):
+        exits = [a for a in np.flatnonzero(probs[s]) if task.next_state[s, a] < n_main]
+        assert len(exits) == 1 and probs[s, exits[0]] == pytest.approx(0.03)
+        stay = np.exp(plain.log_probs[s]) * (task.next_state[s] >= n_main)  # the rest keep their proportions
+        np.testing.assert_allclose(probs[s] * (task.next_state[s] >= n_main), stay / stay.sum() * 0.97, rtol=1e-6)
+
+
 def test_expert_state_distribution_matches_sampled_rollouts():
     task = rare_task()
     exact = task.expert_state_distributions()  # (T, S)
@@ -119,3 +132,5 @@ def test_sub_automaton_needs_prefix_dependent_states():
         rare_task(transitions="token")
     with pytest.raises(ValueError, match="task.rare_prob must be in"):
         rare_task(rare_prob=0.0)
+    with pytest.raises(ValueError, match="task.rare_exit_prob must be in"):
+        rare_task(rare_exit_prob=1.0)

@@ -61,3 +61,55 @@ def test_bc_then_oracle_rl_raise_success():
     evaluate = lambda p: metrics(p.sample(env, 2000, 12, torch.Generator().manual_seed(1)), 12)["success_rate"]  # noqa: E731
     oracle = A.oracle_rl(bc, env, 12, A.RLSettings(iterations=60), g)
     assert evaluate(oracle) > evaluate(bc) + 0.05
+
+
+def trained_bc(n_demos=60, horizon=16):
+    torch.manual_seed(0)
+    task = AutomatonTask(n_states=8, n_tokens=8, n_allowed=3, horizon=horizon, seed=0)
+    env, g = Automaton(task, n_starts=1), torch.Generator().manual_seed(0)
+    demos, held = env.demonstrations(n_demos, horizon, g), env.demonstrations(60, horizon, g)
+    return env, g, demos, held, A.behaviour_cloning(GRUPolicy(1, env.n_actions, 16), demos, held, g)
+
+
+def success(env, policy, horizon=16):
+    return metrics(policy.sample(env, 3000, horizon, torch.Generator().manual_seed(1)), horizon)["success_rate"]
+
+
+IRL = dict(iterations=120, learning_rate=3e-3, reward_steps=1, reward_learning_rate=3e-3)
+
+
+def test_airl_reward_alone_raises_success_without_seeing_validity():
+    env, g, demos, held, bc = trained_bc()
+    control = A.online_irl(bc, env, demos, held, 16, "none", A.RLSettings(**IRL), g)  # no reward, no BC loss: stays
+    policy = A.online_irl(bc, env, demos, held, 16, "airl", A.RLSettings(**IRL), g)
+    assert success(env, policy) > success(env, control) + 0.05  # 3000 rollouts: standard error about 0.01
+
+
+@pytest.mark.parametrize("objective", ["bt", "airl"])
+def test_online_reward_learns_to_rank_heldout_demonstrations_above_samples(objective):
+    env, g, demos, held, bc = trained_bc(n_demos=300)
+    policy = A.online_irl(bc, env, demos, held, 16, objective, A.RLSettings(**IRL), g)
+    # both rewards start at zero (every pair ties: separation 0); measured here: BT 0.60, AIRL 0.64 at the end
+    assert np.mean(policy.separation[-30:]) > 0.55
+
+
+def test_dagger_raises_success():
+    env, g, demos, held, bc = trained_bc()
+    policy = A.dagger(bc, env, demos, held, 16, A.RLSettings(dagger_rounds=2, dagger_rollouts=100), g)
+    assert success(env, policy) > success(env, bc) + 0.05
+
+
+def test_prefix_metrics_count_the_errors_that_matter():
+    task = AutomatonTask(n_states=4, n_tokens=6, n_allowed=3, horizon=4, seed=3)
+    probs = np.exp(task.log_probs)
+    good, bad = int(np.argmax(probs[0])), int(np.flatnonzero(probs[0] == 0)[0])
+    actions = torch.tensor([[good, bad, bad, bad]])
+    for recoverable, errors in [(False, 1.0), (True, None)]:
+        task.recoverable = recoverable
+        r = Automaton(task).run(torch.tensor([0]), actions)
+        m = metrics(r.prefix(2), 2)
+        assert (m["success_rate"], m["invalid_per_rollout"], m["errors_per_rollout"]) == (0.0, 1.0, 1.0)
+        full = metrics(r, 4)
+        # hand count: from the state after `good`, every later action is either invalid or (recoverable) judged anew
+        expected = errors if errors is not None else float((~r.valid[0, 1:]).sum())
+        assert full["errors_per_rollout"] == expected and full["invalid_per_rollout"] == 4 - float(r.valid.sum())

@@ -42,8 +42,13 @@ def main(cfg: DictConfig) -> None:
 
         print(run(container, Path(container["output_dir"]).resolve()), flush=True)  # metrics.json, last
         return
+    if container["job"] == "compounding_error":
+        from .compounding.experiment import run
+
+        print(run(container, Path(container["output_dir"]).resolve()), flush=True)  # compounding_error.json, last
+        return
     if container["job"] != "pipeline":
-        raise ValueError(f"job={container['job']!r} is unknown: choose pipeline or prompt_oirl")
+        raise ValueError(f"job={container['job']!r} is unknown: choose pipeline, prompt_oirl or compounding_error")
     from .pipeline import Pipeline
 
     pipeline = Pipeline(container)  # validates the config before any work

@@ -2,6 +2,7 @@
 
     bc              behaviour cloning: maximum likelihood on the demonstrations, early-stopped on held-out NLL
     oracle_rl       REINFORCE on the true reward (-1 at each error that counts): the ceiling
+    bc_loss_only    online IRL's policy loop with the reward switched off (its BC loss and KL alone): the control
     online_irl_*    REINFORCE on a reward learnt online from demonstrations vs the policy's own samples, with no
                     access to validity: ``airl`` (token logits f - log pi, f initialised from BC so the reward starts
                     at 0) or ``bt`` (Bradley-Terry over sequences, a per-token score summed: dense credit)
@@ -35,6 +36,8 @@ class RLSettings:
     reward_learning_rate: float = 1e-3
     reward_weight_decay: float = 1e-4
     reward_clip: float = 5.0
+    reward_gate: float = 0.5  # held-out pairwise accuracy the reward needs before the policy follows it
+    bc_weight: float = 0.0  # demonstrations' NLL added to online IRL's policy loss
     dagger_rounds: int = 5
     dagger_rollouts: int = 200
 
@@ -73,9 +76,9 @@ def behaviour_cloning(policy: GRUPolicy, demos: Rollouts, heldout: Rollouts, gen
 
 
 def policy_gradient_step(policy, optimizer, bc, rollouts: Rollouts, token_rewards: torch.Tensor, mask: torch.Tensor,
-                         s: RLSettings) -> float:
+                         s: RLSettings, demos: Rollouts | None = None) -> float:
     """REINFORCE with a per-position baseline:  A_t = G_t - mean_batch G_t,  G_t the return-to-go of
-    r_t - beta (log pi - log pi_BC);  loss = -mean_t A_t log pi(a_t | a_<t)."""
+    r_t - beta (log pi - log pi_BC);  loss = -mean_t A_t log pi(a_t | a_<t)  [+ bc_weight * NLL(demos)]."""
     logps = policy.logps(rollouts.starts, rollouts.actions)
     with torch.no_grad():
         rewards = token_rewards + kl_penalty(logps, bc.logps(rollouts.starts, rollouts.actions), mask, s.beta)
@@ -83,6 +86,8 @@ def policy_gradient_step(policy, optimizer, bc, rollouts: Rollouts, token_reward
         baseline = (returns * mask).sum(0) / mask.sum(0).clamp(min=1)
         advantages = (returns - baseline) * mask
     loss = -masked_mean(advantages * logps, mask)
+    if demos is not None and s.bc_weight:
+        loss = loss + s.bc_weight * nll(policy, demos)
     optimizer.zero_grad()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(policy.parameters(), s.max_grad_norm)
@@ -123,10 +128,18 @@ class SequenceScorer(torch.nn.Module):
         return self.head(out[:, 1:]).squeeze(-1)
 
 
-def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, objective: str, s: RLSettings,
-               generator: torch.Generator) -> GRUPolicy:
+def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts, horizon: int, objective: str,
+               s: RLSettings, generator: torch.Generator) -> GRUPolicy:
     """Alternate ``reward_steps`` reward updates (demonstrations vs fresh policy samples) with one policy step on
-    the learnt token rewards. The learner never sees validity: every token of a sample is scored and trained on."""
+    the learnt token rewards. The learner never sees validity: every token of a sample is scored and trained on.
+
+    Gate: the policy step uses the learnt reward only while it ranks held-out demonstrations above the fresh samples
+    (pairwise accuracy >= ``s.reward_gate``); a reward that only memorised its training demonstrations would
+    otherwise pull the policy anywhere. ``s.bc_weight`` adds the demonstrations' NLL to every policy step.
+    ``objective="none"`` is the control: the same loop with the reward switched off (BC loss and KL alone).
+    The held-out separation of every iteration is kept in ``policy.separation``."""
+    if objective == "none":
+        return _reward_free_loop(bc, env, demos, horizon, s, generator)
     policy = clone(bc)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
     reward = clone(bc) if objective == "airl" else SequenceScorer(bc)
@@ -134,27 +147,52 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, obj
                                          weight_decay=s.reward_weight_decay)
     ones = torch.ones(s.batch, horizon)
 
-    def token_rewards(r: Rollouts) -> torch.Tensor:
+    def token_rewards(r: Rollouts, policy_logps: torch.Tensor) -> torch.Tensor:
         if objective == "airl":  # l_t = f(s_t, a_t) - log pi(a_t | s_t), f = log-softmax of the discriminator
-            return airl_logits(reward.logps(r.starts, r.actions), policy.logps(r.starts, r.actions))
+            return airl_logits(reward.logps(r.starts, r.actions), policy_logps)
         return reward(r.starts, r.actions)
 
+    def demo_batch(data: Rollouts) -> tuple[Rollouts, torch.Tensor]:
+        demo = data[torch.randint(len(data.starts), (s.batch,), generator=generator)]
+        with torch.no_grad():
+            return demo, policy.logps(demo.starts, demo.actions)
+
+    policy.separation = []
     for _ in range(s.iterations):
         rollouts = policy.sample(env, s.batch, horizon, generator)
+        with torch.no_grad():
+            sample_logps = policy.logps(rollouts.starts, rollouts.actions)
         for _ in range(s.reward_steps):
-            idx = torch.randint(len(demos.starts), (s.batch,), generator=generator)
-            demo = demos[idx]
+            demo, demo_logps = demo_batch(demos)
             if objective == "airl":
-                loss = airl_loss(token_rewards(demo), token_rewards(rollouts), ones, ones)
+                loss = airl_loss(token_rewards(demo, demo_logps), token_rewards(rollouts, sample_logps), ones, ones)
             else:
-                loss = bradley_terry_loss(token_rewards(demo).sum(1), token_rewards(rollouts).sum(1))
+                loss = bradley_terry_loss(token_rewards(demo, demo_logps).sum(1),
+                                          token_rewards(rollouts, sample_logps).sum(1))
             reward_optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reward.parameters(), s.max_grad_norm)
             reward_optimizer.step()
         with torch.no_grad():
-            r = token_rewards(rollouts).clamp(-s.reward_clip, s.reward_clip)
-        policy_gradient_step(policy, optimizer, bc, rollouts, r, ones, s)
+            r = token_rewards(rollouts, sample_logps)
+            held, held_logps = demo_batch(heldout)
+            separation = (token_rewards(held, held_logps).sum(1)[:, None] > r.sum(1)[None, :]).float().mean().item()
+        policy.separation.append(separation)
+        r = r.clamp(-s.reward_clip, s.reward_clip) if separation >= s.reward_gate else torch.zeros_like(r)
+        policy_gradient_step(policy, optimizer, bc, rollouts, r, ones, s, demos=demo_batch(demos)[0])
+    return policy
+
+
+def _reward_free_loop(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, s: RLSettings,
+                      generator: torch.Generator) -> GRUPolicy:
+    """online_irl's policy loop with zero reward: what its BC loss and KL to BC do on their own."""
+    policy = clone(bc)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
+    for _ in range(s.iterations):
+        rollouts = policy.sample(env, s.batch, horizon, generator)
+        demo = demos[torch.randint(len(demos.starts), (s.batch,), generator=generator)]
+        policy_gradient_step(policy, optimizer, bc, rollouts, torch.zeros(s.batch, horizon),
+                             torch.ones(s.batch, horizon), s, demos=demo)
     return policy
 
 

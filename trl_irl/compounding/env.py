@@ -30,15 +30,22 @@ class Rollouts:
         """The sequences ``idx`` of the batch."""
         return Rollouts(*(getattr(self, f.name)[idx] for f in fields(self)))
 
+    def prefix(self, horizon: int) -> "Rollouts":
+        """The first ``horizon`` steps of every sequence."""
+        return Rollouts(*(v if f.name == "starts" else v[:, :horizon] for f in fields(self) for v in [getattr(self, f.name)]))
+
 
 class Automaton:
     """``AutomatonTask``'s dynamics as tensors: step every sequence of a batch at once."""
 
-    def __init__(self, task: AutomatonTask):
+    def __init__(self, task: AutomatonTask, n_starts: int | None = None):
+        """``n_starts``: sequences start in states 0..n_starts-1 (default: every start state of the task)."""
+        if n_starts is not None and not 1 <= n_starts <= task.n_start_states:
+            raise ValueError(f"n_starts must be in 1..{task.n_start_states} (the task's start states), got {n_starts}")
         self.task = task
         self.next_state = torch.as_tensor(task.next_state, dtype=torch.long)
         self.log_probs = torch.as_tensor(task.log_probs, dtype=torch.float32)
-        self.n_actions, self.n_starts = task.n_tokens, task.n_start_states
+        self.n_actions, self.n_starts = task.n_tokens, n_starts or task.n_start_states
 
     def expert_probs(self, states: torch.Tensor) -> torch.Tensor:
         return self.log_probs[states].exp()
@@ -114,11 +121,13 @@ def clone(policy: GRUPolicy) -> GRUPolicy:
 
 def metrics(rollouts: Rollouts, horizon: int) -> dict[str, float]:
     """success_rate: every action valid; invalid_per_rollout: invalid steps (non-recoverable: every step from the
-    first error on); expert_logprob_per_token: the expert's mean log-prob of the valid actions."""
+    first error on); expert_logprob_per_token: the expert's mean log-prob of the valid actions;
+    errors_per_rollout: the errors that count (each invalid action when recoverable, else the first one)."""
     valid = rollouts.valid
     lp = rollouts.expert_logps[valid]
     return {
         "success_rate": valid.all(dim=1).float().mean().item(),
         "invalid_per_rollout": (horizon - valid.sum(dim=1)).float().mean().item(),
         "expert_logprob_per_token": lp.mean().item() if lp.numel() else float("-inf"),
+        "errors_per_rollout": ((~valid) & rollouts.alive).sum(dim=1).float().mean().item(),
     }

@@ -44,6 +44,9 @@ class AutomatonTask:
         rare_states: size of the rarely entered sub-automaton (0: none). Its states are the last ``rare_states``;
             prompts start in the others (the main states). Needs ``transitions="random"``.
         rare_prob: the expert's probability, in each main state, of the door token into the sub-automaton.
+        rare_exit_prob: the expert's probability, in each sub-automaton state, of its one token back to the main
+            states (None: that token's Dirichlet weight). Small values make the sub-automaton sticky: a policy that
+            entered stays where it is least trained, so its error rate grows with time (the T^2 of compounding).
         recoverable: an invalid token is one error and the sequence goes on from the same state (False: it fails
             the rest of the sequence).
     """
@@ -58,6 +61,7 @@ class AutomatonTask:
     separator: str = ""
     rare_states: int = 0
     rare_prob: float = 0.02
+    rare_exit_prob: float | None = None
     recoverable: bool = False
     next_state: np.ndarray = field(init=False, repr=False)
     log_probs: np.ndarray = field(init=False, repr=False)
@@ -73,6 +77,9 @@ class AutomatonTask:
             (self.separator in ("", " "), "task.separator must be '' or ' '"),
             (0 <= self.rare_states < self.n_states, "task.rare_states must be in 0..task.n_states-1"),
             (not self.rare_states or 0 < self.rare_prob < 1, "task.rare_prob must be in (0, 1)"),
+            (self.rare_exit_prob is None or 0 < self.rare_exit_prob < 1, "task.rare_exit_prob must be in (0, 1)"),
+            (self.rare_exit_prob is None or self.n_allowed >= 2,
+             "task.rare_exit_prob needs task.n_allowed >= 2 (the exit and at least one token that stays)"),
             (not self.rare_states or self.n_allowed < self.n_tokens,
              "task.n_allowed must be < task.n_tokens with rare_states (the door is a token outside the allowed ones)"),
             (not self.rare_states or self.transitions == "random",
@@ -108,7 +115,12 @@ class AutomatonTask:
                 self.next_state[s, door] = rng.integers(n_main, self.n_states)
             else:
                 self.next_state[s, allowed] = rng.integers(n_main, self.n_states, size=allowed.size)
-                self.next_state[s, rng.choice(allowed)] = rng.integers(0, n_main)
+                exit_token = rng.choice(allowed)
+                self.next_state[s, exit_token] = rng.integers(0, n_main)
+                if self.rare_exit_prob is not None:
+                    probs[s, exit_token] = 0.0
+                    probs[s] *= (1 - self.rare_exit_prob) / probs[s].sum()
+                    probs[s, exit_token] = self.rare_exit_prob
 
     @property
     def n_start_states(self) -> int:

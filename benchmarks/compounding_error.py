@@ -1,0 +1,57 @@
+"""Compounding error of behaviour cloning vs online IRL across horizons (issue 6), with its report.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py --quick            # < 10 min on 2 cores
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py                    # full mode
+    .venv/bin/python benchmarks/compounding_error.py --report-only benchmarks/results/compounding_error_quick.json
+
+Writes ``--out`` (JSON: {"rows": [{"arm", "horizon", "success_rate", "invalid_per_rollout",
+"expert_logprob_per_token", ...}], "exponents": {...}, "goals": {...}}) and regenerates the Markdown report with
+its PNGs (``--report``, default docs/compounding_error.md). The study itself is trl_irl/compounding/experiment.py;
+``trl-irl recipe=compounding_error`` runs the same thing into a Hydra run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trl_irl.compounding.experiment import StudyConfig, run_study, write_json  # noqa: E402
+from trl_irl.compounding.report import write_report  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the goal's two settings, T up to 64, 2 seeds")
+    parser.add_argument("--seeds", type=int, help="override the mode's number of seeds")
+    parser.add_argument("--out", help="JSON path (default benchmarks/results/compounding_error_<mode>.json)")
+    parser.add_argument("--report", default=str(ROOT / "docs" / "compounding_error.md"), help="Markdown report path")
+    parser.add_argument("--report-only", metavar="JSON", help="regenerate the report from a finished run's JSON")
+    args = parser.parse_args()
+    mode = "quick" if args.quick else "full"
+    if args.report_only:
+        result = json.loads(Path(args.report_only).read_text())
+        print(write_report(result, Path(args.report), command(result.get("mode", mode), result["config"]["seeds"])))
+        return
+    cfg = getattr(StudyConfig, mode)(**({"seeds": args.seeds} if args.seeds else {}))
+    result = {**run_study(cfg), "mode": mode}
+    out = Path(args.out or ROOT / "benchmarks" / "results" / f"compounding_error_{mode}.json")
+    print(write_json(result, out))
+    print(write_report(result, Path(args.report), command(mode, cfg.seeds)))
+
+
+def command(mode: str, seeds: int) -> str:
+    """The command that reruns this study (the report names it)."""
+    default = getattr(StudyConfig, mode)().seeds
+    return ("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py" + (" --quick" if mode == "quick" else "")
+            + (f" --seeds {seeds}" if seeds != default else ""))
+
+
+if __name__ == "__main__":
+    main()
