@@ -43,25 +43,36 @@ def test_fit_exponent_and_its_bootstrap_interval():
     ({"rl": {"iteration": 3}}, r"compounding.rl: unknown \['iteration'\]"),
     ({"hidden": {"small": 4}}, r"compounding.hidden needs a value for \['realisable'\]"),
     ({"rare_exit_prob": 2.0}, "task.rare_exit_prob must be in"),
+    ({"reward_capacity": "large"}, "compounding.reward_capacity must be one of"),
+    ({"workers": 0}, "compounding.workers must be >= 1"),
 ])
 def test_bad_study_config_names_the_field(overrides, message):
     with pytest.raises(ValueError, match=message):
         run_study(StudyConfig.quick(**overrides))
 
 
+TINY = dict(horizons=[4, 8], seeds=2, demos={"small": 30, "large": 60}, hidden={"realisable": 8, "small": 4},
+            eval_rollouts=200, rl={"iterations": 3, "dagger_rounds": 1, "dagger_rollouts": 10})
+SETTINGS = ["rare/nonrecoverable/small/small", "rare/recoverable/small/small", "plain/recoverable/realisable/small"]
+
+
 def test_recipe_runs_the_study_and_the_report_regenerates(tmp_path):
-    settings = "[rare/nonrecoverable/small/small,rare/recoverable/realisable/small]"
     out = subprocess.run(
         [sys.executable, "-m", "trl_irl.cli", "recipe=compounding_error", f"output_dir={tmp_path}",
-         f"compounding.settings={settings}", "compounding.horizons=[4,8]", "compounding.seeds=2",
+         f"compounding.settings=[{','.join(SETTINGS)}]", "compounding.horizons=[4,8]", "compounding.seeds=2",
          "compounding.demos={small: 30, large: 60}", "compounding.hidden={realisable: 8, small: 4}",
          "compounding.eval_rollouts=200", "compounding.rl={iterations: 3, dagger_rounds: 1, dagger_rollouts: 10}"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     path = Path(out.stdout.strip().splitlines()[-1])
     result = json.loads(path.read_text())
+    assert result["config"]["workers"] == 2  # the jobs ran in two processes
     assert {"arm", "horizon", "success_rate", "invalid_per_rollout", "expert_logprob_per_token"} <= set(result["rows"][0])
-    assert len(result["rows"]) == 2 * 2 * 6 * 2  # settings x seeds x arms x horizons
+    assert len(result["rows"]) == 3 * 2 * 8 * 2  # settings x seeds x arms x horizons
+    # the same study in this process, one job after another, gives the same numbers
+    sequential = run_study(StudyConfig.quick(settings=SETTINGS, workers=1, **TINY))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]  # noqa: E731
+    assert strip(sequential["rows"]) == strip(result["rows"])
     for setting, per_arm in result["exponents"].items():  # the exponent is the fit of the seed-mean cost curve
         for arm, e in per_arm.items():
             curve = [np.mean([r["cost"] for r in result["rows"] if (r["setting"], r["arm"], r["horizon"]) == (setting, arm, T)])
@@ -76,3 +87,22 @@ def test_recipe_runs_the_study_and_the_report_regenerates(tmp_path):
     subprocess.run([sys.executable, "benchmarks/compounding_error.py", "--report-only", str(path), "--report",
                     str(regenerated)], check=True, cwd=ROOT, capture_output=True, timeout=120)
     assert regenerated.read_text().split("\n", 3)[3] == md.read_text().split("\n", 3)[3]  # same body; header names the command
+
+
+def test_validity_blind_arms_are_shared_across_error_modes_and_arms_are_independent():
+    result = run_study(StudyConfig.quick(settings=SETTINGS[:2], workers=1, **TINY))
+    rows = {(r["setting"].split("/")[1], r["arm"], r["seed"], r["horizon"]): r for r in result["rows"]}
+    for (mode, arm, seed, h), r in rows.items():
+        if mode != "nonrecoverable":
+            continue
+        twin = rows[("recoverable", arm, seed, h)]
+        if arm in ("oracle_rl", "dagger"):  # they see validity: trained per error mode
+            continue
+        # one policy, one set of rollouts, scored twice: the same successes; recoverable counts every later error too
+        assert twin["success_rate"] == r["success_rate"] and twin["train_seconds"] == r["train_seconds"]
+        assert twin["errors_per_rollout"] >= r["errors_per_rollout"]
+    # dagger's numbers do not depend on which other arms ran before it
+    alone = run_study(StudyConfig.quick(settings=SETTINGS[:2], arms=["bc", "dagger"], workers=1, **TINY))
+    for r in alone["rows"]:
+        match = rows[(r["setting"].split("/")[1], r["arm"], r["seed"], r["horizon"])]
+        assert {k: v for k, v in r.items() if k != "train_seconds"} == {k: v for k, v in match.items() if k != "train_seconds"}

@@ -4,8 +4,10 @@
     oracle_rl       REINFORCE on the true reward (-1 at each error that counts): the ceiling
     bc_loss_only    online IRL's policy loop with the reward switched off (its BC loss and KL alone): the control
     online_irl_*    REINFORCE on a reward learnt online from demonstrations vs the policy's own samples, with no
-                    access to validity: ``airl`` (token logits f - log pi, f initialised from BC so the reward starts
-                    at 0) or ``bt`` (Bradley-Terry over sequences, a per-token score summed: dense credit)
+                    access to validity: ``airl`` (token logits f - log pi, f a copy of a BC policy) or ``bt``
+                    (Bradley-Terry over sequences, a per-token score summed: dense credit). The reward model may be
+                    wider than the policy (``reward_init``: the BC policy of its width), as one reward model trains
+                    policies of several sizes in RLHF; ``learn_reward=False`` freezes it at that initialisation
     dagger          the expert labels the states the policy itself reaches; the policy is refit on all labels
 
 Policy updates share one REINFORCE step: returns-to-go of token rewards plus a per-token KL penalty to BC,
@@ -76,10 +78,11 @@ def behaviour_cloning(policy: GRUPolicy, demos: Rollouts, heldout: Rollouts, gen
 
 
 def policy_gradient_step(policy, optimizer, bc, rollouts: Rollouts, token_rewards: torch.Tensor, mask: torch.Tensor,
-                         s: RLSettings, demos: Rollouts | None = None) -> float:
+                         s: RLSettings, demos: Rollouts | None = None, logps: torch.Tensor | None = None) -> float:
     """REINFORCE with a per-position baseline:  A_t = G_t - mean_batch G_t,  G_t the return-to-go of
-    r_t - beta (log pi - log pi_BC);  loss = -mean_t A_t log pi(a_t | a_<t)  [+ bc_weight * NLL(demos)]."""
-    logps = policy.logps(rollouts.starts, rollouts.actions)
+    r_t - beta (log pi - log pi_BC);  loss = -mean_t A_t log pi(a_t | a_<t)  [+ bc_weight * NLL(demos)].
+    ``logps``: the rollouts' log pi with its graph, when the caller has it already."""
+    logps = policy.logps(rollouts.starts, rollouts.actions) if logps is None else logps
     with torch.no_grad():
         rewards = token_rewards + kl_penalty(logps, bc.logps(rollouts.starts, rollouts.actions), mask, s.beta)
         returns = discounted_returns(rewards, mask, s.gamma)
@@ -129,9 +132,15 @@ class SequenceScorer(torch.nn.Module):
 
 
 def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts, horizon: int, objective: str,
-               s: RLSettings, generator: torch.Generator) -> GRUPolicy:
+               s: RLSettings, generator: torch.Generator, reward_init: GRUPolicy | None = None,
+               learn_reward: bool = True) -> GRUPolicy:
     """Alternate ``reward_steps`` reward updates (demonstrations vs fresh policy samples) with one policy step on
     the learnt token rewards. The learner never sees validity: every token of a sample is scored and trained on.
+
+    The reward model starts from ``reward_init`` (default ``bc``): AIRL's f is a copy of it, so with ``bc`` the first
+    logits f - log pi are exactly 0, and with a wider BC policy they are log pi_wide - log pi; Bradley-Terry takes its
+    trunk under a zero head (first rewards 0). ``learn_reward=False`` skips the reward updates: the control that
+    shows what learning online adds to the initial reward.
 
     Gate: the policy step uses the learnt reward only while it ranks held-out demonstrations above the fresh samples
     (pairwise accuracy >= ``s.reward_gate``); a reward that only memorised its training demonstrations would
@@ -142,45 +151,54 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts
         return _reward_free_loop(bc, env, demos, horizon, s, generator)
     policy = clone(bc)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
-    reward = clone(bc) if objective == "airl" else SequenceScorer(bc)
+    init = bc if reward_init is None else reward_init
+    reward = clone(init) if objective == "airl" else SequenceScorer(init)
     reward_optimizer = torch.optim.AdamW(reward.parameters(), lr=s.reward_learning_rate,
                                          weight_decay=s.reward_weight_decay)
     ones = torch.ones(s.batch, horizon)
 
-    def token_rewards(r: Rollouts, policy_logps: torch.Tensor) -> torch.Tensor:
+    def token_rewards(starts: torch.Tensor, actions: torch.Tensor, policy_logps: torch.Tensor) -> torch.Tensor:
         if objective == "airl":  # l_t = f(s_t, a_t) - log pi(a_t | s_t), f = log-softmax of the discriminator
-            return airl_logits(reward.logps(r.starts, r.actions), policy_logps)
-        return reward(r.starts, r.actions)
+            return airl_logits(reward.logps(starts, actions), policy_logps)
+        return reward(starts, actions)
 
-    def demo_batch(data: Rollouts) -> tuple[Rollouts, torch.Tensor]:
-        demo = data[torch.randint(len(data.starts), (s.batch,), generator=generator)]
+    def with_samples(data: Rollouts, rollouts: Rollouts, sample_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token rewards of a batch drawn from ``data`` and of the samples, in one forward of the reward model."""
+        demo = draw(data, s.batch, generator)
         with torch.no_grad():
-            return demo, policy.logps(demo.starts, demo.actions)
+            demo_logps = policy.logps(demo.starts, demo.actions)
+        both = token_rewards(torch.cat([demo.starts, rollouts.starts]), torch.cat([demo.actions, rollouts.actions]),
+                             torch.cat([demo_logps, sample_logps]))
+        return both[: s.batch], both[s.batch :]
 
     policy.separation = []
     for _ in range(s.iterations):
         rollouts = policy.sample(env, s.batch, horizon, generator)
-        with torch.no_grad():
-            sample_logps = policy.logps(rollouts.starts, rollouts.actions)
-        for _ in range(s.reward_steps):
-            demo, demo_logps = demo_batch(demos)
+        logps = policy.logps(rollouts.starts, rollouts.actions)  # the policy step's too: the reward steps don't move it
+        sample_logps = logps.detach()
+        for _ in range(s.reward_steps if learn_reward else 0):
+            demo_rewards, sample_rewards = with_samples(demos, rollouts, sample_logps)
             if objective == "airl":
-                loss = airl_loss(token_rewards(demo, demo_logps), token_rewards(rollouts, sample_logps), ones, ones)
+                loss = airl_loss(demo_rewards, sample_rewards, ones, ones)
             else:
-                loss = bradley_terry_loss(token_rewards(demo, demo_logps).sum(1),
-                                          token_rewards(rollouts, sample_logps).sum(1))
+                loss = bradley_terry_loss(demo_rewards.sum(1), sample_rewards.sum(1))
             reward_optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reward.parameters(), s.max_grad_norm)
             reward_optimizer.step()
         with torch.no_grad():
-            r = token_rewards(rollouts, sample_logps)
-            held, held_logps = demo_batch(heldout)
-            separation = (token_rewards(held, held_logps).sum(1)[:, None] > r.sum(1)[None, :]).float().mean().item()
+            held_rewards, r = with_samples(heldout, rollouts, sample_logps)
+            separation = (held_rewards.sum(1)[:, None] > r.sum(1)[None, :]).float().mean().item()
         policy.separation.append(separation)
         r = r.clamp(-s.reward_clip, s.reward_clip) if separation >= s.reward_gate else torch.zeros_like(r)
-        policy_gradient_step(policy, optimizer, bc, rollouts, r, ones, s, demos=demo_batch(demos)[0])
+        policy_gradient_step(policy, optimizer, bc, rollouts, r, ones, s, demos=draw(demos, s.batch, generator),
+                             logps=logps)
     return policy
+
+
+def draw(data: Rollouts, n: int, generator: torch.Generator) -> Rollouts:
+    """``n`` sequences of ``data``, drawn with replacement."""
+    return data[torch.randint(len(data.starts), (n,), generator=generator)]
 
 
 def _reward_free_loop(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, s: RLSettings,
@@ -190,9 +208,8 @@ def _reward_free_loop(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: i
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
     for _ in range(s.iterations):
         rollouts = policy.sample(env, s.batch, horizon, generator)
-        demo = demos[torch.randint(len(demos.starts), (s.batch,), generator=generator)]
         policy_gradient_step(policy, optimizer, bc, rollouts, torch.zeros(s.batch, horizon),
-                             torch.ones(s.batch, horizon), s, demos=demo)
+                             torch.ones(s.batch, horizon), s, demos=draw(demos, s.batch, generator))
     return policy
 
 

@@ -122,12 +122,19 @@ def clone(policy: GRUPolicy) -> GRUPolicy:
 def metrics(rollouts: Rollouts, horizon: int) -> dict[str, float]:
     """success_rate: every action valid; invalid_per_rollout: invalid steps (non-recoverable: every step from the
     first error on); expert_logprob_per_token: the expert's mean log-prob of the valid actions;
-    errors_per_rollout: the errors that count (each invalid action when recoverable, else the first one)."""
+    errors_per_rollout: the errors that count (each invalid action when recoverable, else the first one);
+    errors_after_first / steps_after_first (per rollout): the errors that count after a rollout's first error, and the
+    steps left after it; their ratio is the error rate once off the demonstrations (0 when non-recoverable)."""
     valid = rollouts.valid
     lp = rollouts.expert_logps[valid]
+    counted = (~valid) & rollouts.alive
+    erred = counted.any(dim=1)
+    first = counted.float().argmax(dim=1).float()
     return {
         "success_rate": valid.all(dim=1).float().mean().item(),
         "invalid_per_rollout": (horizon - valid.sum(dim=1)).float().mean().item(),
         "expert_logprob_per_token": lp.mean().item() if lp.numel() else float("-inf"),
-        "errors_per_rollout": ((~valid) & rollouts.alive).sum(dim=1).float().mean().item(),
+        "errors_per_rollout": counted.sum(dim=1).float().mean().item(),
+        "errors_after_first": (counted.sum(dim=1) - erred.long()).float().mean().item(),
+        "steps_after_first": torch.where(erred, horizon - 1 - first, torch.zeros_like(first)).mean().item(),
     }

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = {"bc": "BC (SFT)", "bc_loss_only": "control: IRL loop, reward off", "online_irl_bt": "online IRL, Bradley-Terry", "online_irl_airl": "online IRL, AIRL",
+NAMES = {"bc": "BC (SFT)", "bc_reward_width": "reference: BC at the reward model's width",
+         "bc_loss_only": "control: IRL loop, reward off", "online_irl_bt": "online IRL, Bradley-Terry",
+         "online_irl_airl": "online IRL, AIRL", "airl_reward_frozen": "control: AIRL reward frozen at its start",
          "oracle_rl": "oracle RL", "dagger": "DAgger"}
-COLOURS = {"bc": "tab:red", "bc_loss_only": "tab:gray", "online_irl_bt": "tab:blue", "online_irl_airl": "tab:purple", "oracle_rl": "tab:green",
+COLOURS = {"bc": "tab:red", "bc_reward_width": "tab:pink", "bc_loss_only": "tab:gray", "online_irl_bt": "tab:blue",
+           "online_irl_airl": "tab:purple", "airl_reward_frozen": "tab:olive", "oracle_rl": "tab:green",
            "dagger": "tab:orange"}
 
 
@@ -74,7 +77,10 @@ def markdown(result: dict, success_png: str, cost_png: str, command: str) -> str
         f"Task: {cfg['n_states']} states, {cfg['n_tokens']} tokens, {cfg['n_allowed']} valid per state; `rare` adds "
         f"{cfg['rare_states']} sub-automaton states behind door tokens of expert probability {cfg['rare_prob']}, "
         f"left with probability {cfg['rare_exit_prob']} per step. GRU widths {cfg['hidden']}, demonstrations "
-        f"{cfg['demos']}, RL settings {cfg['rl']}.",
+        f"{cfg['demos']}, RL settings {cfg['rl']}. The online-IRL reward model has the `{cfg['reward_capacity']}` "
+        "width whatever the policy's (`compounding.reward_capacity`) and starts from BC at that width. The error mode "
+        "only decides what counts as an error, and only oracle RL and DAgger see validity, so every other arm is "
+        "trained once per group and the same rollouts are scored under both modes (its rows repeat its training time).",
         "",
         "## Goals",
         "",
@@ -97,6 +103,32 @@ def markdown(result: dict, success_png: str, cost_png: str, command: str) -> str
     for setting, per_arm in result["exponents"].items():
         cells = [f"{v['b']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" for v in (per_arm[a] for a in cfg["arms"])]
         lines.append(f"| `{setting}` | " + " | ".join(cells) + " |")
+    lines += ["", "## Error rate along the rollout", "",
+              "Errors that count per step between consecutive horizons, (cost(T2) - cost(T1)) / (T2 - T1), seed means: "
+              "the hazard of the first error (non-recoverable) or the error rate (recoverable). Flat along a row is a "
+              "constant leak (b = 1); rising is compounding.", "",
+              "| setting | arm | " + " | ".join(f"{a}-{b}" for a, b in zip([0] + horizons[:-1], horizons)) + " |",
+              "|---|---|" + "---|" * len(horizons)]
+    for setting in cfg["settings"]:
+        for arm in cfg["arms"]:
+            costs = [0.0] + [_entry(result, setting, arm, h)["cost"] for h in horizons]
+            rates = [(c2 - c1) / (h2 - h1) for c1, c2, h1, h2 in zip(costs, costs[1:], [0] + horizons, horizons)]
+            lines.append(f"| `{setting}` | {NAMES[arm]} | " + " | ".join(f"{r:.4f}" for r in rates) + " |")
+    recoverable = [setting for setting in cfg["settings"] if setting.split("/")[1] == "recoverable"]
+    if recoverable:
+        lines += ["", f"## After the first error (recoverable settings, T={T})", "",
+                  "P(an error) is 1 - success; the error rate after it is the errors after each rollout's first one "
+                  "divided by the steps left after it (pooled over rollouts and seeds). A rate near the first-error "
+                  "hazard is a policy that recovers; a much higher one keeps erring in contexts no demonstration "
+                  "shows, which is what makes the recoverable cost compound.", "",
+                  "| setting | arm | P(an error) | errors after the first | steps after the first | error rate after it |",
+                  "|---|---|---|---|---|---|"]
+        for setting in recoverable:
+            for arm in cfg["arms"]:
+                e = _entry(result, setting, arm, T)
+                rate = e["errors_after_first"] / e["steps_after_first"] if e["steps_after_first"] else float("nan")
+                lines.append(f"| `{setting}` | {NAMES[arm]} | {1 - e['success_rate']:.3f} | "
+                             f"{e['errors_after_first']:.2f} | {e['steps_after_first']:.1f} | {rate:.3f} |")
     lines += ["", f"## Success rate, and gap closed at T={T}", "",
               "| setting | arm | " + " | ".join(f"T={h}" for h in horizons) + f" | invalid/rollout @{T} | "
               f"expert log-lik/token @{T} | gap closed @{T} | train s |",
