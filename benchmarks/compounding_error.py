@@ -1,7 +1,7 @@
 """Compounding error of behaviour cloning vs online IRL across horizons (issue 6), with its report.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py --quick            # < 10 min on 2 cores
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py                    # full mode
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py                    # full mode (resumable)
     .venv/bin/python benchmarks/compounding_error.py --report-only benchmarks/results/compounding_error_quick.json
 
 Writes ``--out`` (JSON: {"rows": [{"arm", "horizon", "success_rate", "invalid_per_rollout",
@@ -33,6 +33,8 @@ def main():
     parser.add_argument("--out", help="JSON path (default benchmarks/results/compounding_error_<mode>.json)")
     parser.add_argument("--report", default=str(ROOT / "docs" / "compounding_error.md"), help="Markdown report path")
     parser.add_argument("--report-only", metavar="JSON", help="regenerate the report from a finished run's JSON")
+    parser.add_argument("--jobs", help="folder of finished (group, seed) jobs: a rerun reuses them, so a stopped study "
+                                       "resumes (default outputs/compounding_error_<mode>_jobs)")
     args = parser.parse_args()
     mode = "quick" if args.quick else "full"
     if args.report_only:
@@ -40,7 +42,8 @@ def main():
         print(write_report(result, Path(args.report), command(result.get("mode", mode), result["config"]["seeds"])))
         return
     cfg = getattr(StudyConfig, mode)(**({"seeds": args.seeds} if args.seeds else {}))
-    result = {**run_study(cfg), "mode": mode}
+    jobs = Path(args.jobs or ROOT / "outputs" / f"compounding_error_{mode}_jobs")
+    result = {**run_study(cfg, jobs_dir=jobs), "mode": mode}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"compounding_error_{mode}.json")
     print(write_json(result, out))
     print(write_report(result, Path(args.report), command(mode, cfg.seeds)))

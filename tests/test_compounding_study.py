@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trl_irl.compounding import experiment
 from trl_irl.compounding.experiment import StudyConfig, bootstrap_ci, cost, fit_exponent, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,19 @@ def test_recipe_runs_the_study_and_the_report_regenerates(tmp_path):
     assert regenerated.read_text().split("\n", 3)[3] == md.read_text().split("\n", 3)[3]  # same body; header names the command
 
 
-def test_validity_blind_arms_are_shared_across_error_modes_and_arms_are_independent():
-    result = run_study(StudyConfig.quick(settings=SETTINGS[:2], workers=1, **TINY))
+def test_validity_blind_arms_are_shared_across_error_modes_and_arms_are_independent(tmp_path, monkeypatch):
+    cfg = StudyConfig.quick(settings=SETTINGS[:2], workers=1, **TINY)
+    result = run_study(cfg, jobs_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.json"))) == 2  # one file per (group, seed) job
+    def no_training(*args, **kwargs):
+        raise RuntimeError("a job was trained again")
+
+    with monkeypatch.context() as patch:  # a rerun resumes from the finished jobs and trains nothing
+        patch.setattr(experiment, "train_group", no_training)
+        assert run_study(cfg, jobs_dir=tmp_path)["rows"] == result["rows"]
+        with pytest.raises(RuntimeError, match="trained again"):  # another config is another job
+            run_study(StudyConfig.quick(settings=SETTINGS[:2], workers=1, **{**TINY, "eval_rollouts": 100}),
+                      jobs_dir=tmp_path)
     rows = {(r["setting"].split("/")[1], r["arm"], r["seed"], r["horizon"]): r for r in result["rows"]}
     for (mode, arm, seed, h), r in rows.items():
         if mode != "nonrecoverable":

@@ -26,11 +26,12 @@ has its own width (``StudyConfig.reward_capacity``), realisable by default whate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -307,24 +308,59 @@ def goals(cfg: StudyConfig, exponents: dict, gaps: dict) -> dict:
     return out
 
 
-def run_study(cfg: StudyConfig, log=print) -> dict:
-    """Every (group, seed) job, ``cfg.workers`` at a time in separate processes (one torch thread each)."""
+def run_study(cfg: StudyConfig, log=print, jobs_dir: Path | None = None) -> dict:
+    """Every (group, seed) job, ``cfg.workers`` at a time in separate processes (one torch thread each).
+
+    ``jobs_dir``: each finished job's rows are written there atomically, and a rerun with the same settings reuses
+    them, so a long study that is stopped resumes where it was (the file name carries a hash of everything the
+    job's rows depend on)."""
     cfg.check()
     torch.set_num_threads(1)
     start = time.perf_counter()
     groups = list(dict.fromkeys(group_of(setting) for setting in cfg.settings))
     jobs = [(cfg, group, seed) for group in groups for seed in range(cfg.seeds)]
-    if cfg.workers > 1 and len(jobs) > 1:
+    done = {job[1:]: _load_job(jobs_dir, cfg, *job[1:]) for job in jobs} if jobs_dir else {}
+    todo = [job for job in jobs if done.get(job[1:]) is None]
+    if len(todo) < len(jobs):
+        log(f"reusing {len(jobs) - len(todo)} finished jobs from {jobs_dir}")
+    save = (lambda job, rows: write_json({"key": job_key(cfg, *job[1:]), "rows": rows},
+                                         jobs_dir / job_file(cfg, *job[1:]))) if jobs_dir else (lambda job, rows: None)
+    if cfg.workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch or Hydra threads
-        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(jobs)), mp_context=context) as pool:
-            per_job = list(pool.map(_train_group_job, jobs))
+        with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=context) as pool:
+            futures = {pool.submit(_train_group_job, job): job for job in todo}
+            for future in as_completed(futures):
+                done[futures[future][1:]] = future.result()
+                save(futures[future], done[futures[future][1:]])
     else:
-        per_job = [train_group(*job, log=log) for job in jobs]
+        for job in todo:
+            done[job[1:]] = train_group(*job, log=log)
+            save(job, done[job[1:]])
     order = {setting: i for i, setting in enumerate(cfg.settings)}
-    rows = sorted((r for job_rows in per_job for r in job_rows),
+    rows = sorted((r for job_rows in done.values() for r in job_rows),
                   key=lambda r: (order[r["setting"]], r["seed"], cfg.arms.index(r["arm"]), r["horizon"]))
     return {"config": asdict(cfg), "rows": rows, **summarise(cfg, rows),
             "wall_seconds": round(time.perf_counter() - start, 1)}
+
+
+def job_key(cfg: StudyConfig, group: tuple, seed: int) -> dict:
+    """Everything one job's rows depend on: the config less what only chooses or runs jobs, the group's error modes."""
+    fixed = {k: v for k, v in asdict(cfg).items() if k not in ("settings", "seeds", "workers", "bootstrap")}
+    modes = [setting.split("/")[1] for setting in cfg.settings if group_of(setting) == group]
+    return {"config": fixed, "group": list(group), "modes": modes, "seed": seed}
+
+
+def job_file(cfg: StudyConfig, group: tuple, seed: int) -> str:
+    digest = hashlib.sha256(json.dumps(job_key(cfg, group, seed), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{'_'.join(group)}_seed{seed}_{digest}.json"
+
+
+def _load_job(jobs_dir: Path, cfg: StudyConfig, group: tuple, seed: int) -> list[dict] | None:
+    path = Path(jobs_dir) / job_file(cfg, group, seed)
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["rows"] if saved.get("key") == json.loads(json.dumps(job_key(cfg, group, seed))) else None
 
 
 def run(cfg: dict, out: Path) -> Path:
@@ -335,7 +371,7 @@ def run(cfg: dict, out: Path) -> Path:
         raise ValueError(f"compounding.mode must be quick or full, got {mode!r}")
     study = getattr(StudyConfig, mode)(**{k: v for k, v in section.items() if v is not None})
     out.mkdir(parents=True, exist_ok=True)
-    result = run_study(study)
+    result = run_study(study, jobs_dir=out / "jobs")  # rerun into the same folder to resume a stopped study
     result["mode"] = mode
     path = write_json(result, out / "compounding_error.json")
     from .report import write_report
