@@ -6,7 +6,7 @@
 
 Writes ``--out`` (JSON: {"rows": [{"arm", "horizon", "success_rate", "invalid_per_rollout",
 "expert_logprob_per_token", ...}], "exponents": {...}, "goals": {...}}) and regenerates the Markdown report with
-its PNGs (``--report``, default docs/compounding_error.md). The study itself is trl_irl/compounding/experiment.py;
+its PNGs (``--report``, default docs/compounding_error.md, or docs/compounding_error_full.md in full mode). The study itself is trl_irl/compounding/experiment.py;
 ``trl-irl recipe=compounding_error`` runs the same thing into a Hydra run folder.
 """
 
@@ -31,7 +31,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="the goal's two settings, T up to 64, 2 seeds")
     parser.add_argument("--seeds", type=int, help="override the mode's number of seeds")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/compounding_error_<mode>.json)")
-    parser.add_argument("--report", default=str(ROOT / "docs" / "compounding_error.md"), help="Markdown report path")
+    parser.add_argument("--report", help="Markdown report path (default docs/compounding_error.md for --quick, "
+                                         "docs/compounding_error_full.md for full mode)")
     parser.add_argument("--report-only", metavar="JSON", help="regenerate the report from a finished run's JSON")
     parser.add_argument("--jobs", help="folder of finished (group, seed) jobs: a rerun reuses them, so a stopped study "
                                        "resumes (default outputs/compounding_error_<mode>_jobs)")
@@ -39,14 +40,19 @@ def main():
     mode = "quick" if args.quick else "full"
     if args.report_only:
         result = json.loads(Path(args.report_only).read_text())
-        print(write_report(result, Path(args.report), command(result.get("mode", mode), result["config"]["seeds"])))
+        mode = result.get("mode", mode)
+        print(write_report(result, report_path(args, mode), command(mode, result["config"]["seeds"])))
         return
     cfg = getattr(StudyConfig, mode)(**({"seeds": args.seeds} if args.seeds else {}))
     jobs = Path(args.jobs or ROOT / "outputs" / f"compounding_error_{mode}_jobs")
     result = {**run_study(cfg, jobs_dir=jobs), "mode": mode}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"compounding_error_{mode}.json")
     print(write_json(result, out))
-    print(write_report(result, Path(args.report), command(mode, cfg.seeds)))
+    print(write_report(result, report_path(args, mode), command(mode, cfg.seeds)))
+
+
+def report_path(args, mode: str) -> Path:
+    return Path(args.report or ROOT / "docs" / ("compounding_error.md" if mode == "quick" else "compounding_error_full.md"))
 
 
 def command(mode: str, seeds: int) -> str:
