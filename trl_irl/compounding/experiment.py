@@ -111,10 +111,9 @@ class StudyConfig:
 
     @classmethod
     def full(cls, **overrides) -> "StudyConfig":
-        """Horizons up to 128, 3 seeds, and one factor at a time changed from the goal's group, each group under
-        both error modes."""
-        groups = ["rare/{}/small/small", "plain/{}/small/small", "rare/{}/realisable/small", "rare/{}/small/large",
-                  "plain/{}/realisable/small"]
+        """Horizons up to 128, 3 seeds, and one factor at a time changed from the goal's group (task, capacity,
+        demonstrations), each group under both error modes: 12 (group, seed) jobs of about 20 min each at T=128."""
+        groups = ["rare/{}/small/small", "plain/{}/small/small", "rare/{}/realisable/small", "rare/{}/small/large"]
         settings = [g.format(errors) for g in groups for errors in AXES["errors"]]
         return replace(cls(), settings=settings, horizons=[8, 16, 32, 64, 128], seeds=3, **overrides)
 
