@@ -64,6 +64,9 @@ class StudyConfig:
     seeds: int = 2
     """Seeds 0..seeds-1: each draws its own automaton, demonstrations and training randomness."""
     arms: list[str] = field(default_factory=lambda: list(ARMS))
+    """A subset of ``ARMS`` with ``bc``: bc, bc_reward_width (BC at the reward model's width: a reference),
+    bc_loss_only (online IRL's loop with the reward off), online_irl_bt, online_irl_airl, airl_reward_frozen (AIRL
+    with its reward never updated), oracle_rl, dagger (see ``arms``)."""
     n_states: int = 16
     n_tokens: int = 16
     n_allowed: int = 4
