@@ -46,7 +46,10 @@ def main(workdir: Path):
                      max_completion_length=task.horizon, max_steps=2, learning_rate=1e-2, critic_learning_rate=1e-2,
                      reward_learning_rate=1e-2, beta=0.05, reward_update_every=1, reward_update_steps=1,
                      reward_batch_size=8, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-                     logging_steps=1, disable_tqdm=True, seed=0)
+                     logging_steps=1, disable_tqdm=True, seed=0,
+                     # SGD: an update is the gradient itself, so DDP and DeepSpeed can be compared (Adam's first
+                     # steps are nearly sign(g)); no clipping: DeepSpeed clips all groups at once, DDP each apart
+                     optim="sgd", max_grad_norm=1e9, critic_max_grad_norm=1e9)
     trainer = PPOTrainer(model=shared.model, reward_model=reward, critic=critic, args=args, train_dataset=dataset,
                          processing_class=tokenizer)
     trainer.train()

@@ -59,6 +59,22 @@ def test_ppo_value_loss_falls(tmp_path, task, tokenizer, bc_policy_path, demos):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:3]) / 3, losses
 
 
+def test_ppo_critic_gradient_is_cleared_after_each_step(tmp_path, task, tokenizer, policy_path, demos):
+    """Trainer zeroes only the model's gradients and the critic is outside the model: without our clearing, each
+    critic step would take the sum of every earlier step's gradient."""
+    trainer = ALGORITHMS["ppo"][1](model=policy_path, args=make_args("ppo", tmp_path, max_steps=3),
+                                   train_dataset=prompt_dataset(task, demos), processing_class=tokenizer,
+                                   reward_funcs=[prefix_reward(task)])
+    trainer.create_optimizer()
+    params = list(trainer.critic.parameters())
+    seen = []
+    trainer.optimizer.register_step_pre_hook(lambda *_: seen.append(sum(p.grad.abs().sum().item() for p in params)))
+    trainer.optimizer.register_step_post_hook(lambda *_: seen.append([p.grad for p in params]))
+    trainer.train()
+    assert len(seen) == 6 and all(grad > 0 for grad in seen[0::2])  # each step had a critic gradient
+    assert all(g is None for grads in seen[1::2] for g in grads)  # and left none for the next
+
+
 def critic_state(trainer):
     weights = {k: v.detach().clone() for k, v in trainer.critic.state_dict().items()}
     critic_params = {id(p) for p in trainer.critic.parameters()}

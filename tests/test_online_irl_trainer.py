@@ -144,17 +144,30 @@ def test_vllm_with_a_4bit_policy_is_refused_before_any_engine_starts(tmp_path, p
                          args=make_args(tmp_path, use_vllm=True), train_dataset=dataset, processing_class=tokenizer)
 
 
-def test_deepspeed_is_refused_with_the_ddp_alternative(policy_path):
+def test_deepspeed_zero3_is_refused_with_the_alternatives(policy_path):
     from types import SimpleNamespace
 
     from trl_irl.trainers.online_irl import check_backends
 
     args = SimpleNamespace(distributed_state=SimpleNamespace(distributed_type="DEEPSPEED"), use_vllm=False,
-                           model_init_kwargs=None)
-    with pytest.raises(ValueError, match="PPOTrainer under DeepSpeed is not supported yet.*accelerate launch"):
+                           model_init_kwargs=None, deepspeed_plugin=SimpleNamespace(zero_stage=3))
+    with pytest.raises(ValueError, match="PPOTrainer under DeepSpeed ZeRO stage 3 is not supported.*--zero_stage 2"):
         check_backends(args, policy_path, "PPOTrainer")
-    args.distributed_state.distributed_type = "MULTI_CPU"
+    for stage in (1, 2):
+        args.deepspeed_plugin.zero_stage = stage
+        check_backends(args, policy_path, "PPOTrainer")  # ZeRO-1 and ZeRO-2 pass
+    args.deepspeed_plugin, args.distributed_state.distributed_type = None, "MULTI_CPU"
     check_backends(args, policy_path, "PPOTrainer")  # DDP passes
+
+
+def test_ppo_under_deepspeed_refuses_a_separate_critic_before_loading(policy_path):
+    from types import SimpleNamespace
+
+    from trl_irl.trainers import PPOTrainer
+
+    args = SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=2))
+    with pytest.raises(ValueError, match="DeepSpeed needs the critic as an adapter.*shared_base=true"):
+        PPOTrainer(model=policy_path, args=args)
 
 
 def test_remax_says_at_start_up_that_its_greedy_rollout_skips_vllm(tmp_path, policy_path, tokenizer, demos):

@@ -92,13 +92,19 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
         return self.credit != "sequence" or self.token_kl_coef > 0
 
 
+def deepspeed_stage(args) -> int | None:
+    """The ZeRO stage ``args`` will run under (``accelerate launch --use_deepspeed`` or ``deepspeed=...``), else None."""
+    plugin = getattr(args, "deepspeed_plugin", None)
+    return None if plugin is None else plugin.zero_stage
+
+
 def check_backends(args, model, trainer: str):
     """TRL's switches our trainers can't follow, said at start-up, before a model or a vLLM engine is loaded."""
-    if args.distributed_state.distributed_type == "DEEPSPEED":
+    if deepspeed_stage(args) == 3:
         raise ValueError(
-            f"{trainer} under DeepSpeed is not supported yet: the online reward model's optimizer and PPO's critic "
-            "group live outside the DeepSpeed engine and are untested with ZeRO. Launch without DeepSpeed "
-            "(`accelerate launch --num_processes N`, i.e. DDP), which keeps them in sync across processes")
+            f"{trainer} under DeepSpeed ZeRO stage 3 is not supported: it partitions the model's weights, and the "
+            "online reward model and a shared base's reward and critic adapters are read outside the engine. Use "
+            "ZeRO stage 1 or 2 (`accelerate launch --use_deepspeed --zero_stage 2 ...`) or DDP")
     if args.use_vllm:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         quantised = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)

@@ -8,7 +8,10 @@ PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generati
                            never coexist) and under the critic's adapter scope (a critic that is an adapter on the
                            policy's shared base recomputes with its own adapter)
     create_optimizer       the critic's parameters as an extra group (own learning rate; clipped and, under several
-                           processes, all-reduced by a step pre-hook, since Trainer clips only the policy)
+                           processes, all-reduced by a step pre-hook, since Trainer clips only the policy; cleared
+                           by a post-hook, since Trainer zeroes only the model's gradients). Under DeepSpeed ZeRO-1/2
+                           the engine reduces, clips (at max_grad_norm, with the policy) and clears the group itself,
+                           which needs the critic on the shared base with its value head registered in the model
     _save_checkpoint / _load_optimizer_and_scheduler   the critic's weights (its Adam state rides in the optimizer)
 """
 
@@ -26,9 +29,9 @@ from ..models import atomic_directory, read_safetensors
 from ..rewards.losses import masked_mean
 from ..rewards.objectives import model_inputs
 from ..rewards.online import all_reduce_mean_
-from ..shared_base import adapter_scope, trainable_parameters
+from ..shared_base import AdapterRole, adapter_scope, trainable_parameters
 from .credit import reward_model_batch
-from .online_irl import OnlineIRLConfig, OnlineIRLTrainer
+from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, deepspeed_stage
 
 CRITIC_DIR = "critic"
 
@@ -79,10 +82,17 @@ class PPOTrainer(OnlineIRLTrainer):
     reward on the last token). Takes the same reward sources as every trainer here."""
 
     def __init__(self, *args, critic=None, **kwargs):
+        deepspeed = deepspeed_stage(kwargs.get("args", args[2] if len(args) > 2 else None)) is not None
+        if deepspeed and not isinstance(critic, AdapterRole):
+            raise ValueError("PPOTrainer under DeepSpeed needs the critic as an adapter on the policy's shared base "
+                             "(shared_base=true): ZeRO optimises only parameters of the model it wraps, and a separate "
+                             "critic model is not one. Set shared_base=true, or launch without DeepSpeed (DDP)")
         super().__init__(*args, **kwargs)
         policy = self.accelerator.unwrap_model(self.model)
         self.critic = critic if critic is not None else build_critic(policy, self.args.critic_model)
         self.critic.to(self.accelerator.device).train()
+        if deepspeed:  # the adapter is in the wrapped model already; its value head must be too
+            policy.add_module("critic_value_head", self.critic.score)
 
     def values(self, critic, output: dict) -> torch.Tensor:
         """V(s_t) for every completion token t (B, T): the critic's output at the position before token t."""
@@ -120,21 +130,38 @@ class PPOTrainer(OnlineIRLTrainer):
             clipped = old + (values - old).clamp(-self.args.cliprange_value, self.args.cliprange_value)
             value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
             if mode == "train" and torch.is_grad_enabled():
-                self.accelerator.backward(self.args.vf_coef * value_loss / self.current_gradient_accumulation_steps)
+                loss = self.args.vf_coef * value_loss / self.current_gradient_accumulation_steps
+                if self.is_deepspeed_enabled:  # the engine's backward (ZeRO's buckets), not accelerate's: it steps too
+                    self.model_wrapped.backward(loss, scale_wrt_gas=False)
+                else:
+                    self.accelerator.backward(loss)
         self._metrics[mode]["value_loss"].append(value_loss.item())
         self._metrics[mode]["value_clipfrac"].append(masked_mean(((values - clipped).abs() > 1e-8).float(), mask).item())
 
     def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is not None:  # built already (DeepSpeed's init builds it before Trainer asks)
+            return super().create_optimizer(*args, **kwargs)
         optimizer = super().create_optimizer(*args, **kwargs)
         params = trainable_parameters(self.critic)
         optimizer.add_param_group({"params": params, "lr": self.args.critic_learning_rate, "weight_decay": 0.0})
+        if self.is_deepspeed_enabled:
+            # ZeRO keeps the parameters that require grad when it wraps this optimizer, then reduces and clips
+            # (at max_grad_norm) every group itself. An inactive adapter gets no gradient, so the flag is harmless.
+            for p in params:
+                p.requires_grad_(True)
+            return optimizer
 
         def clip_critic(opt, args, kwargs):
             all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
             norm = torch.nn.utils.clip_grad_norm_(params, self.args.critic_max_grad_norm)
             self._metrics["train"]["critic_grad_norm"].append(norm.item())
 
+        def zero_critic(opt, args, kwargs):  # Trainer zeroes only the model's gradients; a critic outside it keeps its own
+            for p in params:
+                p.grad = None
+
         optimizer.register_step_pre_hook(clip_critic)
+        optimizer.register_step_post_hook(zero_critic)
         return optimizer
 
     def _save_checkpoint(self, model, trial):
