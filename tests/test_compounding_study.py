@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trl_irl.compounding import experiment
+from trl_irl.compounding import experiment, report
 from trl_irl.compounding.experiment import StudyConfig, bootstrap_ci, cost, fit_exponent, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,9 @@ def test_validity_blind_arms_are_shared_across_error_modes_and_arms_are_independ
 
     with monkeypatch.context() as patch:  # a rerun resumes from the finished jobs and trains nothing
         patch.setattr(experiment, "train_group", no_training)
-        assert run_study(cfg, jobs_dir=tmp_path)["rows"] == result["rows"]
+        resumed = run_study(cfg, jobs_dir=tmp_path)
+        assert resumed["rows"] == result["rows"] and (resumed["jobs_reused"], result["jobs_reused"]) == (2, 0)
+        assert "2 of 2 jobs reused" in report.markdown(resumed, "s.png", "c.png", "cmd")
         with pytest.raises(RuntimeError, match="trained again"):  # another config is another job
             run_study(StudyConfig.quick(settings=SETTINGS[:2], workers=1, **{**TINY, "eval_rollouts": 100}),
                       jobs_dir=tmp_path)

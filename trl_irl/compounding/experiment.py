@@ -345,7 +345,7 @@ def run_study(cfg: StudyConfig, log=print, jobs_dir: Path | None = None) -> dict
     rows = sorted((r for job_rows in done.values() for r in job_rows),
                   key=lambda r: (order[r["setting"]], r["seed"], cfg.arms.index(r["arm"]), r["horizon"]))
     return {"config": asdict(cfg), "rows": rows, **summarise(cfg, rows),
-            "wall_seconds": round(time.perf_counter() - start, 1)}
+            "wall_seconds": round(time.perf_counter() - start, 1), "jobs": len(jobs), "jobs_reused": len(jobs) - len(todo)}
 
 
 def job_key(cfg: StudyConfig, group: tuple, seed: int) -> dict:
