@@ -149,15 +149,14 @@ def test_deepspeed_zero3_is_refused_with_the_alternatives(policy_path):
 
     from trl_irl.trainers.online_irl import check_backends
 
-    args = SimpleNamespace(distributed_state=SimpleNamespace(distributed_type="DEEPSPEED"), use_vllm=False,
-                           model_init_kwargs=None, deepspeed_plugin=SimpleNamespace(zero_stage=3))
+    args = SimpleNamespace(use_vllm=False, model_init_kwargs=None, deepspeed_plugin=SimpleNamespace(zero_stage=3))
     with pytest.raises(ValueError, match="PPOTrainer under DeepSpeed ZeRO stage 3 is not supported.*--zero_stage 2"):
         check_backends(args, policy_path, "PPOTrainer")
     for stage in (1, 2):
         args.deepspeed_plugin.zero_stage = stage
         check_backends(args, policy_path, "PPOTrainer")  # ZeRO-1 and ZeRO-2 pass
-    args.deepspeed_plugin, args.distributed_state.distributed_type = None, "MULTI_CPU"
-    check_backends(args, policy_path, "PPOTrainer")  # DDP passes
+    args.deepspeed_plugin = None
+    check_backends(args, policy_path, "PPOTrainer")  # no DeepSpeed (DDP, one process) passes
 
 
 def test_ppo_under_deepspeed_refuses_a_separate_critic_before_loading(policy_path):

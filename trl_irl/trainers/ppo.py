@@ -45,7 +45,8 @@ class PPOConfig(OnlineIRLConfig):
     cliprange_value: float = field(default=0.2, metadata={
         "help": "Clip of the value prediction around its value at generation time (PPO's clipped value loss)."})
     critic_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the critic."})
-    critic_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping of the critic."})
+    critic_max_grad_norm: float = field(default=1.0, metadata={
+        "help": "Gradient clipping of the critic (under DeepSpeed the engine clips it with the policy at max_grad_norm)."})
     whiten_advantages: bool = field(default=True, metadata={
         "help": "Normalise advantages over the batch's valid tokens (mean 0, std 1)."})
     critic_model: str | None = field(default=None, metadata={
