@@ -92,6 +92,7 @@ def test_online_update_raises_demo_reward_relative_to_samples(objective, policy_
     after = gap()
     assert after > before + 0.1, (before, after)
     assert updater.num_updates == 15 and math.isfinite(metrics["loss"])
+    assert all(p.grad is None for p in updater.params)  # no gradient memory held between updates
 
 
 def _first_divergence_gap(objective, model, tokenizer, prompts, demos, samples):

@@ -127,6 +127,7 @@ class OnlineRewardUpdater:
             all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
             self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)  # no gradients held between updates: one adapter's worth of memory
             self.num_updates += 1
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / self.steps
