@@ -25,7 +25,7 @@ after imports and before any model is loaded; on a GPU ``torch.cuda.max_memory_a
 two things would count that a step does not need, so they are removed before the steps start: the pages of the mapped
 weights file (weights are copied out of it) and glibc's freed heap (``malloc_trim``); and by default
 (``--cpu-malloc live``) freed blocks of 1 MiB or more go back to the system at once, so the peak follows live memory
-as on a GPU (glibc otherwise keeps them: SmolLM2's shared-base ratio reads 1.47x instead of 1.25x, from heap that
+as on a GPU (glibc otherwise keeps them: SmolLM2's shared-base ratio reads 1.41x instead of 1.20x, from heap that
 holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is ``load_peak_mem_mb``. tokens_per_s: completion tokens of a step
 (batch x completion length) per second of step time, median over the measured steps (the first step, a warm-up, is
 not counted). A setup that runs out of GPU memory gets ``"oom": true``. With ``--repeats`` > 1 every figure is the
@@ -292,7 +292,7 @@ def main(argv=None):
     parser.add_argument("--completion-len", type=int, default=None, help="new tokens (CPU 96, GPU 512; quick 32)")
     parser.add_argument("--batch", type=int, default=None, help="completions per step (CPU 4; GPU as the recipes)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps after one warm-up (quick 1, else 3)")
-    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick 1, else 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick or GPU 1, else 3)")
     parser.add_argument("--cpu-malloc", choices=CPU_MALLOC, default="live",
                         help="CPU only. live: glibc's mmap threshold fixed at 1 MiB, so a freed tensor leaves the "
                              "resident size and its peak follows live memory (as max_memory_allocated on a GPU), at "
@@ -322,7 +322,7 @@ def main(argv=None):
     sizes = {"prompt_len": opts.prompt_len or (16 if opts.quick else 512 if gpu else 32),
              "completion_len": opts.completion_len or (32 if opts.quick else 512 if gpu else 96),
              "steps": opts.steps or (1 if opts.quick else 3)}
-    repeats = opts.repeats or (1 if opts.quick else 3)
+    repeats = opts.repeats or (1 if opts.quick or gpu else 3)  # a GPU's allocated bytes do not vary between runs
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="trl_irl_memory_"))
     rows = []
     for model in models:

@@ -57,3 +57,23 @@ def test_quick_run_rows_and_setups(tmp_path):
     full = shape["vocab_size"] * h + h + layers * (attention + 3 * h * i + 2 * h)  # tied embeddings, norms
     assert rows["separate"]["policy_trainable_parameters"] == full
     assert result["goals"]["random-tiny"].keys() == {"shared_base_le_1.3x", "separate_ge_4x"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps is Linux's")
+def test_own_weights_unmaps_the_weights_file_and_keeps_ties(policy_path):
+    """Weights loaded in their file's dtype view the mapped file, whose pages would count in the CPU peak."""
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    weights = str(Path(policy_path) / "model.safetensors")
+    mapped = lambda: weights in Path("/proc/self/maps").read_text()  # noqa: E731
+    model = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.float32)
+    gc.collect()
+    assert mapped()  # the premise: a float32 file loaded as float32 is viewed, not copied
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    memory.own_weights()
+    assert not mapped()
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
