@@ -26,10 +26,10 @@ two things would count that a step does not need, so they are removed before the
 weights file (weights are copied out of it) and glibc's freed heap (``malloc_trim``); and by default
 (``--cpu-malloc live``) freed blocks of 1 MiB or more go back to the system at once, so the peak follows live memory
 as on a GPU (glibc otherwise keeps them: SmolLM2's shared-base ratio reads 1.41x instead of 1.20x, from heap that
-holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is ``load_peak_mem_mb``. tokens_per_s: completion tokens of a step
-(batch x completion length) per second of step time, median over the measured steps (the first step, a warm-up, is
-not counted). A setup that runs out of GPU memory gets ``"oom": true``. With ``--repeats`` > 1 every figure is the
-median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
+holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is ``load_peak_mem_mb``.
+tokens_per_s: completion tokens of a step (batch x completion length) per second of step time, median over the
+measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true``.
+With ``--repeats`` > 1 every figure is the median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
 """
 
 from __future__ import annotations
@@ -234,7 +234,8 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
         row["oom"] = True
     row["train_peak_mem_mb"] = mb(peak_bytes())
     # on CPU loading peaks on the mapped file and full-precision weights before quantisation: not the step's need
-    row["peak_mem_mb"] = max(row.get("load_peak_mem_mb", 0.0), row["train_peak_mem_mb"]) if cuda else row["train_peak_mem_mb"]
+    row["peak_mem_mb"] = row["train_peak_mem_mb"] if not cuda else max(row.get("load_peak_mem_mb", 0.0),
+                                                                        row["train_peak_mem_mb"])
     measured = timer.times[1:]
     row["tokens_per_s"] = round(B * C / statistics.median(measured), 2) if measured and not row["oom"] else None
     row["seconds_per_step"] = round(statistics.median(measured), 3) if measured else None
@@ -324,6 +325,8 @@ def main(argv=None):
              "steps": opts.steps or (1 if opts.quick else 3)}
     repeats = opts.repeats or (1 if opts.quick or gpu else 3)  # a GPU's allocated bytes do not vary between runs
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="trl_irl_memory_"))
+    env = None if gpu else CPU_MALLOC[opts.cpu_malloc]
+    device = {"device": "cuda"} if gpu else {"device": "cpu", "cpu_malloc": opts.cpu_malloc}
     rows = []
     for model in models:
         path = child(["--prepare", model, str(workdir / model)])["path"]
@@ -331,10 +334,8 @@ def main(argv=None):
         flags = [f"--prompt-len={sizes['prompt_len']}", f"--completion-len={sizes['completion_len']}",
                  f"--batch={batch}", f"--steps={sizes['steps']}"]
         for setup in setups:
-            env = None if gpu else CPU_MALLOC[opts.cpu_malloc]
             row = median_row([child(["--child", model, setup, path, *flags], env) for _ in range(repeats)])
-            row |= {"batch": batch, **sizes, "device": "cuda" if gpu else "cpu"}
-            row |= {} if gpu else {"cpu_malloc": opts.cpu_malloc}
+            row |= {"batch": batch, **sizes, **device}
             rows.append(row)
             print(f"{model:>14} {setup:>12}: peak {row['peak_mem_mb']} MB, {row['tokens_per_s']} tokens/s"
                   + (" (out of memory)" if row["oom"] else ""), flush=True)
