@@ -51,4 +51,5 @@ if __name__ == "__main__":
     updater.add(*rank_data(task, rank))
     updater.update()
     torch.save({k: v.detach() for k, v in updater.model.state_dict().items()}, f"{workdir}/rank{rank}.pt")
+    dist.barrier()  # both ranks done before either tears gloo down (one fresh-clone run aborted in teardown)
     dist.destroy_process_group()
