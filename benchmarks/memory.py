@@ -26,7 +26,10 @@ two things would count that a step does not need, so they are removed before the
 weights file (weights are copied out of it) and glibc's freed heap (``malloc_trim``); and by default
 (``--cpu-malloc live``) freed blocks of 1 MiB or more go back to the system at once, so the peak follows live memory
 as on a GPU (glibc otherwise keeps them: SmolLM2's shared-base ratio reads 1.41x instead of 1.20x, from heap that
-holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is ``load_peak_mem_mb``.
+holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is ``load_peak_mem_mb``. On a GPU
+``reserved_peak_mem_mb`` is the caching allocator's peak during the steps (allocated bytes plus its slack: what a
+smaller card must hold). ``--out`` is rewritten after every setup (``"complete": false`` until the last), so a run cut
+off at a time limit keeps what it measured; ``benchmarks/gpu/run.sh`` runs the GPU rows on a lent machine.
 tokens_per_s: completion tokens of a step (batch x completion length) per second of step time, median over the
 measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true``.
 With ``--repeats`` > 1 every figure is the median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
@@ -233,6 +236,8 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     except torch.cuda.OutOfMemoryError:  # a finding on a GPU (the separate setup at 7B), not a failure
         row["oom"] = True
     row["train_peak_mem_mb"] = mb(peak_bytes())
+    if cuda:  # what a smaller card must hold: allocated bytes plus the caching allocator's slack
+        row["reserved_peak_mem_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     # on CPU loading peaks on the mapped file and full-precision weights before quantisation: not the step's need
     row["peak_mem_mb"] = row["train_peak_mem_mb"] if not cuda else max(row.get("load_peak_mem_mb", 0.0),
                                                                         row["train_peak_mem_mb"])
@@ -255,8 +260,8 @@ def child(args: list[str], env: dict | None = None) -> dict:
 
 def median_row(rows: list[dict]) -> dict:
     row = dict(rows[0])
-    for key in ("peak_mem_mb", "load_peak_mem_mb", "loaded_mem_mb", "train_peak_mem_mb", "tokens_per_s",
-                "seconds_per_step"):
+    for key in ("peak_mem_mb", "load_peak_mem_mb", "loaded_mem_mb", "train_peak_mem_mb", "reserved_peak_mem_mb",
+                "tokens_per_s", "seconds_per_step"):
         values = [r.get(key) for r in rows if r.get(key) is not None]
         row[key] = round(statistics.median(values), 2) if values else None
     row["oom"] = any(r["oom"] for r in rows)
@@ -327,7 +332,16 @@ def main(argv=None):
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="trl_irl_memory_"))
     env = None if gpu else CPU_MALLOC[opts.cpu_malloc]
     device = {"device": "cuda"} if gpu else {"device": "cpu", "cpu_malloc": opts.cpu_malloc}
+    command = "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     rows = []
+
+    def write(final: bool):  # after every setup too: a run cut off at a time limit keeps the rows it measured
+        result = {"rows": rows, "goals": add_ratios(rows), "command": command, "complete": final}
+        if opts.out:
+            Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(opts.out).write_text(json.dumps(result, indent=2))
+        return result
+
     for model in models:
         path = child(["--prepare", model, str(workdir / model)])["path"]
         batch = opts.batch or BATCH.get(model, 4)
@@ -339,14 +353,11 @@ def main(argv=None):
             rows.append(row)
             print(f"{model:>14} {setup:>12}: peak {row['peak_mem_mb']} MB, {row['tokens_per_s']} tokens/s"
                   + (" (out of memory)" if row["oom"] else ""), flush=True)
-    goals = add_ratios(rows)
-    result = {"rows": rows, "goals": goals,
-              "command": "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+            write(final=False)
+    result = write(final=True)
     for r in rows:
         print(f"{r['model']:>14} {r['setup']:>12}: {r.get('peak_vs_policy_only')}x policy_only's peak")
     if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out).write_text(json.dumps(result, indent=2))
         print(f"wrote {opts.out}")
     return result
 

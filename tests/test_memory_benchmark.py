@@ -57,6 +57,25 @@ def test_quick_run_rows_and_setups(tmp_path):
     full = shape["vocab_size"] * h + h + layers * (attention + 3 * h * i + 2 * h)  # tied embeddings, norms
     assert rows["separate"]["policy_trainable_parameters"] == full
     assert result["goals"]["random-tiny"].keys() == {"shared_base_le_1.3x", "separate_ge_4x"}
+    assert result["complete"] is True
+
+
+def test_a_run_cut_off_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """A GPU lease ends at a time limit: every finished setup is in --out before the next one starts."""
+    def child(args, env=None):
+        if args[0] == "--prepare":
+            return {"path": str(tmp_path)}
+        if args[2] == "shared_base":
+            raise TimeoutError("the lease ended")
+        return {"model": args[1], "setup": args[2], "peak_mem_mb": 100.0, "tokens_per_s": 1.0, "oom": False}
+
+    monkeypatch.setattr(memory, "child", child)
+    out = tmp_path / "memory.json"
+    with pytest.raises(TimeoutError):
+        memory.main(["--models", "random-tiny", "--setups", "policy_only,separate,shared_base", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["setup"] for r in result["rows"]] == ["policy_only", "separate"] and result["complete"] is False
+    assert result["rows"][1]["peak_vs_policy_only"] == 1.0
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps is Linux's")

@@ -194,25 +194,31 @@ def test_merged_export_equals_the_adapter_model(shared, policy_path, task, token
                                rtol=1e-4, atol=1e-4)
 
 
-def test_4bit_shared_base_trains_through_eval_forwards(policy_path, task, tokenizer, demos, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_4bit_shared_base_trains_through_eval_forwards(policy_path, task, tokenizer, demos, tmp_path, bf16):
     """PPO on a 4-bit base with the critic and reward as adapters: no-grad evaluation forwards between training
-    steps (bitsandbytes' CPU repacking) do not break training, and all three roles learn."""
+    steps (bitsandbytes' CPU repacking) do not break training, and all three roles learn. ``bf16``: the dtypes of a
+    GPU run (bf16 compute dtype and mixed precision; TRL's bf16 policy adapter next to fp32 roles and heads)."""
     from trl_irl import PPOConfig, PPOTrainer
     from trl_irl.evaluation import sample_completions
 
     torch.manual_seed(0)
-    shared = SharedBase(policy_path, LORA, quant={"mode": "4bit", "quant_type": "nf4", "double_quant": True})
+    quant = {"mode": "4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16" if bf16 else "float32"}
+    shared = SharedBase(policy_path, LORA, quant=quant)
     assert shared.model.get_base_model().is_loaded_in_4bit
     reward, critic = shared.role(REWARD, "classifier"), shared.role(CRITIC, "token")
     args = PPOConfig(output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=8, num_generations=4,
                      max_completion_length=task.horizon, max_steps=4, learning_rate=1e-3, beta=0.01, use_cpu=True,
-                     bf16=False, report_to="none", disable_tqdm=True, logging_steps=1, save_strategy="steps",
+                     bf16=bf16, report_to="none", disable_tqdm=True, logging_steps=1, save_strategy="steps",
                      save_steps=2, seed=0, reward_batch_size=8, critic_learning_rate=1e-2)
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     trainer = PPOTrainer(model=shared.model, reward_model=reward, critic=critic, args=args, train_dataset=data,
                          processing_class=tokenizer)
     tracked = {"policy": [p for p in shared.model.parameters() if p.requires_grad],
                "reward": list(reward.parameters()), "critic": list(critic.parameters())}
+    assert shared.model.get_input_embeddings().weight.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    assert {p.dtype for p in tracked["policy"]} == {torch.bfloat16}  # TRL casts a quantised model's adapter
+    assert {p.dtype for p in [*tracked["reward"], *tracked["critic"]]} == {torch.float32}
     before = {k: snapshot(v) for k, v in tracked.items()}
     sample_completions(shared.model, tokenizer, ["A", "B"], task.horizon, 2, seed=0)  # an eval forward first
     shared.model.train()
