@@ -78,3 +78,23 @@ def test_quantised_base_without_lora_is_refused_before_training(tmp_path):
     assert result.returncode != 0
     assert "only adapters can train: add peft=lora" in result.stderr
     assert not (tmp_path / "bc").exists()
+
+
+def test_a_qlora_recipe_end_to_end_on_the_tiny_model(policy_path, tmp_path):
+    """`recipe=qlora/ppo_0.5b` as a user runs it (their weights in model.path), at toy sizes: the recipe's own settings
+    (4-bit base, all four roles on it, gradient checkpointing in BC and PPO, gradient accumulation) train together."""
+    out = tmp_path / "run"
+    result = run("recipe=qlora/ppo_0.5b", f"model.path={policy_path}", "task.separator=''", "task.horizon=8",
+                 "task.num_demonstrations=32", "task.num_heldout=16", "bc.num_train_epochs=1",
+                 "reward.pretrain.num_train_epochs=1", "reward.online.batch_size=8", "algo.max_steps=2",
+                 "algo.per_device_train_batch_size=8", "algo.num_generations=4", "algo.gradient_accumulation_steps=2",
+                 "algo.save_steps=2", "eval.batch_size=16", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    cfg = metrics["config"]
+    assert cfg["shared_base"] and cfg["quant"]["mode"] == "4bit" and cfg["algo"]["extra"]["gradient_checkpointing"]
+    assert metrics["arms"]["ppo"]["kl_to_bc"] > 0.0  # the policy moved
+    checkpoint = out / "ppo" / "checkpoint-2"
+    assert (checkpoint / "critic" / "model.safetensors").exists()
+    assert (checkpoint / "irl_reward" / "model" / "model.safetensors").exists()
+    assert (out / "ppo" / "merged" / "model.safetensors").exists()
