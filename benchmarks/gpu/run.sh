@@ -2,11 +2,12 @@
 # On a lent GPU machine (the device tool's nvidia-h200), after benchmarks/gpu/wheels.sh here; one size per call:
 #   run(command="bash benchmarks/gpu/run.sh 0.5b", carry=[".whl"], timeout_s=570)   # ~4 min (estimate)
 #   run(command="bash benchmarks/gpu/run.sh 7b",   carry=[".whl"], timeout_s=570)   # ~5 min (estimate)
+#   run(command="bash benchmarks/gpu/run.sh recipes", carry=[".whl"], timeout_s=300) # the 4-bit CLI tests on CUDA
 # The rows come back in $OUT/memory_gpu_<size>.json (written after every setup, so a cut-off run keeps its rows)
 # with the log; copy them to benchmarks/results/. Sizes: 512 prompt + 512 new tokens, the recipes' micro-batches,
 # one warm-up and one measured step per setup, one process per setup.
 set -uo pipefail
-SIZE=${1:?usage: run.sh 0.5b|1.5b|7b}
+SIZE=${1:?usage: run.sh 0.5b|1.5b|7b|recipes}
 OUT=${OUT:-/tmp/trl_irl_gpu}; mkdir -p "$OUT"
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -25,6 +26,12 @@ x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 layer(x).float().pow(2).mean().backward()
 print("4-bit forward/backward on cuda: ok, grad norm", x.grad.norm().item())
 PY
+if [ "$SIZE" = recipes ]; then  # the pipeline's 4-bit shared-base runs (tests/test_cli.py) with use_cpu=auto: on CUDA
+  mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -m trl_irl.cli "$@"\n' > /tmp/bin/trl-irl && chmod +x /tmp/bin/trl-irl
+  export PATH=/tmp/bin:$PATH PYTHONPATH=/tmp/site:$PWD
+  python3 -m pytest -p no:cacheprovider -q tests/test_cli.py -k "qlora or shared_base_4bit" 2>&1 | tee "$OUT/log_recipes.txt"
+  exit "${PIPESTATUS[0]}"
+fi
 case "$SIZE" in
   0.5b) SETUPS=policy_only,shared_base,separate ;;  # the 1.3x and 4x goals
   1.5b) SETUPS=policy_only,shared_base,separate ;;
