@@ -2,6 +2,8 @@
 base, every adapter and head survives save/load, the merged export equals the adapter model, and the 4-bit CPU path
 trains through an eval forward (bitsandbytes' repacking pitfall)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
@@ -192,6 +194,31 @@ def test_merged_export_equals_the_adapter_model(shared, policy_path, task, token
     assert not any("lora" in n for n, _ in merged.named_parameters())
     torch.testing.assert_close(completion_logps(merged, batch).detach(), policy_logps(shared, batch),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_merged_export_keeps_the_checkpoints_dtype(policy_path, task, tokenizer, demos, tmp_path):
+    """A bf16 base (as released 7B models are) is merged and saved in bf16, not upcast to twice its size."""
+    from peft import get_peft_model
+
+    from trl_irl.models import lora_config, save_model
+
+    base = AutoModelForCausalLM.from_pretrained(policy_path, dtype=torch.bfloat16)
+    bf16_path = save_model(base, tokenizer, tmp_path / "bf16_base")
+    torch.manual_seed(0)
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(bf16_path), lora_config(LORA), adapter_name=POLICY)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    adapted.save_pretrained(tmp_path / "adapter")
+    out = export_merged_policy(bf16_path, str(tmp_path / "adapter"), tmp_path / "merged", tokenizer)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=None)
+    assert {p.dtype for p in merged.parameters()} == {torch.bfloat16}
+    files = lambda d: sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))  # noqa: E731
+    assert files(out) == pytest.approx(files(bf16_path), rel=0.05)
+    batch = batch_for(task, tokenizer, demos[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(completion_logps(merged, batch), completion_logps(adapted, batch), rtol=0.05, atol=0.05)
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])

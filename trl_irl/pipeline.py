@@ -362,7 +362,7 @@ class Pipeline:
         self.log_history = trainer.state.log_history
         self.policy = trainer.model.eval()
         self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
-        if self.peft:  # the policy adapter alone, and merged into the full-precision base for inference
+        if self.peft:  # the policy adapter alone, and merged into the unquantised base for inference
             from .shared_base import POLICY, export_merged_policy
 
             def save(directory):

@@ -202,9 +202,10 @@ def load_role(role: AdapterRole, directory):
     role.load_state_dict(weights)
 
 
-def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=None, dtype=torch.float32) -> str:
-    """The policy for inference: the base in full precision (never the 4-bit copy: merging into quantised weights
-    loses precision) with the policy adapter merged in, saved as safetensors. Returns ``out_dir``."""
+def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=None, dtype="auto") -> str:
+    """The policy for inference: the unquantised base (never the 4-bit copy: merging into quantised weights loses
+    precision) with the policy adapter merged in, saved as safetensors. ``dtype="auto"`` keeps the checkpoint's own
+    dtype (a bf16 7B stays 15 GB, where float32 would need 30 GB of RAM and disk). Returns ``out_dir``."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
