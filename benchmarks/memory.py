@@ -31,7 +31,7 @@ holds freed tensors). Loading's own CPU peak (the full-precision weights before 
 smaller card must hold). ``--out`` is rewritten after every setup (``"complete": false`` until the last), so a run cut
 off at a time limit keeps what it measured; ``benchmarks/gpu/run.sh`` runs the GPU rows on a lent machine.
 tokens_per_s: completion tokens of a step (batch x completion length) per second of step time, median over the
-measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true``.
+measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true`` (its peak, and so its ratio, is then a lower bound).
 With ``--repeats`` > 1 every figure is the median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
 """
 

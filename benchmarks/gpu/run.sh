@@ -12,7 +12,8 @@ OUT=${OUT:-/tmp/trl_irl_gpu}; mkdir -p "$OUT"
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "install failed: run benchmarks/gpu/wheels.sh here and carry .whl"; exit 3; }
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # no network there: never wait on a timeout
 # seconds, not minutes, to learn that the image lacks something: versions, then one 4-bit LoRA step on the GPU
 python3 - <<'PY' 2>&1 | tee "$OUT/env_$SIZE.txt" || exit 4
 import importlib, torch
@@ -35,7 +36,7 @@ fi
 case "$SIZE" in
   0.5b) SETUPS=policy_only,shared_base,separate ;;  # the 1.3x and 4x goals
   1.5b) SETUPS=policy_only,shared_base,separate ;;
-  7b)   SETUPS=shared_base,policy_only ;;           # the 20 GB goal first; separate copies of 7B are not run
+  7b)   SETUPS=shared_base,policy_only,separate ;;  # the 20 GB goal first; separate last (it may run out of memory)
   *) echo "unknown size $SIZE"; exit 2 ;;
 esac
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/env_$SIZE.txt"
