@@ -2,7 +2,7 @@
 # Here (a machine with a package registry), once per session that is lent a GPU: the wheels that the device image
 # lacks (trl, bitsandbytes, datasets and its dill/multiprocess, hydra) or holds at an untested version (transformers,
 # peft), for its Python 3.12, into .whl/ (git-ignored through .git/info/exclude). bitsandbytes is repacked with its
-# CPU and CUDA 13 libraries only (43 MB -> about 5 MB), so the tree and the wheels travel within the tool's 64 MiB.
+# CPU and CUDA 13 libraries only (43 MB -> 7 MB), so the tree and the wheels travel within the tool's 64 MiB.
 #   bash benchmarks/gpu/wheels.sh      then: run(command="bash benchmarks/gpu/run.sh 0.5b", carry=[".whl"])
 set -euo pipefail
 cd "$(dirname "$0")/../.."
