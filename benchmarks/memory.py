@@ -26,12 +26,14 @@ two things would count that a step does not need, so they are removed before the
 weights file (weights are copied out of it) and glibc's freed heap (``malloc_trim``); and by default
 (``--cpu-malloc live``) freed blocks of 1 MiB or more go back to the system at once, so the peak follows live memory
 as on a GPU (glibc otherwise keeps them: SmolLM2's shared-base ratio reads 1.41x instead of 1.20x, from heap that
-holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is ``load_peak_mem_mb``. On a GPU
-``reserved_peak_mem_mb`` is the caching allocator's peak during the steps (allocated bytes plus its slack: what a
-smaller card must hold). ``--out`` is rewritten after every setup (``"complete": false`` until the last), so a run cut
-off at a time limit keeps what it measured; ``benchmarks/gpu/run.sh`` runs the GPU rows on a lent machine.
+holds freed tensors). Loading's own CPU peak (the full-precision weights before quantisation) is
+``load_peak_mem_mb``. On a GPU ``reserved_peak_mem_mb`` is the caching allocator's peak during the steps (allocated
+bytes plus its slack: what a smaller card must hold). ``--out`` is rewritten after every setup (``"complete": false``
+until the last), so a run cut off at a time limit keeps what it measured; ``benchmarks/gpu/run.sh`` runs the GPU rows
+on a lent machine.
 tokens_per_s: completion tokens of a step (batch x completion length) per second of step time, median over the
-measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true`` (its peak, and so its ratio, is then a lower bound).
+measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true``
+(its peak, and so its ratio, is then a lower bound).
 With ``--repeats`` > 1 every figure is the median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
 """
 

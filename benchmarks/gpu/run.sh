@@ -34,8 +34,7 @@ if [ "$SIZE" = recipes ]; then  # the pipeline's 4-bit shared-base runs (tests/t
   exit "${PIPESTATUS[0]}"
 fi
 case "$SIZE" in
-  0.5b) SETUPS=policy_only,shared_base,separate ;;  # the 1.3x and 4x goals
-  1.5b) SETUPS=policy_only,shared_base,separate ;;
+  0.5b|1.5b) SETUPS=policy_only,shared_base,separate ;;  # the 1.3x and 4x goals
   7b)   SETUPS=shared_base,policy_only,separate ;;  # the 20 GB goal first; separate last (it may run out of memory)
   *) echo "unknown size $SIZE"; exit 2 ;;
 esac
