@@ -15,10 +15,13 @@ shared_base    our PPO step with policy, reference, critic and reward (learning 
 =============  ========================================================================================================
 
 Every setup: the same prompts (``--prompt-len`` random tokens), ``--completion-len`` new tokens (generation is forced to
-full length, so every step processes the same tokens), micro-batch ``--batch`` completions, gradient checkpointing,
-beta 0.05. Models: ``tiny`` (the default task's model) and ``smollm2_135m`` (SmolLM2-135M-Instruct, see
-conf/model/smollm2_135m.yaml) with their real weights; ``qwen2.5-{0.5b,1.5b,7b}`` and ``random-tiny`` built
-randomly from Qwen2.5-shaped configs (weights change neither memory nor speed), for a GPU.
+full length, so every step processes the same tokens), micro-batch ``--batch`` completions (generated together: one
+step is one micro-batch), gradient checkpointing, beta 0.05; the online reward step takes the qlora recipe's
+(demonstration, sample) pairs. Models: ``tiny`` (the default task's model) and ``smollm2_135m`` (SmolLM2-135M-Instruct,
+see conf/model/smollm2_135m.yaml) with their real weights; ``qwen2.5-{0.5b,1.5b,7b}`` and ``random-tiny`` built
+randomly from Qwen2.5-shaped configs (weights change neither memory nor speed), for a GPU, at the micro-batches of
+their qlora recipes. ``--layers 1,2,3`` builds a shape with that many decoder layers instead, and reads the peak at
+full depth off a line through them (``"extrapolated"`` in ``--out``): a 7B-shaped step measured on a CPU.
 
 peak_mem_mb: on CPU the peak resident memory (``VmHWM``) of the training steps above the process's resident memory
 after imports and before any model is loaded; on a GPU ``torch.cuda.max_memory_allocated``, loading included. On CPU
@@ -72,8 +75,17 @@ QWEN = {
 }
 # CPU allocator settings per --cpu-malloc (read by glibc when a process starts, so set for the child processes)
 CPU_MALLOC = {"live": {"MALLOC_MMAP_THRESHOLD_": str(2**20)}, "default": {}}
-# micro-batch (completions per step) as in recipes/qlora/parts/size_*.yaml
-BATCH = {"qwen2.5-0.5b": 16, "qwen2.5-1.5b": 8, "qwen2.5-7b": 2}
+
+
+def recipe_batches(model: str) -> tuple[int, int]:
+    """(completions per micro-batch, demonstration-sample pairs per reward step) of the qlora recipes for a Qwen2.5
+    shape (recipes/qlora/parts/size_<size>.yaml); 4 and 2 for the CPU models."""
+    if model not in QWEN or model == "random-tiny":
+        return 4, 2
+    from omegaconf import OmegaConf
+
+    size = OmegaConf.load(ROOT / "recipes" / "qlora" / "parts" / f"size_{model.split('-')[-1]}.yaml")
+    return size.algo.per_device_train_batch_size, size.reward.online.batch_size
 
 
 # --- models (built once per run, by a process of their own) -----------------------------------------------------
@@ -90,8 +102,9 @@ def word_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
-def prepare(name: str, directory: Path) -> str:
-    """A folder with the model's weights and tokenizer (random models: bf16 on a GPU, so 7B fits on disk and in RAM)."""
+def prepare(name: str, directory: Path, layers: int | None = None) -> str:
+    """A folder with the model's weights and tokenizer; random models in bf16 (so 7B fits on disk and in RAM), with
+    ``layers`` decoder layers instead of the shape's own number when given."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
 
@@ -106,12 +119,11 @@ def prepare(name: str, directory: Path) -> str:
     if name not in QWEN:
         raise ValueError(f"unknown model {name!r}: choose from tiny, smollm2_135m, {', '.join(QWEN)}")
     tokenizer = word_tokenizer(QWEN[name]["vocab_size"])
-    config = Qwen2Config(**QWEN[name], max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+    config = Qwen2Config(**(QWEN[name] | ({"num_hidden_layers": layers} if layers else {})), max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    cuda = torch.cuda.is_available()
     torch.manual_seed(0)
-    with torch.device("cuda" if cuda else "cpu"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     return save_model(model, tokenizer, directory)
 
 
@@ -171,6 +183,8 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
 
     torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
+    quant = QUANT | {"compute_dtype": opts.dtype}
+    bf16 = compute_dtype(quant) == torch.bfloat16  # mixed precision as the GPU runs it (bf16 on CPU: --dtype bfloat16)
     baseline = 0 if cuda else psutil.Process().memory_info().rss  # after imports, before any model
     reset_peak()
 
@@ -189,22 +203,21 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     out = tempfile.mkdtemp()
     common = dict(output_dir=out, per_device_train_batch_size=B, num_generations=min(B, 4), max_completion_length=C,
                   max_steps=1 + opts.steps, learning_rate=1e-5, beta=0.05, gradient_checkpointing=True, use_cpu=not cuda,
-                  bf16=cuda, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
+                  bf16=bf16, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
                   generation_kwargs={"min_new_tokens": C})
-    # B/2 (demonstration, sample) pairs: B sequences per reward step, the policy's micro-batch (as the qlora recipes)
-    online = dict(reward_update_every=1, reward_update_steps=1, reward_batch_size=max(1, B // 2), objective="bt")
+    online = dict(reward_update_every=1, reward_update_steps=1, reward_batch_size=opts.reward_batch, objective="bt")
 
     def build():
         if setup == "policy_only":
-            shared = SharedBase(path, LORA, QUANT, roles=())
+            shared = SharedBase(path, LORA, quant, roles=())
             return GRPOTrainer(model=shared.model, reward_funcs=[lambda completions, **_: [float(len(c)) for c in completions]],
                                args=GRPOConfig(**common), train_dataset=dataset, processing_class=tokenizer)
         if setup == "shared_base":
-            shared = SharedBase(path, LORA, QUANT, roles=(REWARD, CRITIC))
+            shared = SharedBase(path, LORA, quant, roles=(REWARD, CRITIC))
             return PPOTrainer(model=shared.model, reward_model=shared.role(REWARD, "classifier"),
                               critic=shared.role(CRITIC, "token"), args=PPOConfig(**common, **online),
                               train_dataset=dataset, processing_class=tokenizer)
-        dtype = compute_dtype(QUANT)  # separate: full models in the compute dtype
+        dtype = compute_dtype(quant)  # separate: full models in the compute dtype
         reward = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, trust_remote_code=False)
         reward.config.pad_token_id = tokenizer.pad_token_id
         return PPOTrainer(model=path, reward_model=reward, train_dataset=dataset, processing_class=tokenizer,
@@ -223,7 +236,9 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
             self.times.append(time.perf_counter() - self.start)
 
     mb = lambda n: round((n - baseline) / 2**20, 1)  # noqa: E731
-    row = {"model": model, "setup": setup, "oom": False, "policy_trainable_parameters": None}
+    row = {"model": model, "setup": setup, "layers": json.loads(Path(path, "config.json").read_text())["num_hidden_layers"],
+           "compute_dtype": str(compute_dtype(quant)).split(".")[-1],
+           "oom": False, "policy_trainable_parameters": None}
     timer = StepTimer()
     try:
         trainer = build()
@@ -271,21 +286,62 @@ def median_row(rows: list[dict]) -> dict:
     return row
 
 
-def add_ratios(rows: list[dict]) -> dict:
-    """Each row's peak over its model's policy_only peak; and the goal checks."""
-    base = {r["model"]: r["peak_mem_mb"] for r in rows if r["setup"] == "policy_only"}
+def full_depth(model: str) -> int | None:
+    return QWEN[model]["num_hidden_layers"] if model in QWEN else None
+
+
+def extrapolate(rows: list[dict]) -> list[dict]:
+    """Peak memory at a model's full depth from rows measured with fewer decoder layers (``--layers``).
+
+    With gradient checkpointing every part of a step's memory is either per layer (4-bit weights, LoRA weights, their
+    gradients and Adam moments, the checkpointed layer inputs, the KV cache) or once per model (embeddings, the head,
+    logits, one layer's recomputed activations), so the peak is ``a + b * layers``: a least-squares line through the
+    measured depths, read at the full depth. ``max_residual_mb`` is how far the measured points are off the line (the
+    check that the peak stays in the same phase across depths; it needs three depths).
+    """
+    fits = []
+    for model, setup in dict.fromkeys((r["model"], r["setup"]) for r in rows):
+        points = sorted((r["layers"], r["peak_mem_mb"]) for r in rows if (r["model"], r["setup"]) == (model, setup)
+                        and r.get("layers") is not None and r["peak_mem_mb"] is not None and not r["oom"])
+        full = full_depth(model)
+        if len({x for x, _ in points}) < 2 or full is None or full in {x for x, _ in points}:
+            continue
+        n = len(points)
+        mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+        intercept = mean_y - slope * mean_x
+        fits.append({"model": model, "setup": setup, "layers_measured": [x for x, _ in points], "full_layers": full,
+                     "mb_per_layer": round(slope, 1), "mb_at_0_layers": round(intercept, 1),
+                     "peak_mem_mb": round(intercept + slope * full, 1),
+                     "max_residual_mb": round(max(abs(y - intercept - slope * x) for x, y in points), 1)})
+    return fits
+
+
+def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
+    """Each row's peak over the policy_only peak of its model at its depth; and the goal checks (the 7B one from a
+    full-depth row, else from the extrapolated peak, marked so)."""
+    key = lambda r: (r["model"], r.get("layers"))  # noqa: E731
+    base = {key(r): r["peak_mem_mb"] for r in rows if r["setup"] == "policy_only"}
     for r in rows:
-        if base.get(r["model"]) and r["peak_mem_mb"] is not None:
-            r["peak_vs_policy_only"] = round(r["peak_mem_mb"] / base[r["model"]], 2)
-    ratio = {(r["model"], r["setup"]): r.get("peak_vs_policy_only") for r in rows}
+        if base.get(key(r)) and r["peak_mem_mb"] is not None:
+            r["peak_vs_policy_only"] = round(r["peak_mem_mb"] / base[key(r)], 2)
+    ratio = {(*key(r), r["setup"]): r.get("peak_vs_policy_only") for r in rows}
     goals = {}
-    for model in base:
-        shared, separate = ratio.get((model, "shared_base")), ratio.get((model, "separate"))
-        goals[model] = {"shared_base_le_1.3x": None if shared is None else shared <= 1.3,
-                        "separate_ge_4x": None if separate is None else separate >= 4.0}
+    for model, layers in base:
+        shared, separate = ratio.get((model, layers, "shared_base")), ratio.get((model, layers, "separate"))
+        name = model if layers in (None, full_depth(model)) else f"{model}/{layers}-layers"
+        goals[name] = {"shared_base_le_1.3x": None if shared is None else shared <= 1.3,
+                       "separate_ge_4x": None if separate is None else separate >= 4.0}
+    for model in dict.fromkeys(r["model"] for r in rows):
         if model.endswith("7b"):  # the 7B-shaped PPO step within 20 GB (on a GPU, at the default 512 + 512 tokens)
-            row = next((r for r in rows if r["model"] == model and r["setup"] == "shared_base"), None)
-            goals[model]["shared_base_step_le_20gb"] = None if row is None or row["oom"] else row["peak_mem_mb"] <= 20 * 1024
+            row = next((r for r in rows if r["model"] == model and r["setup"] == "shared_base"
+                        and r.get("layers") == full_depth(model)), None)
+            fit = next((f for f in fits if f["model"] == model and f["setup"] == "shared_base"), None)
+            goal = goals.setdefault(model, {})
+            if row is not None:
+                goal["shared_base_step_le_20gb"] = None if row["oom"] else row["peak_mem_mb"] <= 20 * 1024
+            elif fit is not None:
+                goal["shared_base_step_le_20gb_extrapolated"] = fit["peak_mem_mb"] <= 20 * 1024
     return goals
 
 
@@ -298,19 +354,28 @@ def main(argv=None):
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (CPU 32, GPU 512; quick 16)")
     parser.add_argument("--completion-len", type=int, default=None, help="new tokens (CPU 96, GPU 512; quick 32)")
-    parser.add_argument("--batch", type=int, default=None, help="completions per step (CPU 4; GPU as the recipes)")
+    parser.add_argument("--batch", type=int, default=None, help="completions per step (CPU models 4; Qwen2.5 shapes as "
+                        "their qlora recipes); the online reward step takes half as many (demonstration, sample) pairs")
+    parser.add_argument("--reward-batch", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=None, help="measured steps after one warm-up (quick 1, else 3)")
     parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick or GPU 1, else 3)")
     parser.add_argument("--cpu-malloc", choices=CPU_MALLOC, default="live",
                         help="CPU only. live: glibc's mmap threshold fixed at 1 MiB, so a freed tensor leaves the "
                              "resident size and its peak follows live memory (as max_memory_allocated on a GPU), at "
                              "some speed; default: glibc as it comes, whose heap also keeps freed memory")
+    parser.add_argument("--layers", default=None, help="comma-separated decoder-layer counts for the Qwen2.5 shapes "
+                        "(default: the shape's own): the peak at full depth is then extrapolated from a line through "
+                        "them, for a 7B-shaped step on a machine too small or slow for 28 layers")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="compute dtype (auto: bfloat16 on a GPU, float32 on CPU); bfloat16 also turns on bf16 "
+                             "mixed precision, as on a GPU")
     parser.add_argument("--workdir", default=None, help="where model folders are built (default: a temporary one)")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "SETUP", "PATH"), help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", nargs=2, metavar=("MODEL", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", nargs=3, metavar=("MODEL", "DIR", "LAYERS"), help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.prepare:
-        print(ROW_TAG + json.dumps({"path": prepare(opts.prepare[0], Path(opts.prepare[1]))}))
+        model, directory, layers = opts.prepare
+        print(ROW_TAG + json.dumps({"path": prepare(model, Path(directory), int(layers) or None)}))
         return
     if opts.child:
         print(ROW_TAG + json.dumps(run_setup(*opts.child, opts)), flush=True)
@@ -327,6 +392,12 @@ def main(argv=None):
     for m in models:
         if m not in ("tiny", "smollm2_135m", *QWEN):
             parser.error(f"--models: {m!r} is unknown, choose from tiny, smollm2_135m, {', '.join(QWEN)}")
+    try:
+        depths = [int(n) for n in opts.layers.split(",")] if opts.layers else [0]  # 0: the model's own depth
+    except ValueError:
+        parser.error(f"--layers: {opts.layers!r} is not a comma-separated list of layer counts, e.g. --layers 1,2,4")
+    if opts.layers and (min(depths) < 1 or any(m not in QWEN for m in models)):
+        parser.error("--layers: counts >= 1, for the Qwen2.5 shapes only (the other models have real weights)")
     sizes = {"prompt_len": opts.prompt_len or (16 if opts.quick else 512 if gpu else 32),
              "completion_len": opts.completion_len or (32 if opts.quick else 512 if gpu else 96),
              "steps": opts.steps or (1 if opts.quick else 3)}
@@ -338,27 +409,37 @@ def main(argv=None):
     rows = []
 
     def write(final: bool):  # after every setup too: a run cut off at a time limit keeps the rows it measured
-        result = {"rows": rows, "goals": add_ratios(rows), "command": command, "complete": final}
+        fits = extrapolate(rows)
+        result = {"rows": rows, "extrapolated": fits, "goals": add_ratios(rows, fits), "command": command,
+                  "complete": final}
         if opts.out:
             Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
             Path(opts.out).write_text(json.dumps(result, indent=2))
         return result
 
     for model in models:
-        path = child(["--prepare", model, str(workdir / model)])["path"]
-        batch = opts.batch or BATCH.get(model, 4)
-        flags = [f"--prompt-len={sizes['prompt_len']}", f"--completion-len={sizes['completion_len']}",
-                 f"--batch={batch}", f"--steps={sizes['steps']}"]
-        for setup in setups:
-            row = median_row([child(["--child", model, setup, path, *flags], env) for _ in range(repeats)])
-            row |= {"batch": batch, **sizes, **device}
-            rows.append(row)
-            print(f"{model:>14} {setup:>12}: peak {row['peak_mem_mb']} MB, {row['tokens_per_s']} tokens/s"
-                  + (" (out of memory)" if row["oom"] else ""), flush=True)
-            write(final=False)
+        for layers in depths:
+            folder = workdir / (model if not layers else f"{model}-{layers}-layers")
+            path = child(["--prepare", model, str(folder), str(layers)])["path"]
+            batch, reward_batch = recipe_batches(model)
+            batch, reward_batch = (opts.batch, max(1, opts.batch // 2)) if opts.batch else (batch, reward_batch)
+            flags = [f"--prompt-len={sizes['prompt_len']}", f"--completion-len={sizes['completion_len']}",
+                     f"--batch={batch}", f"--reward-batch={reward_batch}", f"--steps={sizes['steps']}",
+                     f"--dtype={opts.dtype}"]
+            for setup in setups:
+                row = median_row([child(["--child", model, setup, path, *flags], env) for _ in range(repeats)])
+                row |= {"batch": batch, "reward_batch_pairs": reward_batch, **sizes, **device}
+                rows.append(row)
+                print(f"{model:>14} {row['layers']:>3} layers {setup:>12}: peak {row['peak_mem_mb']} MB, "
+                      f"{row['tokens_per_s']} tokens/s" + (" (out of memory)" if row["oom"] else ""), flush=True)
+                write(final=False)
     result = write(final=True)
     for r in rows:
-        print(f"{r['model']:>14} {r['setup']:>12}: {r.get('peak_vs_policy_only')}x policy_only's peak")
+        print(f"{r['model']:>14} {r['layers']:>3} layers {r['setup']:>12}: {r.get('peak_vs_policy_only')}x "
+              "policy_only's peak")
+    for f in result["extrapolated"]:
+        print(f"{f['model']:>14} {f['full_layers']:>3} layers {f['setup']:>12}: {f['peak_mem_mb']} MB extrapolated "
+              f"from {f['layers_measured']} layers ({f['mb_per_layer']} MB per layer)")
     if opts.out:
         print(f"wrote {opts.out}")
     return result

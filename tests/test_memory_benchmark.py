@@ -67,7 +67,8 @@ def test_a_run_cut_off_keeps_the_rows_it_measured(tmp_path, monkeypatch):
             return {"path": str(tmp_path)}
         if args[2] == "shared_base":
             raise TimeoutError("the lease ended")
-        return {"model": args[1], "setup": args[2], "peak_mem_mb": 100.0, "tokens_per_s": 1.0, "oom": False}
+        return {"model": args[1], "setup": args[2], "layers": 2, "peak_mem_mb": 100.0, "tokens_per_s": 1.0,
+                "oom": False}
 
     monkeypatch.setattr(memory, "child", child)
     out = tmp_path / "memory.json"
@@ -96,3 +97,42 @@ def test_own_weights_unmaps_the_weights_file_and_keeps_ties(policy_path):
     assert not mapped()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+
+
+def test_a_7b_step_extrapolated_from_shallow_models(tmp_path, monkeypatch):
+    """--layers builds the 7B shape at each depth, and the full-depth peak is read off the line through them."""
+    per_layer, fixed = {"policy_only": 300.0, "shared_base": 420.0}, {"policy_only": 3000.0, "shared_base": 3500.0}
+    prepared = []
+
+    def child(args, env=None):
+        if args[0] == "--prepare":
+            prepared.append(int(args[3]))
+            return {"path": str(tmp_path / args[2])}
+        layers = int(Path(args[3]).name.split("-")[-2])  # the folder made for that depth: qwen2.5-7b-<n>-layers
+        return {"model": args[1], "setup": args[2], "layers": layers, "oom": False, "tokens_per_s": 1.0,
+                "peak_mem_mb": fixed[args[2]] + per_layer[args[2]] * layers + (5.0 if layers == 2 else 0.0)}
+
+    monkeypatch.setattr(memory, "child", child)
+    out = tmp_path / "memory.json"
+    memory.main(["--models", "qwen2.5-7b", "--layers", "1,2,4", "--setups", "policy_only,shared_base", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert prepared == [1, 2, 4]
+    fits = {f["setup"]: f for f in result["extrapolated"]}
+    # least squares through (1, y1), (2, y2 + 5), (4, y4) by hand: x mean 7/3, Sxx = 14/3, the +5 moves
+    # the slope by 5 * (2 - 7/3) / (14/3) = -5/14 and the mean by 5/3
+    for setup in fits:
+        slope = per_layer[setup] - 5 / 14
+        intercept = fixed[setup] + per_layer[setup] * 7 / 3 + 5 / 3 - slope * 7 / 3
+        assert fits[setup]["mb_per_layer"] == pytest.approx(slope, abs=0.1)
+        assert fits[setup]["peak_mem_mb"] == pytest.approx(intercept + 28 * slope, abs=0.1)
+        assert fits[setup]["max_residual_mb"] == pytest.approx(5 - (5 / 3 - 5 / 14 * (2 - 7 / 3)), abs=0.1)  # at x = 2
+    # 3500 + 420 * 28 = 15260 MB: within 20 GB, from the extrapolated peak (no 28-layer row was measured)
+    assert result["goals"]["qwen2.5-7b"] == {"shared_base_step_le_20gb_extrapolated": True}
+    assert result["goals"]["qwen2.5-7b/4-layers"]["shared_base_le_1.3x"] is True
+
+
+def test_layers_refused_for_models_with_real_weights():
+    with pytest.raises(SystemExit):
+        memory.main(["--models", "tiny", "--layers", "1,2"])
+    with pytest.raises(SystemExit):
+        memory.main(["--models", "qwen2.5-7b", "--layers", "one,two"])
