@@ -202,6 +202,7 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     dataset = Dataset.from_list([{"prompt": text(opts.prompt_len), "demonstration": text(C)} for _ in range(64)])
     out = tempfile.mkdtemp()
     common = dict(output_dir=out, per_device_train_batch_size=B, num_generations=min(B, 4), max_completion_length=C,
+                  generation_batch_size=opts.generation_batch or B,
                   max_steps=1 + opts.steps, learning_rate=1e-5, beta=0.05, gradient_checkpointing=True, use_cpu=not cuda,
                   bf16=bf16, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
                   generation_kwargs={"min_new_tokens": C})
@@ -259,7 +260,9 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     row["peak_mem_mb"] = row["train_peak_mem_mb"] if not cuda else max(row.get("load_peak_mem_mb", 0.0),
                                                                         row["train_peak_mem_mb"])
     measured = timer.times[1:]
-    row["tokens_per_s"] = round(B * C / statistics.median(measured), 2) if measured and not row["oom"] else None
+    # a generation batch of several micro-batches: only the first step generates, so a step's time is not comparable
+    timed = measured and not row["oom"] and (opts.generation_batch or B) == B
+    row["tokens_per_s"] = round(B * C / statistics.median(measured), 2) if timed else None
     row["seconds_per_step"] = round(statistics.median(measured), 3) if measured else None
     return row
 
@@ -297,14 +300,17 @@ def extrapolate(rows: list[dict]) -> list[dict]:
     gradients and Adam moments, the checkpointed layer inputs, the KV cache) or once per model (embeddings, the head,
     logits, one layer's recomputed activations), so the peak is ``a + b * layers``: a least-squares line through the
     measured depths, read at the full depth. ``max_residual_mb`` is how far the measured points are off the line (the
-    check that the peak stays in the same phase across depths; it needs three depths).
+    check that the peak stays in the same phase across depths; it needs three depths). A full-depth row, when measured
+    too, is not fitted but set beside the prediction (``measured_peak_mem_mb``): the method's check on a model that fits.
     """
     fits = []
     for model, setup in dict.fromkeys((r["model"], r["setup"]) for r in rows):
+        full = full_depth(model)
         points = sorted((r["layers"], r["peak_mem_mb"]) for r in rows if (r["model"], r["setup"]) == (model, setup)
                         and r.get("layers") is not None and r["peak_mem_mb"] is not None and not r["oom"])
-        full = full_depth(model)
-        if len({x for x, _ in points}) < 2 or full is None or full in {x for x, _ in points}:
+        measured = next((y for x, y in points if x == full), None)
+        points = [(x, y) for x, y in points if x != full]
+        if len({x for x, _ in points}) < 2 or full is None:
             continue
         n = len(points)
         mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
@@ -313,7 +319,8 @@ def extrapolate(rows: list[dict]) -> list[dict]:
         fits.append({"model": model, "setup": setup, "layers_measured": [x for x, _ in points], "full_layers": full,
                      "mb_per_layer": round(slope, 1), "mb_at_0_layers": round(intercept, 1),
                      "peak_mem_mb": round(intercept + slope * full, 1),
-                     "max_residual_mb": round(max(abs(y - intercept - slope * x) for x, y in points), 1)})
+                     "max_residual_mb": round(max(abs(y - intercept - slope * x) for x, y in points), 1)}
+                    | ({"measured_peak_mem_mb": measured} if measured is not None else {}))
     return fits
 
 
@@ -357,6 +364,10 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=None, help="completions per step (CPU models 4; Qwen2.5 shapes as "
                         "their qlora recipes); the online reward step takes half as many (demonstration, sample) pairs")
     parser.add_argument("--reward-batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--generation-batch", type=int, default=None,
+                        help="completions generated and scored at once, a multiple of --batch (default: --batch); the "
+                             "qlora recipes generate per_device_train_batch_size x gradient_accumulation_steps (4) at "
+                             "once. Then only the first step generates: tokens/s is not reported")
     parser.add_argument("--steps", type=int, default=None, help="measured steps after one warm-up (quick 1, else 3)")
     parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick or GPU 1, else 3)")
     parser.add_argument("--cpu-malloc", choices=CPU_MALLOC, default="live",
@@ -417,25 +428,31 @@ def main(argv=None):
             Path(opts.out).write_text(json.dumps(result, indent=2))
         return result
 
+    batches = {m: (opts.batch, max(1, opts.batch // 2)) if opts.batch else recipe_batches(m) for m in models}
+    for m, (batch, _) in batches.items():
+        if opts.generation_batch and opts.generation_batch % batch:
+            parser.error(f"--generation-batch: {opts.generation_batch} is not a multiple of {m}'s micro-batch "
+                         f"({batch}); use e.g. {4 * batch}, as the qlora recipes (4 micro-batches per generation)")
     for model in models:
+        batch, reward_batch = batches[model]
         for layers in depths:
             folder = workdir / (model if not layers else f"{model}-{layers}-layers")
             path = child(["--prepare", model, str(folder), str(layers)])["path"]
-            batch, reward_batch = recipe_batches(model)
-            batch, reward_batch = (opts.batch, max(1, opts.batch // 2)) if opts.batch else (batch, reward_batch)
             flags = [f"--prompt-len={sizes['prompt_len']}", f"--completion-len={sizes['completion_len']}",
                      f"--batch={batch}", f"--reward-batch={reward_batch}", f"--steps={sizes['steps']}",
-                     f"--dtype={opts.dtype}"]
+                     f"--dtype={opts.dtype}"] + ([f"--generation-batch={opts.generation_batch}"]
+                                                 if opts.generation_batch else [])
             for setup in setups:
                 row = median_row([child(["--child", model, setup, path, *flags], env) for _ in range(repeats)])
-                row |= {"batch": batch, "reward_batch_pairs": reward_batch, **sizes, **device}
+                row |= {"batch": batch, "generation_batch": opts.generation_batch or batch,
+                        "reward_batch_pairs": reward_batch, **sizes, **device}
                 rows.append(row)
                 print(f"{model:>14} {row['layers']:>3} layers {setup:>12}: peak {row['peak_mem_mb']} MB, "
                       f"{row['tokens_per_s']} tokens/s" + (" (out of memory)" if row["oom"] else ""), flush=True)
                 write(final=False)
     result = write(final=True)
-    for r in rows:
-        print(f"{r['model']:>14} {r['layers']:>3} layers {r['setup']:>12}: {r.get('peak_vs_policy_only')}x "
+    for r in (r for r in rows if r.get("peak_vs_policy_only") is not None):
+        print(f"{r['model']:>14} {r['layers']:>3} layers {r['setup']:>12}: {r['peak_vs_policy_only']}x "
               "policy_only's peak")
     for f in result["extrapolated"]:
         print(f"{f['model']:>14} {f['full_layers']:>3} layers {f['setup']:>12}: {f['peak_mem_mb']} MB extrapolated "

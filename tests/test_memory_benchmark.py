@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "benchmarks" / "memory.py")
@@ -102,21 +103,28 @@ def test_own_weights_unmaps_the_weights_file_and_keeps_ties(policy_path):
 def test_a_7b_step_extrapolated_from_shallow_models(tmp_path, monkeypatch):
     """--layers builds the 7B shape at each depth, and the full-depth peak is read off the line through them."""
     per_layer, fixed = {"policy_only": 300.0, "shared_base": 420.0}, {"policy_only": 3000.0, "shared_base": 3500.0}
-    prepared = []
+    prepared, flags = [], set()
 
     def child(args, env=None):
         if args[0] == "--prepare":
             prepared.append(int(args[3]))
             return {"path": str(tmp_path / args[2])}
+        flags.update(args[4:])
         layers = int(Path(args[3]).name.split("-")[-2])  # the folder made for that depth: qwen2.5-7b-<n>-layers
         return {"model": args[1], "setup": args[2], "layers": layers, "oom": False, "tokens_per_s": 1.0,
                 "peak_mem_mb": fixed[args[2]] + per_layer[args[2]] * layers + (5.0 if layers == 2 else 0.0)}
 
     monkeypatch.setattr(memory, "child", child)
     out = tmp_path / "memory.json"
-    memory.main(["--models", "qwen2.5-7b", "--layers", "1,2,4", "--setups", "policy_only,shared_base", "--out", str(out)])
+    memory.main(["--models", "qwen2.5-7b", "--layers", "1,2,4", "--setups", "policy_only,shared_base",
+                 "--generation-batch", "8", "--out", str(out)])
     result = json.loads(out.read_text())
     assert prepared == [1, 2, 4]
+    # the micro-batch and reward pairs of recipe=qlora/ppo_7b (recipes/qlora/parts/size_7b.yaml)
+    size = yaml.safe_load((ROOT / "recipes" / "qlora" / "parts" / "size_7b.yaml").read_text())
+    assert {f"--batch={size['algo']['per_device_train_batch_size']}",
+            f"--reward-batch={size['reward']['online']['batch_size']}", "--generation-batch=8"} <= flags
+    assert {r["generation_batch"] for r in result["rows"]} == {8}
     fits = {f["setup"]: f for f in result["extrapolated"]}
     # least squares through (1, y1), (2, y2 + 5), (4, y4) by hand: x mean 7/3, Sxx = 14/3, the +5 moves
     # the slope by 5 * (2 - 7/3) / (14/3) = -5/14 and the mean by 5/3
@@ -136,3 +144,5 @@ def test_layers_refused_for_models_with_real_weights():
         memory.main(["--models", "tiny", "--layers", "1,2"])
     with pytest.raises(SystemExit):
         memory.main(["--models", "qwen2.5-7b", "--layers", "one,two"])
+    with pytest.raises(SystemExit):  # the 7B recipe's micro-batch is 2: a generation batch of 3 cannot be split
+        memory.main(["--models", "qwen2.5-7b", "--generation-batch", "3"])
