@@ -4,6 +4,8 @@ on one 4-bit base (issue 5).
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --quick --out benchmarks/results/memory_quick.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --out benchmarks/results/memory.json      # CPU, full
     python benchmarks/memory.py --models qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b --out memory_gpu.json   # on a GPU
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --models qwen2.5-7b --layers 1,2,3 --setups shared_base \
+        --prompt-len 512 --completion-len 512 --steps 1 --repeats 1 --out memory_cpu_7b.json   # 7B by depth, CPU
 
 Setups, each run in a fresh process (one setup's allocations and allocator state must not count for the next):
 
