@@ -121,7 +121,8 @@ def prepare(name: str, directory: Path, layers: int | None = None) -> str:
     if name not in QWEN:
         raise ValueError(f"unknown model {name!r}: choose from tiny, smollm2_135m, {', '.join(QWEN)}")
     tokenizer = word_tokenizer(QWEN[name]["vocab_size"])
-    config = Qwen2Config(**(QWEN[name] | ({"num_hidden_layers": layers} if layers else {})), max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
+    shape = QWEN[name] | ({"num_hidden_layers": layers} if layers else {})
+    config = Qwen2Config(**shape, max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -314,10 +315,7 @@ def extrapolate(rows: list[dict]) -> list[dict]:
         points = [(x, y) for x, y in points if x != full]
         if len({x for x, _ in points}) < 2 or full is None:
             continue
-        n = len(points)
-        mean_x, mean_y = sum(x for x, _ in points) / n, sum(y for _, y in points) / n
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-        intercept = mean_y - slope * mean_x
+        slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
         fits.append({"model": model, "setup": setup, "layers_measured": [x for x, _ in points], "full_layers": full,
                      "mb_per_layer": round(slope, 1), "mb_at_0_layers": round(intercept, 1),
                      "peak_mem_mb": round(intercept + slope * full, 1),
