@@ -6,6 +6,7 @@ on one 4-bit base (issue 5).
     python benchmarks/memory.py --models qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-7b --out memory_gpu.json   # on a GPU
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --models qwen2.5-7b --layers 1,2,3 --setups shared_base \
         --prompt-len 512 --completion-len 512 --steps 1 --repeats 1 --out memory_cpu_7b.json   # 7B by depth, CPU
+    .venv/bin/python benchmarks/memory.py --combine policy_only.json shared_base.json --out both.json  # runs as one
 
 Setups, each run in a fresh process (one setup's allocations and allocator state must not count for the next):
 
@@ -23,7 +24,9 @@ step is one micro-batch), gradient checkpointing, beta 0.05; the online reward s
 see conf/model/smollm2_135m.yaml) with their real weights; ``qwen2.5-{0.5b,1.5b,7b}`` and ``random-tiny`` built
 randomly from Qwen2.5-shaped configs (weights change neither memory nor speed), for a GPU, at the micro-batches of
 their qlora recipes. ``--layers 1,2,3`` builds a shape with that many decoder layers instead, and reads the peak at
-full depth off a line through them (``"extrapolated"`` in ``--out``): a 7B-shaped step measured on a CPU.
+full depth off a line through them (``"extrapolated"`` in ``--out``): a 7B-shaped step measured on a CPU; with lines for
+two setups their full-depth ratio too. ``--combine`` takes the rows of runs made with the same flags (a setup or a
+depth each: a 7B depth takes an hour on one CPU thread) and reports them as one run.
 
 peak_mem_mb: on CPU the peak resident memory (``VmHWM``) of the training steps above the process's resident memory
 after imports and before any model is loaded; on a GPU ``torch.cuda.max_memory_allocated``, loading included. On CPU
@@ -349,7 +352,44 @@ def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
                 goal["shared_base_step_le_20gb"] = None if row["oom"] else row["peak_mem_mb"] <= 20 * 1024
             elif fit is not None:
                 goal["shared_base_step_le_20gb_extrapolated"] = fit["peak_mem_mb"] <= 20 * 1024
+    # the ratio goals at full depth from the lines, where no full-depth policy_only row was measured
+    line = {(f["model"], f["setup"]): f for f in fits}
+    for (model, setup), fit in line.items():
+        policy = line.get((model, "policy_only"))
+        if setup == "policy_only" or policy is None or (model, full_depth(model)) in base:
+            continue
+        fit["peak_vs_policy_only"] = round(fit["peak_mem_mb"] / policy["peak_mem_mb"], 2)
+        goal, limit = ("shared_base_le_1.3x", 1.3) if setup == "shared_base" else ("separate_ge_4x", 4.0)
+        passed = fit["peak_vs_policy_only"] <= limit if setup == "shared_base" else fit["peak_vs_policy_only"] >= limit
+        goals.setdefault(model, {})[goal + "_extrapolated"] = passed
     return goals
+
+
+# what must agree between rows measured in different runs for their peaks to be compared (--combine)
+SETTINGS = ("prompt_len", "completion_len", "batch", "generation_batch", "reward_batch_pairs", "steps", "compute_dtype",
+            "device", "cpu_malloc")
+
+
+def combine(paths: list[str]) -> list[dict]:
+    """The rows of several ``--out`` files as one run's: a 7B depth takes an hour on CPU, so setups are measured in
+    separate runs. Refused (ValueError) when the files measured a (model, setup, depth) twice or with different
+    settings."""
+    rows, seen = [], {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            r = {k: v for k, v in r.items() if k != "peak_vs_policy_only"}  # recomputed over all the rows
+            r.setdefault("generation_batch", r.get("batch"))  # files from before --generation-batch
+            settings = {k: r.get(k) for k in SETTINGS}
+            if rows and settings != (first := {k: rows[0].get(k) for k in SETTINGS}):
+                diff = {k: (first[k], settings[k]) for k in SETTINGS if first[k] != settings[k]}
+                raise ValueError(f"--combine: {path} was measured with other settings than {paths[0]}: {diff}; "
+                                 "combine only runs made with the same flags")
+            key = (r["model"], r["setup"], r.get("layers"))
+            if key in seen:
+                raise ValueError(f"--combine: {key} is in both {seen[key]} and {path}; keep one of them")
+            seen[key] = path
+            rows.append(r)
+    return rows
 
 
 def main(argv=None):
@@ -380,6 +420,9 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
                         help="compute dtype (auto: bfloat16 on a GPU, float32 on CPU); bfloat16 also turns on bf16 "
                              "mixed precision, as on a GPU")
+    parser.add_argument("--combine", nargs="+", metavar="FILE", default=None,
+                        help="no run: the rows of these --out files (same flags, different setups or depths) as one "
+                             "run's, with ratios, lines and goals over all of them, written to --out")
     parser.add_argument("--workdir", default=None, help="where model folders are built (default: a temporary one)")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "SETUP", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs=3, metavar=("MODEL", "DIR", "LAYERS"), help=argparse.SUPPRESS)
@@ -391,6 +434,12 @@ def main(argv=None):
     if opts.child:
         print(ROW_TAG + json.dumps(run_setup(*opts.child, opts)), flush=True)
         return
+    if opts.combine:
+        try:
+            rows = combine(opts.combine)
+        except (OSError, KeyError, ValueError) as error:
+            parser.error(str(error))
+        return report(rows, opts.out, "python benchmarks/memory.py --combine " + " ".join(opts.combine), final=True)
 
     import torch
 
@@ -420,13 +469,7 @@ def main(argv=None):
     rows = []
 
     def write(final: bool):  # after every setup too: a run cut off at a time limit keeps the rows it measured
-        fits = extrapolate(rows)
-        result = {"rows": rows, "extrapolated": fits, "goals": add_ratios(rows, fits), "command": command,
-                  "complete": final}
-        if opts.out:
-            Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(opts.out).write_text(json.dumps(result, indent=2))
-        return result
+        return report(rows, opts.out, command, final, quiet=not final)
 
     batches = {m: (opts.batch, max(1, opts.batch // 2)) if opts.batch else recipe_batches(m) for m in models}
     for m, (batch, _) in batches.items():
@@ -450,15 +493,28 @@ def main(argv=None):
                 print(f"{model:>14} {row['layers']:>3} layers {setup:>12}: peak {row['peak_mem_mb']} MB, "
                       f"{row['tokens_per_s']} tokens/s" + (" (out of memory)" if row["oom"] else ""), flush=True)
                 write(final=False)
-    result = write(final=True)
+    return write(final=True)
+
+
+def report(rows: list[dict], out: str | None, command: str, final: bool, quiet: bool = False) -> dict:
+    """Ratios, lines and goals over ``rows``; written to ``out`` (when given) and, unless ``quiet``, printed."""
+    fits = extrapolate(rows)
+    result = {"rows": rows, "extrapolated": fits, "goals": add_ratios(rows, fits), "command": command,
+              "complete": final}
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    if quiet:
+        return result
     for r in (r for r in rows if r.get("peak_vs_policy_only") is not None):
         print(f"{r['model']:>14} {r['layers']:>3} layers {r['setup']:>12}: {r['peak_vs_policy_only']}x "
               "policy_only's peak")
-    for f in result["extrapolated"]:
+    for f in fits:
+        ratio = f" = {f['peak_vs_policy_only']}x policy_only's" if "peak_vs_policy_only" in f else ""
         print(f"{f['model']:>14} {f['full_layers']:>3} layers {f['setup']:>12}: {f['peak_mem_mb']} MB extrapolated "
-              f"from {f['layers_measured']} layers ({f['mb_per_layer']} MB per layer)")
-    if opts.out:
-        print(f"wrote {opts.out}")
+              f"from {f['layers_measured']} layers ({f['mb_per_layer']} MB per layer){ratio}")
+    if out:
+        print(f"wrote {out}")
     return result
 
 

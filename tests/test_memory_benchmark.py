@@ -134,9 +134,46 @@ def test_a_7b_step_extrapolated_from_shallow_models(tmp_path, monkeypatch):
         assert fits[setup]["mb_per_layer"] == pytest.approx(slope, abs=0.1)
         assert fits[setup]["peak_mem_mb"] == pytest.approx(intercept + 28 * slope, abs=0.1)
         assert fits[setup]["max_residual_mb"] == pytest.approx(5 - (5 / 3 - 5 / 14 * (2 - 7 / 3)), abs=0.1)  # at x = 2
-    # 3500 + 420 * 28 = 15260 MB: within 20 GB, from the extrapolated peak (no 28-layer row was measured)
-    assert result["goals"]["qwen2.5-7b"] == {"shared_base_step_le_20gb_extrapolated": True}
+    # 3500 + 420 * 28 = 15260 MB: within 20 GB, from the extrapolated peak (no 28-layer row was measured); both
+    # lines read 5/3 - 5/14 * (28 - 7/3) = -7.5 MB off their true value at 28 layers
+    assert result["goals"]["qwen2.5-7b"] == {"shared_base_step_le_20gb_extrapolated": True,
+                                             "shared_base_le_1.3x_extrapolated": False}
+    assert fits["shared_base"]["peak_vs_policy_only"] == pytest.approx((15260 - 7.5) / (3000 + 300 * 28 - 7.5), abs=0.005)
     assert result["goals"]["qwen2.5-7b/4-layers"]["shared_base_le_1.3x"] is True
+
+
+def test_runs_of_different_setups_combined_into_one(tmp_path, capsys):
+    """--combine: a 7B depth takes an hour on CPU, so policy_only and shared_base come from separate runs."""
+    settings = {"prompt_len": 512, "completion_len": 512, "batch": 2, "reward_batch_pairs": 2, "steps": 1,
+                "compute_dtype": "float32", "device": "cpu", "cpu_malloc": "live"}
+
+    def run_file(name, setup, peaks, **changed):
+        rows = [{"model": "qwen2.5-7b", "setup": setup, "layers": n, "peak_mem_mb": mb, "oom": False,
+                 "tokens_per_s": 1.0, **settings, **changed} for n, mb in peaks.items()]
+        (tmp_path / name).write_text(json.dumps({"rows": rows}))
+        return str(tmp_path / name)
+
+    policy = run_file("policy.json", "policy_only", {1: 5000.0, 2: 5100.0})  # 100 MB per layer: 7700 MB at 28
+    shared = run_file("shared.json", "shared_base", {1: 5500.0, 2: 5700.0, 3: 5900.0})  # 200 MB: 10900 MB at 28
+    out = tmp_path / "both.json"
+    result = memory.main(["--combine", policy, shared, "--out", str(out)])
+    assert json.loads(out.read_text())["goals"] == result["goals"]
+    assert {r["layers"]: r.get("peak_vs_policy_only") for r in result["rows"] if r["setup"] == "shared_base"} == \
+        {1: 1.1, 2: round(5700 / 5100, 2), 3: None}  # no policy_only row at 3 layers
+    fits = {f["setup"]: f for f in result["extrapolated"]}
+    assert (fits["policy_only"]["peak_mem_mb"], fits["shared_base"]["peak_mem_mb"]) == (7700.0, 10900.0)
+    assert fits["shared_base"]["peak_vs_policy_only"] == round(10900 / 7700, 2)
+    assert result["goals"]["qwen2.5-7b"] == {"shared_base_step_le_20gb_extrapolated": True,
+                                             "shared_base_le_1.3x_extrapolated": False}  # 1.42x
+    assert "1.42x policy_only's" in capsys.readouterr().out
+    # refused: other flags (the generation batch), or a row measured twice
+    other = run_file("other.json", "shared_base", {4: 6100.0}, generation_batch=8)
+    with pytest.raises(SystemExit):
+        memory.main(["--combine", policy, other])
+    assert "generation_batch" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        memory.main(["--combine", shared, shared])
+    assert "keep one of them" in capsys.readouterr().err
 
 
 def test_layers_refused_for_models_with_real_weights():
