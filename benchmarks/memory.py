@@ -340,6 +340,11 @@ def extrapolate(rows: list[dict]) -> list[dict]:
     return fits
 
 
+# the ratio goals: setup -> (goal name, test of its peak over policy_only's)
+RATIO_GOALS = {"shared_base": ("shared_base_le_1.3x", lambda ratio: ratio <= 1.3),
+               "separate": ("separate_ge_4x", lambda ratio: ratio >= 4.0)}
+
+
 def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
     """Each row's peak over the policy_only peak of its model at its depth; and the goal checks (the 7B one from a
     full-depth row, else from the extrapolated peak, marked so)."""
@@ -351,10 +356,9 @@ def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
     ratio = {(*key(r), r["setup"]): r.get("peak_vs_policy_only") for r in rows}
     goals = {}
     for model, layers in base:
-        shared, separate = ratio.get((model, layers, "shared_base")), ratio.get((model, layers, "separate"))
         name = model if layers in (None, full_depth(model)) else f"{model}/{layers}-layers"
-        goals[name] = {"shared_base_le_1.3x": None if shared is None else shared <= 1.3,
-                       "separate_ge_4x": None if separate is None else separate >= 4.0}
+        goals[name] = {goal: None if (r := ratio.get((model, layers, setup))) is None else passes(r)
+                       for setup, (goal, passes) in RATIO_GOALS.items()}
     for model in dict.fromkeys(r["model"] for r in rows):
         if model.endswith("7b"):  # the 7B-shaped PPO step within 20 GB (on a GPU, at the default 512 + 512 tokens)
             row = next((r for r in rows if r["model"] == model and r["setup"] == "shared_base"
@@ -369,12 +373,11 @@ def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
     line = {(f["model"], f["setup"]): f for f in fits}
     for (model, setup), fit in line.items():
         policy = line.get((model, "policy_only"))
-        if setup == "policy_only" or policy is None or (model, full_depth(model)) in base:
+        if setup not in RATIO_GOALS or policy is None or (model, full_depth(model)) in base:
             continue
         fit["peak_vs_policy_only"] = round(fit["peak_mem_mb"] / policy["peak_mem_mb"], 2)
-        goal, limit = ("shared_base_le_1.3x", 1.3) if setup == "shared_base" else ("separate_ge_4x", 4.0)
-        passed = fit["peak_vs_policy_only"] <= limit if setup == "shared_base" else fit["peak_vs_policy_only"] >= limit
-        goals.setdefault(model, {})[goal + "_extrapolated"] = passed
+        goal, passes = RATIO_GOALS[setup]
+        goals.setdefault(model, {})[goal + "_extrapolated"] = passes(fit["peak_vs_policy_only"])
     return goals
 
 
@@ -387,13 +390,14 @@ def combine(paths: list[str]) -> list[dict]:
     """The rows of several ``--out`` files as one run's: a 7B depth takes an hour on CPU, so setups are measured in
     separate runs. Refused (ValueError) when the files measured a (model, setup, depth) twice or with different
     settings."""
-    rows, seen = [], {}
+    rows, seen, first = [], {}, None
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
             r = {k: v for k, v in r.items() if k != "peak_vs_policy_only"}  # recomputed over all the rows
             r.setdefault("generation_batch", r.get("batch"))  # files from before --generation-batch
             settings = {k: r.get(k) for k in SETTINGS}
-            if rows and settings != (first := {k: rows[0].get(k) for k in SETTINGS}):
+            first = first or settings
+            if settings != first:
                 diff = {k: (first[k], settings[k]) for k in SETTINGS if first[k] != settings[k]}
                 raise ValueError(f"--combine: {path} was measured with other settings than {paths[0]}: {diff}; "
                                  "combine only runs made with the same flags")
