@@ -64,8 +64,8 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, reference, rew
     n_tokens = sum(len(lp) for lp in token_lp)
     policy_for_reward = policy if reward_objective.needs_policy else None
     r_demo = reward_objective.rewards(reward_model, reward_tokenizer, prompts, [d["completion"] for d in heldout],
-                                      policy_for_reward)
-    r_sample = reward_objective.rewards(reward_model, reward_tokenizer, prompts, samples, policy_for_reward)
+                                      policy_for_reward, batch_size)
+    r_sample = reward_objective.rewards(reward_model, reward_tokenizer, prompts, samples, policy_for_reward, batch_size)
     return {
         "success_rate": float(np.mean([task.is_success(p, c) for p, c in zip(prompts, samples)])),
         "expert_logprob_per_token": float(valid.mean()) if valid.size else -math.inf,

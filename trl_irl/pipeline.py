@@ -322,7 +322,7 @@ class Pipeline:
                                       learning_rate=c.get("learning_rate", 1e-4), weight_decay=c.get("weight_decay", 0.0),
                                       batch_size=batch, steps=math.ceil(len(train) / batch) * c.get("num_train_epochs", 1),
                                       buffer_size=len(train), max_grad_norm=c.get("max_grad_norm", 1.0),
-                                      seed=self.cfg["seed"])
+                                      seed=self.cfg["seed"], scoring_batch_size=batch)
         updater.add(train["prompt"], train["chosen"], train["rejected"])
         policy = None
         if self.objective.needs_policy:  # on a shared base: the BC adapter of that base, as a role

@@ -58,6 +58,23 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": position_ids}
 
 
+def check_batch_size(size: int | None):
+    if size is not None and size < 1:
+        raise ValueError(f"a scoring batch size must be >= 1 (or None: the whole batch at once), got {size}")
+
+
+def by_rows(fn, batch: dict[str, torch.Tensor], size: int | None):
+    """``fn(batch)`` computed ``size`` rows at a time and concatenated along rows (a tensor, or a tuple of them): the
+    result of one call with one chunk's activations alive at once, as TRL scores log-probs per micro-batch. ``None``
+    (or a size of at least the batch) is one call. Every value of ``batch`` must have the batch's rows."""
+    check_batch_size(size)
+    n = next(iter(batch.values())).size(0)
+    if size is None or size >= n:
+        return fn(batch)
+    parts = [fn({k: v[i : i + size] for k, v in batch.items()}) for i in range(0, n, size)]
+    return tuple(map(torch.cat, zip(*parts))) if isinstance(parts[0], tuple) else torch.cat(parts)
+
+
 def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """log p(x_t | x_<t) of a causal LM for t = 1..L-1, zeroed outside the completion: (B, L-1)."""
     logits = model(**model_inputs(batch), use_cache=False).logits
@@ -136,12 +153,18 @@ class RewardObjective:
         return self.loss(demo[keep], sample[keep], batch)
 
     @torch.no_grad()
-    def rewards(self, model, tokenizer, prompts, completions, policy=None) -> torch.Tensor:
-        """Policy rewards (B,) for text completions, without gradients."""
+    def rewards(self, model, tokenizer, prompts, completions, policy=None, batch_size: int | None = None) -> torch.Tensor:
+        """Policy rewards (B,) for text completions, without gradients, ``batch_size`` rows at a time (None: all)."""
         self._check_policy(policy)
+        check_batch_size(batch_size)
         device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts, completions).items()}
-        return self.reward(self.score(model, batch, policy), batch).float()
+        prompts, completions = list(prompts), list(completions)
+        size = batch_size or max(len(prompts), 1)
+        scores = []
+        for i in range(0, len(prompts), size):  # each chunk padded to its own longest row
+            batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + size], completions[i : i + size]).items()}
+            scores.append(self.reward(self.score(model, batch, policy), batch).float())
+        return torch.cat(scores) if scores else torch.zeros(0, device=device)
 
     # --- token-level views, for dense credit (``trainers/credit.py``) -------------------------------------------
     def prefix_scores(self, model, batch) -> torch.Tensor:

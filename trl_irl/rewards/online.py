@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from ..models import atomic_directory, read_safetensors
 from ..shared_base import adapter_scope, trainable_parameters
-from .objectives import RewardObjective, encode
+from .objectives import RewardObjective, check_batch_size, encode
 
 STATE_DIR = "irl_reward"
 
@@ -90,8 +90,13 @@ class OnlineRewardUpdater:
     """Owns a learning reward model: buffer, optimizer, cross-process gradient sync, state for checkpoints."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, objective: RewardObjective, *, learning_rate: float,
-                 weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int):
+                 weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int,
+                 scoring_batch_size: int | None = None):
+        """``batch_size`` (demonstration, sample) pairs per optimizer step; ``scoring_batch_size`` rows per forward
+        pass when ``rewards`` scores (None: all at once)."""
+        check_batch_size(scoring_batch_size)
         self.model, self.tokenizer, self.objective = model, tokenizer, objective
+        self.scoring_batch_size = scoring_batch_size
         self.batch_size, self.steps, self.max_grad_norm = batch_size, steps, max_grad_norm
         self.params = trainable_parameters(model)
         if not self.params:
@@ -135,7 +140,8 @@ class OnlineRewardUpdater:
         return totals
 
     def rewards(self, prompts, completions, policy=None) -> torch.Tensor:
-        return self.objective.rewards(self.model, self.tokenizer, prompts, completions, policy)
+        return self.objective.rewards(self.model, self.tokenizer, prompts, completions, policy,
+                                      batch_size=self.scoring_batch_size)
 
     # --- checkpointing ----------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .. import credit as C
-from ..rewards.objectives import completion_logps
+from ..rewards.objectives import by_rows, completion_logps
 
 CREDITS = ("sequence", "redistribution", "attention", "implicit", "airl")
 _NEEDS = {"redistribution": "classifier", "attention": "classifier", "implicit": "lm", "airl": "lm"}
@@ -64,10 +64,11 @@ def reward_model_batch(output: dict) -> dict[str, torch.Tensor]:
 def token_rewards(name: str, output: dict, sequence_rewards: torch.Tensor, *, updater=None, scale: float = 1.0,
                   shift: float = 0.0,
                   policy_logps: torch.Tensor | None = None, ref_logps: torch.Tensor | None = None,
-                  attention_mix: float = 0.5, implicit_beta: float = 1.0) -> torch.Tensor:
+                  attention_mix: float = 0.5, implicit_beta: float = 1.0, batch_size: int | None = None) -> torch.Tensor:
     """(B, T) token rewards for the completions in ``output`` (TRL's generation batch), summing to
     ``sequence_rewards`` (B,). Raw reward-model scores s become the trainer's units as (s - shift) * scale (the
-    running standardisation and reward weight); per-token differences and log-ratios only take the scale."""
+    running standardisation and reward weight); per-token differences and log-ratios only take the scale. The
+    reward model reads ``batch_size`` rows at a time (None: the whole batch)."""
     mask = output["completion_mask"]
     if name == "sequence":
         return C.terminal_rewards(sequence_rewards, mask)
@@ -75,13 +76,15 @@ def token_rewards(name: str, output: dict, sequence_rewards: torch.Tensor, *, up
     batch = reward_model_batch(output)
     P = output["prompt_ids"].size(1)
     if name == "redistribution":
-        prefix = (objective.prefix_scores(model, batch)[:, P:] - shift) * scale  # score after each completion token
+        prefix = by_rows(lambda b: objective.prefix_scores(model, b), batch, batch_size)
+        prefix = (prefix[:, P:] - shift) * scale  # score after each completion token
         return C.redistribute_by_prefix_scores(prefix, mask, sequence_rewards)
     if name == "attention":
-        query = P + C.last_token_index(mask)  # the reward model scores the sequence at its last token
-        attention = objective.attention_weights(model, batch, query)[:, P:]
-        return C.attention_credit(attention, mask, sequence_rewards, attention_mix)
-    f = completion_logps(model, batch)[:, P - 1:]  # log q(y_t | s_t) of the reward LM, completion tokens only
+        batch["query_index"] = P + C.last_token_index(mask)  # the reward model scores the sequence at its last token
+        attention = by_rows(lambda b: objective.attention_weights(model, b, b["query_index"]), batch, batch_size)
+        return C.attention_credit(attention[:, P:], mask, sequence_rewards, attention_mix)
+    f = by_rows(lambda b: completion_logps(model, b), batch, batch_size)
+    f = f[:, P - 1:]  # log q(y_t | s_t) of the reward LM, completion tokens only
     if name == "implicit":
         dense = C.implicit_rewards(f, ref_logps, mask, implicit_beta)
     else:  # airl

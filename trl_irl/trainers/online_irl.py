@@ -156,7 +156,8 @@ class OnlineRewardMixin:
                 reward_model.to(self.accelerator.device), reward_tokenizer, objective,
                 learning_rate=args.reward_learning_rate, weight_decay=args.reward_weight_decay,
                 batch_size=args.reward_batch_size, steps=args.reward_update_steps,
-                buffer_size=args.reward_buffer_size, max_grad_norm=args.reward_max_grad_norm, seed=args.seed)
+                buffer_size=args.reward_buffer_size, max_grad_norm=args.reward_max_grad_norm, seed=args.seed,
+                scoring_batch_size=args.per_device_train_batch_size)  # scored per micro-batch, as TRL's log-probs
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer: bool):
         """Checks a subclass adds before any model is loaded."""
@@ -283,7 +284,8 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         ref_logps = self.ref_logps(output) if args.credit == "implicit" or args.token_kl_coef else None
         rewards = token_rewards(args.credit, output, sequence_rewards, updater=updater, scale=scale, shift=shift,
                                 policy_logps=policy_logps, ref_logps=ref_logps,
-                                attention_mix=args.attention_mix, implicit_beta=args.implicit_beta)
+                                attention_mix=args.attention_mix, implicit_beta=args.implicit_beta,
+                                batch_size=args.per_device_train_batch_size)
         if args.token_kl_coef:
             rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"],
                                              args.token_kl_coef)

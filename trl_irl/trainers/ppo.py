@@ -27,7 +27,7 @@ from transformers import AutoModelForTokenClassification
 from .. import credit as C
 from ..models import atomic_directory, read_safetensors
 from ..rewards.losses import masked_mean
-from ..rewards.objectives import model_inputs
+from ..rewards.objectives import by_rows, model_inputs
 from ..rewards.online import all_reduce_mean_
 from ..shared_base import AdapterRole, adapter_scope, trainable_parameters
 from .credit import reward_model_batch
@@ -95,9 +95,10 @@ class PPOTrainer(OnlineIRLTrainer):
         if deepspeed:  # the adapter is in the wrapped model already; its value head must be too
             policy.add_module("critic_value_head", self.critic.score)
 
-    def values(self, critic, output: dict) -> torch.Tensor:
-        """V(s_t) for every completion token t (B, T): the critic's output at the position before token t."""
-        logits = critic(**model_inputs(reward_model_batch(output))).logits[..., 0]
+    def values(self, critic, output: dict, batch_size: int | None = None) -> torch.Tensor:
+        """V(s_t) for every completion token t (B, T): the critic's output at the position before token t, from
+        ``batch_size`` rows at a time (None: all)."""
+        logits = by_rows(lambda b: critic(**model_inputs(b)).logits[..., 0], reward_model_batch(output), batch_size)
         P, T = output["prompt_ids"].size(1), output["completion_ids"].size(1)
         return logits[:, P - 1 : P - 1 + T].float() * output["completion_mask"]
 
@@ -107,7 +108,7 @@ class PPOTrainer(OnlineIRLTrainer):
         mask = output["completion_mask"]
         rewards = self.token_rewards(output, self.local_sequence_rewards(len(inputs)))  # (B, T)
         with torch.no_grad():
-            values = self.values(self.critic, output)
+            values = self.values(self.critic, output, self.args.per_device_train_batch_size)  # as TRL's log-probs
         advantages, returns = C.gae(rewards, values, mask, self.args.credit_gamma, self.args.gae_lambda)
         if self.args.whiten_advantages:
             advantages = self.across_processes(C.whiten, advantages, mask)
