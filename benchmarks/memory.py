@@ -153,17 +153,6 @@ def reset_peak():
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM to the current resident size
 
 
-def contiguous_head_input(model):
-    """CPU bf16: hand the LM head a contiguous input, so that the run allocates what a GPU's would.
-
-    Generation feeds the head the last position's slice of the hidden states (not contiguous); PyTorch's CPU ``bmm``
-    for bf16 then copies the head's weight once per sequence (pytorch/pytorch#151934): 2 GB at Qwen2.5-0.5B's head
-    and 8 sequences, for every new token. fp32 takes another kernel and never copies, and neither does CUDA (batched
-    bf16 generation of a 7B model would not fit a GPU if it did).
-    """
-    model.get_output_embeddings().register_forward_pre_hook(lambda _, args: (args[0].contiguous(), *args[1:]))
-
-
 def own_weights():
     """CPU: copy into private memory every floating weight of every loaded model, then hand freed heap back to the OS.
 
@@ -194,7 +183,7 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from trl_irl.models import compute_dtype
+    from trl_irl.models import compute_dtype, contiguous_lm_head_input
     from trl_irl.shared_base import CRITIC, REWARD, SharedBase
     from trl_irl.trainers import PPOConfig, PPOTrainer
 
@@ -261,8 +250,7 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     try:
         trainer = build()
         trainer.add_callback(timer)
-        if bf16 and not cuda:
-            contiguous_head_input(trainer.model)
+        contiguous_lm_head_input(trainer.model)  # CPU bf16 would copy the head per sequence (pytorch#151934)
         row["policy_trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         row["load_peak_mem_mb"] = mb(peak_bytes())
         if not cuda:

@@ -176,28 +176,6 @@ def test_runs_of_different_setups_combined_into_one(tmp_path, capsys):
     assert "keep one of them" in capsys.readouterr().err
 
 
-def test_lm_head_gets_contiguous_inputs_in_cpu_bf16_generation(tmp_path):
-    """pytorch/pytorch#151934: CPU bf16 linear on the non-contiguous last-position slice copies the head's weight per
-    sequence; the benchmark's CPU bf16 runs hand the head contiguous inputs instead."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(memory.prepare("random-tiny", tmp_path / "m"), dtype=torch.bfloat16)
-    prompt = torch.randint(5, 500, (3, 6))
-
-    def head_input_contiguous():  # at the first forward: a (3, 1, hidden) slice of the prompt's hidden states
-        seen = []  # pre-hooks run in order, each on the arguments the one before returned: this one runs last
-        handle = model.get_output_embeddings().register_forward_pre_hook(lambda _, a: seen.append(a[0].is_contiguous()))
-        model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False,
-                       pad_token_id=0)
-        handle.remove()
-        return seen[0]
-
-    assert head_input_contiguous() is False  # the premise: generation hands the head a slice
-    memory.contiguous_head_input(model)
-    assert head_input_contiguous() is True
-
-
 def test_layers_refused_for_models_with_real_weights():
     with pytest.raises(SystemExit):
         memory.main(["--models", "tiny", "--layers", "1,2"])

@@ -256,6 +256,37 @@ def test_4bit_shared_base_trains_through_eval_forwards(policy_path, task, tokeni
     assert (tmp_path / "ppo" / "checkpoint-4" / "irl_reward" / "model" / "model.safetensors").exists()
 
 
+def lm_head_input_is_contiguous(model) -> bool:
+    """At the first forward of a generation: a (B, 1, hidden) slice of the prompt's hidden states, unless fixed."""
+    seen = []  # pre-hooks run in order, each on the arguments the one before returned: this one runs last
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _, a: seen.append(a[0].is_contiguous()))
+    prompt = torch.randint(5, 10, (3, 4))
+    model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False,
+                   pad_token_id=0)
+    handle.remove()
+    return seen[0]
+
+
+def test_cpu_generation_hands_the_lm_head_a_contiguous_input(policy_path, tokenizer, demos, tmp_path):
+    """pytorch/pytorch#151934: on CPU in bf16 a linear layer on the non-contiguous last-position slice copies the
+    head's weight per sequence (+2.1 GB at Qwen2.5-0.5B's head, 8 sequences). Our loader and every trainer's policy
+    hand the head a contiguous input; the hook is added once."""
+    from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+    from trl_irl.models import contiguous_lm_head_input, load_causal_lm
+
+    assert not lm_head_input_is_contiguous(AutoModelForCausalLM.from_pretrained(policy_path))  # the premise
+    model = load_causal_lm(policy_path)
+    assert lm_head_input_is_contiguous(model)
+    contiguous_lm_head_input(model)
+    assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
+    args = OnlineIRLConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=4,
+                           max_completion_length=4, use_cpu=True, bf16=False, report_to="none")
+    trainer = OnlineIRLTrainer(model=policy_path, args=args, processing_class=tokenizer,
+                               train_dataset=Dataset.from_list([{"prompt": d["prompt"]} for d in demos]),
+                               reward_funcs=[lambda completions, **_: [0.0] * len(completions)])
+    assert lm_head_input_is_contiguous(trainer.model)
+
+
 @pytest.mark.parametrize("objective", ["bt", "airl"])
 def test_reward_update_is_the_same_with_gradient_checkpointing(policy_path, task, tokenizer, demos, objective):
     """Checkpointing recomputes the forward during backward: the reward's backward must run under its adapter

@@ -20,6 +20,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from .. import credit as C
+from ..models import contiguous_lm_head_input
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
 from ..shared_base import POLICY, AdapterRole
@@ -150,6 +151,7 @@ class OnlineRewardMixin:
             funcs.insert(0, irl_reward)
         super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
                          processing_class=processing_class, **kwargs)
+        contiguous_lm_head_input(self.accelerator.unwrap_model(self.model))  # the policy TRL loaded generates
         self.reward_updater = None
         if reward_model is not None:
             self.reward_updater = OnlineRewardUpdater(
