@@ -410,9 +410,10 @@ def main(argv=None):
                         "their qlora recipes); the online reward step takes half as many (demonstration, sample) pairs")
     parser.add_argument("--reward-batch", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--generation-batch", type=int, default=None,
-                        help="completions generated and scored at once, a multiple of --batch (default: --batch); the "
-                             "qlora recipes generate per_device_train_batch_size x gradient_accumulation_steps (4) at "
-                             "once. Then only the first step generates: tokens/s is not reported")
+                        help="completions generated at once (then scored --batch at a time), a multiple of --batch "
+                             "(default: --batch); the qlora recipes generate per_device_train_batch_size x "
+                             "gradient_accumulation_steps (4) at once. Then only the first step generates: tokens/s "
+                             "is not reported")
     parser.add_argument("--steps", type=int, default=None, help="measured steps after one warm-up (quick 1, else 3)")
     parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick or GPU 1, else 3)")
     parser.add_argument("--cpu-malloc", choices=CPU_MALLOC, default="live",
