@@ -250,7 +250,7 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     try:
         trainer = build()
         trainer.add_callback(timer)
-        contiguous_lm_head_input(trainer.model)  # CPU bf16 would copy the head per sequence (pytorch#151934)
+        contiguous_lm_head_input(trainer.model)  # policy_only runs TRL's plain GRPOTrainer (pytorch#151934)
         row["policy_trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         row["load_peak_mem_mb"] = mb(peak_bytes())
         if not cuda:

@@ -96,12 +96,15 @@ def test_token_credit_in_chunks_equals_one_call(credit, objective, policy_path, 
     output = trl_batch(tokenizer, PROMPTS, COMPLETIONS)
     torch.manual_seed(1)
     B, T = output["completion_ids"].shape
-    kwargs = dict(updater=SimpleNamespace(model=model, objective=make_objective(objective)), scale=0.7, shift=0.1,
-                  policy_logps=-torch.rand(B, T), ref_logps=-torch.rand(B, T))
+    kwargs = dict(scale=0.7, shift=0.1, policy_logps=-torch.rand(B, T), ref_logps=-torch.rand(B, T))
     sequence_rewards = torch.randn(B)
-    whole = token_rewards(credit, output, sequence_rewards, **kwargs)
+
+    def updater(scoring_batch_size):
+        return SimpleNamespace(model=model, objective=make_objective(objective), scoring_batch_size=scoring_batch_size)
+
+    whole = token_rewards(credit, output, sequence_rewards, updater=updater(None), **kwargs)
     counter.rows.clear()
-    chunked = token_rewards(credit, output, sequence_rewards, batch_size=2, **kwargs)
+    chunked = token_rewards(credit, output, sequence_rewards, updater=updater(2), **kwargs)
     assert counter.rows == [2, 2, 2, 1]
     # the dense part, not just the sequence reward on the last token, must be non-trivial
     assert (whole * output["completion_mask"])[:, :-1].abs().max() > 1e-3

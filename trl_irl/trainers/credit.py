@@ -64,15 +64,15 @@ def reward_model_batch(output: dict) -> dict[str, torch.Tensor]:
 def token_rewards(name: str, output: dict, sequence_rewards: torch.Tensor, *, updater=None, scale: float = 1.0,
                   shift: float = 0.0,
                   policy_logps: torch.Tensor | None = None, ref_logps: torch.Tensor | None = None,
-                  attention_mix: float = 0.5, implicit_beta: float = 1.0, batch_size: int | None = None) -> torch.Tensor:
+                  attention_mix: float = 0.5, implicit_beta: float = 1.0) -> torch.Tensor:
     """(B, T) token rewards for the completions in ``output`` (TRL's generation batch), summing to
     ``sequence_rewards`` (B,). Raw reward-model scores s become the trainer's units as (s - shift) * scale (the
     running standardisation and reward weight); per-token differences and log-ratios only take the scale. The
-    reward model reads ``batch_size`` rows at a time (None: the whole batch)."""
+    reward model reads the updater's ``scoring_batch_size`` rows at a time, as when it scores sequences."""
     mask = output["completion_mask"]
     if name == "sequence":
         return C.terminal_rewards(sequence_rewards, mask)
-    model, objective = updater.model, updater.objective
+    model, objective, batch_size = updater.model, updater.objective, updater.scoring_batch_size
     batch = reward_model_batch(output)
     P = output["prompt_ids"].size(1)
     if name == "redistribution":

@@ -286,8 +286,7 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         ref_logps = self.ref_logps(output) if args.credit == "implicit" or args.token_kl_coef else None
         rewards = token_rewards(args.credit, output, sequence_rewards, updater=updater, scale=scale, shift=shift,
                                 policy_logps=policy_logps, ref_logps=ref_logps,
-                                attention_mix=args.attention_mix, implicit_beta=args.implicit_beta,
-                                batch_size=args.per_device_train_batch_size)
+                                attention_mix=args.attention_mix, implicit_beta=args.implicit_beta)
         if args.token_kl_coef:
             rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"],
                                              args.token_kl_coef)
