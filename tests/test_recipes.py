@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from trl_irl.cli import CONF_DIR, config_dict
+from trl_irl.cli import CONF_DIR, DATA_DIR, config_dict
 
 RECIPES = sorted(str(p.relative_to(CONF_DIR / "recipe").with_suffix("")) for p in (CONF_DIR / "recipe").rglob("*.yaml")
                  if "parts" not in p.parts and "sweeps" not in p.parts)
@@ -19,7 +19,7 @@ def composed(recipe: str, *overrides: str) -> dict:
 
 
 def test_the_recipes_are_found():
-    assert {"default", "toy", "smollm2_online_irl", "qlora/ppo_7b", "qlora/online_irl_0.5b"} <= set(RECIPES)
+    assert {"default", "toy", "smollm2_word_reversal", "qlora/ppo_7b", "qlora/online_irl_0.5b"} <= set(RECIPES)
     assert len([r for r in RECIPES if r.startswith("qlora/")]) == 12
 
 
@@ -27,24 +27,34 @@ def test_the_recipes_are_found():
 def test_each_pipeline_recipe_passes_the_checks(recipe):
     from trl_irl.pipeline import Pipeline
 
-    cfg = composed(recipe, *(["model.path=/models/yours"] if recipe.startswith("qlora/") else []))
-    Pipeline(cfg)  # raises on any inconsistent or misspelt setting
+    yours = ["model.path=/models/yours", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]
+    cfg = composed(recipe, *(yours if recipe.startswith("qlora/") else []))
+    Pipeline(cfg)  # raises on any inconsistent or misspelt setting (and reads the task's file)
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo", "remax", "online_irl"])
 @pytest.mark.parametrize("size", ["0.5b", "1.5b", "7b"])
 def test_qlora_recipes(algo, size):
-    cfg = composed(f"qlora/{algo}_{size}", "model.path=/models/yours")
+    cfg = composed(f"qlora/{algo}_{size}", "model.path=/models/yours", "task.path=my.jsonl")
     assert cfg["quant"]["mode"] == "4bit" and cfg["peft"]["enabled"] and cfg["shared_base"]
+    assert cfg["task"]["name"] == "dataset" and cfg["task"]["path"] == "my.jsonl"  # your data, not the automaton
     assert cfg["algo"]["name"] == {"online_irl": "grpo"}.get(algo, algo)
     assert cfg["algo"]["extra"]["gradient_checkpointing"]
     assert (cfg["reward"]["online"]["update_every"] == 0) == (algo == "grpo")  # GRPO: a fixed reward model
     assert cfg["model"]["path"] == "/models/yours"
 
 
-def test_qlora_recipe_without_weights_names_the_missing_key():
+def test_qlora_recipe_without_weights_or_data_names_the_missing_key():
     with pytest.raises(ValueError, match=r"model.path has no value: give it on the command line, e.g. model.path="):
-        composed("qlora/ppo_7b")
+        composed("qlora/ppo_7b", "task.path=my.jsonl")
+    with pytest.raises(ValueError, match=r"task.path has no value: give it on the command line, e.g. task.path="):
+        composed("qlora/ppo_7b", "model.path=/models/yours")
+
+
+def test_smollm2_recipe_reads_the_shipped_file_through_the_dataset_task():
+    cfg = composed("smollm2_word_reversal")
+    assert cfg["task"]["name"] == "dataset" and cfg["task"]["verifier"] == "exact"
+    assert cfg["task"]["path"] == str(DATA_DIR / "word_reversal.jsonl") and (DATA_DIR / "word_reversal.jsonl").exists()
 
 
 @pytest.mark.parametrize("sweep", sorted((Path(CONF_DIR) / "recipe" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)

@@ -9,8 +9,9 @@ import importlib
 __version__ = "0.3.0"
 
 _EXPORTS = {
+    "cli": ["run"],
     "rewards": ["AIRLObjective", "GAILObjective", "OnlineRewardUpdater", "RewardObjective", "make_objective"],
-    "tasks": ["AutomatonTask"],
+    "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task"],
     "trainers": ["ALGORITHMS", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
                  "PPOConfig", "PPOTrainer", "ReinforcePPConfig", "ReinforcePPTrainer", "ReMaxTrainer",
                  "RLOOTokenTrainer", "TRLRLOOConfig", "TRLRLOOTrainer"],

@@ -9,6 +9,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# ${trl_irl_data:word_reversal.jsonl}: a data file shipped with the package (recipes use it; so may you)
+OmegaConf.register_new_resolver("trl_irl_data", lambda name: str(DATA_DIR / name), replace=True)
 
 
 def _start_logger(cfg: dict):
@@ -32,6 +35,22 @@ def config_dict(cfg: DictConfig) -> dict:
     except MissingMandatoryValue as error:
         key = getattr(error, "full_key", None) or str(error)
         raise ValueError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
+
+
+def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
+    """The ``trl-irl`` job from Python: the same config and overrides (``"task=dataset"``, ``"task.path=my.jsonl"``,
+    ...), run in ``output_dir``; returns the path of ``metrics.json``. Multirun and Hydra's own flags are the CLI's."""
+    from hydra import compose, initialize_config_dir
+
+    from .pipeline import Pipeline
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[*overrides, f"output_dir={Path(output_dir).resolve()}"])
+    container = config_dict(cfg)
+    if container["job"] != "pipeline":
+        raise ValueError(f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
+                         f"trl-irl {' '.join(overrides)}")
+    return Pipeline(container).run()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

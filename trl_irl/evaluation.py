@@ -1,32 +1,52 @@
-"""Per-arm evaluation on a known-expert task, the results table and the plot."""
+"""Per-arm evaluation on the held-out rows of any task, the results table and the plot.
+
+Every arm is scored on one sample per held-out prompt (temperature 1, the distribution it was trained to match):
+
+    success_rate         the task's verifier on the samples (tasks without a verifier: absent)
+    demo_nll_per_token   -log pi(demonstration) per token (EOS included): how well the arm still imitates
+    kl_to_bc             exact per-state KL(pi || BC), averaged over the states the samples visit
+    reward_accuracy      the online-IRL reward model ranks the held-out demonstration above this arm's sample,
+                         over the pairs that are not ties; reward_ties: the fraction of ties (a sample identical to
+                         its demonstration, or equal rewards). Absent when no reward model was trained
+    mean_length          generated tokens per sample (EOS excluded)
+    distinct_2           distinct token bigrams / all token bigrams over the samples (1: no repetition)
+    (task metrics)       what only this task can compute, e.g. the automaton's exact expert log-probabilities
+
+``gap_closed[arm] = (success(arm) - success(bc)) / (success(oracle) - success(bc))``: the share of the BC-to-RL-ceiling
+gap an arm closes.
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .rewards.objectives import RewardObjective, encode
+from .rewards.objectives import RewardObjective, completion_logps, encode
 
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                       seed: int, desc: str = "sampling") -> list[str]:
-    """One completion per prompt at temperature 1 with no truncation of the distribution (top-k/top-p off)."""
+                       seed: int, desc: str = "sampling", with_ids: bool = False):
+    """One completion per prompt at temperature 1 with no truncation of the distribution (top-k/top-p off).
+    ``with_ids``: also the generated token ids of each (EOS and padding removed)."""
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
-    out = []
+    texts, ids_out = [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left",
                         add_special_tokens=False).to(device)
         ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
                              max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
-        out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return out
+        generated = ids[:, enc["input_ids"].shape[1] :]
+        texts += tokenizer.batch_decode(generated, skip_special_tokens=True)
+        for row in generated.tolist():  # up to the first EOS; padding (a pad token that is not EOS) dropped
+            row = row[: row.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in row else row
+            ids_out.append([t for t in row if t != tokenizer.pad_token_id])
+    return (texts, ids_out) if with_ids else texts
 
 
 @torch.no_grad()
@@ -38,43 +58,97 @@ def kl_to_reference(model, reference, tokenizer, prompts: list[str], completions
         batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + batch_size],
                                                       completions[i : i + batch_size]).items()}
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-        logp = torch.log_softmax(model(**kwargs).logits[:, :-1].float(), -1)
-        logq = torch.log_softmax(reference(**kwargs).logits[:, :-1].float(), -1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)  # (B, L-1): KL at the state before each completion token
-        mask = batch["completion_mask"][:, 1:].float()
-        total += (kl * mask).sum().item()
+        mask = batch["completion_mask"][:, 1:].bool()  # the states before each completion token
+        logp = torch.log_softmax(model(**kwargs).logits[:, :-1][mask].float(), -1)  # (N, V)
+        logq = torch.log_softmax(reference(**kwargs).logits[:, :-1][mask].float(), -1)
+        total += (logp.exp() * (logp - logq)).sum().item()
         count += mask.sum().item()
     return total / max(count, 1.0)
 
 
-def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, reference, reward_objective: RewardObjective,
-                 reward_model, reward_tokenizer, batch_size: int, seed: int, name: str) -> dict[str, float]:
-    """Metrics of one arm on one sample per held-out demonstration prompt.
+@torch.no_grad()
+def demonstration_nll(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> float:
+    """-sum log pi(y_t | x, y_<t) / number of tokens, over the demonstrations' tokens and their EOS."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(prompts), batch_size):
+        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + batch_size],
+                                                      completions[i : i + batch_size]).items()}
+        total -= completion_logps(model, batch).sum().item()
+        count += batch["completion_mask"].sum().item()
+    return total / max(count, 1)
 
-    success_rate              fraction of samples whose ``horizon`` tokens are all valid
-    expert_logprob_per_token  mean expert log p(x_t | prefix) over the samples' valid tokens (fidelity)
-    valid_token_rate          fraction of sampled tokens that are valid (the rest follow a first error)
-    kl_to_bc                  exact per-state KL(pi || BC) averaged over visited states
-    reward_accuracy           reward model ranks the held-out demonstration above this arm's sample
-    """
-    prompts = [d["prompt"] for d in heldout]
-    samples = sample_completions(policy, tokenizer, prompts, task.horizon, batch_size, seed, desc=f"eval {name}")
-    token_lp = [task.token_logprobs(p, c) for p, c in zip(prompts, samples)]
-    valid = np.concatenate([lp[np.isfinite(lp)] for lp in token_lp])
-    n_tokens = sum(len(lp) for lp in token_lp)
-    policy_for_reward = policy if reward_objective.needs_policy else None
-    r_demo = reward_objective.rewards(reward_model, reward_tokenizer, prompts, [d["completion"] for d in heldout],
-                                      policy_for_reward, batch_size)
-    r_sample = reward_objective.rewards(reward_model, reward_tokenizer, prompts, samples, policy_for_reward, batch_size)
-    return {
-        "success_rate": float(np.mean([task.is_success(p, c) for p, c in zip(prompts, samples)])),
-        "expert_logprob_per_token": float(valid.mean()) if valid.size else -math.inf,
-        "valid_token_rate": float(valid.size / max(n_tokens, 1)),
-        "mean_length": float(np.mean([len(task.split(c)) for c in samples])),
-        "kl_to_bc": kl_to_reference(policy, reference, tokenizer, prompts, samples, batch_size),
-        "reward_accuracy": float((r_demo > r_sample).float().mean()),
-        "num_samples": len(samples),
-    }
+
+def distinct_2(token_ids: list[list[int]]) -> float | None:
+    """Distinct bigrams over all bigrams of the samples (None when no sample has two tokens)."""
+    bigrams = [tuple(ids[j : j + 2]) for ids in token_ids for j in range(len(ids) - 1)]
+    return len(set(bigrams)) / len(bigrams) if bigrams else None
+
+
+def pair_accuracy(r_demo: torch.Tensor, r_sample: torch.Tensor, same_text: list[bool]) -> tuple[float | None, float]:
+    """(accuracy over the pairs that are not ties, fraction of ties); a tie is a sample identical to its
+    demonstration or an equal reward. None when every pair ties."""
+    ties = torch.tensor(same_text, dtype=torch.bool, device=r_demo.device) | (r_demo == r_sample)
+    decided = ~ties
+    accuracy = float((r_demo > r_sample)[decided].float().mean()) if decided.any() else None
+    return accuracy, float(ties.float().mean()) if ties.numel() else 0.0
+
+
+def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,
+                 reward_objective: RewardObjective | None, reward_model, batch_size: int, seed: int,
+                 name: str) -> tuple[dict, list[dict]]:
+    """The metrics of one arm (module docstring) and its samples as records ``{prompt, sample, demonstration,
+    score}`` for a person to read."""
+    prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
+    samples, sample_ids = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
+                                             desc=f"eval {name}", with_ids=True)
+    verifier = task.verifier
+    scores = [verifier(p, s, row) for p, s, row in zip(prompts, samples, heldout)] if verifier else None
+    metrics = {}
+    if scores is not None:
+        metrics["success_rate"] = float(np.mean(scores))
+    metrics["demo_nll_per_token"] = demonstration_nll(policy, tokenizer, prompts, demos, batch_size)
+    metrics["kl_to_bc"] = kl_to_reference(policy, reference, tokenizer, prompts, samples, batch_size)
+    if reward_model is not None:
+        policy_for_reward = policy if reward_objective.needs_policy else None
+        r_demo = reward_objective.rewards(reward_model, tokenizer, prompts, demos, policy_for_reward, batch_size)
+        r_sample = reward_objective.rewards(reward_model, tokenizer, prompts, samples, policy_for_reward, batch_size)
+        accuracy, ties = pair_accuracy(r_demo, r_sample, [s.strip() == d.strip() for s, d in zip(samples, demos)])
+        metrics |= {"reward_accuracy": accuracy, "reward_ties": ties}
+    metrics["mean_length"] = float(np.mean([len(ids) for ids in sample_ids]))
+    metrics["distinct_2"] = distinct_2(sample_ids)
+    metrics |= task.metrics(prompts, samples)
+    metrics["num_samples"] = len(samples)
+    records = [{"prompt": p, "sample": s, "demonstration": d, "score": None if scores is None else scores[i]}
+               for i, (p, s, d) in enumerate(zip(prompts, samples, demos))]
+    return metrics, records
+
+
+def demonstration_reference(task, heldout: list[dict], tokenizer) -> dict:
+    """The held-out demonstrations' own figures (the column the arms are read against), plus the task's."""
+    prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
+    ids = [tokenizer(d, add_special_tokens=False)["input_ids"] for d in demos]
+    out = {}
+    if task.verifier is not None:
+        out["success_rate"] = float(np.mean([task.verifier(p, d, row) for p, d, row in zip(prompts, demos, heldout)]))
+    out |= {"mean_length": float(np.mean([len(i) for i in ids])), "distinct_2": distinct_2(ids)}
+    return out | task.reference()
+
+
+def gap_closed(arms: dict[str, dict]) -> dict[str, float | None]:
+    """(success(arm) - success(bc)) / (success(oracle) - success(bc)) for every arm but bc and oracle; None where
+    the oracle did not beat BC (no gap to close)."""
+    if not {"bc", "oracle"} <= set(arms) or "success_rate" not in arms["bc"]:
+        return {}
+    bc, oracle = arms["bc"]["success_rate"], arms["oracle"]["success_rate"]
+    return {arm: (values["success_rate"] - bc) / (oracle - bc) if oracle > bc else None
+            for arm, values in arms.items() if arm not in ("bc", "oracle")}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def print_table(metrics: dict, console=None):
@@ -87,14 +161,19 @@ def print_table(metrics: dict, console=None):
     table.add_column("metric")
     for arm in arms:
         table.add_column(arm, justify="right")
-    expert = metrics.get("reference", {})
-    if expert:
-        table.add_column("expert", justify="right")
-    for key in next(iter(arms.values())):
-        cells = [f"{arms[a][key]:.4g}" if isinstance(arms[a][key], float) else str(arms[a][key]) for a in arms]
-        if expert:
-            cells.append(f"{expert[key]:.4g}" if key in expert else "")
+    reference = metrics.get("reference", {})
+    if reference:
+        table.add_column("demos", justify="right")
+    keys = list(dict.fromkeys(k for values in arms.values() for k in values))
+    for key in keys:
+        cells = [_cell(arms[a].get(key)) for a in arms]
+        if reference:
+            cells.append(_cell(reference[key]) if key in reference else "")
         table.add_row(key, *cells)
+    gaps = metrics.get("gap_closed", {})
+    if gaps:
+        table.add_row("gap_closed", *[_cell(gaps.get(a)) if a in gaps else "" for a in arms],
+                      *([""] if reference else []))
     console.print(table)
 
 
@@ -105,13 +184,18 @@ def plot(metrics: dict, log_history: list[dict], path: Path):
     import matplotlib.pyplot as plt
 
     arms = metrics["arms"]
+    reference = metrics.get("reference", {})
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key in zip(axes[:2], ["success_rate", "expert_logprob_per_token"]):
-        ax.bar(list(arms), [arms[a][key] for a in arms], color=["tab:gray", "tab:blue", "tab:green"][: len(arms)])
+    colors = ["tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple"]
+    for ax, key in zip(axes[:2], ["success_rate", "demo_nll_per_token"]):
+        names = [a for a in arms if arms[a].get(key) is not None]
+        ax.bar(names, [arms[a][key] for a in names], color=colors[: len(names)])
         ax.set_title(key)
-        if key == "expert_logprob_per_token" and "expert_logprob_per_token" in metrics.get("reference", {}):
-            ax.axhline(metrics["reference"]["expert_logprob_per_token"], color="k", ls="--", label="expert")
+        if key in reference:
+            ax.axhline(reference[key], color="k", ls="--", label="demonstrations")
             ax.legend()
+        if not names:
+            ax.text(0.5, 0.5, "the task has no verifier", ha="center", transform=ax.transAxes)
     steps = [h["step"] for h in log_history if "irl/accuracy" in h]
     ax = axes[2]
     if steps:

@@ -18,16 +18,23 @@ from transformers import (
 )
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+# chat messages for the character tokenizer: "user: ...\nassistant: " (a task's alphabet adds these characters)
+CHAR_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}assistant: {% endif %}")
+CHAR_CHAT_LITERALS = ": \nassistant"
 
 
 def build_char_tokenizer(alphabet: list[str]) -> PreTrainedTokenizerFast:
     """One token per character of ``alphabet`` plus pad/eos/unk; decoding concatenates without spaces, so
-    ``prompt + completion`` text re-tokenises to exactly the ids that were generated."""
-    vocab = {tok: i for i, tok in enumerate([PAD, EOS, UNK, *alphabet])}
+    ``prompt + completion`` text re-tokenises to exactly the ids that were generated. Chat messages render as
+    ``role: content`` lines (``CHAR_CHAT_TEMPLATE``)."""
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([PAD, EOS, UNK, *alphabet]))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+    tokenizer.chat_template = CHAR_CHAT_TEMPLATE
+    return tokenizer
 
 
 def build_tiny_causal_lm(tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int, num_heads: int,
@@ -176,8 +183,12 @@ def model_load_kwargs(quant: dict | None, device=None) -> dict:
 
 
 def load_causal_lm(path: str, quant: dict | None = None, device=None) -> torch.nn.Module:
-    """A causal LM from a local folder (or a hub id, for users with network), quantised as ``quant`` says."""
-    model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(quant, device))
+    """A causal LM from a local folder (or a hub id, for users with network), quantised as ``quant`` says, on
+    ``device`` (a quantised model is placed there as it loads)."""
+    kwargs = model_load_kwargs(quant, device)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if device is not None and "device_map" not in kwargs:
+        model = model.to(device)
     return contiguous_lm_head_input(fix_cpu_4bit(model))
 
 

@@ -1,8 +1,18 @@
-"""The main job: task -> BC -> reward pretraining -> policy training (``algo`` with ``credit`` on the online-IRL
-reward) -> evaluation of every arm -> metrics.json + plot.
+"""The main job: task -> BC -> the arms -> evaluation of every arm on the held-out rows -> metrics.json + plot.
+
+The arms (``arms``; default ``[bc, <algo>, oracle]``, the oracle where the task has a verifier):
+
+    bc       behaviour cloning (TRL's SFTTrainer on the demonstrations, early-stopped on the validation rows);
+             every other arm starts from it
+    <algo>   online IRL, named after ``algo`` (grpo, ppo, ...): reward pretraining (demonstration preferred over a
+             BC sample), then ``algo`` with ``credit`` on a reward model that keeps learning from demonstrations vs
+             the policy's own samples. It never sees the verifier
+    oracle   the same algorithm from the same BC policy, rewarded by the task's verifier: the RL ceiling
+    spin     SPIN (Chen et al. 2024): ``spin.rounds`` rounds of TRL's DPOTrainer, the demonstration chosen over the
+             current policy's own sample
 
 Each stage writes its final model under ``output_dir/<stage>/final``; with ``resume=true`` finished stages are
-loaded instead of retrained and policy training continues from its last checkpoint.
+reused and policy training continues from its last checkpoint. The evaluation reads every arm from disk.
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .tasks import TASKS
+from .tasks import make_task
 
 
 def check_keys(cls, keys, where: str):
@@ -32,21 +42,8 @@ def build_args(cls, values: dict, where: str):
     return cls(**values)
 
 
-def make_task(task_cfg: dict):
-    cfg = dict(task_cfg)
-    name = cfg.pop("name")
-    if name not in TASKS:
-        raise ValueError(f"task.name={name!r} is unknown: choose one of {sorted(TASKS)}")
-    for key in ("num_demonstrations", "num_heldout"):
-        if cfg.get(key, 0) < 1:
-            raise ValueError(f"task.{key} must be >= 1, got {cfg.get(key)}")
-    sizes = {k: cfg.pop(k) for k in ("num_demonstrations", "num_heldout")}
-    return TASKS[name](**cfg), sizes
-
-
-def load_base(model_cfg: dict, task):
-    """(path, tokenizer) of real weights: exported once from a package when the group says so; the task must write
-    one tokenizer token per step, or the horizon in tokens and in steps disagree."""
+def load_tokenizer(model_cfg: dict):
+    """(path, tokenizer) of real weights: exported once from a package when the group says so."""
     from transformers import AutoTokenizer
 
     path = str(Path(model_cfg["path"]).expanduser())
@@ -57,10 +54,6 @@ def load_base(model_cfg: dict, task):
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    merged = [s for s in task.prompts + task.step_texts if len(tokenizer(s, add_special_tokens=False)["input_ids"]) != 1]
-    if merged:
-        raise ValueError(f"with model.path={path} the task's steps {merged[:4]} are not single tokens: set "
-                         "task.separator=' ' (subword tokenizers write ' a' as one token)")
     return path, tokenizer
 
 
@@ -79,6 +72,17 @@ def _atomic_write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
+def verifier_reward(score, rows: list[dict]):
+    """The oracle arm's reward function for TRL: the task's verifier ``score(prompt, completion, row)`` on each
+    completion, its row looked up by the dataset's ``row_index`` column (TRL passes dataset columns to reward
+    functions as keyword arguments)."""
+
+    def verifier(prompts, completions, row_index, **_):  # the name TRL logs it under: rewards/verifier/mean
+        return [float(score(p, c, rows[i])) for p, c, i in zip(prompts, completions, row_index)]
+
+    return verifier
+
+
 class Pipeline:
     """Runs the stages of one configured experiment; ``run()`` returns the path of ``metrics.json``."""
 
@@ -94,13 +98,14 @@ class Pipeline:
         self.state = PartialState(cpu=self.use_cpu)
         self.out = Path(broadcast_object_list([str(Path(cfg["output_dir"]).resolve())])[0])
         self.timings: dict[str, float] = {}
-        self.bases: dict = {}  # LoRA runs: the (quantised) base models, by role or "shared" (``adapter_model``)
-        # fail on bad config before any expensive work
-        self.task, self.sizes = make_task(cfg["task"])
+        self.bases: dict = {}  # LoRA runs: the (quantised) base models of the arm in training, by role or "shared"
+        self.log_history: list[dict] = []
+        # fail on bad config before any expensive work: the task reads and checks its file here
+        self.task = make_task(cfg["task"])
         from .rewards import make_objective
 
         self.objective = make_objective(cfg["reward"]["objective"], cfg["reward"]["prefix_weight"])
-        from trl import SFTConfig
+        from trl import DPOConfig, SFTConfig
 
         from .trainers import ALGORITHMS, IRLRewardConfig
         from .trainers.credit import check_credit
@@ -119,7 +124,30 @@ class Pipeline:
             raise ValueError(f"algo=rloo is TRL's RLOO, which optimises a per-sequence ratio and takes credit=sequence "
                              f"only; for credit={cfg['credit']['name']} use algo=rloo_token (token-level RLOO loss)")
         check_keys(config_cls, self.credit_args(), "credit")
+        self.arms = self.resolve_arms()
+        if "spin" in self.arms:
+            check_keys(DPOConfig, self.spin_args("spin"), "spin / spin.extra")
+            if cfg["spin"]["rounds"] < 1:
+                raise ValueError(f"spin.rounds must be >= 1, got {cfg['spin']['rounds']}")
         self.check_model_setup()
+
+    def resolve_arms(self) -> list[str]:
+        """``arms`` checked against what this run can train; null: bc, online IRL, and the oracle if it can."""
+        has_verifier = self.task.verifier is not None
+        arms = self.cfg.get("arms")
+        if arms is None:
+            return ["bc", self.algo] + (["oracle"] if has_verifier else [])
+        arms = [str(a) for a in arms]
+        choices = ["bc", self.algo, "oracle", "spin"]
+        unknown = [a for a in arms if a not in choices]
+        if unknown:
+            raise ValueError(f"arms: {unknown} unknown; choose from {choices} (online IRL is named after algo={self.algo})")
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"arms: {arms} names an arm twice")
+        if "oracle" in arms and not has_verifier:
+            raise ValueError("arms: oracle is rewarded by the task's verifier, and this task has none: set "
+                             "task.verifier (exact, numeric, regex:<pattern>, python:<module>:<function>) or drop oracle")
+        return arms
 
     def check_model_setup(self):
         """model / quant / peft / shared_base: consistent before anything is loaded."""
@@ -140,16 +168,19 @@ class Pipeline:
         if cfg["model"].get("path") is None and cfg["model"]["name"] != "tiny":
             raise ValueError(f"model.path is missing for model={cfg['model']['name']}: give a local folder "
                              "(model.path=/path/to/model)")
+        if cfg["model"].get("path") is None and self.task.alphabet is None:
+            raise ValueError(f"task.name={cfg['task']['name']} gives no alphabet for the tiny model's character "
+                             "tokenizer: give a model (model=local model.path=...)")
         if self.peft and self.algo == "rloo":
             raise ValueError("algo=rloo is TRL's RLOOTrainer, which we run with full models only: with peft=lora use "
                              "algo=rloo_token")
 
     # --- helpers ----------------------------------------------------------------------------------------------
-    def credit_args(self) -> dict:
+    def credit_args(self, credit: str | None = None) -> dict:
         """The credit group as trainer config fields: ``name`` -> ``credit``, the rest as they are."""
         c = dict(self.cfg["credit"])
         name = c.pop("name")
-        return {} if self.algo == "rloo" else {"credit": name, **c}  # TRL's RLOO: sequence level only
+        return {} if self.algo == "rloo" else {"credit": credit or name, **c}  # TRL's RLOO: sequence level only
 
     def common_args(self, stage: str) -> dict:
         args = {"output_dir": str(self.out / stage), "seed": self.cfg["seed"], "use_cpu": self.use_cpu,
@@ -157,6 +188,12 @@ class Pipeline:
         if self.use_cpu:
             args["bf16"] = False  # transformers refuses bf16 without a GPU; TRL sets it when unset
         return args
+
+    def spin_args(self, stage: str) -> dict:
+        c = self.cfg["spin"]
+        return {**self.common_args(stage), "beta": c["beta"], "learning_rate": c["learning_rate"],
+                "num_train_epochs": c["num_train_epochs"], "per_device_train_batch_size": c["per_device_train_batch_size"],
+                "save_strategy": "no", "logging_steps": 10, **c["extra"]}
 
     def final_dir(self, stage: str) -> Path:
         return self.out / stage / "final"
@@ -179,11 +216,25 @@ class Pipeline:
 
         self.on_main(write)
 
-    def save_full_model(self, model):
-        """A ``save`` for ``mark_done``: the model and the tokenizer, as safetensors."""
+    def save_model(self, model):
+        """A ``save`` for ``mark_done``: the model (or a PEFT model's adapters) and the tokenizer, as safetensors."""
         from .models import save_model
 
         return lambda directory: save_model(model, self.tokenizer, directory)
+
+    def save_policy(self, model):
+        """A ``save`` for ``mark_done`` of a trained arm: a full model, or the policy adapter alone plus the adapter
+        merged into the unquantised base for inference (``merged/`` beside ``final/``)."""
+        if not self.peft:
+            return self.save_model(model)
+        from .shared_base import POLICY, export_merged_policy
+
+        def save(directory):
+            model.save_pretrained(directory, selected_adapters=[POLICY])
+            self.tokenizer.save_pretrained(directory)
+            export_merged_policy(self.init_path, str(directory), Path(directory).parent / "merged", self.tokenizer)
+
+        return save
 
     def timed(self, stage: str, fn, *args):
         start = time.perf_counter()
@@ -191,26 +242,39 @@ class Pipeline:
         self.timings[stage] = round(time.perf_counter() - start, 2)
         return result
 
+    def rows_dataset(self, rows: list[dict]):
+        """The rows a policy trainer samples prompts from: prompt, demonstration and the row's index (the oracle's
+        verifier reads the row)."""
+        from datasets import Dataset
+
+        return Dataset.from_list([{"prompt": r["prompt"], "demonstration": r["completion"], "row_index": i}
+                                  for i, r in enumerate(rows)])
+
     # --- stages -----------------------------------------------------------------------------------------------
     def setup(self):
+        """Tokenizer, then the task's rows (their checks need the tokenizer, not the model), then the initial model."""
         from .models import build_char_tokenizer, build_tiny_causal_lm, save_model
 
         torch.set_num_threads(self.cfg["threads"])
         torch.manual_seed(self.cfg["seed"])
         self.out.mkdir(parents=True, exist_ok=True)
-        seed = self.cfg["seed"]
-        self.demos = self.task.sample_demonstrations(self.sizes["num_demonstrations"], seed=1000 + seed)
-        self.heldout = self.task.sample_demonstrations(self.sizes["num_heldout"], seed=2000 + seed)
         m = self.cfg["model"]
-        if m.get("path") is None:  # the tiny model, built from a config with a character tokenizer
+        if m.get("path") is None:
             self.tokenizer = build_char_tokenizer(self.task.alphabet)
-            model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
-                                         m["intermediate_size"], max_positions=2 + 2 * self.task.horizon, seed=seed)
-            self.init_path = str(self.out / "init")
-            self.on_main(save_model, model, self.tokenizer, self.init_path)
         else:
             with self.state.main_process_first():  # a one-time export (SmolLM2) is written by the main process
-                self.init_path, self.tokenizer = load_base(m, self.task)
+                self.init_path, self.tokenizer = load_tokenizer(m)
+            self.task.check_tokenizer(self.tokenizer, self.init_path)
+        self.data = self.task.data(self.tokenizer, self.cfg["seed"])
+        self.demos, self.validation, self.heldout = self.data.train, self.data.validation, self.data.heldout
+        if self.state.is_main_process and self.data.report:
+            print(f"task: {json.dumps(self.data.report)}", flush=True)
+        if m.get("path") is None:  # the tiny model, built from a config
+            max_positions = 2 * (self.data.max_prompt_length + self.data.max_completion_length)
+            model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
+                                         m["intermediate_size"], max_positions=max_positions, seed=self.cfg["seed"])
+            self.init_path = str(self.out / "init")
+            self.on_main(save_model, model, self.tokenizer, self.init_path)
 
     def behaviour_cloning(self):
         from datasets import Dataset
@@ -229,35 +293,38 @@ class Pipeline:
                 from .models import load_causal_lm, lora_config
 
                 model, peft = load_causal_lm(self.init_path, self.cfg["quant"]), {"peft_config": lora_config(self.cfg["peft"])}
-            trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(self.demos),
-                                 eval_dataset=Dataset.from_list(self.heldout), processing_class=self.tokenizer,
+            pairs = lambda rows: Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])  # noqa: E731
+            trainer = SFTTrainer(model=model, args=args, train_dataset=pairs(self.demos),
+                                 eval_dataset=pairs(self.validation), processing_class=self.tokenizer,
                                  callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
             trainer.train()
-            self.mark_done("bc", self.save_full_model(trainer.model))
+            self.mark_done("bc", self.save_model(trainer.model))
+            del trainer
+            release_memory()
         self.bc_path = str(self.final_dir("bc"))
-        self.bc_model = self.load_policy(self.bc_path)
 
-    def load_policy(self, path: str):
-        """A trained policy for evaluation: a full model, or the (quantised) base with the policy adapter."""
-        from transformers import AutoModelForCausalLM
-
-        if not self.peft:
-            return AutoModelForCausalLM.from_pretrained(path).eval()
-        from peft import PeftModel
-
+    def load_policy(self, path: str, trainable: bool = False):
+        """A trained policy for sampling and evaluation (``trainable``: to train on, as SPIN does): a full model, or
+        the (quantised) base with the policy adapter."""
         from .models import load_causal_lm
 
-        return PeftModel.from_pretrained(load_causal_lm(self.init_path, self.cfg["quant"]), path).eval()
+        if not self.peft:
+            return load_causal_lm(path, device=self.state.device).eval()
+        from peft import PeftModel
 
-    def adapter_model(self, role: str):
+        base = load_causal_lm(self.init_path, self.cfg["quant"], device=self.state.device)
+        return PeftModel.from_pretrained(base, path, is_trainable=trainable).eval()
+
+    def adapter_model(self, role: str, roles: tuple | None = None):
         """With peft=lora, the (quantised) base that ``role`` (POLICY, REWARD or CRITIC) lives on, each adapter starting
         from BC's: the one shared base (shared_base=true), or a base of the role's own (false)."""
         from .shared_base import CRITIC, POLICY, REWARD, SharedBase
 
         key = "shared" if self.shared_base else role
         if key not in self.bases:
-            roles = ((REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)) if self.shared_base else \
-                ((role,) if role != POLICY else ())
+            if roles is None:
+                roles = ((REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)) if self.shared_base else \
+                    ((role,) if role != POLICY else ())
             self.bases[key] = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"],
                                          policy_adapter=self.bc_path, roles=roles)
         return self.bases[key]
@@ -266,7 +333,14 @@ class Pipeline:
         """The reward or critic of a LoRA run as a module (an ``AdapterRole``) on its base."""
         return self.adapter_model(role).role(role, kind)
 
+    def release_arm(self):
+        """Drop the models of the arm just trained (its files are on disk)."""
+        self.bases, self.reward_model = {}, None
+        release_memory()
+
     def reward_pretraining(self):
+        """The online-IRL arm's reward model, pretrained on (demonstration, BC sample) pairs of the training rows and
+        scored on the validation rows."""
         from datasets import Dataset
 
         from .evaluation import sample_completions
@@ -287,28 +361,32 @@ class Pipeline:
             return
         else:
             self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind)
+        bc_model = self.load_policy(self.bc_path)
 
-        def pairs(demos, seed):
-            samples = sample_completions(self.bc_model, self.tokenizer, [d["prompt"] for d in demos],
-                                         self.task.horizon, self.cfg["eval"]["batch_size"], seed, desc="BC samples")
-            return Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": s}
-                                      for d, s in zip(demos, samples)])
+        def pairs(rows, seed):
+            samples = sample_completions(bc_model, self.tokenizer, [r["prompt"] for r in rows],
+                                         self.data.max_completion_length, self.cfg["eval"]["batch_size"], seed,
+                                         desc="BC samples")
+            return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
+                                      for r, s in zip(rows, samples)])
 
         seed = self.cfg["seed"]
+        train, validation = pairs(self.demos, 3000 + seed), pairs(self.validation, 4000 + seed)
         if self.peft:
-            self.pretrain_reward_role(pairs(self.demos, 3000 + seed), pairs(self.heldout, 4000 + seed))
+            self.pretrain_reward_role(train, validation, bc_model)
             return
         args = build_args(IRLRewardConfig, {**self.common_args("reward_pretrain"), "objective": self.objective.name,
                                             "prefix_weight": self.objective.prefix_weight,
-                                            "eval_strategy": "epoch", "save_strategy": "no", "logging_steps": 5,
+                                            "eval_strategy": "epoch",
+                                            "save_strategy": "no", "logging_steps": 5,
                                             **self.cfg["reward"]["pretrain"]}, "reward.pretrain")
-        trainer = IRLRewardTrainer(model=self.reward_model, args=args, train_dataset=pairs(self.demos, 3000 + seed),
-                                   eval_dataset=pairs(self.heldout, 4000 + seed), processing_class=self.tokenizer,
-                                   policy=self.bc_model if self.objective.needs_policy else None)
+        trainer = IRLRewardTrainer(model=self.reward_model, args=args, train_dataset=train, eval_dataset=validation,
+                                   processing_class=self.tokenizer,
+                                   policy=bc_model if self.objective.needs_policy else None)
         trainer.train()
-        self.mark_done("reward_pretrain", self.save_full_model(self.reward_model))
+        self.mark_done("reward_pretrain", self.save_model(self.reward_model))
 
-    def pretrain_reward_role(self, train, heldout):
+    def pretrain_reward_role(self, train, validation, bc_model):
         """Reward pretraining of an adapter role: the online updater's own loop over the (demonstration, BC sample)
         pairs for ``num_train_epochs`` (a Trainer would see a frozen model: a role trains only inside its scope)."""
         import math
@@ -326,101 +404,173 @@ class Pipeline:
         updater.add(train["prompt"], train["chosen"], train["rejected"])
         policy = None
         if self.objective.needs_policy:  # on a shared base: the BC adapter of that base, as a role
-            policy = AdapterRole(self.adapter_model(POLICY).model, POLICY, "lm") if self.shared_base else self.bc_model
+            policy = AdapterRole(self.adapter_model(POLICY).model, POLICY, "lm") if self.shared_base else bc_model
         metrics = updater.update(policy)
-        r_chosen = updater.rewards(heldout["prompt"], heldout["chosen"], policy)
-        r_rejected = updater.rewards(heldout["prompt"], heldout["rejected"], policy)
-        print(f"reward pretraining: train loss {metrics['loss']:.4f}, held-out accuracy "  # as the Trainer would log
+        r_chosen = updater.rewards(validation["prompt"], validation["chosen"], policy)
+        r_rejected = updater.rewards(validation["prompt"], validation["rejected"], policy)
+        print(f"reward pretraining: train loss {metrics['loss']:.4f}, validation accuracy "  # as the Trainer would log
               f"{(r_chosen > r_rejected).float().mean().item():.3f}", flush=True)
         self.mark_done("reward_pretrain", self.reward_model.save_pretrained)
 
-    def evaluate(self, name: str, policy) -> dict:
-        from .evaluation import evaluate_arm
-
-        return evaluate_arm(policy, self.tokenizer, self.task, self.heldout, reference=self.bc_model,
-                            reward_objective=self.objective, reward_model=self.reward_model.eval(),
-                            reward_tokenizer=self.tokenizer, batch_size=self.cfg["eval"]["batch_size"],
-                            seed=5000 + self.cfg["seed"], name=name)
-
-    def policy_training(self):
-        """The policy stage: ``algo`` (ppo, grpo, rloo, ...) on the online-IRL reward, with ``credit``."""
-        stage = self.algo
-        self.log_history = []
+    def policy_training(self, stage: str | None = None):
+        """An RL arm: ``algo`` (ppo, grpo, rloo, ...) from the BC policy, on the online-IRL reward with ``credit``
+        (``stage`` = the algo's name), or on the task's verifier (``stage="oracle"``)."""
+        stage = stage or self.algo
         if self.done(stage):
-            self.policy = self.load_policy(str(self.final_dir(stage)))
-            if self.peft:  # the reward model as online IRL left it
-                from .shared_base import load_role
-
-                load_role(self.reward_model, self.out / stage / "final_reward")
-            else:
-                self.reward_model.load_state_dict(
-                    type(self.reward_model).from_pretrained(self.out / stage / "final_reward").state_dict())
             return
-        trainer = self.build_policy_trainer()
+        oracle = stage == "oracle"
+        if not oracle:
+            self.timed("reward_pretrain", self.reward_pretraining)
+        trainer = self.build_policy_trainer(stage)
         resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
         trainer.train(resume_from_checkpoint=True if resume else None)
-        self.log_history = trainer.state.log_history
-        self.policy = trainer.model.eval()
-        self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
-        if self.peft:  # the policy adapter alone, and merged into the unquantised base for inference
-            from .shared_base import POLICY, export_merged_policy
+        if not oracle:
+            self.log_history = trainer.state.log_history
+            self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
+        self.mark_done(stage, self.save_policy(trainer.model.eval()))
+        del trainer
+        self.release_arm()
 
-            def save(directory):
-                self.policy.save_pretrained(directory, selected_adapters=[POLICY])
-                self.tokenizer.save_pretrained(directory)
-                export_merged_policy(self.init_path, str(directory), self.out / stage / "merged", self.tokenizer)
-
-            self.mark_done(stage, save)
-            return
-        self.mark_done(stage, self.save_full_model(self.policy))
-
-    def build_policy_trainer(self, **overrides):
-        """The configured algorithm's trainer, from the BC policy and the current reward model."""
-        from datasets import Dataset
-
+    def build_policy_trainer(self, stage: str | None = None, **overrides):
+        """The configured algorithm's trainer for ``stage`` (online IRL, or ``"oracle"``), from the BC policy."""
         from .trainers import ALGORITHMS
+        from .trainers.credit import CREDIT_NEEDS_REWARD_MODEL
 
+        stage = stage or self.algo
+        oracle = stage == "oracle"
         config_cls, trainer_cls = ALGORITHMS[self.algo]
-        stage = self.algo
         a = dict(self.cfg["algo"])
         a.pop("name")
         extra = a.pop("extra")
-        online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
-        credit = self.credit_args()
+        if oracle:  # the verifier is a reward function: no reward model, so no credit read from one
+            credit = self.credit_args("sequence" if self.cfg["credit"]["name"] in CREDIT_NEEDS_REWARD_MODEL else None)
+            reward = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, self.demos)]}
+            online = {}
+        else:
+            credit = self.credit_args()
+            reward = {"reward_model": self.reward_model}
+            online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
         args = build_args(config_cls, {
             **self.common_args(stage), "objective": self.objective.name,
-            "reward_prefix_weight": self.objective.prefix_weight, "max_completion_length": self.task.horizon,
+            "reward_prefix_weight": self.objective.prefix_weight,
+            "max_completion_length": self.data.max_completion_length,
             "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
-        dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in self.demos])
         model, shared = self.bc_path, {}
         if self.peft:  # the policy's PEFT model; PPO's critic an adapter on the shared base or on its own
             from .shared_base import CRITIC, POLICY
 
-            model = self.adapter_model(POLICY).model
+            roles = (CRITIC,) if oracle and self.algo == "ppo" and self.shared_base else (() if oracle else None)
+            model = self.adapter_model(POLICY, roles).model
             if self.algo == "ppo":
                 shared["critic"] = self.adapter_role(CRITIC, "token")
-        return trainer_cls(model=model, reward_model=self.reward_model, args=args, train_dataset=dataset,
-                           processing_class=self.tokenizer, **shared)
+        return trainer_cls(model=model, args=args, train_dataset=self.rows_dataset(self.demos),
+                           processing_class=self.tokenizer, **reward, **shared)
+
+    def spin_training(self):
+        """SPIN: each round samples the current policy on the training prompts, then DPO prefers every
+        demonstration over its sample (identical pairs, which carry no gradient, are dropped); the reference is the
+        round's starting policy (TRL's DPOTrainer: a copy of it, or of its adapter)."""
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        from .evaluation import sample_completions
+
+        stage = "spin"
+        if self.done(stage):
+            return
+        rounds, path = self.cfg["spin"]["rounds"], self.bc_path
+        prompts = [r["prompt"] for r in self.demos]
+        for k in range(1, rounds + 1):
+            model = self.load_policy(path, trainable=True)
+            samples = sample_completions(model, self.tokenizer, prompts, self.data.max_completion_length,
+                                         self.cfg["eval"]["batch_size"], 6000 + 100 * self.cfg["seed"] + k,
+                                         desc=f"SPIN round {k} samples")
+            pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
+                     for r, s in zip(self.demos, samples) if s.strip() != r["completion"].strip()]
+            print(f"SPIN round {k}/{rounds}: {len(pairs)} pairs ({len(samples) - len(pairs)} samples equal to their "
+                  "demonstration dropped)", flush=True)
+            if not pairs:  # the policy reproduces every demonstration: nothing left to prefer
+                break
+            trainer = DPOTrainer(model=model.train(), args=build_args(DPOConfig, self.spin_args(f"{stage}/round_{k}"),
+                                                                      "spin"),
+                                 train_dataset=Dataset.from_list(pairs), processing_class=self.tokenizer)
+            trainer.train()
+            path = str(self.out / stage / f"round_{k}" / "final")
+            self.on_main(self.save_spin_round, trainer.model, path)
+            del trainer, model
+            release_memory()
+        self.mark_done(stage, self.save_policy(self.load_policy(path)))
+        release_memory()
+
+    def save_spin_round(self, model, path: str):
+        from .models import save_model
+
+        if self.peft:
+            from .shared_base import POLICY
+
+            model.save_pretrained(path, selected_adapters=[POLICY])
+            self.tokenizer.save_pretrained(path)
+        else:
+            save_model(model, self.tokenizer, path)
+
+    def evaluation_models(self):
+        """(BC policy, reward model or None): the reference every arm's KL is measured to, and the online-IRL
+        reward model as that arm left it (None when no online-IRL arm ran). With LoRA both are adapters of one
+        base: the BC adapter is the policy, the reward an adapter role."""
+        from .models import load_reward_model
+
+        reward_dir = self.out / self.algo / "final_reward"
+        if not (self.algo in self.arms and reward_dir.exists()):
+            return self.load_policy(self.bc_path), None
+        kind = self.objective.model_kind
+        if not self.peft:
+            return self.load_policy(self.bc_path), load_reward_model(reward_dir, kind).to(self.state.device).eval()
+        from .shared_base import REWARD, SharedBase, load_role
+
+        base = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"], policy_adapter=self.bc_path,
+                          roles=(REWARD,), device=self.state.device)
+        reward = base.role(REWARD, kind)
+        load_role(reward, reward_dir)
+        return base.model.eval(), reward.eval()
+
+    def evaluation(self) -> dict[str, dict]:
+        """Every arm on one sample per held-out prompt; ``samples_<arm>.jsonl`` beside metrics.json."""
+        from .evaluation import evaluate_arm
+
+        bc, reward = self.evaluation_models()
+        arms = {}
+        for arm in self.arms:
+            start = time.perf_counter()
+            policy = bc if arm == "bc" else self.load_policy(str(self.final_dir(arm)))
+            arms[arm], records = evaluate_arm(
+                policy, self.tokenizer, self.task, self.heldout, max_new_tokens=self.data.max_completion_length,
+                reference=bc, reward_objective=self.objective if reward is not None else None, reward_model=reward,
+                batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm)
+            text = "".join(json.dumps(r) + "\n" for r in records)
+            self.on_main(_atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
+            del policy
+            release_memory()
+            self.timings[f"eval_{arm}"] = round(time.perf_counter() - start, 2)
+        return arms
 
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from .evaluation import plot, print_table
+        from .evaluation import demonstration_reference, gap_closed, plot, print_table
 
         start = time.perf_counter()
         self.timed("setup", self.setup)
         self.timed("bc", self.behaviour_cloning)
-        self.timed("reward_pretrain", self.reward_pretraining)
-        arms = {"bc": self.timed("eval_bc", self.evaluate, "bc", self.bc_model)}
-        if self.peft:  # the BC policy's own (4-bit) base is not held while the policy trains: reloaded to evaluate
-            self.bc_model = None
-            release_memory()
-        self.timed(self.algo, self.policy_training)
-        if self.bc_model is None:
-            self.bc_model = self.load_policy(self.bc_path)
-        arms[self.algo] = self.timed(f"eval_{self.algo}", self.evaluate, self.algo, self.policy)
+        for arm in self.arms:
+            if arm == "spin":
+                self.timed("spin", self.spin_training)
+            elif arm != "bc":
+                self.timed(arm, self.policy_training, arm)
+        arms = self.evaluation()
         metrics = {
             "arms": arms,
-            "reference": {"expert_logprob_per_token": self.task.expert_logprob_per_token(), "success_rate": 1.0},
+            "gap_closed": gap_closed(arms),
+            "reference": demonstration_reference(self.task, self.heldout, self.tokenizer),
+            "task": self.data.report,
             "timings_s": {**self.timings, "total": round(time.perf_counter() - start, 2)},
             "config": self.cfg,
         }

@@ -1,7 +1,14 @@
-"""Known-expert tasks: demonstrations, exact expert log-probabilities and success checks."""
+"""Tasks: the prompts, demonstrations and optional verifier every stage consumes (``base.Task``).
+
+``automaton``: a known expert with exact log-probabilities; ``dataset``: your file of prompts and demonstrations.
+"""
 
 from .automaton import AutomatonTask
+from .base import TASKS, Task, TaskData, make_task, register_task
+from .dataset import DatasetTask
+from .verifiers import make_verifier
 
-TASKS = {"automaton": AutomatonTask}
+register_task("automaton", AutomatonTask)
+register_task("dataset", DatasetTask)
 
-__all__ = ["AutomatonTask", "TASKS"]
+__all__ = ["TASKS", "AutomatonTask", "DatasetTask", "Task", "TaskData", "make_task", "make_verifier", "register_task"]

@@ -17,17 +17,22 @@ over-weights a door (a small deviation) lands where its behaviour is least train
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .base import Task, TaskData
 
 STATE_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass
-class AutomatonTask:
-    """A random automaton expert over a small vocabulary.
+class AutomatonTask(Task):
+    """A random automaton expert over a small vocabulary; as a pipeline ``Task`` its demonstrations are expert
+    rollouts, its verifier the success check and its extra metrics the expert's exact log-probabilities.
 
     Args:
         n_states: hidden states; the prompt shows the start state.
@@ -49,7 +54,11 @@ class AutomatonTask:
             entered stays where it is least trained, so its error rate grows with time (the T^2 of compounding).
         recoverable: an invalid token is one error and the sequence goes on from the same state (False: it fails
             the rest of the sequence).
+        num_demonstrations / num_validation / num_heldout: expert rollouts for training (BC, reward learning, RL
+            prompts), for BC early stopping and reward pretraining's accuracy, and for the evaluation alone.
     """
+
+    name = "automaton"
 
     n_states: int = 16
     n_tokens: int = 16
@@ -63,6 +72,9 @@ class AutomatonTask:
     rare_prob: float = 0.02
     rare_exit_prob: float | None = None
     recoverable: bool = False
+    num_demonstrations: int = 200
+    num_validation: int = 256
+    num_heldout: int = 256
     next_state: np.ndarray = field(init=False, repr=False)
     log_probs: np.ndarray = field(init=False, repr=False)
 
@@ -84,6 +96,8 @@ class AutomatonTask:
              "task.n_allowed must be < task.n_tokens with rare_states (the door is a token outside the allowed ones)"),
             (not self.rare_states or self.transitions == "random",
              "task.rare_states needs task.transitions='random' (with 'token' the last token alone sets the state)"),
+            *[(getattr(self, k) >= 1, f"task.{k} must be >= 1") for k in ("num_demonstrations", "num_validation",
+                                                                         "num_heldout")],
         ]
         for ok, message in checks:
             if not ok:
@@ -146,6 +160,38 @@ class AutomatonTask:
         """The completion's steps: its characters, or with a separator the pieces between separators (a piece that
         is not one token character is an invalid step)."""
         return list(completion) if not self.separator else [t for t in completion.split(self.separator) if t]
+
+    def check_tokenizer(self, tokenizer, model_path: str):
+        """One tokenizer token per step, or the horizon in tokens and in steps disagree."""
+        merged = [s for s in self.prompts + self.step_texts
+                  if len(tokenizer(s, add_special_tokens=False)["input_ids"]) != 1]
+        if merged:
+            raise ValueError(f"with model.path={model_path} the task's steps {merged[:4]} are not single tokens: set "
+                             "task.separator=' ' (subword tokenizers write ' a' as one token)")
+
+    # --- the Task interface -----------------------------------------------------------------------------------
+    def data(self, tokenizer, seed: int) -> TaskData:
+        """Expert rollouts; each split has its own seed, so the evaluation's rows are never trained on."""
+        return TaskData(train=self.sample_demonstrations(self.num_demonstrations, seed=1000 + seed),
+                        validation=self.sample_demonstrations(self.num_validation, seed=1500 + seed),
+                        heldout=self.sample_demonstrations(self.num_heldout, seed=2000 + seed),
+                        max_completion_length=self.horizon, max_prompt_length=1)
+
+    @property
+    def verifier(self):
+        return lambda prompt, completion, row: float(self.is_success(prompt, completion))
+
+    def metrics(self, prompts: list[str], samples: list[str]) -> dict[str, float]:
+        """expert_logprob_per_token: mean expert log p(x_t | prefix) over the samples' valid tokens (fidelity);
+        valid_token_rate: the fraction of sampled steps that are valid (the rest follow a first error)."""
+        token_lp = [self.token_logprobs(p, c) for p, c in zip(prompts, samples)]
+        valid = np.concatenate([lp[np.isfinite(lp)] for lp in token_lp] or [np.zeros(0)])
+        n_steps = sum(len(lp) for lp in token_lp)
+        return {"expert_logprob_per_token": float(valid.mean()) if valid.size else -math.inf,
+                "valid_token_rate": float(valid.size / max(n_steps, 1))}
+
+    def reference(self) -> dict[str, float]:
+        return {"expert_logprob_per_token": self.expert_logprob_per_token(), "success_rate": 1.0}
 
     def prompt(self, state: int) -> str:
         return STATE_CHARS[state]

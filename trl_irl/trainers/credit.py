@@ -28,6 +28,7 @@ from ..rewards.objectives import by_rows, completion_logps
 
 CREDITS = ("sequence", "redistribution", "attention", "implicit", "airl")
 _NEEDS = {"redistribution": "classifier", "attention": "classifier", "implicit": "lm", "airl": "lm"}
+CREDIT_NEEDS_REWARD_MODEL = tuple(_NEEDS)  # every credit but sequence reads the reward model's token-level scores
 
 
 def check_credit(name: str, objective, has_reward_model: bool, beta: float, same_tokenizer: bool):

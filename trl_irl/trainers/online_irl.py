@@ -28,6 +28,13 @@ from ..validation import check_dataset, check_tokenizer
 from .credit import CREDITS, check_credit, reward_model_batch, token_rewards
 
 
+def no_bf16_without_gpu(args):
+    """TRL's configs turn bf16 on when it is unset, and transformers then refuses to run without a GPU: unset, it
+    stays off on a machine without CUDA (and with ``use_cpu``), so a config written for a GPU also runs on CPU."""
+    if getattr(args, "bf16", False) is None and (args.use_cpu or not torch.cuda.is_available()):
+        args.bf16 = False
+
+
 @dataclass
 class OnlineRewardFields:
     """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
@@ -52,6 +59,7 @@ class OnlineRewardFields:
                 "reward model moves; matters when it is combined with other reward functions)."})
 
     def __post_init__(self):
+        no_bf16_without_gpu(self)
         super().__post_init__()
         make_objective(self.objective, self.reward_prefix_weight)  # fails early on a bad name or weight
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):

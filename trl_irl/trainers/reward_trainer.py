@@ -8,6 +8,7 @@ from trl import RewardConfig, RewardTrainer
 
 from ..rewards.objectives import collate, make_objective, tokenize_completions
 from ..validation import check_dataset, check_tokenizer
+from .online_irl import no_bf16_without_gpu
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -23,6 +24,7 @@ class IRLRewardConfig(RewardConfig):
                 "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss)."})
 
     def __post_init__(self):
+        no_bf16_without_gpu(self)
         super().__post_init__()
         make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
 

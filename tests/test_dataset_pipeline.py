@@ -1,0 +1,186 @@
+"""A user's file through the whole job on the tiny model (a character tokenizer built from the file's text): plain
+and chat rows, the oracle's reward is the verifier's, SPIN trains, and bad input stops before any model loads."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TRL_IRL = shutil.which("trl-irl", path=str(Path(sys.executable).parent)) or "trl-irl"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+SMALL = ["bc.num_train_epochs=2", "reward.pretrain.num_train_epochs=1", "algo.max_steps=2",
+         "algo.per_device_train_batch_size=8", "algo.num_generations=4", "algo.save_steps=2", "eval.batch_size=32"]
+
+
+def reversal_file(path: Path, n=60, chat=False) -> Path:
+    rows = []
+    for i in range(n):
+        items = [chr(97 + int(d)) for d in format(i + 8, "o")]  # distinct: i written in octal, as letters
+        prompt, answer = "rev " + "".join(items) + "=", "".join(reversed(items))
+        if chat:
+            rows.append({"prompt": [{"role": "user", "content": prompt}],
+                         "completion": [{"role": "assistant", "content": answer}]})
+        else:
+            rows.append({"prompt": prompt, "completion": answer})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def run(*args, cwd=None, timeout=300):
+    return subprocess.run([TRL_IRL, *args], env=ENV, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def composed(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from trl_irl.cli import CONF_DIR, config_dict
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return config_dict(compose("config", overrides=list(overrides)))
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat"])
+def test_a_users_file_end_to_end(chat, tmp_path):
+    """`trl-irl task=dataset task.path=my.jsonl task.verifier=exact`: BC, online IRL and the oracle, the table with
+    gap closed, metrics a dataset supports (and not the automaton's), and samples a person can read."""
+    reversal_file(tmp_path / "my.jsonl", chat=chat)
+    out = tmp_path / "run"
+    result = run("task=dataset", "task.path=my.jsonl", "task.verifier=exact", *SMALL, f"hydra.run.dir={out}",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == str(out / "metrics.json")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["arms"]) == ["bc", "grpo", "oracle"]
+    for arm in metrics["arms"].values():
+        assert 0.0 <= arm["success_rate"] <= 1.0 and arm["demo_nll_per_token"] > 0.0
+        assert "expert_logprob_per_token" not in arm and "valid_token_rate" not in arm  # no known expert here
+        assert {"reward_accuracy", "reward_ties", "kl_to_bc", "mean_length", "distinct_2"} <= set(arm)
+    bc, irl, oracle = (metrics["arms"][a]["success_rate"] for a in ("bc", "grpo", "oracle"))
+    expected = (irl - bc) / (oracle - bc) if oracle > bc else None
+    assert metrics["gap_closed"] == {"grpo": pytest.approx(expected) if expected is not None else None}
+    assert metrics["reference"]["success_rate"] == 1.0  # every demonstration passes its own verifier
+    assert metrics["task"]["chat"] is chat and metrics["task"]["heldout"] == 6
+    assert "gap_closed" in result.stdout and "oracle" in result.stdout
+    records = [json.loads(line) for line in (out / "samples_oracle.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score"}
+    if chat:
+        assert records[0]["prompt"].startswith("user: rev ") and records[0]["prompt"].endswith("\nassistant: ")
+    assert all(r["score"] == float(r["sample"].strip() == r["demonstration"]) for r in records)
+
+
+@pytest.fixture
+def dataset_pipeline(tmp_path):
+    from trl_irl.pipeline import Pipeline
+
+    path = reversal_file(tmp_path / "my.jsonl")
+    pipeline = Pipeline(composed("task=dataset", f"task.path={path}", "task.verifier=exact", *SMALL,
+                                 "bc.num_train_epochs=1", f"output_dir={tmp_path / 'run'}"))
+    pipeline.setup()
+    pipeline.behaviour_cloning()
+    return pipeline
+
+
+def test_the_oracles_reward_is_the_verifier(dataset_pipeline):
+    """The oracle trainer's rewards, through TRL's own reward call, equal the verifier on each row: right answers
+    get 1, wrong ones 0, whatever the demonstrations look like."""
+    p = dataset_pipeline
+    trainer = p.build_policy_trainer("oracle", max_steps=1)
+    assert trainer.reward_updater is None  # no reward model: nothing learns a reward here
+    rows = [p.rows_dataset(p.demos)[i] for i in range(8)]
+    completions = [r["demonstration"] if i % 2 == 0 else r["demonstration"][::-1] + "x" for i, r in enumerate(rows)]
+    ids = [p.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
+    rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], completions, ids)
+    expected = [p.task.verifier(r["prompt"], c, p.demos[r["row_index"]]) for r, c in zip(rows, completions)]
+    assert rewards[:, 0].tolist() == expected == [1.0, 0.0] * 4
+
+
+def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipeline):
+    """SPIN's DPO rounds raise the demonstrations' log-likelihood relative to the policy's own samples: on the first
+    round's pairs (BC's samples, regenerated with the round's seed), log pi(demo) - log pi(sample) grows from BC to
+    the SPIN policy."""
+    from trl_irl.evaluation import sample_completions
+    from trl_irl.rewards.objectives import completion_logps, encode
+
+    p = dataset_pipeline
+    p.cfg["spin"] |= {"rounds": 2, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8}
+    p.spin_training()
+    assert (p.out / "spin" / "round_1" / "final" / "model.safetensors").exists()
+    assert (p.final_dir("spin") / "DONE").exists()
+    bc, spin = p.load_policy(p.bc_path), p.load_policy(str(p.final_dir("spin")))
+    prompts, demos = [r["prompt"] for r in p.demos], [r["completion"] for r in p.demos]
+    samples = sample_completions(bc, p.tokenizer, prompts, p.data.max_completion_length, p.cfg["eval"]["batch_size"],
+                                 6000 + 100 * p.cfg["seed"] + 1)
+    keep = [i for i, (s, d) in enumerate(zip(samples, demos)) if s.strip() != d.strip()]
+
+    def margin(model):
+        logp = lambda texts: completion_logps(model, encode(p.tokenizer, [prompts[i] for i in keep],  # noqa: E731
+                                                             [texts[i] for i in keep])).sum(-1)
+        with torch.no_grad():
+            return (logp(demos) - logp(samples)).mean().item()
+
+    assert len(keep) > len(prompts) // 2
+    assert margin(spin) > margin(bc) + 1.0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task=dataset", "task.path=nowhere.jsonl"], "task.path=nowhere.jsonl: no such file or folder"),
+    (["task=dataset", "task.path={file}", "task.prompt_column=question"],
+     r"task.prompt_column='question' is not a column of"),
+    (["task=dataset", "task.path={file}", "arms=[bc,oracle]"], "arms: oracle is rewarded by the task's verifier"),
+    (["task=dataset", "task.path={file}", "task.verifier=exact", "arms=[bc,ppo]"], r"arms: \['ppo'\] unknown"),
+    (["task=dataset", "task.path={file}", "task.verifier=fuzzy"], "task.verifier='fuzzy' is unknown"),
+    (["task=dataset", "task.path={file}", "arms=[bc,spin]", "+spin.extra.betta=1"], r"unknown key\(s\) \['betta'\] under spin"),
+])
+def test_bad_input_is_refused_before_any_model_loads(overrides, message, tmp_path):
+    from trl_irl.pipeline import Pipeline
+
+    file = reversal_file(tmp_path / "my.jsonl")
+    cfg = composed(*[o.replace("{file}", str(file)) for o in overrides], f"output_dir={tmp_path / 'run'}")
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        Pipeline(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_filtering_that_leaves_no_rows_stops_before_the_model(tmp_path):
+    from trl_irl.pipeline import Pipeline
+
+    file = reversal_file(tmp_path / "my.jsonl")
+    pipeline = Pipeline(composed("task=dataset", f"task.path={file}", "task.max_prompt_length=3",
+                                 f"output_dir={tmp_path / 'run'}"))
+    with pytest.raises(ValueError, match="no training rows left with prompts of at most task.max_prompt_length=3"):
+        pipeline.run()
+    assert not (tmp_path / "run" / "init").exists() and not (tmp_path / "run" / "bc").exists()
+
+
+def test_cli_error_names_the_key_before_training(tmp_path):
+    reversal_file(tmp_path / "my.jsonl")
+    result = run("task=dataset", "task.path=my.jsonl", "task.completion_column=answer",
+                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "task.completion_column='answer' is not a column of my.jsonl" in result.stderr
+    assert not (tmp_path / "run" / "bc").exists()
+
+
+def test_a_registered_task_from_the_command_line(tmp_path):
+    """`task.name=<module>:<function>`: a user's own task, built from the task group's other keys."""
+    (tmp_path / "my_tasks.py").write_text(
+        "from trl_irl.tasks import DatasetTask\n"
+        "def reversal(path, **kwargs):\n"
+        "    return DatasetTask(path, verifier='exact', **kwargs)\n")
+    reversal_file(tmp_path / "my.jsonl")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from trl_irl.pipeline import Pipeline
+
+        cfg = composed("task=dataset", "task.name=my_tasks:reversal", f"task.path={tmp_path / 'my.jsonl'}",
+                       "~task.verifier", f"output_dir={tmp_path / 'run'}")
+        pipeline = Pipeline(cfg)
+        assert pipeline.arms == ["bc", "grpo", "oracle"]  # its verifier brings the oracle
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_tasks", None)

@@ -1,0 +1,307 @@
+"""``task=dataset``: your prompts and demonstrations from a file, checked before any model loads.
+
+``task.path`` is a JSONL / JSON / CSV / Parquet file, a folder written by ``datasets.save_to_disk``, or a hub id
+(where there is network). Each row has a prompt and a demonstration (``task.prompt_column``,
+``task.completion_column``), as plain strings or chat messages (``[{"role": ..., "content": ...}]``, rendered with
+the tokenizer's chat template), and optionally an answer for the verifier (``task.answer_column``).
+
+Rows are split three ways, by distinct prompt so that no held-out prompt is trained on: held-out rows
+(``task.split_column``, or a ``task.heldout_fraction`` of the prompts) are only evaluated; a
+``task.validation_fraction`` of the training prompts early-stops BC and scores reward pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import warnings
+from pathlib import Path
+
+from .base import Task, TaskData
+from .verifiers import make_verifier
+
+FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SAVE_TO_DISK_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+
+def read_table(path: str) -> dict[str | None, list[dict]]:
+    """The file's rows, by split when the source has splits (a ``DatasetDict`` folder or hub dataset), else
+    under ``None``. Errors name ``task.path`` and say what to fix."""
+    import datasets
+
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            if not any((p / name).exists() for name in SAVE_TO_DISK_FILES):
+                raise ValueError(f"task.path={path} is a folder, but not one written by datasets.save_to_disk (no "
+                                 f"{' / '.join(SAVE_TO_DISK_FILES)}): give a file ({', '.join(FORMATS)}) or such a folder")
+            loaded = datasets.load_from_disk(str(p))
+        elif p.exists():
+            if p.suffix.lower() not in FORMATS:
+                raise ValueError(f"task.path={path}: unknown format {p.suffix or '(no suffix)'!r}; use one of "
+                                 f"{', '.join(FORMATS)}, or a folder written by datasets.save_to_disk")
+            loaded = datasets.load_dataset(FORMATS[p.suffix.lower()], data_files=str(p), split="train")
+        elif p.suffix.lower() in FORMATS or path.startswith(("/", ".", "~")) or path.count("/") != 1:
+            raise FileNotFoundError(f"task.path={path}: no such file or folder (relative paths are read from the "
+                                    f"folder you run in, {Path.cwd()})")
+        else:  # owner/name: a hub dataset
+            try:
+                loaded = datasets.load_dataset(path)
+            except Exception as error:
+                raise ValueError(f"task.path={path}: no such local file or folder, and loading it as a hub dataset "
+                                 f"failed ({type(error).__name__}: {str(error)[:200]})") from None
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as error:  # a malformed file: say which and why, not pyarrow's traceback
+        raise ValueError(f"task.path={path} could not be read as {p.suffix or 'a dataset'} "
+                         f"({type(error).__name__}: {str(error)[:300]}); JSONL needs one JSON object per line") from None
+    if isinstance(loaded, (datasets.DatasetDict, dict)):
+        return {name: split.to_list() for name, split in loaded.items()}
+    return {None: loaded.to_list()}
+
+
+def is_messages(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)
+
+
+def text_problem(value) -> str | None:
+    """Why ``value`` is neither a non-empty string nor a non-empty list of chat messages (None: it is fine)."""
+    if isinstance(value, str):
+        return None if value.strip() else "empty"
+    if isinstance(value, list):
+        return None if is_messages(value) else "not a list of {'role': str, 'content': str} messages"
+    return "missing" if value is None else f"a {type(value).__name__}, not text or chat messages"
+
+
+def prompt_key(prompt) -> str:
+    """A row's prompt as a hashable key (chat messages as JSON): rows are split by distinct prompt."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def split_by_prompt(rows: list[dict], fraction: float, rng: random.Random, column: str) -> tuple[list, list]:
+    """(rest, part): ``part`` holds the rows of ``ceil(fraction * distinct prompts)`` prompts drawn by ``rng``."""
+    keys = sorted({prompt_key(r[column]) for r in rows})
+    rng.shuffle(keys)
+    chosen = set(keys[: math.ceil(fraction * len(keys))])
+    return [r for r in rows if prompt_key(r[column]) not in chosen], [r for r in rows if prompt_key(r[column]) in chosen]
+
+
+class DatasetTask(Task):
+    """Prompts and demonstrations from a file (see the module docstring); every field is a ``task.`` config key.
+
+    Args:
+        path: the file, ``save_to_disk`` folder or hub id.
+        prompt_column / completion_column: the prompt and the demonstration (strings or chat messages).
+        answer_column: the verifier's answer (None: the ``answer`` column if the file has one, else the
+            demonstration is the answer).
+        verifier: ``none``, ``exact``, ``numeric``, ``regex:<pattern>`` or ``python:<module>:<function>``
+            (``verifiers.py``).
+        split_column / train_split / heldout_split: rows whose split column holds ``train_split`` train, those
+            with ``heldout_split`` are held out (others are ignored, and counted). A ``save_to_disk`` folder or hub
+            dataset with these splits is split the same way. None: ``heldout_fraction`` of the prompts are held out.
+        validation_fraction: validation rows (BC early stopping, reward pretraining's accuracy) per training row,
+            of prompts no training row has; drawn from the rows ``num_demonstrations`` leaves over where it can.
+        num_demonstrations / num_heldout: at most this many training / held-out rows (None: all), drawn by ``seed``.
+        max_prompt_length: rows with a longer prompt (in tokens) are dropped, and counted (None: no limit).
+        max_completion_length: the generation limit in tokens, EOS included; longer demonstrations are cut to it
+            and counted (None: the longest demonstration's length + 1).
+        seed: the draw of held-out, validation and capped rows.
+    """
+
+    name = "dataset"
+
+    def __init__(self, path: str, prompt_column: str = "prompt", completion_column: str = "completion",
+                 answer_column: str | None = None, verifier: str = "none", split_column: str | None = None,
+                 train_split: str = "train", heldout_split: str = "test", heldout_fraction: float = 0.1,
+                 validation_fraction: float = 0.1, num_demonstrations: int | None = None,
+                 num_heldout: int | None = None, max_prompt_length: int | None = None,
+                 max_completion_length: int | None = None, seed: int = 0):
+        self.path, self.prompt_column, self.completion_column = str(path), prompt_column, completion_column
+        self.split_column, self.train_split, self.heldout_split = split_column, str(train_split), str(heldout_split)
+        self.heldout_fraction, self.validation_fraction = heldout_fraction, validation_fraction
+        self.num_demonstrations, self.num_heldout, self.seed = num_demonstrations, num_heldout, seed
+        self.max_prompt_length, self.max_completion_length = max_prompt_length, max_completion_length
+        for key in ("heldout_fraction", "validation_fraction"):
+            if not 0 < getattr(self, key) < 1:
+                raise ValueError(f"task.{key} must be in (0, 1), got {getattr(self, key)}")
+        for key in ("num_demonstrations", "num_heldout", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"task.{key} must be a positive integer or null, got {value!r}")
+        self.splits = read_table(self.path)
+        columns = sorted({c for rows in self.splits.values() for r in rows[:1] for c in r})
+        if answer_column is None and "answer" in columns and "answer" != completion_column:
+            answer_column = "answer"
+        self.answer_column = answer_column
+        for key, column in (("prompt_column", prompt_column), ("completion_column", completion_column),
+                            ("answer_column", answer_column), ("split_column", split_column)):
+            if column is not None and column not in columns:
+                raise ValueError(f"task.{key}={column!r} is not a column of {self.path} (it has {columns}): set "
+                                 f"task.{key}=<one of them>")
+        self._verifier = make_verifier(verifier, answer_given=answer_column is not None)
+        self.verifier_name = str(verifier)
+        self.all_rows = [r for rows in self.splits.values() for r in rows]
+        self._check_rows()
+        self.train_rows, self.heldout_rows, self.report = self._split()
+
+    # --- reading and splitting (no tokenizer) -------------------------------------------------------------------
+    def _check_rows(self):
+        """Every row must hold text (or chat messages) in the prompt and completion columns, and an answer."""
+        checks = [("prompt_column", self.prompt_column, text_problem),
+                  ("completion_column", self.completion_column, text_problem)]
+        if self.answer_column is not None:
+            checks.append(("answer_column", self.answer_column,
+                           lambda v: "missing" if v is None or (isinstance(v, str) and not v.strip()) else None))
+        for key, column, problem in checks:
+            bad = [(i, p) for i, r in enumerate(self.all_rows) if (p := problem(r.get(column))) is not None]
+            if bad:
+                shown = ", ".join(f"row {i} ({p})" for i, p in bad[:5])
+                raise ValueError(f"task.path={self.path}: {len(bad)} row(s) have no usable '{column}' "
+                                 f"(task.{key}): {shown}{' ...' if len(bad) > 5 else ''} (rows counted from 0; "
+                                 "a JSONL line is row + 1). Fix or remove them")
+
+    def _split(self) -> tuple[list[dict], list[dict], dict]:
+        rng = random.Random(self.seed)
+        report: dict = {"path": self.path}
+        if self.split_column is not None or set(self.splits) - {None}:
+            rows = self.all_rows
+            if self.split_column is not None:
+                values = sorted({str(r[self.split_column]) for r in rows})
+                train = [r for r in rows if str(r[self.split_column]) == self.train_split]
+                heldout = [r for r in rows if str(r[self.split_column]) == self.heldout_split]
+                where, found = f"task.split_column={self.split_column}", values
+            else:
+                train = self.splits.get(self.train_split, [])
+                heldout = self.splits.get(self.heldout_split)
+                where, found = "the dataset's splits", sorted(self.splits)
+                if heldout is None:  # one split only: hold out prompts from it
+                    train, heldout = split_by_prompt(train, self.heldout_fraction, rng, self.prompt_column)
+            for name, part, value in (("train_split", train, self.train_split), ("heldout_split", heldout, self.heldout_split)):
+                if not part:
+                    raise ValueError(f"task.path={self.path}: no rows with {where} = {value!r} (task.{name}); the "
+                                     f"values found are {found}: set task.{name}=<one of them>")
+            report["ignored_split_rows"] = len(rows) - len(train) - len(heldout)
+            shared = {prompt_key(r[self.prompt_column]) for r in train} & {prompt_key(r[self.prompt_column]) for r in heldout}
+            report["heldout_prompts_in_train"] = len(shared)
+            if shared:
+                n_heldout = len({prompt_key(r[self.prompt_column]) for r in heldout})
+                warnings.warn(f"task.path={self.path}: {len(shared)} of {n_heldout} held-out prompts also appear in "
+                              "training rows, so held-out scores partly measure recall; leave task.split_column "
+                              "unset to split by prompt (task.heldout_fraction)", UserWarning, stacklevel=2)
+        else:
+            rows = self.all_rows
+            train, heldout = split_by_prompt(rows, self.heldout_fraction, rng, self.prompt_column)
+            if not train:
+                n = len({prompt_key(r[self.prompt_column]) for r in rows})
+                raise ValueError(f"task.path={self.path} has {n} distinct prompt(s): holding out "
+                                 f"task.heldout_fraction={self.heldout_fraction} of them leaves none for training; add "
+                                 "rows or lower it")
+        report["rows_read"] = len(rows)
+        rng.shuffle(train)
+        rng.shuffle(heldout)
+        return train, heldout, report
+
+    # --- the Task interface -----------------------------------------------------------------------------------
+    @property
+    def verifier(self):
+        return self._verifier
+
+    @property
+    def chat(self) -> bool:
+        return any(isinstance(r[c], list) for r in self.all_rows for c in (self.prompt_column, self.completion_column))
+
+    @property
+    def alphabet(self) -> list[str]:
+        """Every character of the file's prompts and demonstrations (and of the chat template a character
+        tokenizer renders messages with): what the tiny model's tokenizer is built from."""
+        from ..models import CHAR_CHAT_LITERALS
+
+        chars = set(CHAR_CHAT_LITERALS) if self.chat else set()
+        for r in self.all_rows:
+            for column in (self.prompt_column, self.completion_column):
+                value = r[column]
+                for text in [value] if isinstance(value, str) else [m[k] for m in value for k in ("role", "content")]:
+                    chars.update(text)
+        return sorted(chars)
+
+    def render_prompt(self, tokenizer, prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"task.prompt_column={self.prompt_column!r} holds chat messages, but the tokenizer has no "
+                             "chat template: use a chat model (model.path=...), or give the prompts as plain text")
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    @staticmethod
+    def render_completion(completion) -> str:
+        """A demonstration's text: the string, or the content of its (assistant) messages."""
+        return completion if isinstance(completion, str) else "".join(m["content"] for m in completion)
+
+    def draw_validation(self, rows: list[dict], rng: random.Random) -> tuple[list[dict], list[dict]]:
+        """(train, validation): ``num_demonstrations`` training rows (all: None) and ``validation_fraction`` times as
+        many validation rows, of other prompts, taken from the rows left over where there are enough."""
+        keys = list(dict.fromkeys(r["prompt"] for r in rows))  # rows are shuffled already: prompts in that order
+        rng.shuffle(keys)
+        by_prompt: dict[str, list[dict]] = {}
+        for r in rows:
+            by_prompt.setdefault(r["prompt"], []).append(r)
+        n_train = min(self.num_demonstrations or len(rows), len(rows))
+        n_validation = math.ceil(self.validation_fraction * n_train)
+        if n_train + n_validation > len(rows):  # not enough rows for both: validation comes out of the training rows
+            n_train = len(rows) - n_validation
+        validation, train = [], []
+        for key in keys:  # whole prompts, validation first, so no validation prompt is trained on
+            (validation if len(validation) < n_validation else train).extend(by_prompt[key])
+        if not train or not validation:
+            raise ValueError(f"task.path={self.path}: {len(keys)} distinct training prompt(s) cannot give both "
+                             "training and validation rows: add rows, or lower task.validation_fraction")
+        return train[:n_train], validation
+
+    def data(self, tokenizer, seed: int = 0) -> TaskData:
+        """Render chat messages, drop rows whose prompt is over ``max_prompt_length`` tokens, draw the training and
+        validation rows, cap the held-out rows and cut demonstrations to ``max_completion_length``. ``seed``
+        is unused: the file's split is ``task.seed``'s, the same for every run seed (one held-out set to compare)."""
+        rng = random.Random(self.seed + 1)
+        report = dict(self.report, chat=self.chat)
+
+        def prepared(rows):
+            out = []
+            for r in rows:
+                prompt = self.render_prompt(tokenizer, r[self.prompt_column])
+                out.append({"prompt": prompt, "completion": self.render_completion(r[self.completion_column]),
+                            "answer": (str(r[self.answer_column]) if self.answer_column is not None
+                                       else self.render_completion(r[self.completion_column])),
+                            "row": r, "_prompt_tokens": len(ids(prompt))})
+            return out
+
+        def ids(text):
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        train, heldout = prepared(self.train_rows), prepared(self.heldout_rows)
+        dropped = 0
+        if self.max_prompt_length is not None:
+            keep = lambda rows: [r for r in rows if r["_prompt_tokens"] <= self.max_prompt_length]  # noqa: E731
+            dropped = len(train) + len(heldout) - len(kept_train := keep(train)) - len(kept_heldout := keep(heldout))
+            train, heldout = kept_train, kept_heldout
+        report["dropped_long_prompts"] = dropped
+        for name, rows in (("training", train), ("held-out", heldout)):
+            if not rows:  # only a prompt limit removes rows here
+                raise ValueError(f"task.path={self.path}: no {name} rows left with prompts of at most "
+                                 f"task.max_prompt_length={self.max_prompt_length} tokens: raise it (or set null)")
+        train, validation = self.draw_validation(train, rng)
+        heldout = heldout[: self.num_heldout] if self.num_heldout else heldout
+        everything = train + validation + heldout
+        limit = self.max_completion_length or max(len(ids(r["completion"])) for r in everything) + 1
+        truncated = 0
+        for r in train + validation + heldout:
+            completion_ids = ids(r["completion"])
+            if len(completion_ids) + 1 > limit:  # no room for EOS: the demonstration is cut at the limit
+                r["completion"] = tokenizer.decode(completion_ids[:limit], skip_special_tokens=True)
+                truncated += 1
+        report |= {"train": len(train), "validation": len(validation), "heldout": len(heldout),
+                   "truncated_completions": truncated, "max_completion_length": limit}
+        longest = max(r.pop("_prompt_tokens") for r in train + validation + heldout)
+        return TaskData(train=train, validation=validation, heldout=heldout, max_completion_length=limit,
+                        max_prompt_length=longest, report=report)
