@@ -97,6 +97,31 @@ def test_the_oracles_reward_is_the_verifier(dataset_pipeline):
     rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], completions, ids)
     expected = [p.task.verifier(r["prompt"], c, p.demos[r["row_index"]]) for r, c in zip(rows, completions)]
     assert rewards[:, 0].tolist() == expected == [1.0, 0.0] * 4
+    p.reward_pretraining()
+    irl = p.build_policy_trainer("grpo", max_steps=1)  # online IRL: its one reward is the reward model's
+    assert [f.__name__ for f in irl.reward_funcs] == ["irl_reward"] and irl.reward_updater is not None
+
+
+def test_spin_on_a_4bit_lora_policy(tmp_path):
+    """SPIN with peft=lora quant=4bit: DPO trains the policy adapter against a frozen copy of it, and the arm is
+    saved as the adapter alone plus the merged model, like every other arm."""
+    from trl_irl.pipeline import Pipeline
+
+    path = reversal_file(tmp_path / "my.jsonl")
+    p = Pipeline(composed("task=dataset", f"task.path={path}", "task.verifier=exact", "peft=lora", "quant=4bit",
+                          "bc.num_train_epochs=1", "arms=[bc,spin]", "spin.rounds=1", "spin.learning_rate=1e-3",
+                          "spin.per_device_train_batch_size=8", f"output_dir={tmp_path / 'run'}"))
+    p.setup()
+    p.behaviour_cloning()
+    p.spin_training()
+    final = p.final_dir("spin")
+    assert (final / "adapter_model.safetensors").exists() and (final / "DONE").exists()
+    assert (final.parent / "merged" / "model.safetensors").exists()
+    from trl_irl.models import read_safetensors
+
+    bc, spin = read_safetensors(p.bc_path), read_safetensors(final)
+    assert set(bc) == set(spin)  # the policy adapter only: no "ref" copy saved
+    assert any(not torch.equal(bc[k], spin[k]) for k in bc)  # and it trained
 
 
 def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipeline):

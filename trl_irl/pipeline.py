@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -299,6 +300,8 @@ class Pipeline:
                                  callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
             trainer.train()
             self.mark_done("bc", self.save_model(trainer.model))
+            # the epoch checkpoints served load_best_model_at_end; final/ is the best model (a 7B's would be GBs)
+            self.on_main(lambda: [shutil.rmtree(c) for c in (self.out / "bc").glob("checkpoint-*")])
             del trainer
             release_memory()
         self.bc_path = str(self.final_dir("bc"))

@@ -18,8 +18,8 @@ def check_dataset(dataset, required: list[str], name: str):
     for column in required:
         if not isinstance(first[column], str):
             raise ValueError(f"{name}['{column}'] must hold plain text (str); got {type(first[column]).__name__}. "
-                             "Conversational (message-list) data is not supported by trl_irl yet: apply the chat "
-                             "template first")
+                             "The trainers take plain text: render chat messages with tokenizer.apply_chat_template "
+                             "first (the trl-irl job's task=dataset does this for you)")
 
 
 def check_tokenizer(tokenizer, name: str = "processing_class"):
