@@ -55,6 +55,14 @@ def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
     return x.view(-1, group_size, *x.shape[1:])
 
 
+def _reference(x: torch.Tensor, mask: torch.Tensor, dim) -> torch.Tensor:
+    """One valid entry's value along ``dim`` (the largest; 0 where none is valid). Means are taken of ``x - ref`` and
+    ``ref`` added back, so entries that tie give a mean equal to them exactly and a spread of exactly 0 (a plain
+    float mean of ties can miss by an ulp, which a division by a small std turns into advantages of order 1)."""
+    ref = torch.where(mask > 0, x, torch.full_like(x, -torch.inf)).amax(dim, keepdim=True)
+    return torch.where(torch.isinf(ref), torch.zeros_like(ref), ref)
+
+
 def group_baseline(returns: torch.Tensor, mask: torch.Tensor, group_size: int,
                    leave_one_out: bool = False) -> torch.Tensor:
     """Per-position mean return of the group's completions running at t:
@@ -62,34 +70,45 @@ def group_baseline(returns: torch.Tensor, mask: torch.Tensor, group_size: int,
         b_{i,t} = mean_{j in group(i), mask_{j,t}=1} G_{j,t}             (GRPO, REINFORCE++-baseline)
         b_{i,t} = mean_{j in group(i), j != i, mask_{j,t}=1} G_{j,t}     (RLOO: leave-one-out)
 
-    Where no (other) completion of the group runs at t, the baseline is 0.
+    Where no (other) completion of the group runs at t, the baseline is 0. Tied returns give a baseline equal to
+    them exactly (``_reference``).
     """
     mask = mask.to(returns.dtype)
-    g_returns, g_mask = _grouped(returns * mask, group_size), _grouped(mask, group_size)
-    total, count = g_returns.sum(1, keepdim=True), g_mask.sum(1, keepdim=True)
+    g_returns, g_mask = _grouped(returns, group_size), _grouped(mask, group_size)
+    ref = _reference(g_returns, g_mask, 1)
+    shifted = torch.where(g_mask > 0, g_returns - ref, torch.zeros_like(g_returns))
+    total, count = shifted.sum(1, keepdim=True), g_mask.sum(1, keepdim=True)
     if leave_one_out:
-        total, count = total - g_returns, count - g_mask
-    baseline = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-    return (baseline.expand_as(g_returns) if not leave_one_out else baseline).reshape_as(returns) * mask
+        total, count = total - shifted, count - g_mask
+    baseline = torch.where(count > 0, ref + total / count.clamp(min=1), torch.zeros_like(total))
+    return baseline.expand_as(g_returns).reshape_as(returns) * mask
 
 
-def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, scale: bool = True,
+def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, scale: str = "group",
                     eps: float = 1e-4) -> torch.Tensor:
-    """GRPO group normalisation (Shao et al. 2024), per position:
+    """GRPO group normalisation (Shao et al. 2024), per position, with TRL's ``scale_rewards``:
 
-        A_{i,t} = (G_{i,t} - b_{i,t}) / (s_g + eps),   s_g^2 = sum_{j in g, t valid} (G_{j,t} - b_{j,t})^2 / (n_g - 1)
+        A_{i,t} = (G_{i,t} - b_{i,t}) / (s + eps)
+        group:  s = s_g,  s_g^2 = sum_{j in g, t valid} (G_{j,t} - b_{j,t})^2 / (n_g - 1)
+        batch:  s^2 = sum_{valid j,t} (G_{j,t} - mean G)^2 / (n - 1)     (the std of the returns over the batch)
+        none:   s = 0 and no eps: A = G - b
 
-    b the per-position group mean (``group_baseline``), n_g the group's number of valid tokens. On (B, 1) s_g is the
-    group's (unbiased) reward std, so this is TRL's GRPO advantage exactly; per token, s_g measures the spread of
-    what is being normalised (a group whose totals tie but whose token returns differ is not blown up).
+    b the per-position group mean (``group_baseline``), n_g the group's number of valid tokens, n the batch's. On
+    (B, 1) this is TRL's GRPO advantage exactly, eps added to the std as TRL does (TRL's ``1e-4``); per token, s_g
+    measures the spread of what is being normalised (a group whose totals tie but whose token returns differ is
+    not blown up). A tied group gets advantages of exactly 0; so does a group of one (its s_g is taken as 0).
     """
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale_rewards={scale!r}: choose 'group', 'batch' or 'none' (as TRL's GRPOConfig)")
     mask = mask.to(returns.dtype)
     advantages = (returns - group_baseline(returns, mask, group_size)) * mask
-    if scale:
+    if scale == "group":
         g_adv, g_mask = _grouped(advantages, group_size), _grouped(mask, group_size)
         dims = tuple(range(1, g_adv.dim()))
         var = (g_adv**2).sum(dims) / (g_mask.sum(dims) - 1).clamp(min=1)
         advantages = advantages / (var.sqrt().repeat_interleave(group_size).view(-1, 1) + eps)
+    elif scale == "batch":
+        advantages = advantages / (masked_var(returns, mask).sqrt() + eps)
     return advantages
 
 
@@ -109,13 +128,25 @@ def remax_advantages(returns: torch.Tensor, mask: torch.Tensor, greedy_returns: 
     return (returns - greedy) * mask.to(returns.dtype)
 
 
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of the valid entries of ``x`` (0 for fewer than two); ties give exactly 0."""
+    mask = mask.to(x.dtype)
+    n = mask.sum()
+    ref = _reference(x.flatten(), mask.flatten(), 0)
+    shifted = torch.where(mask > 0, x - ref, torch.zeros_like(x))
+    mean = shifted.sum() / n.clamp(min=1)
+    return (((shifted - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
+
+
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the valid entries of the whole batch; zero on padding."""
+    """(x - mean) / sqrt(var + eps) over the valid entries of the whole batch; zero on padding. The epsilon goes
+    inside the square root, as OpenRLHF's and TRL's ``masked_whiten`` do: a constant batch whitens to exactly 0."""
     mask = mask.to(x.dtype)
     n = mask.sum().clamp(min=1)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / (n - 1).clamp(min=1)
-    return (x - mean) / (var.sqrt() + eps) * mask
+    ref = _reference(x.flatten(), mask.flatten(), 0)
+    shifted = torch.where(mask > 0, x - ref, torch.zeros_like(x))
+    centred = shifted - shifted.sum() / n
+    return centred * torch.rsqrt(masked_var(x, mask) + eps) * mask
 
 
 def reinforce_pp_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int | None = None) -> torch.Tensor:

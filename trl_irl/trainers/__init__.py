@@ -5,7 +5,7 @@ trainer's ``compute_advantages`` (PPO: ``_transform_scored``), from the pure fun
 """
 
 from .algorithms import (ReinforcePPConfig, ReinforcePPTrainer, ReMaxTrainer, RLOOTokenTrainer, TRLRLOOConfig,
-                         TRLRLOOTrainer)
+                         TRLRLOOTrainer, UnscaledAdvantagesConfig)
 from .credit import CREDITS
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardMixin
 from .ppo import PPOConfig, PPOTrainer
@@ -14,12 +14,12 @@ from .reward_trainer import IRLRewardConfig, IRLRewardTrainer
 ALGORITHMS = {
     "grpo": (OnlineIRLConfig, OnlineIRLTrainer),
     "rloo": (TRLRLOOConfig, TRLRLOOTrainer),
-    "rloo_token": (OnlineIRLConfig, RLOOTokenTrainer),
-    "remax": (OnlineIRLConfig, ReMaxTrainer),
+    "rloo_token": (UnscaledAdvantagesConfig, RLOOTokenTrainer),
+    "remax": (UnscaledAdvantagesConfig, ReMaxTrainer),
     "reinforce_pp": (ReinforcePPConfig, ReinforcePPTrainer),
     "ppo": (PPOConfig, PPOTrainer),
 }
 
 __all__ = ["ALGORITHMS", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
            "OnlineRewardMixin", "PPOConfig", "PPOTrainer", "ReMaxTrainer", "RLOOTokenTrainer", "ReinforcePPConfig",
-           "ReinforcePPTrainer", "TRLRLOOConfig", "TRLRLOOTrainer"]
+           "ReinforcePPTrainer", "TRLRLOOConfig", "TRLRLOOTrainer", "UnscaledAdvantagesConfig"]

@@ -15,17 +15,17 @@ from trl import RLOOConfig, RLOOTrainer
 
 from .. import credit as C
 from .credit import CREDITS
-from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin
+from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin, sequence_rewards
 
 logger = logging.get_logger(__name__)
 
 
-class RLOOTokenTrainer(OnlineIRLTrainer):
-    """RLOO (Ahmadian et al. 2024) with a token-level loss: A_{i,t} = G_{i,t} - mean_{j != i} G_{j,t}, no std scaling.
-    Use it for token credit; ``TRLRLOOTrainer`` is TRL's sequence-level RLOO."""
+@dataclass
+class UnscaledAdvantagesConfig(OnlineIRLConfig):
+    """OnlineIRLConfig for estimators whose advantage is a plain difference of returns (RLOO, ReMax)."""
 
-    def compute_advantages(self, returns, mask, output, inputs):
-        return self.across_processes(lambda g, m: C.rloo_advantages(g, m, self.num_generations), returns, mask)
+    scale_rewards: str = field(default="none", metadata={
+        "help": "'none' only: RLOO's and ReMax's advantages are not divided by a standard deviation."})
 
 
 @dataclass
@@ -35,10 +35,24 @@ class ReinforcePPConfig(OnlineIRLConfig):
     group_baseline: bool = field(default=True, metadata={
         "help": "Subtract the per-position group mean before the global normalisation (REINFORCE++-baseline); "
                 "False: plain REINFORCE++ (global normalisation only)."})
+    scale_rewards: str = field(default="batch", metadata={
+        "help": "'batch' only: REINFORCE++ normalises over the whole batch."})
+
+
+class RLOOTokenTrainer(OnlineIRLTrainer):
+    """RLOO (Ahmadian et al. 2024) with a token-level loss: A_{i,t} = G_{i,t} - mean_{j != i} G_{j,t}, no std scaling.
+    Use it for token credit; ``TRLRLOOTrainer`` is TRL's sequence-level RLOO."""
+
+    SCALE_REWARDS = ("none",)
+
+    def compute_advantages(self, returns, mask, output, inputs):
+        return self.across_processes(lambda g, m: C.rloo_advantages(g, m, self.num_generations), returns, mask)
 
 
 class ReinforcePPTrainer(OnlineIRLTrainer):
     """REINFORCE++ (Hu 2025): A = whiten_batch(G - b), b the group mean with ``group_baseline`` else 0."""
+
+    SCALE_REWARDS = ("batch",)
 
     def compute_advantages(self, returns, mask, output, inputs):
         group = self.num_generations if self.args.group_baseline else None
@@ -48,6 +62,8 @@ class ReinforcePPTrainer(OnlineIRLTrainer):
 class ReMaxTrainer(OnlineIRLTrainer):
     """ReMax (Li et al. 2024): the baseline is the reward of a greedy completion of the same prompt (one extra greedy
     rollout per prompt group), A_{i,t} = G_{i,t} - G^greedy_{i,t}."""
+
+    SCALE_REWARDS = ("none",)
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer):
         super()._check_setup(args, objective, reward_model, same_tokenizer)
@@ -68,11 +84,11 @@ class ReMaxTrainer(OnlineIRLTrainer):
         row_to_group = torch.cumsum(torch.zeros(n, dtype=torch.long).index_fill(0, group_starts, 1), 0) - 1
         tokenizer, pick = self.processing_class, group_starts.to(device)
         prompt_ids, prompt_mask = output["prompt_ids"][pick], output["prompt_mask"][pick]
-        generated = self.accelerator.unwrap_model(self.model).generate(
+        generated = self.accelerator.unwrap_model(self.model).generate(  # every EOS id TRL stops sampling at
             input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False, max_new_tokens=self.max_completion_length,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=self.eos_token_ids)
         completion_ids = generated[:, prompt_ids.size(1):]
-        is_eos = completion_ids == tokenizer.eos_token_id
+        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=device))
         end = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1) - 1)
         completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= end[:, None]).long()
         greedy_inputs = [inputs[i] for i in group_starts.tolist()]
@@ -85,15 +101,18 @@ class ReMaxTrainer(OnlineIRLTrainer):
         finally:
             self._scoring_baseline = False
         k = len(greedy_inputs)
-        rewards = (per_func * self.reward_weights.to(per_func.device)).nansum(1)
+        rewards = sequence_rewards(per_func, self.reward_weights)
         self._metrics["train"]["remax/greedy_reward"].append(rewards.mean().item())
-        rewards = rewards[self.accelerator.process_index * k : (self.accelerator.process_index + 1) * k]
+        local = slice(self.accelerator.process_index * k, (self.accelerator.process_index + 1) * k)
+        rewards = rewards[local]
+        scorable = ~torch.isnan(per_func).all(1)[local, None]  # an unscorable greedy completion: baseline 0
         greedy = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
                   "completion_mask": completion_mask}
         if self.args.token_level:
+            completion_mask = completion_mask * scorable
             returns = C.discounted_returns(self.token_rewards(greedy, rewards), completion_mask, self.args.credit_gamma)
         else:
-            returns, completion_mask = rewards[:, None], torch.ones_like(rewards[:, None])
+            returns, completion_mask = rewards[:, None], scorable.to(rewards.dtype)
         index = row_to_group.to(device)
         return returns[index], completion_mask[index]
 

@@ -234,6 +234,11 @@ class OnlineRewardMixin:
         return os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
 
 
+def sequence_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, n_funcs) rewards -> (B,): the weighted sum over the functions that scored the row (TRL's nansum)."""
+    return (per_func * weights.to(per_func.device)).nansum(dim=1)
+
+
 class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
     """GRPO with an online-IRL (or fixed) reward and token-level credit; the base of our other algorithms.
 
@@ -242,8 +247,27 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
     advantages, which TRL's token-level clipped loss accepts as they are.
     """
 
+    # the values of TRL's ``scale_rewards`` this trainer's own advantages honour (the others are refused)
+    SCALE_REWARDS: tuple[str, ...] = ("group", "batch", "none")
+
     def _check_setup(self, args, objective, reward_model, same_tokenizer):
         check_credit(args.credit, objective, reward_model is not None, args.beta, same_tokenizer)
+        if not self.own_advantages(args):
+            return  # TRL's GRPO advantages: TRL honours its own settings
+        name = type(self).__name__
+        if args.scale_rewards not in self.SCALE_REWARDS:
+            raise ValueError(f"{name} with scale_rewards={args.scale_rewards!r}: its advantages take "
+                             f"{list(self.SCALE_REWARDS)} only (set scale_rewards={self.SCALE_REWARDS[0]!r}, "
+                             f"algo.scale_rewards={self.SCALE_REWARDS[0]} on the CLI)")
+        if args.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(f"{name} with multi_objective_aggregation={args.multi_objective_aggregation!r}: our "
+                             "advantages (token credit, or this algorithm's estimator) sum the weighted reward functions "
+                             "first; set multi_objective_aggregation='sum_then_normalize', or use algo=grpo with "
+                             "credit=sequence (TRL's own advantages)")
+
+    def own_advantages(self, args) -> bool:
+        """True where this trainer replaces TRL's advantages (token credit, or an estimator of its own)."""
+        return type(self).compute_advantages is not OnlineIRLTrainer.compute_advantages or args.token_level
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -254,32 +278,32 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
     def compute_advantages(self, returns: torch.Tensor, mask: torch.Tensor, output: dict, inputs: list) -> torch.Tensor:
         """Local returns (B, T) -> advantages (B, T). GRPO: per-position group mean, group std of the return."""
         return self.across_processes(lambda g, m: C.grpo_advantages(g, m, self.num_generations,
-                                                                    scale=self.scale_rewards != "none"), returns, mask)
+                                                                    scale=self.scale_rewards), returns, mask)
 
     # --- wiring -----------------------------------------------------------------------------------------------
-    def uses_trl_advantages(self) -> bool:
-        return type(self).compute_advantages is OnlineIRLTrainer.compute_advantages and not self.args.token_level
-
     def _transform_scored(self, output, inputs):
-        if not self.model.training or self.uses_trl_advantages():
+        if not self.model.training or not self.own_advantages(self.args):
             return output
-        rewards = self.local_sequence_rewards(len(inputs))
+        rewards, scorable = self.local_sequence_rewards(len(inputs))
         if self.args.token_level:
-            mask = output["completion_mask"]
+            mask = output["completion_mask"] * scorable[:, None]
             returns = C.discounted_returns(self.token_rewards(output, rewards), mask, self.args.credit_gamma)
         else:  # sequence level: one return per completion
-            returns, mask = rewards[:, None], torch.ones_like(rewards[:, None])
+            returns, mask = rewards[:, None], scorable[:, None].to(rewards.dtype)
         advantages = self.compute_advantages(returns, mask, output, inputs)
         output["advantages"] = advantages if self.args.token_level else advantages[:, 0]
         self._log_advantages(advantages, mask)
         return output
 
-    def local_sequence_rewards(self, n_local: int) -> torch.Tensor:
-        """This process's sequence rewards (B,): every reward function, weighted (unscorable rows count 0)."""
+    def local_sequence_rewards(self, n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's sequence rewards (B,), every reward function weighted and summed (TRL's
+        ``sum_then_normalize``), and which rows are scorable (B,) bool. A row for which every reward function
+        returned None is TRL's unscorable row: its reward is 0 here and the estimators mask it out (no baseline
+        share, no advantage), as TRL's advantages do."""
         per_func = self._last_rewards_per_func
-        rewards = (per_func * self.reward_weights.to(per_func.device)).nansum(dim=1)
         start = self.accelerator.process_index * n_local
-        return rewards[start : start + n_local]
+        return sequence_rewards(per_func, self.reward_weights)[start : start + n_local], \
+            ~torch.isnan(per_func).all(dim=1)[start : start + n_local]
 
     def token_rewards(self, output: dict, sequence_rewards: torch.Tensor) -> torch.Tensor:
         """(B, T) token rewards from the configured credit source, plus the per-token KL penalty."""

@@ -49,6 +49,8 @@ class PPOConfig(OnlineIRLConfig):
         "help": "Gradient clipping of the critic (under DeepSpeed the engine clips it with the policy at max_grad_norm)."})
     whiten_advantages: bool = field(default=True, metadata={
         "help": "Normalise advantages over the batch's valid tokens (mean 0, std 1)."})
+    scale_rewards: str = field(default="none", metadata={
+        "help": "GRPO's reward scaling does not apply to GAE: 'none' only (whiten_advantages normalises PPO's)."})
     critic_model: str | None = field(default=None, metadata={
         "help": "Path of the critic's initial weights (a causal LM or token classifier). Default: the policy's own "
                 "weights, with a zero value head, so the critic starts from the policy's features."})
@@ -82,6 +84,11 @@ class PPOTrainer(OnlineIRLTrainer):
     """PPO with a separate critic and GAE over token rewards from any credit source (``credit=sequence``: the
     reward on the last token). Takes the same reward sources as every trainer here."""
 
+    SCALE_REWARDS = ("none",)  # GAE's advantages are normalised by whiten_advantages
+
+    def own_advantages(self, args) -> bool:
+        return True
+
     def __init__(self, *args, critic=None, **kwargs):
         deepspeed = deepspeed_stage(kwargs.get("args", args[2] if len(args) > 2 else None)) is not None
         if deepspeed and not isinstance(critic, AdapterRole):
@@ -105,11 +112,13 @@ class PPOTrainer(OnlineIRLTrainer):
     def _transform_scored(self, output, inputs):
         if not self.model.training:
             return output
-        mask = output["completion_mask"]
-        rewards = self.token_rewards(output, self.local_sequence_rewards(len(inputs)))  # (B, T)
+        sequence, scorable = self.local_sequence_rewards(len(inputs))
+        mask = output["completion_mask"] * scorable[:, None]  # unscorable rows: no advantage, value target = V
+        rewards = self.token_rewards(output, sequence)  # (B, T)
         with torch.no_grad():
             values = self.values(self.critic, output, self.args.per_device_train_batch_size)  # as TRL's log-probs
         advantages, returns = C.gae(rewards, values, mask, self.args.credit_gamma, self.args.gae_lambda)
+        returns = torch.where(mask.bool(), returns, values)
         if self.args.whiten_advantages:
             advantages = self.across_processes(C.whiten, advantages, mask)
         output.update(advantages=advantages, returns=returns, old_values=values)
