@@ -117,7 +117,7 @@ def test_spin_on_a_4bit_lora_policy(tmp_path):
     final = p.final_dir("spin")
     assert (final / "adapter_model.safetensors").exists() and (final / "DONE").exists()
     assert (final.parent / "merged" / "model.safetensors").exists()
-    from trl_irl.models import read_safetensors
+    from trl_irl.checkpoints import read_safetensors
 
     bc, spin = read_safetensors(p.bc_path), read_safetensors(final)
     assert set(bc) == set(spin)  # the policy adapter only: no "ref" copy saved

@@ -134,15 +134,8 @@ def test_scale_rewards_honoured_or_refused_by_each_estimator(cls, allowed):
 
 
 def check_own(trainer, args):
-    """OnlineIRLTrainer._check_setup's own part (the credit check needs a real objective; it is tested elsewhere)."""
-    import trl_irl.trainers.online_irl as module
-
-    saved = module.check_credit
-    module.check_credit = lambda *a, **k: None
-    try:
-        OnlineIRLTrainer._check_setup(trainer, args, None, None, True)
-    finally:
-        module.check_credit = saved
+    """The trainer's own advantage-settings check (the pipeline calls it at start-up, the trainer at construction)."""
+    type(trainer).check_advantage_settings(args)
 
 
 def test_the_configs_default_to_the_scaling_their_estimator_takes():

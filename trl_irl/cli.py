@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -37,6 +37,30 @@ def config_dict(cfg: DictConfig) -> dict:
         raise ValueError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
 
 
+GROUPS = ("task", "model", "quant", "peft", "reward", "algo", "credit", "logger")
+
+
+def check_keys_known(container: dict, choices: dict, overrides: list[str]):
+    """The pipeline job's config has no key its schema lacks: the schema is the config of the same group choices,
+    without recipe or overrides (a misspelt ``+sead=3`` or a recipe's ``taks:`` is refused, not ignored). Call it
+    where Hydra is initialised (``compose`` needs it)."""
+    from hydra import compose
+
+    from .validation import check_unknown_keys
+
+    if container.get("job") != "pipeline":
+        return
+    schema = compose("config", overrides=[f"{g}={choices[g]}" for g in GROUPS if choices.get(g)] + ["recipe=default"])
+    schema = OmegaConf.to_container(schema, resolve=False)
+    recipe = choices.get("recipe")
+
+    def source(path: str) -> str:
+        written = [o for o in overrides if (o.lstrip("+~").split("=")[0] + ".").startswith(path + ".")]
+        return f" (on the command line: {written[0]})" if written else f" (from recipe={recipe} or a config file)"
+
+    check_unknown_keys(container, schema, source)
+
+
 def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
     """The ``trl-irl`` job from Python: the same config and overrides (``"task=dataset"``, ``"task.path=my.jsonl"``,
     ...), run in ``output_dir``; returns the path of ``metrics.json``. Multirun and Hydra's own flags are the CLI's."""
@@ -45,8 +69,13 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
     from .pipeline import Pipeline
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"output_dir={Path(output_dir).resolve()}"])
-    container = config_dict(cfg)
+        cfg = compose("config", overrides=[*overrides, f"output_dir={Path(output_dir).resolve()}"],
+                      return_hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        container = config_dict(cfg)
+        check_keys_known(container, choices, list(overrides))
     if container["job"] != "pipeline":
         raise ValueError(f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
                          f"trl-irl {' '.join(overrides)}")
@@ -55,7 +84,11 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
     container = config_dict(cfg)
+    runtime = HydraConfig.get()
+    check_keys_known(container, dict(runtime.runtime.choices), list(runtime.overrides.task))
     if container["job"] == "prompt_oirl":
         from .prompt_oirl.experiment import run
 

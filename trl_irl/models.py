@@ -3,7 +3,6 @@ reward models initialised from the policy. Everything is saved to disk so TRL re
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from .checkpoints import atomic_directory
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # chat messages for the character tokenizer: "user: ...\nassistant: " (a task's alphabet adds these characters)
@@ -59,32 +60,6 @@ def save_model(model, tokenizer, path: str | Path) -> str:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return str(path)
-
-
-@contextlib.contextmanager
-def atomic_directory(directory: str | Path):
-    """Yields an empty sibling folder to write into; when the block ends it takes ``directory``'s place, and the old
-    content is removed only after that: a crash mid-write leaves the previous state (or nothing) in place."""
-    directory = Path(directory)
-    tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        directory.rename(old)
-    tmp.rename(directory)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of every ``*.safetensors`` file in ``directory`` (sharded checkpoints included); {} if none."""
-    from safetensors.torch import load_file
-
-    weights = {}
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        weights.update(load_file(f))
-    return weights
 
 
 def load_reward_model(path: str | Path, kind: str) -> torch.nn.Module:

@@ -11,21 +11,27 @@ The arms (``arms``; default ``[bc, <algo>, oracle]``, the oracle where the task 
     spin     SPIN (Chen et al. 2024): ``spin.rounds`` rounds of TRL's DPOTrainer, the demonstration chosen over the
              current policy's own sample
 
-Each stage writes its final model under ``output_dir/<stage>/final``; with ``resume=true`` finished stages are
-reused and policy training continues from its last checkpoint. The evaluation reads every arm from disk.
+Each stage writes its final model under ``output_dir/<stage>/final`` and the config that shaped it in
+``<stage>/stage_config.json``. One run holds the folder at a time (``run_folder.RunLock``). With ``resume=true``
+finished stages are reused, and policy training continues from its newest complete checkpoint (or
+``resume_from``), once every stage's config matches this run's (``run_folder.check_resume``). The evaluation reads
+every arm from disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-import os
+import re
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
+from .checkpoints import atomic_write_text, non_finite, select_checkpoint
+from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .tasks import make_task
 
 
@@ -38,9 +44,14 @@ def check_keys(cls, keys, where: str):
 
 
 def build_args(cls, values: dict, where: str):
-    """A TRL config from a plain dict, validated by ``check_keys``."""
+    """A TRL config from a plain dict, validated by ``check_keys``; the config's own checks (TRL's, ours) name the
+    section the values came from, and ``reward_<key>`` fields as ``reward.online.<key>``."""
     check_keys(cls, values, where)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as error:
+        message = re.sub(r"\breward_(?!model\b|funcs\b|weights\b|prefix_weight\b)(\w+)", r"reward.online.\1", str(error))
+        raise ValueError(f"{where}: {message}") from None
 
 
 def load_tokenizer(model_cfg: dict):
@@ -67,12 +78,6 @@ def release_memory():
         torch.cuda.empty_cache()
 
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def verifier_reward(score, rows: list[dict]):
     """The oracle arm's reward function for TRL: the task's verifier ``score(prompt, completion, row)`` on each
     completion, its row looked up by the dataset's ``row_index`` column (TRL passes dataset columns to reward
@@ -91,6 +96,9 @@ class Pipeline:
         from accelerate import PartialState
         from accelerate.utils import broadcast_object_list
 
+        from .validation import check_ranges
+
+        check_ranges(cfg)
         self.cfg = cfg
         self.use_cpu = (not torch.cuda.is_available()) if cfg["use_cpu"] == "auto" else bool(cfg["use_cpu"])
         # one process, or several under `accelerate launch` (DDP): every rank runs every stage; the main process
@@ -106,13 +114,9 @@ class Pipeline:
         from .rewards import make_objective
 
         self.objective = make_objective(cfg["reward"]["objective"], cfg["reward"]["prefix_weight"])
-        from trl import DPOConfig, SFTConfig
-
-        from .trainers import ALGORITHMS, IRLRewardConfig
+        from .trainers import ALGORITHMS
         from .trainers.credit import check_credit
 
-        check_keys(SFTConfig, cfg["bc"]["extra"], "bc.extra")
-        check_keys(IRLRewardConfig, cfg["reward"]["pretrain"], "reward.pretrain")
         if cfg["algo"]["name"] not in ALGORITHMS:
             raise ValueError(f"algo.name={cfg['algo']['name']!r} is unknown: choose one of {sorted(ALGORITHMS)}")
         self.algo = cfg["algo"]["name"]
@@ -126,11 +130,9 @@ class Pipeline:
                              f"only; for credit={cfg['credit']['name']} use algo=rloo_token (token-level RLOO loss)")
         check_keys(config_cls, self.credit_args(), "credit")
         self.arms = self.resolve_arms()
-        if "spin" in self.arms:
-            check_keys(DPOConfig, self.spin_args("spin"), "spin / spin.extra")
-            if cfg["spin"]["rounds"] < 1:
-                raise ValueError(f"spin.rounds must be >= 1, got {cfg['spin']['rounds']}")
+        self.resume_from = self.resolve_resume_from()
         self.check_model_setup()
+        self.check_trainer_configs()
 
     def resolve_arms(self) -> list[str]:
         """``arms`` checked against what this run can train; null: bc, online IRL, and the oracle if it can."""
@@ -149,6 +151,25 @@ class Pipeline:
             raise ValueError("arms: oracle is rewarded by the task's verifier, and this task has none: set "
                              "task.verifier (exact, numeric, regex:<pattern>, python:<module>:<function>) or drop oracle")
         return arms
+
+    def resolve_resume_from(self) -> tuple[str, str, str] | None:
+        """``resume_from``: ``checkpoint-N`` (of the online-IRL arm) or ``<arm>/checkpoint-N`` -> (arm, name, as
+        written)."""
+        value = self.cfg.get("resume_from")
+        if value is None:
+            return None
+        match = re.fullmatch(r"(?:([\w.-]+)/)?(checkpoint-\d+)", str(value))
+        trained = [a for a in self.arms if a not in ("bc", "spin")]
+        if not match:
+            raise ValueError(f"resume_from={value!r}: give checkpoint-N (the {self.algo} arm's) or <arm>/checkpoint-N "
+                             f"with <arm> one of {trained}")
+        arm = match.group(1) or self.algo
+        if arm not in trained:
+            raise ValueError(f"resume_from={value!r}: {arm} is not a policy-trained arm of this run; choose one of "
+                             f"{trained}")
+        if not self.cfg["resume"]:
+            raise ValueError(f"resume_from={value} continues a run: add resume=true")
+        return arm, match.group(2), str(value)
 
     def check_model_setup(self):
         """model / quant / peft / shared_base: consistent before anything is loaded."""
@@ -169,6 +190,12 @@ class Pipeline:
         if cfg["model"].get("path") is None and cfg["model"]["name"] != "tiny":
             raise ValueError(f"model.path is missing for model={cfg['model']['name']}: give a local folder "
                              "(model.path=/path/to/model)")
+        path = cfg["model"].get("path")
+        if path is not None and not cfg["model"].get("export_from") and not Path(str(path)).expanduser().exists():
+            hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not str(path).startswith((".", "~"))
+            if not hub_id:
+                raise ValueError(f"model.path={path}: the folder does not exist. Give the folder of a saved model "
+                                 "(config.json, weights, tokenizer), or a hub id org/name where you have network")
         if cfg["model"].get("path") is None and self.task.alphabet is None:
             raise ValueError(f"task.name={cfg['task']['name']} gives no alphabet for the tiny model's character "
                              "tokenizer: give a model (model=local model.path=...)")
@@ -196,6 +223,68 @@ class Pipeline:
                 "num_train_epochs": c["num_train_epochs"], "per_device_train_batch_size": c["per_device_train_batch_size"],
                 "save_strategy": "no", "logging_steps": 10, **c["extra"]}
 
+    # --- every trainer config of the run: built at start-up (so their checks fire first) and by each stage ---------
+    def bc_config(self):
+        from trl import SFTConfig
+
+        c = self.cfg["bc"]
+        return build_args(SFTConfig, {
+            **self.common_args("bc"), "learning_rate": c["learning_rate"], "num_train_epochs": c["num_train_epochs"],
+            "per_device_train_batch_size": c["per_device_train_batch_size"], "eval_strategy": "epoch",
+            "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc / bc.extra")
+
+    def reward_pretrain_config(self):
+        from .trainers import IRLRewardConfig
+
+        return build_args(IRLRewardConfig, {
+            **self.common_args("reward_pretrain"), "objective": self.objective.name,
+            "prefix_weight": self.objective.prefix_weight, "eval_strategy": "epoch", "save_strategy": "no",
+            "logging_steps": 5, **self.cfg["reward"]["pretrain"]}, "reward.pretrain")
+
+    def policy_config(self, stage: str, max_completion_length: int, **overrides):
+        """The algorithm's config for an RL arm: online IRL (``stage`` = the algo), or the oracle."""
+        from .trainers import ALGORITHMS
+        from .trainers.credit import CREDIT_NEEDS_REWARD_MODEL
+
+        a = dict(self.cfg["algo"])
+        a.pop("name")
+        extra = a.pop("extra")
+        if stage == "oracle":  # the verifier is a reward function: no reward model, so no credit read from one
+            credit = self.credit_args("sequence" if self.cfg["credit"]["name"] in CREDIT_NEEDS_REWARD_MODEL else None)
+            online = {}
+        else:
+            credit = self.credit_args()
+            online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
+        return build_args(ALGORITHMS[self.algo][0], {
+            **self.common_args(stage), "objective": self.objective.name,
+            "reward_prefix_weight": self.objective.prefix_weight, "max_completion_length": max_completion_length,
+            "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
+
+    def spin_config(self, round_: int):
+        from trl import DPOConfig
+
+        return build_args(DPOConfig, self.spin_args(f"spin/round_{round_}"), "spin / spin.extra")
+
+    def check_trainer_configs(self):
+        """Build each trainer config this run will use, so that TRL's checks (and ours) stop a bad value before any
+        model loads or stage runs. The completion length is the task's, or a stand-in before the data is read."""
+        from .trainers import ALGORITHMS
+
+        length = self.cfg["task"].get("max_completion_length") or 1
+        if "bc" in self.stages():
+            self.bc_config()
+        if self.algo in self.arms:
+            self.reward_pretrain_config()
+        for arm in self.arms:
+            if arm == "spin":
+                self.spin_config(1)
+            elif arm != "bc":
+                trainer_cls = ALGORITHMS[self.algo][1]
+                config = self.policy_config(arm, length)
+                if hasattr(trainer_cls, "check_advantage_settings"):  # ours; TRL's RLOO checks its own
+                    trainer_cls.check_advantage_settings(config)
+
     def final_dir(self, stage: str) -> Path:
         return self.out / stage / "final"
 
@@ -208,14 +297,73 @@ class Pipeline:
         self.state.wait_for_everyone()
         return result
 
-    def mark_done(self, stage: str, save):
-        """``save(final_dir)`` on the main process, then the DONE marker that ``resume`` looks for."""
+    def begin(self, stage: str):
+        """A stage starts training: its folder records the config that shapes it (``resume`` compares it)."""
+        self.on_main(write_stage_config, self.out / stage, stage_config(self.cfg, stage, self.algo))
+
+    def mark_done(self, stage: str, save, model=None):
+        """``save(final_dir)`` on the main process, then the DONE marker that ``resume`` looks for; a ``model`` holding
+        NaN or inf is refused first."""
+        bad = non_finite({stage: model})
+        if bad:
+            raise FloatingPointError(f"{stage}: NaN or inf in {bad[:5]}: training diverged and the model is not "
+                                     "saved. Lower its learning rate; policy training resumes from its last checkpoint "
+                                     "(resume=true), which was checked the same way")
 
         def write():
             save(self.final_dir(stage))
             (self.final_dir(stage) / "DONE").touch()
 
         self.on_main(write)
+
+    def stages(self) -> list[str]:
+        """Every stage folder this run may write, in training order."""
+        stages = ["bc"]
+        if self.algo in self.arms:
+            stages.append("reward_pretrain")
+        return stages + [a for a in self.arms if a != "bc"]
+
+    def check_folder(self):
+        """Before any stage runs (main process): a fresh run needs a folder without another run's stages; a resumed
+        one needs stages trained under this config (or ``retrain_changed``), and says when there is nothing to
+        resume."""
+        present = [s for s in self.stages() if (self.out / s).exists()]
+        if not self.cfg["resume"]:
+            if present:
+                raise ValueError(f"{self.out} already holds trained stages {present}: resume=true continues that run "
+                                 "(its config is checked against this one); for a new run choose another output folder "
+                                 "(hydra.run.dir=...)")
+            return
+        if not present:
+            print(f"resume=true: nothing to resume in {self.out} (no stage folders); starting from the beginning",
+                  flush=True)
+            return
+        check_resume(self.out, self.stages(), self.cfg, self.algo, bool(self.cfg.get("retrain_changed")))
+        if self.resume_from:
+            arm, name, written = self.resume_from
+            if (self.final_dir(arm) / "DONE").exists():
+                raise ValueError(f"resume_from={written}: {arm} has finished ({self.final_dir(arm)}); to train it again "
+                                 f"from {name}, delete {self.final_dir(arm)} first")
+            if not (self.out / arm / name).is_dir():
+                there = sorted(p.name for p in (self.out / arm).glob("checkpoint-*")) if (self.out / arm).exists() else []
+                raise ValueError(f"resume_from={written}: no such checkpoint in {self.out / arm} (there: "
+                                 f"{there or 'none'})")
+
+    def resume_checkpoint(self, stage: str) -> str | None:
+        """The checkpoint ``stage`` continues from (torn ones set aside), the same on every process; None: start."""
+        from accelerate.utils import broadcast_object_list
+
+        if not self.cfg["resume"]:
+            return None
+        requested = self.resume_from if self.resume_from and self.resume_from[0] == stage else (None, None, None)
+
+        def choose():
+            chosen = select_checkpoint(self.out / stage, requested[1], label=requested[2])
+            if chosen is not None:
+                print(f"resume: {stage} continues from {chosen}", flush=True)
+            return None if chosen is None else str(chosen)
+
+        return broadcast_object_list([self.on_main(choose)])[0]
 
     def save_model(self, model):
         """A ``save`` for ``mark_done``: the model (or a PEFT model's adapters) and the tokenizer, as safetensors."""
@@ -280,15 +428,11 @@ class Pipeline:
     def behaviour_cloning(self):
         from datasets import Dataset
         from transformers import EarlyStoppingCallback
-        from trl import SFTConfig, SFTTrainer
+        from trl import SFTTrainer
 
         if not self.done("bc"):
-            c = self.cfg["bc"]
-            args = build_args(SFTConfig, {
-                **self.common_args("bc"), "learning_rate": c["learning_rate"], "num_train_epochs": c["num_train_epochs"],
-                "per_device_train_batch_size": c["per_device_train_batch_size"], "eval_strategy": "epoch",
-                "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
-                "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc")
+            self.begin("bc")
+            c, args = self.cfg["bc"], self.bc_config()
             model, peft = self.init_path, {}
             if self.peft:  # loaded here so the CPU 4-bit fix applies; TRL wraps it with the adapter
                 from .models import load_causal_lm, lora_config
@@ -348,7 +492,7 @@ class Pipeline:
 
         from .evaluation import sample_completions
         from .models import load_reward_model
-        from .trainers import IRLRewardConfig, IRLRewardTrainer
+        from .trainers import IRLRewardTrainer
 
         if self.peft:
             from .shared_base import REWARD
@@ -364,6 +508,7 @@ class Pipeline:
             return
         else:
             self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind)
+        self.begin("reward_pretrain")
         bc_model = self.load_policy(self.bc_path)
 
         def pairs(rows, seed):
@@ -378,12 +523,7 @@ class Pipeline:
         if self.peft:
             self.pretrain_reward_role(train, validation, bc_model)
             return
-        args = build_args(IRLRewardConfig, {**self.common_args("reward_pretrain"), "objective": self.objective.name,
-                                            "prefix_weight": self.objective.prefix_weight,
-                                            "eval_strategy": "epoch",
-                                            "save_strategy": "no", "logging_steps": 5,
-                                            **self.cfg["reward"]["pretrain"]}, "reward.pretrain")
-        trainer = IRLRewardTrainer(model=self.reward_model, args=args, train_dataset=train, eval_dataset=validation,
+        trainer = IRLRewardTrainer(model=self.reward_model, args=self.reward_pretrain_config(), train_dataset=train, eval_dataset=validation,
                                    processing_class=self.tokenizer,
                                    policy=bc_model if self.objective.needs_policy else None)
         trainer.train()
@@ -424,40 +564,33 @@ class Pipeline:
         oracle = stage == "oracle"
         if not oracle:
             self.timed("reward_pretrain", self.reward_pretraining)
+        checkpoint = self.resume_checkpoint(stage)
+        if checkpoint is None:
+            self.begin(stage)
         trainer = self.build_policy_trainer(stage)
-        resume = self.cfg["resume"] and any((self.out / stage).glob("checkpoint-*"))
-        trainer.train(resume_from_checkpoint=True if resume else None)
+        trainer.train(resume_from_checkpoint=checkpoint)
         if not oracle:
             self.log_history = trainer.state.log_history
+            bad = non_finite({"reward": self.reward_model})
+            if bad:
+                raise FloatingPointError(f"{stage}: NaN or inf in the reward model ({bad[:5]}); not saved")
             self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
-        self.mark_done(stage, self.save_policy(trainer.model.eval()))
+        self.mark_done(stage, self.save_policy(trainer.model.eval()), trainer.model)
         del trainer
         self.release_arm()
 
     def build_policy_trainer(self, stage: str | None = None, **overrides):
         """The configured algorithm's trainer for ``stage`` (online IRL, or ``"oracle"``), from the BC policy."""
         from .trainers import ALGORITHMS
-        from .trainers.credit import CREDIT_NEEDS_REWARD_MODEL
 
         stage = stage or self.algo
         oracle = stage == "oracle"
-        config_cls, trainer_cls = ALGORITHMS[self.algo]
-        a = dict(self.cfg["algo"])
-        a.pop("name")
-        extra = a.pop("extra")
-        if oracle:  # the verifier is a reward function: no reward model, so no credit read from one
-            credit = self.credit_args("sequence" if self.cfg["credit"]["name"] in CREDIT_NEEDS_REWARD_MODEL else None)
+        trainer_cls = ALGORITHMS[self.algo][1]
+        args = self.policy_config(stage, self.data.max_completion_length, **overrides)
+        if oracle:  # the verifier is a reward function: no reward model
             reward = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, self.demos)]}
-            online = {}
         else:
-            credit = self.credit_args()
             reward = {"reward_model": self.reward_model}
-            online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
-        args = build_args(config_cls, {
-            **self.common_args(stage), "objective": self.objective.name,
-            "reward_prefix_weight": self.objective.prefix_weight,
-            "max_completion_length": self.data.max_completion_length,
-            "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
         model, shared = self.bc_path, {}
         if self.peft:  # the policy's PEFT model; PPO's critic an adapter on the shared base or on its own
             from .shared_base import CRITIC, POLICY
@@ -474,13 +607,14 @@ class Pipeline:
         demonstration over its sample (identical pairs, which carry no gradient, are dropped); the reference is the
         round's starting policy (TRL's DPOTrainer: a copy of it, or of its adapter)."""
         from datasets import Dataset
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOTrainer
 
         from .evaluation import sample_completions
 
         stage = "spin"
         if self.done(stage):
             return
+        self.begin(stage)
         rounds, path = self.cfg["spin"]["rounds"], self.bc_path
         prompts = [r["prompt"] for r in self.demos]
         for k in range(1, rounds + 1):
@@ -494,8 +628,7 @@ class Pipeline:
                   "demonstration dropped)", flush=True)
             if not pairs:  # the policy reproduces every demonstration: nothing left to prefer
                 break
-            trainer = DPOTrainer(model=model.train(), args=build_args(DPOConfig, self.spin_args(f"{stage}/round_{k}"),
-                                                                      "spin"),
+            trainer = DPOTrainer(model=model.train(), args=self.spin_config(k),
                                  train_dataset=Dataset.from_list(pairs), processing_class=self.tokenizer)
             trainer.train()
             path = str(self.out / stage / f"round_{k}" / "final")
@@ -550,7 +683,7 @@ class Pipeline:
                 reference=bc, reward_objective=self.objective if reward is not None else None, reward_model=reward,
                 batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm)
             text = "".join(json.dumps(r) + "\n" for r in records)
-            self.on_main(_atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
+            self.on_main(atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
             del policy
             release_memory()
             self.timings[f"eval_{arm}"] = round(time.perf_counter() - start, 2)
@@ -558,9 +691,14 @@ class Pipeline:
 
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
+        with RunLock(self.out) if self.state.is_main_process else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> Path:
         from .evaluation import demonstration_reference, gap_closed, plot, print_table
 
         start = time.perf_counter()
+        self.on_main(self.check_folder)
         self.timed("setup", self.setup)
         self.timed("bc", self.behaviour_cloning)
         for arm in self.arms:
@@ -580,7 +718,7 @@ class Pipeline:
         path = self.out / "metrics.json"
 
         def write():
-            _atomic_write_text(path, json.dumps(metrics, indent=2))
+            atomic_write_text(path, json.dumps(metrics, indent=2))
             plot(metrics, self.log_history, self.out / "metrics.png")
             print_table(metrics)
 

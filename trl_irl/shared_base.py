@@ -194,7 +194,7 @@ def copy_adapter(peft_model, source: str, target: str):
 
 def load_role(role: AdapterRole, directory):
     """Load what ``AdapterRole.save_pretrained`` wrote, in place (the shared base's parameters are updated)."""
-    from .models import read_safetensors
+    from .checkpoints import read_safetensors
 
     weights = read_safetensors(directory)
     if not weights:
@@ -211,7 +211,7 @@ def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=No
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=False)
     merged = PeftModel.from_pretrained(base, adapter_dir, adapter_name=POLICY).merge_and_unload()
-    from .models import atomic_directory
+    from .checkpoints import atomic_directory
 
     with atomic_directory(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

@@ -32,3 +32,91 @@ def check_tokenizer(tokenizer, name: str = "processing_class"):
                          "token)")
     if tokenizer.eos_token is None:
         raise ValueError(f"{name} has no eos token: set tokenizer.eos_token; completions are scored with EOS appended")
+
+
+# --- the job's config: every key known, every value in range, before anything runs ------------------------------
+# sections whose keys are checked against a dataclass (the trainer configs, the task's factory): not the schema's
+OPEN_SECTIONS = ("algo", "credit", "reward.pretrain", "reward.online", "bc.extra", "spin.extra", "task", "hydra")
+
+
+def _paths(value, prefix=""):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            yield path
+            yield from _paths(item, path)
+
+
+def check_unknown_keys(cfg: dict, schema: dict, source=lambda path: ""):
+    """Every key of ``cfg`` must be in ``schema`` (the same config groups without recipe or overrides), except
+    inside ``OPEN_SECTIONS``. The error names the key as written, where it came from (``source(path)``) and the
+    nearest valid key."""
+    import difflib
+
+    known = set(_paths(schema))
+    for path in _paths(cfg):
+        if path in known or any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS):
+            continue
+        parent = path.rpartition(".")[0]
+        if parent and parent not in known:
+            continue  # reported at its parent
+        siblings = sorted(p for p in known if p.rpartition(".")[0] == parent)
+        near = difflib.get_close_matches(path, siblings, n=1, cutoff=0.6) or \
+            difflib.get_close_matches(path.rpartition(".")[2], [p.rpartition(".")[2] for p in known], n=1, cutoff=0.7)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise ValueError(f"unknown config key {path}{source(path)}: {hint}valid keys "
+                         f"{'under ' + parent if parent else 'at the top level'}: "
+                         f"{[p.rpartition('.')[2] for p in siblings]}. Fix the spelling or remove it")
+
+
+def _get(cfg: dict, path: str):
+    value = cfg
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# (config path, the rule, a test of the value); a path absent from the config is skipped
+RANGES = [
+    ("seed", "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    ("threads", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
+      for s in ("bc", "spin", "algo", "reward.pretrain", "reward.online")],
+    ("algo.critic_learning_rate", "a number > 0", lambda v: _number(v) and v > 0),
+    *[(f"{s}.per_device_train_batch_size", "an integer >= 1",
+       lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+      for s in ("bc", "spin", "algo", "reward.pretrain")],
+    *[(f"{s}.num_train_epochs", "a number > 0", lambda v: _number(v) and v > 0)
+      for s in ("bc", "spin", "reward.pretrain")],
+    ("bc.early_stopping_patience", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
+    ("spin.rounds", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("spin.beta", "a number > 0", lambda v: _number(v) and v > 0),
+    ("algo.beta", "a number >= 0 (0: no KL term)", lambda v: _number(v) and v >= 0),
+    ("algo.max_steps", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("algo.num_generations", "an integer >= 2 (a group to compare)", lambda v: isinstance(v, int) and v >= 2),
+    ("algo.temperature", "a number > 0", lambda v: _number(v) and v > 0),
+    ("algo.save_steps", "a number > 0", lambda v: _number(v) and v > 0),
+    ("reward.prefix_weight", "a number >= 0", lambda v: _number(v) and v >= 0),
+    *[(f"reward.online.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+      for k in ("batch_size", "update_steps", "buffer_size")],
+    ("reward.online.update_every", "an integer >= 0 (0: a fixed reward model)", lambda v: isinstance(v, int) and v >= 0),
+    ("reward.online.max_grad_norm", "a number > 0", lambda v: _number(v) and v > 0),
+    ("reward.online.weight_decay", "a number >= 0", lambda v: _number(v) and v >= 0),
+    *[(f"model.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+      for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")],
+]
+
+
+def check_ranges(cfg: dict):
+    """Each value of ``RANGES`` in range; the error names the config path, the value and the rule."""
+    for path, rule, ok in RANGES:
+        value = _get(cfg, path)
+        if value is not None and not ok(value):
+            raise ValueError(f"{path}={value!r}: must be {rule}")

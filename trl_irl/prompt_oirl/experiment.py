@@ -113,7 +113,7 @@ def lookup_scores(logs: PromptLogs, train_rows: np.ndarray, test_rows: np.ndarra
 
 def run(cfg: dict, out: Path) -> Path:
     """The whole job; returns the path of metrics.json."""
-    from ..pipeline import _atomic_write_text
+    from ..checkpoints import atomic_write_text
 
     check_config(cfg)
     start = time.perf_counter()
@@ -223,7 +223,7 @@ def run(cfg: dict, out: Path) -> Path:
               "config": cfg}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "metrics.json"
-    _atomic_write_text(path, json.dumps(result, indent=2))
+    atomic_write_text(path, json.dumps(result, indent=2))
     report(result, out / "success_vs_k.png")
     return path
 

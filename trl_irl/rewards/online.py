@@ -8,6 +8,7 @@ rank holds the same reward model, and an atomic save/load of everything a resume
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import deque
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..models import atomic_directory, read_safetensors
+from ..checkpoints import atomic_directory, read_json, read_safetensors
 from ..shared_base import adapter_scope, trainable_parameters
 from .objectives import RewardObjective, check_batch_size, encode
 
@@ -131,6 +132,13 @@ class OnlineRewardUpdater:
             # every rank must end with the same reward model: average gradients before the step
             all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
             metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
+            if not (math.isfinite(loss.item()) and math.isfinite(metrics["grad_norm"])):
+                # stop before the step: the reward model (and so the last checkpoint) stays finite
+                raise FloatingPointError(
+                    f"the reward model's loss or gradient is not finite (loss {loss.item()}, grad norm "
+                    f"{metrics['grad_norm']}) at reward update {self.num_updates}: it is diverging. Lower reward_learning_rate or reward_max_grad_norm "
+                    "(reward.online.learning_rate / max_grad_norm on the CLI), and "
+                    "resume from the last checkpoint (resume=true) or an earlier one (resume_from=checkpoint-N)")
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)  # no gradients held between updates: one adapter's worth of memory
             self.num_updates += 1
@@ -170,7 +178,7 @@ class OnlineRewardUpdater:
             raise ValueError(f"reward checkpoint does not match the reward model: missing={missing} unexpected={unexpected}")
         device = next(self.model.parameters()).device
         self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
-        state = json.loads((directory / "state.json").read_text())
+        state = read_json(directory / "state.json")
         self.num_updates, self.num_batches = state["num_updates"], state["num_batches"]
         self.standardizer.load_state_dict(state["standardizer"])
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))

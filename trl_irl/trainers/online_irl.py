@@ -8,18 +8,22 @@ method, ``compute_advantages``: GRPO here, RLOO / ReMax / REINFORCE++ in ``algor
 Hooks (each calls ``super()`` and transforms its result; no TRL method body is copied):
     _generate_and_score_completions  token credit -> advantages (B, T); buffer the samples; update the reward model
     _calculate_rewards               stop on NaN rewards; standardise the IRL reward with running statistics
-    _save_checkpoint / _load_optimizer_and_scheduler   the reward model, its optimizer, buffer and statistics
+    _save_checkpoint / _load_optimizer_and_scheduler   the reward model, its optimizer, buffer and statistics; a
+                                                       NaN check first, the COMPLETE marker last
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 
 from .. import credit as C
+from ..checkpoints import mark_complete, non_finite
 from ..models import contiguous_lm_head_input
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
@@ -65,6 +69,13 @@ class OnlineRewardFields:
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "reward_learning_rate", "reward_max_grad_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.reward_weight_decay < 0 or self.beta < 0:
+            raise ValueError(f"reward_weight_decay and beta must be >= 0, got {self.reward_weight_decay} and {self.beta}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be >= 1 (or -1: num_train_epochs decides), got {self.max_steps}")
         if self.reward_update_every < 0:
             raise ValueError(f"reward_update_every must be >= 0 (0 freezes the reward model), got {self.reward_update_every}")
 
@@ -122,6 +133,30 @@ def check_backends(args, model, trainer: str):
                 f"{trainer} with use_vllm=true and a bitsandbytes-quantised policy (quant=4bit/8bit) fails in TRL 1.16: "
                 "the weight sync sends dequantised merged weights that vLLM's engine cannot load "
                 "(huggingface/trl#4973). Set use_vllm=false, or quant=none (LoRA on a full-precision base)")
+
+
+class EpochResumableSampler(torch.utils.data.Sampler):
+    """TRL's ``RepeatSampler`` draws each epoch's prompt order from one generator, so epoch e's order depends on the
+    e orders drawn before it. A resumed run builds a fresh sampler and skips those epochs without drawing them: past
+    an epoch boundary its order differed from the uninterrupted run's. The trainer calls ``set_epoch(e)`` before each
+    epoch; the first iteration then draws (and discards) the orders of the epochs it did not iterate."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch, self.iterated = sampler, 0, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __iter__(self):
+        s = self.sampler
+        if getattr(s, "shuffle", False):
+            for _ in range(self.epoch - self.iterated):
+                torch.randperm(s.num_samples, generator=s.generator)  # as RepeatSampler.__iter__ draws
+        self.iterated = max(self.iterated, self.epoch) + 1
+        return iter(s)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 class OnlineRewardMixin:
@@ -210,7 +245,9 @@ class OnlineRewardMixin:
                 raise FloatingPointError(
                     f"the IRL reward model returned NaN for {int(torch.isnan(irl).sum())} of {irl.numel()} completions "
                     f"at step {self.state.global_step}: it has diverged. Lower reward_learning_rate (now "
-                    f"{self.args.reward_learning_rate}) or reward_max_grad_norm, or resume from an earlier checkpoint")
+                    f"{self.args.reward_learning_rate}) or reward_max_grad_norm (reward.online.learning_rate / "
+                    "max_grad_norm on the CLI), and resume from the last checkpoint (resume=true; checkpoints are "
+                    "checked for NaN before they are written) or an earlier one (resume_from=checkpoint-N)")
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["irl/raw_reward"].append(irl.mean().item())
             if self.args.reward_standardize:
@@ -221,9 +258,39 @@ class OnlineRewardMixin:
         return rewards
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save and self.reward_updater is not None:
-            self.reward_updater.save(os.path.join(self._checkpoint_dir(trial), STATE_DIR))
+        """TRL's checkpoint, then ours (``_save_own_state``), then the ``COMPLETE`` marker, then the rotation of old
+        checkpoints (deferred from TRL's save, so a complete checkpoint is never deleted for a torn one). Nothing is
+        written when a trained model holds NaN or inf."""
+        bad = non_finite(self.trained_modules())
+        if bad:
+            raise FloatingPointError(
+                f"NaN or inf in {bad[:5]}{' ...' if len(bad) > 5 else ''} at step {self.state.global_step}: training "
+                "diverged, and this checkpoint is not written, so the last one stays usable. Lower the learning rates "
+                "(learning_rate, reward_learning_rate) and resume (resume=true, or resume_from=checkpoint-N)")
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # TRL's save rotates only with a limit
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        directory = Path(self._checkpoint_dir(trial))
+        if self.args.should_save:
+            self._save_own_state(directory)
+            mark_complete(directory)
+            rotate_checkpoints(output_dir=self._get_output_dir(trial=trial), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # as TRL's
+        self.accelerator.wait_for_everyone()
+
+    def _get_train_sampler(self, dataset=None):
+        return EpochResumableSampler(super()._get_train_sampler(dataset))
+
+    def _save_own_state(self, directory: Path):
+        """What TRL's checkpoint lacks (main process): the online reward model's state."""
+        if self.reward_updater is not None:
+            self.reward_updater.save(directory / STATE_DIR)
+
+    def trained_modules(self) -> dict:
+        """The models this trainer updates, by role, for the NaN check before a save."""
+        return {"policy": self.model, "reward": None if self.reward_updater is None else self.reward_updater.model}
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -252,22 +319,29 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer):
         check_credit(args.credit, objective, reward_model is not None, args.beta, same_tokenizer)
-        if not self.own_advantages(args):
+        self.check_advantage_settings(args)
+
+    @classmethod
+    def check_advantage_settings(cls, args):
+        """TRL's advantage settings this trainer's own advantages follow, or refuse (callable before a trainer is
+        built: the pipeline checks them at start-up)."""
+        if not cls.own_advantages(args):
             return  # TRL's GRPO advantages: TRL honours its own settings
-        name = type(self).__name__
-        if args.scale_rewards not in self.SCALE_REWARDS:
+        name = cls.__name__
+        if args.scale_rewards not in cls.SCALE_REWARDS:
             raise ValueError(f"{name} with scale_rewards={args.scale_rewards!r}: its advantages take "
-                             f"{list(self.SCALE_REWARDS)} only (set scale_rewards={self.SCALE_REWARDS[0]!r}, "
-                             f"algo.scale_rewards={self.SCALE_REWARDS[0]} on the CLI)")
+                             f"{list(cls.SCALE_REWARDS)} only (set scale_rewards={cls.SCALE_REWARDS[0]!r}, "
+                             f"algo.scale_rewards={cls.SCALE_REWARDS[0]} on the CLI)")
         if args.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(f"{name} with multi_objective_aggregation={args.multi_objective_aggregation!r}: our "
                              "advantages (token credit, or this algorithm's estimator) sum the weighted reward functions "
                              "first; set multi_objective_aggregation='sum_then_normalize', or use algo=grpo with "
                              "credit=sequence (TRL's own advantages)")
 
-    def own_advantages(self, args) -> bool:
+    @classmethod
+    def own_advantages(cls, args) -> bool:
         """True where this trainer replaces TRL's advantages (token credit, or an estimator of its own)."""
-        return type(self).compute_advantages is not OnlineIRLTrainer.compute_advantages or args.token_level
+        return cls.compute_advantages is not OnlineIRLTrainer.compute_advantages or args.token_level
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

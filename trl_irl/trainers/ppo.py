@@ -12,7 +12,7 @@ PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generati
                            by a post-hook, since Trainer zeroes only the model's gradients). Under DeepSpeed ZeRO-1/2
                            the engine reduces, clips (at max_grad_norm, with the policy) and clears the group itself,
                            which needs the critic on the shared base with its value head registered in the model
-    _save_checkpoint / _load_optimizer_and_scheduler   the critic's weights (its Adam state rides in the optimizer)
+    _save_own_state / _load_optimizer_and_scheduler    the critic's weights (its Adam state rides in the optimizer)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from .. import credit as C
-from ..models import atomic_directory, read_safetensors
+from ..checkpoints import atomic_directory, read_safetensors
 from ..rewards.losses import masked_mean
 from ..rewards.objectives import by_rows, model_inputs
 from ..rewards.online import all_reduce_mean_
@@ -86,7 +86,8 @@ class PPOTrainer(OnlineIRLTrainer):
 
     SCALE_REWARDS = ("none",)  # GAE's advantages are normalised by whiten_advantages
 
-    def own_advantages(self, args) -> bool:
+    @classmethod
+    def own_advantages(cls, args) -> bool:
         return True
 
     def __init__(self, *args, critic=None, **kwargs):
@@ -175,10 +176,12 @@ class PPOTrainer(OnlineIRLTrainer):
         optimizer.register_step_post_hook(zero_critic)
         return optimizer
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.args.should_save:
-            save_critic(self.critic, Path(self._checkpoint_dir(trial)) / CRITIC_DIR)
+    def _save_own_state(self, directory: Path):
+        super()._save_own_state(directory)
+        save_critic(self.critic, directory / CRITIC_DIR)
+
+    def trained_modules(self) -> dict:
+        return {**super().trained_modules(), "critic": self.critic}
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is not None:  # weights first: the optimizer state refers to these parameters
