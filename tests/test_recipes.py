@@ -24,10 +24,10 @@ def test_the_recipes_are_found():
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "prompt_oirl"])
-def test_each_pipeline_recipe_passes_the_checks(recipe):
+def test_each_pipeline_recipe_passes_the_checks(recipe, tmp_path):
     from trl_irl.pipeline import Pipeline
 
-    yours = ["model.path=/models/yours", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]
+    yours = [f"model.path={tmp_path}", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]  # a folder that exists
     cfg = composed(recipe, *(yours if recipe.startswith("qlora/") else []))
     Pipeline(cfg)  # raises on any inconsistent or misspelt setting (and reads the task's file)
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .rewards.objectives import RewardObjective, completion_logps, encode
+from .rewards.objectives import RewardObjective, completion_logps, encode, pair_accuracy
 
 
 @torch.no_grad()
@@ -83,15 +83,6 @@ def distinct_2(token_ids: list[list[int]]) -> float | None:
     """Distinct bigrams over all bigrams of the samples (None when no sample has two tokens)."""
     bigrams = [tuple(ids[j : j + 2]) for ids in token_ids for j in range(len(ids) - 1)]
     return len(set(bigrams)) / len(bigrams) if bigrams else None
-
-
-def pair_accuracy(r_demo: torch.Tensor, r_sample: torch.Tensor, same_text: list[bool]) -> tuple[float | None, float]:
-    """(accuracy over the pairs that are not ties, fraction of ties); a tie is a sample identical to its
-    demonstration or an equal reward. None when every pair ties."""
-    ties = torch.tensor(same_text, dtype=torch.bool, device=r_demo.device) | (r_demo == r_sample)
-    decided = ~ties
-    accuracy = float((r_demo > r_sample)[decided].float().mean()) if decided.any() else None
-    return accuracy, float(ties.float().mean()) if ties.numel() else 0.0
 
 
 def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,

@@ -120,3 +120,38 @@ def check_ranges(cfg: dict):
         value = _get(cfg, path)
         if value is not None and not ok(value):
             raise ValueError(f"{path}={value!r}: must be {rule}")
+
+
+def reward_model_kind(model) -> str | None:
+    """``"classifier"`` (one score per sequence), ``"lm"`` (a causal LM's logits) or None (unknown: not checked)."""
+    kind = getattr(model, "kind", None)  # a shared base's AdapterRole says what it is
+    if kind in ("classifier", "lm", "token"):
+        return kind
+    name = type(getattr(model, "get_base_model", lambda: model)()).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "classifier"
+    if name.endswith("ForCausalLM"):
+        return "lm"
+    return None
+
+
+def check_reward_model_kind(model, objective, name: str = "reward_model"):
+    """The reward model must be what ``objective`` scores with: BT and GAIL a sequence classifier, AIRL a causal LM."""
+    kind = reward_model_kind(model)
+    if kind is not None and kind != objective.model_kind:
+        want = "a sequence classifier (AutoModelForSequenceClassification, num_labels=1)" \
+            if objective.model_kind == "classifier" else "a causal LM (AutoModelForCausalLM)"
+        raise ValueError(f"{name} is a {type(model).__name__} ({kind}), but objective={objective.name!r} scores with "
+                         f"{want}: build it with trl_irl.models.load_reward_model(path, {objective.model_kind!r}), or "
+                         "choose the objective that matches it")
+
+
+def check_reference_source(model, beta: float):
+    """With ``beta > 0`` TRL loads the KL reference from the policy's path (``config._name_or_path``), not from the
+    weights passed: an in-memory full model would be pulled towards whatever that path holds. A path, or a PEFT model
+    (its reference is the base with the adapter off), is right."""
+    if beta and not isinstance(model, str) and not hasattr(model, "peft_config"):
+        source = getattr(getattr(model, "config", None), "_name_or_path", "") or "(no path)"
+        raise ValueError(f"model is an in-memory {type(model).__name__} and beta={beta} > 0: TRL would load the KL "
+                         f"reference from {source!r}, not from the weights you passed. Save the model and pass its "
+                         "folder (model='path/to/folder'), or set beta=0")

@@ -58,6 +58,15 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": position_ids}
 
 
+def pair_accuracy(r_demo: torch.Tensor, r_sample: torch.Tensor, same_text) -> tuple[float | None, float]:
+    """(accuracy over the pairs that are not ties, fraction of ties); a tie is a sample identical to its
+    demonstration or an equal reward. None when every pair ties."""
+    ties = torch.as_tensor(same_text, dtype=torch.bool, device=r_demo.device) | (r_demo == r_sample)
+    decided = ~ties
+    accuracy = float((r_demo > r_sample)[decided].float().mean()) if decided.any() else None
+    return accuracy, float(ties.float().mean()) if ties.numel() else 0.0
+
+
 def check_batch_size(size: int | None):
     if size is not None and size < 1:
         raise ValueError(f"a scoring batch size must be >= 1 (or None: the whole batch at once), got {size}")
@@ -130,9 +139,14 @@ class RewardObjective:
             metrics["prefix_loss"] = prefix_loss.item()
         with torch.no_grad():
             r_demo, r_sample = self.reward(scores, batch).chunk(2)
+            demo_ids, sample_ids = batch["input_ids"].chunk(2)
+            demo_mask, sample_mask = batch["attention_mask"].chunk(2)
+            same = ((demo_ids == sample_ids) | (demo_mask == 0)).all(1) & (demo_mask == sample_mask).all(1)
+            accuracy, ties = pair_accuracy(r_demo, r_sample, same)
             metrics |= {
                 "loss": loss.item(),
-                "accuracy": (r_demo > r_sample).float().mean().item(),
+                "accuracy": 0.5 if accuracy is None else accuracy,  # over pairs that are not ties; 0.5: all tie
+                "ties": ties,
                 "margin": (r_demo - r_sample).mean().item(),
                 "mean_reward": torch.cat([r_demo, r_sample]).mean().item(),
             }

@@ -28,7 +28,7 @@ from ..models import contiguous_lm_head_input
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
 from ..shared_base import POLICY, AdapterRole
-from ..validation import check_dataset, check_tokenizer
+from ..validation import check_dataset, check_reference_source, check_reward_model_kind, check_tokenizer
 from .credit import CREDITS, check_credit, reward_model_batch, token_rewards
 
 
@@ -69,11 +69,12 @@ class OnlineRewardFields:
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "reward_learning_rate", "reward_max_grad_norm"):
+        for name in ("reward_learning_rate", "reward_max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.reward_weight_decay < 0 or self.beta < 0:
-            raise ValueError(f"reward_weight_decay and beta must be >= 0, got {self.reward_weight_decay} and {self.beta}")
+        for name in ("learning_rate", "reward_weight_decay", "beta"):  # learning_rate 0: a frozen policy (a probe)
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be >= 1 (or -1: num_train_epochs decides), got {self.max_steps}")
         if self.reward_update_every < 0:
@@ -182,6 +183,9 @@ class OnlineRewardMixin:
         if reward_model is None and not reward_funcs:
             raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
         objective = make_objective(args.objective, args.reward_prefix_weight)
+        if reward_model is not None:
+            check_reward_model_kind(reward_model, objective)
+        check_reference_source(model, args.beta)
         check_backends(args, model, type(self).__name__)
         self._check_setup(args, objective, reward_model, reward_tokenizer is processing_class)
         funcs = list(reward_funcs or [])
