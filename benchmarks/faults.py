@@ -26,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-from trl_irl.checkpoints import COMPLETE, list_checkpoints, read_safetensors
+from trl_irl.checkpoints import COMPLETE, checkpoint_step, list_checkpoints, read_safetensors
 
 TRL_IRL = str(Path(sys.executable).parent / "trl-irl")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 # 16 prompts, 4 per step: 4 steps an epoch, so resumes cross epoch boundaries; a checkpoint every 2 steps
-ARGS = ["recipe=toy", "arms=[bc,grpo]", "task.num_demonstrations=16", "algo.max_steps=12", "algo.save_steps=2",
-        "algo.save_total_limit=2"]
+MAX_STEPS, SAVE_STEPS = 12, 2
+ARGS = ["recipe=toy", "arms=[bc,grpo]", "task.num_demonstrations=16", f"algo.max_steps={MAX_STEPS}",
+        f"algo.save_steps={SAVE_STEPS}", "algo.save_total_limit=2"]
 
 
 def trl_irl(out: Path, *extra: str) -> subprocess.Popen:
@@ -41,28 +42,31 @@ def trl_irl(out: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
-def writing_checkpoint(stage_dir: Path) -> str | None:
-    """The name of a checkpoint being written (folder there, marker not), else None."""
+def writing_checkpoint(stage_dir: Path, at_least: int) -> str | None:
+    """The name of a checkpoint of step >= ``at_least`` being written (folder there, marker not), else None."""
     for ckpt in list_checkpoints(stage_dir):
-        if not (ckpt / COMPLETE).exists():
+        if checkpoint_step(ckpt) >= at_least and not (ckpt / COMPLETE).exists():
             return ckpt.name
     return None
 
 
-def kill_once(out: Path, kind: str, rng: random.Random, training_s: float) -> dict:
+def kill_once(out: Path, kind: str, rng: random.Random, window_s: float) -> dict:
     """Start a resumed run and kill it; returns where the kill landed (None when the run ended first)."""
     stage_dir = out / "grpo"
     proc = trl_irl(out, "resume=true")
     start = time.perf_counter()
     landed = None
     if kind == "training":
-        deadline = start + rng.uniform(0.3, 1.0) * training_s  # start-up and training; the run may finish first
+        deadline = start + rng.uniform(0.1, 0.9) * window_s  # start-up, training, evaluation
         while proc.poll() is None and time.perf_counter() < deadline:
             time.sleep(0.01)
         landed = f"{time.perf_counter() - start:.1f}s in"
-    else:  # during a checkpoint write
+    else:  # during the write of a checkpoint drawn from those still to come
+        done = [checkpoint_step(c) for c in list_checkpoints(stage_dir) if (c / COMPLETE).exists()]
+        target = rng.choice([k for k in range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS) if k > max(done, default=0)]
+                            or [MAX_STEPS])
         while proc.poll() is None:
-            name = writing_checkpoint(stage_dir)
+            name = writing_checkpoint(stage_dir, target)
             if name:
                 time.sleep(rng.uniform(0.0, 0.04))
                 landed = f"writing {name}"
@@ -105,6 +109,12 @@ def main():
     shutil.copytree(reference, base)
     shutil.rmtree(base / "grpo")
     (base / "metrics.json").unlink()
+    timing = work / "timing"  # how long a resumed run takes from there: the window the kills land in
+    shutil.copytree(base, timing)
+    t0 = time.perf_counter()
+    assert trl_irl(timing, "resume=true").wait() == 0, f"the timing run failed: see {timing}.log"
+    resumed_s = time.perf_counter() - t0
+    shutil.rmtree(timing)
 
     trials = []
     for trial in range(args.trials):
@@ -112,8 +122,8 @@ def main():
         shutil.copytree(base, out)
         kills = []
         for k in range(args.kills_per_trial):
-            kind = "checkpoint_write" if (trial + k) % 2 else "training"
-            kills.append(kill_once(out, kind, rng, total_s))
+            kind = "checkpoint_write" if (trial + k) % 2 == 0 else "training"
+            kills.append(kill_once(out, kind, rng, resumed_s))
         finished = trl_irl(out, "resume=true").wait() == 0
         identical = finished and same_weights(reference, out)
         trials.append({"trial": trial, "kills": kills, "finished": finished, "identical": identical})
@@ -132,6 +142,7 @@ def main():
         "trials": len(trials),
         "trials_identical": sum(t["identical"] for t in trials),
         "uninterrupted_run_s": round(total_s, 1),
+        "resumed_run_s": round(resumed_s, 1),
         "trials_detail": trials,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
