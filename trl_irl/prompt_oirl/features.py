@@ -1,7 +1,10 @@
 """Sentence embeddings of queries and prompts from a local sentence-transformers model, cached on disk.
 
-The cache is one ``.npz`` per model (``<cache_dir>/<model name>.npz``: ``keys`` = sha256 of each text, ``vectors``),
-rewritten atomically when new texts are embedded, and read with ``allow_pickle=False``. Embedding GSM8K's 8.5k
+The cache is one ``.npz`` per model (``<cache_dir>/<model name>-<fingerprint>.npz``: ``keys`` = sha256 of each text,
+``vectors``), the fingerprint taken from the model folder's files (names, sizes, modification times), so another
+model of the same name, or the same folder retrained, gets a cache of its own. It is rewritten atomically (a unique
+temporary name, then a rename) when new texts are embedded, and read with ``allow_pickle=False``; a damaged cache is
+named in a warning and rebuilt. Embedding GSM8K's 8.5k
 questions takes minutes on one CPU thread; every later run reads them back in well under a second.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +36,15 @@ def resolve_model_path(model: str) -> Path:
                          "or a folder path") from None
 
 
+def model_fingerprint(path: Path) -> str:
+    """12 hex digits of sha256 over the folder's resolved path and every file's name, size and mtime."""
+    digest = hashlib.sha256(str(path.resolve()).encode())
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = f.stat()
+        digest.update(f"{f.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12]
+
+
 def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -42,15 +56,23 @@ class EmbeddingCache:
                  batch_size: int = 64):
         self.model_name, self.batch_size = model, batch_size
         self.model_path = resolve_model_path(model)
-        self.path = Path(cache_dir).expanduser() / f"{Path(model).name or 'model'}.npz"
+        self.path = Path(cache_dir).expanduser() / \
+            f"{Path(model).name or 'model'}-{model_fingerprint(self.model_path)}.npz"
         self._model = None
         self.index: dict[str, int] = {}
         self.vectors = np.zeros((0, 0), dtype=np.float32)
         self.num_embedded = 0  # texts this object sent through the model (the rest came from the cache)
         if self.path.exists():
-            with np.load(self.path, allow_pickle=False) as z:
-                keys, self.vectors = z["keys"], z["vectors"]
-            self.index = {str(k): i for i, k in enumerate(keys)}
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    keys, vectors = z["keys"], z["vectors"]
+                if vectors.ndim != 2 or len(keys) != len(vectors):
+                    raise ValueError(f"{len(keys)} keys for {vectors.shape} vectors")
+            except Exception as error:  # a truncated zip, a foreign file, an object array: rebuild rather than trust it
+                warnings.warn(f"the embedding cache {self.path} cannot be read ({type(error).__name__}: {error}); it is "
+                              "rebuilt from the model", stacklevel=2)
+            else:
+                self.vectors, self.index = vectors, {str(k): i for i, k in enumerate(keys)}
 
     def _encoder(self):
         if self._model is None:
@@ -74,7 +96,7 @@ class EmbeddingCache:
 
     def _save(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.stem + ".tmp.npz")
+        tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")  # two runs never share it
         keys = np.array(sorted(self.index, key=self.index.get))
         np.savez(tmp, keys=keys, vectors=self.vectors)
         os.replace(tmp, self.path)  # atomic: a crash leaves the previous cache intact
