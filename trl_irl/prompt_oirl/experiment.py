@@ -185,12 +185,12 @@ def run(cfg: dict, out: Path) -> Path:
                                                        y[:, train_prompts], 0.5)["accuracy"],
         "rm_threshold": threshold,
     }
-    confidence = None if logs.critic_conf is None else np.nan_to_num(logs.critic_conf[test_rows], nan=-np.inf)
-    if logs.critic_pred is not None:
-        critic = logs.critic_pred[test_rows][:, train_prompts].astype(float)
+    verdicts, confidence, unavailable = llm_judgements(logs, test_rows, train_prompts)
+    if verdicts is not None:
+        critic = verdicts[:, train_prompts].astype(float)
         metrics |= _prefixed("llm_self_critique_", sel.classification_scores(critic, y[:, train_prompts], 0.5))
         # selection by self-critique: a prompt whose answer the LLM judged correct, the best single one first
-        judged = (logs.critic_pred[test_rows] == 1) + 1e-3 * sel.observed_accuracy(y_train)
+        judged = (verdicts == 1) + 1e-3 * sel.observed_accuracy(y_train)
         metrics["llm_self_critique_success_rate"] = sel.success_rate(y, sel.best_of_n(judged, observed, train_prompts))
     if confidence is not None:
         metrics["llm_confidence_success_rate"] = sel.success_rate(y, sel.best_of_n(confidence, observed, train_prompts))
@@ -206,8 +206,13 @@ def run(cfg: dict, out: Path) -> Path:
             "majority_heldout_accuracy": sel.classification_scores(
                 np.full(y[:, heldout].shape, float(majority)), y[:, heldout], 0.5)["accuracy"],
         }
-        if confidence is not None:
-            metrics["llm_confidence_all_success_rate"] = sel.success_rate(y, sel.best_of_n(confidence, observed, everything))
+        all_confidence = llm_judgements(logs, test_rows, everything)[1]
+        if all_confidence is not None:
+            metrics["llm_confidence_all_success_rate"] = sel.success_rate(y, sel.best_of_n(all_confidence, observed,
+                                                                                           everything))
+    if unavailable:
+        metrics["baselines_unavailable"] = unavailable
+        print("prompt_oirl: " + "; ".join(unavailable), flush=True)
     metrics["leakage"] = _leakage(logs, train_rows, test_rows, choice, train_prompts, best_single)
     timings["test"] = time.perf_counter() - t0
 
@@ -226,6 +231,30 @@ def run(cfg: dict, out: Path) -> Path:
     atomic_write_text(path, json.dumps(result, indent=2))
     report(result, out / "success_vs_k.png")
     return path
+
+
+def llm_judgements(logs: PromptLogs, test_rows: np.ndarray, prompts: np.ndarray):
+    """The LLM's own judgements of the test rows, (verdicts, confidences, notes): the self-critique verdicts (n, P) and
+    confidences (n, P, -inf where not logged) when the logs hold them for every test row on ``prompts``; else None,
+    with a note saying why, so the baseline is reported unavailable rather than computed on part of the rows (a split
+    of the user's own can put rows without self-critique logs in the test split)."""
+    notes, out = [], []
+    for name, array, missing, label in (("critic_pred", logs.critic_pred, -1, "LLM self-critique"),
+                                        ("critic_conf", logs.critic_conf, None, "LLM confidence")):
+        if array is None:
+            out.append(None)
+            continue
+        cells = array[test_rows][:, prompts]
+        absent = np.isnan(cells) if missing is None else cells == missing
+        absent &= logs.labels[test_rows][:, prompts] >= 0  # a cell never run has nothing to judge
+        lacking = int(absent.any(axis=1).sum())
+        if lacking:
+            notes.append(f"{label} baseline unavailable: {lacking} of {len(test_rows)} test rows have no {name} logged")
+            out.append(None)
+        else:
+            values = array[test_rows]
+            out.append(np.nan_to_num(values, nan=-np.inf) if missing is None else values)
+    return out[0], out[1], notes
 
 
 def k_sweep(cfg: dict, logs, features, kind, params, margin, train_rows, test_rows, seed, threads=1) -> dict:
