@@ -125,6 +125,22 @@ def set_aside(checkpoint: Path, suffix: str) -> Path:
     return target
 
 
+def check_requested(stage_dir: str | Path, requested: str, label: str | None = None) -> Path:
+    """``stage_dir/requested`` when it is a complete checkpoint; else an error naming ``label`` (``requested`` as the
+    user wrote it) and the checkpoints there. Reads only: a run checks ``resume_from`` with it before any stage."""
+    checkpoints = list_checkpoints(stage_dir)
+    label = label or requested
+    chosen = Path(stage_dir) / requested
+    if chosen not in checkpoints:
+        names = [p.name for p in checkpoints] or "none"
+        raise ValueError(f"resume_from={label}: no such checkpoint in {stage_dir} (there: {names})")
+    reason = torn_reason(chosen)
+    if reason:
+        raise ValueError(f"resume_from={label}: {chosen} is not complete ({reason}); pick another: "
+                         f"{[p.name for p in checkpoints if not torn_reason(p)] or 'none is complete'}")
+    return chosen
+
+
 def select_checkpoint(stage_dir: str | Path, requested: str | None = None, log=print,
                       label: str | None = None) -> Path | None:
     """The checkpoint a resumed stage continues from: ``requested`` (a name ``checkpoint-N``) or the newest complete
@@ -132,16 +148,8 @@ def select_checkpoint(stage_dir: str | Path, requested: str | None = None, log=p
     as ``.unused`` (training will write those steps again). None: nothing to resume from. ``label``: ``requested``
     as the user wrote it, for errors."""
     checkpoints = list_checkpoints(stage_dir)
-    label = label or requested
     if requested is not None:
-        chosen = Path(stage_dir) / requested
-        if chosen not in checkpoints:
-            names = [p.name for p in checkpoints] or "none"
-            raise ValueError(f"resume_from={label}: no such checkpoint in {stage_dir} (there: {names})")
-        reason = torn_reason(chosen)
-        if reason:
-            raise ValueError(f"resume_from={label}: {chosen} is not complete ({reason}); pick another: "
-                             f"{[p.name for p in checkpoints if not torn_reason(p)] or 'none is complete'}")
+        chosen = check_requested(stage_dir, requested, label)
     else:
         chosen = next((p for p in checkpoints if torn_reason(p) is None), None)
     for p in checkpoints:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import atomic_write_text, non_finite, select_checkpoint
+from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .tasks import make_task
 
@@ -272,8 +272,7 @@ class Pipeline:
         from .trainers import ALGORITHMS
 
         length = self.cfg["task"].get("max_completion_length") or 1
-        if "bc" in self.stages():
-            self.bc_config()
+        self.bc_config()
         if self.algo in self.arms:
             self.reward_pretrain_config()
         for arm in self.arms:
@@ -301,14 +300,8 @@ class Pipeline:
         """A stage starts training: its folder records the config that shapes it (``resume`` compares it)."""
         self.on_main(write_stage_config, self.out / stage, stage_config(self.cfg, stage, self.algo))
 
-    def mark_done(self, stage: str, save, model=None):
-        """``save(final_dir)`` on the main process, then the DONE marker that ``resume`` looks for; a ``model`` holding
-        NaN or inf is refused first."""
-        bad = non_finite({stage: model})
-        if bad:
-            raise FloatingPointError(f"{stage}: NaN or inf in {bad[:5]}: training diverged and the model is not "
-                                     "saved. Lower its learning rate; policy training resumes from its last checkpoint "
-                                     "(resume=true), which was checked the same way")
+    def mark_done(self, stage: str, save):
+        """``save(final_dir)`` on the main process, then the DONE marker that ``resume`` looks for."""
 
         def write():
             save(self.final_dir(stage))
@@ -344,10 +337,7 @@ class Pipeline:
             if (self.final_dir(arm) / "DONE").exists():
                 raise ValueError(f"resume_from={written}: {arm} has finished ({self.final_dir(arm)}); to train it again "
                                  f"from {name}, delete {self.final_dir(arm)} first")
-            if not (self.out / arm / name).is_dir():
-                there = sorted(p.name for p in (self.out / arm).glob("checkpoint-*")) if (self.out / arm).exists() else []
-                raise ValueError(f"resume_from={written}: no such checkpoint in {self.out / arm} (there: "
-                                 f"{there or 'none'})")
+            check_requested(self.out / arm, name, written)
 
     def resume_checkpoint(self, stage: str) -> str | None:
         """The checkpoint ``stage`` continues from (torn ones set aside), the same on every process; None: start."""
@@ -569,13 +559,15 @@ class Pipeline:
             self.begin(stage)
         trainer = self.build_policy_trainer(stage)
         trainer.train(resume_from_checkpoint=checkpoint)
+        bad = non_finite(trainer.trained_modules())  # the models about to be saved, as before every checkpoint
+        if bad:
+            raise FloatingPointError(f"{stage}: NaN or inf in {bad[:5]}: training diverged and nothing is saved. Lower "
+                                     "its learning rates; resume=true continues from its last checkpoint, which was "
+                                     "checked the same way")
         if not oracle:
             self.log_history = trainer.state.log_history
-            bad = non_finite({"reward": self.reward_model})
-            if bad:
-                raise FloatingPointError(f"{stage}: NaN or inf in the reward model ({bad[:5]}); not saved")
             self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
-        self.mark_done(stage, self.save_policy(trainer.model.eval()), trainer.model)
+        self.mark_done(stage, self.save_policy(trainer.model.eval()))
         del trainer
         self.release_arm()
 
