@@ -55,23 +55,52 @@ def build_tiny_causal_lm(tokenizer: PreTrainedTokenizerBase, hidden_size: int, n
 
 
 def save_model(model, tokenizer, path: str | Path) -> str:
-    """Save model + tokenizer as safetensors; returns the path as a string (TRL takes paths)."""
+    """Save model + tokenizer as safetensors; returns the path as a string (TRL takes paths). The model's config
+    takes the tokenizer's pad id, so a classifier loaded from the folder pools where the tokenizer pads."""
     path = Path(path)
+    for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if config is not None:
+            config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return str(path)
 
 
-def load_reward_model(path: str | Path, kind: str) -> torch.nn.Module:
+def use_distinct_pad(tokenizer: PreTrainedTokenizerBase, eos_token_ids=()) -> str | None:
+    """Give ``tokenizer`` a pad token that is none of its EOS ids (``tokenizer.eos_token_id`` and ``eos_token_ids``,
+    e.g. a generation config's). Returns the token chosen, or None when the pad was already distinct.
+
+    Why: a reward classifier scores the last token that is not the pad id, so with pad == EOS it scores the token
+    before the appended EOS and never sees whether a completion stopped. An existing special token that is neither
+    EOS nor BOS is reused (the unknown token first), so no embedding matrix grows; padded positions are masked, so
+    which token pads does not change what a model computes.
+    """
+    eos = {tokenizer.eos_token_id, *eos_token_ids} - {None}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in eos:
+        return None
+    taken = eos | {tokenizer.bos_token_id}
+    specials = [t.content for _, t in sorted(tokenizer.added_tokens_decoder.items()) if t.special]
+    for token in [tokenizer.unk_token, *tokenizer.all_special_tokens, *specials]:
+        if token is not None and tokenizer.convert_tokens_to_ids(token) not in taken:
+            tokenizer.pad_token = token
+            return token
+    raise ValueError(f"the tokenizer's pad token is {tokenizer.pad_token!r}, one of its EOS ids {sorted(eos)}, and it has "
+                     "no other special token to pad with: add one to the model folder (tokenizer.add_special_tokens("
+                     "{'pad_token': '<pad>'}); model.resize_token_embeddings(len(tokenizer)); save both)")
+
+
+def load_reward_model(path: str | Path, kind: str, pad_token_id: int | None = None) -> torch.nn.Module:
     """Load a reward model from a policy (or reward) checkpoint.
 
     ``kind="classifier"``: a sequence classifier with one label (Bradley-Terry, GAIL); from a policy checkpoint the
-    trunk is copied and the score head starts small. ``kind="lm"``: a causal LM whose log-softmax is AIRL's f(s, a);
+    trunk is copied and the score head starts small; ``pad_token_id`` (the tokenizer's) is where it stops pooling. ``kind="lm"``: a causal LM whose log-softmax is AIRL's f(s, a);
     from a policy checkpoint it starts equal to the policy, so AIRL's logit f - log pi starts at exactly 0.
     """
     kwargs = {"trust_remote_code": False}
     if kind == "classifier":
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        if pad_token_id is not None:  # it scores the last token that is not this id
+            model.config.pad_token_id = pad_token_id
     elif kind == "lm":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     else:

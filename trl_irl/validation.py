@@ -22,16 +22,44 @@ def check_dataset(dataset, required: list[str], name: str):
                              "first (the trl-irl job's task=dataset does this for you)")
 
 
-def check_tokenizer(tokenizer, name: str = "processing_class"):
-    """Reward models pool the last non-pad token, so padding must be its own token, distinct from EOS."""
+def check_tokenizer(tokenizer, name: str = "processing_class", eos_token_ids=()):
+    """Reward models pool the last non-pad token, so padding must be its own token, distinct from every EOS id
+    (``tokenizer.eos_token_id`` and ``eos_token_ids``, e.g. the generation config's)."""
     if tokenizer is None:
         raise ValueError(f"{name} is missing: pass the tokenizer of the model")
-    if tokenizer.pad_token is None:
-        raise ValueError(f"{name} has no pad token: add one with tokenizer.add_special_tokens({{'pad_token': '<pad>'}}) "
-                         "and resize the model's embeddings (reusing EOS as pad makes a reward model score the wrong "
-                         "token)")
     if tokenizer.eos_token is None:
         raise ValueError(f"{name} has no eos token: set tokenizer.eos_token; completions are scored with EOS appended")
+    fix = ("trl_irl.models.use_distinct_pad(tokenizer) reuses a spare special token (no resize); or "
+           "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings")
+    if tokenizer.pad_token is None:
+        raise ValueError(f"{name} has no pad token: {fix} (reusing EOS as pad makes a reward model score the wrong "
+                         "token)")
+    eos = {tokenizer.eos_token_id, *eos_token_ids} - {None}
+    if tokenizer.pad_token_id in eos:
+        raise ValueError(f"{name} pads with {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), one of its EOS ids "
+                         f"{sorted(eos)}: a reward model would score the token before EOS, never whether a completion "
+                         f"stopped. Give it a distinct pad: {fix}")
+
+
+def generation_eos_ids(model) -> list[int]:
+    """The EOS ids a model's generation config stops at (one id or several), [] when unknown (a path)."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+
+
+def check_pad_id(model, tokenizer, name: str = "reward_model"):
+    """A transformers sequence classifier pools at the last token that is not ``config.pad_token_id``: it must be the
+    tokenizer's pad id. Unset, it is set (as TRL's RewardTrainer does); different, it is refused."""
+    if reward_model_kind(model) != "classifier" or getattr(model, "kind", None) == "classifier":
+        return  # a shared base's AdapterRole pools by the attention mask
+    config = model.config
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    elif config.pad_token_id != tokenizer.pad_token_id:
+        raise ValueError(f"{name}.config.pad_token_id is {config.pad_token_id} but its tokenizer pads with id "
+                         f"{tokenizer.pad_token_id}: it would pool at the wrong token. Set "
+                         f"{name}.config.pad_token_id = tokenizer.pad_token_id (trl_irl.models.load_reward_model(path, "
+                         "'classifier', tokenizer.pad_token_id) does)")
 
 
 # --- the job's config: every key known, every value in range, before anything runs ------------------------------

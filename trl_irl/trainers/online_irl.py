@@ -28,7 +28,14 @@ from ..models import contiguous_lm_head_input
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
 from ..shared_base import POLICY, AdapterRole
-from ..validation import check_dataset, check_reference_source, check_reward_model_kind, check_tokenizer
+from ..validation import (
+    check_dataset,
+    check_pad_id,
+    check_reference_source,
+    check_reward_model_kind,
+    check_tokenizer,
+    generation_eos_ids,
+)
 from .credit import CREDITS, check_credit, reward_model_batch, token_rewards
 
 
@@ -177,7 +184,7 @@ class OnlineRewardMixin:
     def __init__(self, model, reward_model=None, args=None, train_dataset=None, processing_class=None,
                  reward_processing_class=None, reward_funcs=None, **kwargs):
         reward_tokenizer = reward_processing_class or processing_class
-        check_tokenizer(processing_class)
+        check_tokenizer(processing_class, eos_token_ids=generation_eos_ids(model))
         learns = reward_model is not None and args.reward_update_every > 0
         check_dataset(train_dataset, ["prompt", args.demonstration_column] if learns else ["prompt"], "train_dataset")
         if reward_model is None and not reward_funcs:
@@ -190,7 +197,8 @@ class OnlineRewardMixin:
         self._check_setup(args, objective, reward_model, reward_tokenizer is processing_class)
         funcs = list(reward_funcs or [])
         if reward_model is not None:
-            check_tokenizer(reward_tokenizer, "reward_processing_class")
+            check_tokenizer(reward_tokenizer, "reward_processing_class", generation_eos_ids(model))
+            check_pad_id(reward_model, reward_tokenizer)
 
             def irl_reward(prompts, completions, **_):
                 return self.reward_updater.rewards(prompts, completions, self._policy_for_reward()).tolist()

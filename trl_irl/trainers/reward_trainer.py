@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import RewardConfig, RewardTrainer
 
 from ..rewards.objectives import collate, make_objective, tokenize_completions
-from ..validation import check_dataset, check_tokenizer
+from ..validation import check_dataset, check_pad_id, check_tokenizer
 from .online_irl import no_bf16_without_gpu
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -49,6 +49,7 @@ class IRLRewardTrainer(RewardTrainer):
                  policy=None, **kwargs):
         self.objective = make_objective(args.objective, args.prefix_weight)
         check_tokenizer(processing_class)
+        check_pad_id(model, processing_class, "model")
         check_dataset(train_dataset, PAIR_COLUMNS, "train_dataset")
         if eval_dataset is not None:
             check_dataset(eval_dataset, PAIR_COLUMNS, "eval_dataset")
