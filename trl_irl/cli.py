@@ -41,24 +41,30 @@ GROUPS = ("task", "model", "quant", "peft", "reward", "algo", "credit", "logger"
 
 
 def check_keys_known(container: dict, choices: dict, overrides: list[str]):
-    """The pipeline job's config has no key its schema lacks: the schema is the config of the same group choices,
-    without recipe or overrides (a misspelt ``+sead=3`` or a recipe's ``taks:`` is refused, not ignored). Call it
-    where Hydra is initialised (``compose`` needs it)."""
+    """The config has no key its schema lacks: for the pipeline job the schema is the config of the same group
+    choices without recipe or overrides (a misspelt ``+sead=3`` or a recipe's ``taks:`` is refused, not ignored);
+    for a study's job (prompt_oirl, compounding_error) it is the study's recipe without overrides
+    (``+data.datset=svamp`` is refused). Call it where Hydra is initialised (``compose`` needs it)."""
     from hydra import compose
 
-    from .validation import check_unknown_keys
+    from .validation import JOB_OPEN_SECTIONS, OPEN_SECTIONS, check_unknown_keys
 
-    if container.get("job") != "pipeline":
-        return
-    schema = compose("config", overrides=[f"{g}={choices[g]}" for g in GROUPS if choices.get(g)] + ["recipe=default"])
+    job, recipe = container.get("job"), choices.get("recipe")
+    if job == "pipeline":
+        base_recipe, open_sections = "default", OPEN_SECTIONS
+    elif job in JOB_OPEN_SECTIONS:
+        base_recipe, open_sections = recipe, JOB_OPEN_SECTIONS[job]
+    else:
+        return  # an unknown job is refused by name where it is dispatched
+    schema = compose("config", overrides=[f"{g}={choices[g]}" for g in GROUPS if choices.get(g)] +
+                     [f"recipe={base_recipe}"])
     schema = OmegaConf.to_container(schema, resolve=False)
-    recipe = choices.get("recipe")
 
     def source(path: str) -> str:
         written = [o for o in overrides if (o.lstrip("+~").split("=")[0] + ".").startswith(path + ".")]
         return f" (on the command line: {written[0]})" if written else f" (from recipe={recipe} or a config file)"
 
-    check_unknown_keys(container, schema, source)
+    check_unknown_keys(container, schema, source, open_sections)
 
 
 def run(*overrides: str, output_dir: str | os.PathLike) -> Path:

@@ -65,6 +65,9 @@ def check_pad_id(model, tokenizer, name: str = "reward_model"):
 # --- the job's config: every key known, every value in range, before anything runs ------------------------------
 # sections whose keys are checked against a dataclass (the trainer configs, the task's factory): not the schema's
 OPEN_SECTIONS = ("algo", "credit", "reward.pretrain", "reward.online", "bc.extra", "spin.extra", "task", "hydra")
+# the studies' jobs: their schema is their recipe; these sections hold names or fields checked by the job itself
+JOB_OPEN_SECTIONS = {"prompt_oirl": ("rm.candidates", "hydra"),
+                     "compounding_error": ("compounding.rl", "compounding.hidden", "compounding.demos", "hydra")}
 
 
 def _paths(value, prefix=""):
@@ -75,15 +78,15 @@ def _paths(value, prefix=""):
             yield from _paths(item, path)
 
 
-def check_unknown_keys(cfg: dict, schema: dict, source=lambda path: ""):
+def check_unknown_keys(cfg: dict, schema: dict, source=lambda path: "", open_sections=OPEN_SECTIONS):
     """Every key of ``cfg`` must be in ``schema`` (the same config groups without recipe or overrides), except
-    inside ``OPEN_SECTIONS``. The error names the key as written, where it came from (``source(path)``) and the
+    inside ``open_sections``. The error names the key as written, where it came from (``source(path)``) and the
     nearest valid key."""
     import difflib
 
     known = set(_paths(schema))
     for path in _paths(cfg):
-        if path in known or any(path == s or path.startswith(s + ".") for s in OPEN_SECTIONS):
+        if path in known or any(path == s or path.startswith(s + ".") for s in open_sections):
             continue
         parent = path.rpartition(".")[0]
         if parent and parent not in known:
