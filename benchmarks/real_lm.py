@@ -53,6 +53,8 @@ def run_arm(arm: str, seed: int, work: Path, overrides: list[str]) -> Path:
     if arm != "bc":  # the seed's BC, hard-linked (no copy on disk): resume=true finds it done
         shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(work / f"seed{seed}" / "bc" / "bc" / "final", out / "bc" / "final", copy_function=os.link)
+        # the config BC was trained under: resume=true checks it against this run's (and refuses a stale stage)
+        shutil.copy(work / f"seed{seed}" / "bc" / "bc" / "stage_config.json", out / "bc" / "stage_config.json")
     # no mid-run checkpoints: a stopped benchmark reruns the whole (seed, arm), and 135M in full precision with its
     # optimizer is 1.6 GB per checkpoint
     cmd = [TRL_IRL, "recipe=smollm2_word_reversal", f"seed={seed}", *ARMS[arm][1], "resume=true",

@@ -212,7 +212,7 @@ def test_a_diverging_reward_update_stops_before_its_step(tmp_path, policy_path, 
     updater.add([d["prompt"] for d in demos[:8]], [d["completion"] for d in demos[:8]],
                 [d["completion"][::-1] for d in demos[:8]])
     before = {k: v.clone() for k, v in updater.model.state_dict().items()}
-    from trl_irl.rewards.objectives import model_inputs
+    from trl_irl.batching import model_inputs
 
     updater.objective.pair_loss = lambda model, batch, policy: (model(**model_inputs(batch)).logits.sum() * float("nan"), {})
     with pytest.raises(FloatingPointError, match="not finite"):

@@ -10,7 +10,7 @@ from datasets import Dataset
 from trl_irl import ALGORITHMS
 from trl_irl.models import load_reward_model
 from trl_irl.rewards import make_objective
-from trl_irl.rewards.objectives import by_rows, encode
+from trl_irl.batching import by_rows
 from trl_irl.trainers.credit import token_rewards
 from trl_irl.trainers.ppo import PPOTrainer, build_critic
 

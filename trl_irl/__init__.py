@@ -10,11 +10,12 @@ __version__ = "0.3.0"
 
 _EXPORTS = {
     "cli": ["run"],
-    "rewards": ["AIRLObjective", "GAILObjective", "OnlineRewardUpdater", "RewardObjective", "make_objective"],
+    "rewards": ["AIRLObjective", "GAILObjective", "OnlineRewardUpdater", "RewardObjective", "make_objective",
+                "register_objective"],
     "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task"],
     "trainers": ["ALGORITHMS", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
                  "PPOConfig", "PPOTrainer", "ReinforcePPConfig", "ReinforcePPTrainer", "ReMaxTrainer",
-                 "RLOOTokenTrainer", "TRLRLOOConfig", "TRLRLOOTrainer"],
+                 "RLOOTokenTrainer", "TRLRLOOConfig", "TRLRLOOTrainer", "register_algorithm"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

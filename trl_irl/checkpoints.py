@@ -40,12 +40,26 @@ def atomic_directory(directory: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: str | Path, text: str):
-    """``path`` gets ``text`` whole or keeps what it had: written to a unique temporary name, then renamed."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, suffix: str = ".tmp"):
+    """Yields a unique temporary path beside ``path`` (ending in ``suffix``, for writers that insist on one, as
+    ``np.savez`` on ``.npz``); when the block ends it is renamed to ``path``. A crash mid-write leaves what ``path``
+    had, and two writers never share a temporary file. The folder is created if needed."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """``path`` gets ``text`` whole or keeps what it had (``atomic_file``); returns ``path``."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:

@@ -37,6 +37,28 @@ def config_dict(cfg: DictConfig) -> dict:
         raise ValueError(f"{key} has no value: give it on the command line, e.g. {key}=...") from None
 
 
+def load_plugins(container: dict):
+    """Import each module ``plugins`` names (``plugins=[my_objectives]``), before the config is checked, so that
+    what it registers (``register_objective``, ``register_algorithm``, ``register_task``) is known by name. Modules
+    are looked up on the Python path, then in the current folder."""
+    import importlib
+    import sys
+
+    plugins = container.get("plugins") or []
+    if isinstance(plugins, str):
+        plugins = [plugins]
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # last: a plugin never shadows an installed package
+    for name in plugins:
+        try:
+            importlib.import_module(str(name))
+        except ModuleNotFoundError as error:
+            if error.name is None or not (str(name) == error.name or str(name).startswith(error.name + ".")):
+                raise  # the plugin was found, and something it imports is missing: Python's own message says what
+            raise ValueError(f"plugins: no module named {name!r} on the Python path or in {os.getcwd()}: run from "
+                             "the folder that holds it, add its folder to PYTHONPATH, or install it") from None
+
+
 GROUPS = ("task", "model", "quant", "peft", "reward", "algo", "credit", "logger")
 
 
@@ -81,6 +103,7 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
         with open_dict(cfg):
             del cfg["hydra"]
         container = config_dict(cfg)
+        load_plugins(container)
         check_keys_known(container, choices, list(overrides))
     if container["job"] != "pipeline":
         raise ValueError(f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
@@ -93,9 +116,13 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     container = config_dict(cfg)
+    load_plugins(container)
     runtime = HydraConfig.get()
     check_keys_known(container, dict(runtime.runtime.choices), list(runtime.overrides.task))
     if container["job"] == "prompt_oirl":
+        from .prompt_oirl import check_installed
+
+        check_installed()
         from .prompt_oirl.experiment import run
 
         print(run(container, Path(container["output_dir"]).resolve()), flush=True)  # metrics.json, last

@@ -3,7 +3,6 @@ reward models initialised from the policy. Everything is saved to disk so TRL re
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import torch

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoints import atomic_write_text
 from ..tasks import AutomatonTask
 from . import arms as A
 from .env import Automaton, GRUPolicy, metrics
@@ -387,9 +388,4 @@ def run(cfg: dict, out: Path) -> Path:
 
 def write_json(result: dict, path: Path) -> Path:
     """Atomically: a finished study is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, json.dumps(result, indent=1))

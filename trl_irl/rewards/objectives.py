@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..batching import check_batch_size, model_inputs
 from . import losses
 
 
@@ -52,12 +53,6 @@ def encode(tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: 
     return collate(tokenize_completions(tokenizer, prompts, completions), tokenizer.pad_token_id)
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """input_ids, attention_mask and position ids that skip left padding (TRL left-pads prompts)."""
-    position_ids = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "position_ids": position_ids}
-
-
 def pair_accuracy(r_demo: torch.Tensor, r_sample: torch.Tensor, same_text) -> tuple[float | None, float]:
     """(accuracy over the pairs that are not ties, fraction of ties); a tie is a sample identical to its
     demonstration or an equal reward. None when every pair ties."""
@@ -65,23 +60,6 @@ def pair_accuracy(r_demo: torch.Tensor, r_sample: torch.Tensor, same_text) -> tu
     decided = ~ties
     accuracy = float((r_demo > r_sample)[decided].float().mean()) if decided.any() else None
     return accuracy, float(ties.float().mean()) if ties.numel() else 0.0
-
-
-def check_batch_size(size: int | None):
-    if size is not None and size < 1:
-        raise ValueError(f"a scoring batch size must be >= 1 (or None: the whole batch at once), got {size}")
-
-
-def by_rows(fn, batch: dict[str, torch.Tensor], size: int | None):
-    """``fn(batch)`` computed ``size`` rows at a time and concatenated along rows (a tensor, or a tuple of them): the
-    result of one call with one chunk's activations alive at once, as TRL scores log-probs per micro-batch. ``None``
-    (or a size of at least the batch) is one call. Every value of ``batch`` must have the batch's rows."""
-    check_batch_size(size)
-    n = next(iter(batch.values())).size(0)
-    if size is None or size >= n:
-        return fn(batch)
-    parts = [fn({k: v[i : i + size] for k, v in batch.items()}) for i in range(0, n, size)]
-    return tuple(map(torch.cat, zip(*parts))) if isinstance(parts[0], tuple) else torch.cat(parts)
 
 
 def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -250,6 +228,24 @@ class AIRLObjective(RewardObjective):
 
 
 OBJECTIVES: dict[str, type[RewardObjective]] = {cls.name: cls for cls in (RewardObjective, GAILObjective, AIRLObjective)}
+
+
+def _where(cls) -> tuple[str, str]:
+    return cls.__module__, cls.__qualname__
+
+
+def register_objective(cls: type[RewardObjective]) -> type[RewardObjective]:
+    """Make ``reward.objective=<cls.name>`` (and ``OnlineIRLConfig(objective=...)``) use ``cls`` (usable as a class
+    decorator). Subclass ``RewardObjective`` and override ``loss`` (and ``reward``, ``score``, ``model_kind`` if the
+    model is not a sequence classifier); the CLI's ``plugins=[your_module]`` imports the module that registers it."""
+    if not (isinstance(cls, type) and issubclass(cls, RewardObjective)):
+        raise TypeError(f"register_objective takes a subclass of trl_irl.rewards.RewardObjective, got {cls!r}")
+    taken = OBJECTIVES.get(getattr(cls, "name", None))
+    if taken is not None and _where(taken) != _where(cls):  # the same class again (a module reloaded) replaces it
+        raise ValueError(f"objective name {cls.name!r} is taken by {taken.__name__}: give {cls.__name__} a name of its "
+                         "own (the class attribute `name`, what reward.objective= selects)")
+    OBJECTIVES[cls.name] = cls
+    return cls
 
 
 def make_objective(name: str, prefix_weight: float = 0.0) -> RewardObjective:

@@ -14,11 +14,11 @@ from collections import deque
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from ..checkpoints import atomic_directory, read_json, read_safetensors
 from ..shared_base import adapter_scope, trainable_parameters
-from .objectives import RewardObjective, check_batch_size, encode
+from ..batching import all_reduce_mean_, check_batch_size
+from .objectives import RewardObjective, encode
 
 STATE_DIR = "irl_reward"
 
@@ -72,19 +72,6 @@ class RunningStandardizer:
 
     def load_state_dict(self, state):
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
-
-
-def all_reduce_mean_(tensors: list[torch.Tensor]):
-    """Average tensors in place across processes; a no-op in a single process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    flat = torch.cat([t.reshape(-1) for t in tensors])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= dist.get_world_size()
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset : offset + t.numel()].view_as(t))
-        offset += t.numel()
 
 
 class OnlineRewardUpdater:

@@ -24,7 +24,8 @@ from __future__ import annotations
 import torch
 
 from .. import credit as C
-from ..rewards.objectives import by_rows, completion_logps
+from ..batching import by_rows, prompt_completion_batch
+from ..rewards.objectives import completion_logps
 
 CREDITS = ("sequence", "redistribution", "attention", "implicit", "airl")
 _NEEDS = {"redistribution": "classifier", "attention": "classifier", "implicit": "lm", "airl": "lm"}
@@ -52,15 +53,6 @@ def check_credit(name: str, objective, has_reward_model: bool, beta: float, same
                          "tokenizer: pass reward_processing_class=None (the policy's), or use credit=sequence")
 
 
-def reward_model_batch(output: dict) -> dict[str, torch.Tensor]:
-    """Prompt + completion ids of a TRL batch as one batch for another model (reward model, critic), with a
-    completion mask."""
-    prompt_mask, completion_mask = output["prompt_mask"], output["completion_mask"]
-    return {"input_ids": torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
-            "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
-            "completion_mask": torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)}
-
-
 @torch.no_grad()
 def token_rewards(name: str, output: dict, sequence_rewards: torch.Tensor, *, updater=None, scale: float = 1.0,
                   shift: float = 0.0,
@@ -74,7 +66,7 @@ def token_rewards(name: str, output: dict, sequence_rewards: torch.Tensor, *, up
     if name == "sequence":
         return C.terminal_rewards(sequence_rewards, mask)
     model, objective, batch_size = updater.model, updater.objective, updater.scoring_batch_size
-    batch = reward_model_batch(output)
+    batch = prompt_completion_batch(output)
     P = output["prompt_ids"].size(1)
     if name == "redistribution":
         prefix = by_rows(lambda b: objective.prefix_scores(model, b), batch, batch_size)

@@ -23,6 +23,7 @@ from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOConfig, GRPOTrainer
 
 from .. import credit as C
+from ..batching import prompt_completion_batch
 from ..checkpoints import mark_complete, non_finite
 from ..models import contiguous_lm_head_input
 from ..rewards.objectives import make_objective
@@ -36,7 +37,7 @@ from ..validation import (
     check_tokenizer,
     generation_eos_ids,
 )
-from .credit import CREDITS, check_credit, reward_model_batch, token_rewards
+from .credit import CREDITS, check_credit, token_rewards
 
 
 def no_bf16_without_gpu(args):
@@ -428,7 +429,7 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         return output["ref_per_token_logps"]
 
     def _per_token_logps(self, model, output: dict) -> torch.Tensor:
-        batch = reward_model_batch(output)
+        batch = prompt_completion_batch(output)
         logps, _, _ = self._get_per_token_logps_and_entropies(model, batch["input_ids"], batch["attention_mask"],
                                                               output["completion_ids"].size(1),
                                                               batch_size=self.args.per_device_train_batch_size)

@@ -25,12 +25,10 @@ import torch
 from transformers import AutoModelForTokenClassification
 
 from .. import credit as C
+from ..batching import all_reduce_mean_, by_rows, model_inputs, prompt_completion_batch
 from ..checkpoints import atomic_directory, read_safetensors
 from ..rewards.losses import masked_mean
-from ..rewards.objectives import by_rows, model_inputs
-from ..rewards.online import all_reduce_mean_
 from ..shared_base import AdapterRole, adapter_scope, trainable_parameters
-from .credit import reward_model_batch
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, deepspeed_stage
 
 CRITIC_DIR = "critic"
@@ -106,7 +104,7 @@ class PPOTrainer(OnlineIRLTrainer):
     def values(self, critic, output: dict, batch_size: int | None = None) -> torch.Tensor:
         """V(s_t) for every completion token t (B, T): the critic's output at the position before token t, from
         ``batch_size`` rows at a time (None: all)."""
-        logits = by_rows(lambda b: critic(**model_inputs(b)).logits[..., 0], reward_model_batch(output), batch_size)
+        logits = by_rows(lambda b: critic(**model_inputs(b)).logits[..., 0], prompt_completion_batch(output), batch_size)
         P, T = output["prompt_ids"].size(1), output["completion_ids"].size(1)
         return logits[:, P - 1 : P - 1 + T].float() * output["completion_mask"]
 

@@ -1,0 +1,109 @@
+"""Extension points: an objective and an algorithm of the user's own, registered by a module that ``plugins=[...]``
+imports before the config is checked. The worked examples of ``examples/`` are what is tested (and run end to end)."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import trl_irl
+from trl_irl.evaluation import sample_completions
+from trl_irl.models import load_reward_model
+from trl_irl.rewards import OBJECTIVES, OnlineRewardUpdater, RewardObjective, make_objective, register_objective
+from trl_irl.trainers import ALGORITHMS, OnlineIRLConfig, OnlineIRLTrainer, register_algorithm
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture
+def examples(monkeypatch):
+    """The examples importable by name, as from their folder; what they register is removed afterwards."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    before_objectives, before_algorithms = dict(OBJECTIVES), dict(ALGORITHMS)
+    yield importlib.import_module
+    OBJECTIVES.clear(), OBJECTIVES.update(before_objectives)
+    ALGORITHMS.clear(), ALGORITHMS.update(before_algorithms)
+    for name in ("hinge_objective", "dr_grpo"):
+        sys.modules.pop(name, None)
+
+
+def test_the_hinge_objective_on_a_hand_worked_batch(examples):
+    examples("hinge_objective")
+    objective = make_objective("hinge")
+    # margins r_demo - r_sample = 2, 0.5, -1: max(0, 1 - m) = 0, 0.5, 2 -> mean 2.5 / 3
+    loss = objective.loss(torch.tensor([2.0, 0.5, 0.0]), torch.tensor([0.0, 0.0, 1.0]), batch=None)
+    assert loss.item() == pytest.approx(2.5 / 3)
+
+
+def test_the_hinge_objective_learns_through_the_one_reward_engine(examples, task, policy_path, tokenizer, demos):
+    examples("hinge_objective")
+    objective = make_objective("hinge")
+    policy = load_reward_model(policy_path, "lm").eval()
+    updater = OnlineRewardUpdater(load_reward_model(policy_path, "classifier"), tokenizer, objective,
+                                  learning_rate=3e-3, weight_decay=0.0, batch_size=32, steps=15, buffer_size=256,
+                                  max_grad_norm=1.0, seed=0)
+    prompts = [d["prompt"] for d in demos]
+    updater.add(prompts, [d["completion"] for d in demos], sample_completions(policy, tokenizer, prompts, task.horizon,
+                                                                              64, seed=0))
+    heldout = task.sample_demonstrations(64, seed=99)
+    h_prompts = [d["prompt"] for d in heldout]
+    h_samples = sample_completions(policy, tokenizer, h_prompts, task.horizon, 64, seed=1)
+
+    def margin():
+        return (updater.rewards(h_prompts, [d["completion"] for d in heldout]) -
+                updater.rewards(h_prompts, h_samples)).mean().item()
+
+    before = margin()
+    updater.update()
+    assert margin() > before + 0.2  # held-out demonstrations now score above the policy's samples
+
+
+def test_dr_grpo_advantages_are_group_centred_returns_unscaled(examples):
+    module = examples("dr_grpo")
+    fake = SimpleNamespace(num_generations=2, across_processes=lambda fn, returns, mask: fn(returns, mask))
+    returns = torch.tensor([[1.0], [3.0], [2.0], [2.0], [5.0], [-1.0]])
+    got = module.DrGRPOTrainer.compute_advantages(fake, returns, torch.ones_like(returns), None, None)
+    assert got[:, 0].tolist() == [-1.0, 1.0, 0.0, 0.0, 3.0, -3.0]  # G - group mean, no division
+    args = module.DrGRPOConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none")
+    assert (args.scale_rewards, args.loss_type) == ("none", "dr_grpo")
+    module.DrGRPOTrainer.check_advantage_settings(args)
+    with pytest.raises(ValueError, match="take \\['none'\\] only"):
+        module.DrGRPOTrainer.check_advantage_settings(module.DrGRPOConfig(output_dir="/tmp/unused", use_cpu=True,
+                                                                          report_to="none", scale_rewards="group"))
+
+
+def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, monkeypatch):
+    monkeypatch.chdir(EXAMPLES)  # plugins are found in the current folder, as a user runs them
+    sys.path.remove(str(EXAMPLES))  # ... and not because the fixture put the folder on the path
+    path = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo]", "reward.objective=hinge",
+                       "algo.name=dr_grpo", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
+    metrics = json.loads(path.read_text())
+    assert set(metrics["arms"]) == {"bc", "dr_grpo"}
+    stage = json.loads((tmp_path / "run" / "dr_grpo" / "stage_config.json").read_text())
+    assert stage["reward.objective"] == "hinge" and stage["algo"]["name"] == "dr_grpo"
+    state = json.loads(max((tmp_path / "run" / "dr_grpo").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert any("irl/loss" in row for row in state["log_history"])  # the hinge loss trained the reward online
+
+
+def test_registering_a_taken_name_or_a_wrong_type_is_refused():
+    class Other(RewardObjective):
+        name = "bt"
+
+    with pytest.raises(ValueError, match="'bt' is taken by RewardObjective"):
+        register_objective(Other)
+    with pytest.raises(TypeError, match="subclass of trl_irl.rewards.RewardObjective"):
+        register_objective(object)
+    with pytest.raises(ValueError, match="algo.name='grpo' is taken by OnlineIRLTrainer"):
+        register_algorithm("grpo", OnlineIRLConfig, type("Mine", (OnlineIRLTrainer,), {}))
+    with pytest.raises(TypeError, match="config dataclass and a transformers Trainer"):
+        register_algorithm("mine", dict, OnlineIRLTrainer)
+
+
+def test_a_plugin_that_is_not_there_is_named_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="plugins: no module named 'no_such_plugin'"):
+        trl_irl.run("recipe=toy", "plugins=[no_such_plugin]", output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,51 @@
+"""The library stands apart from its studies: ``trl_irl`` (trainers, pipeline, the CLI's main job) imports and runs
+without the Prompt-OIRL extra (LightGBM, scikit-learn, sentence-transformers), and ``recipe=prompt_oirl`` without it
+names the install line before any work."""
+
+import subprocess
+import sys
+import textwrap
+
+# a fresh interpreter where the extra's modules cannot be imported (sys.modules[name] = None blocks an import)
+BLOCK = textwrap.dedent("""
+    import sys
+    for name in ("lightgbm", "sklearn", "sentence_transformers"):
+        sys.modules[name] = None
+""")
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code), *args], capture_output=True,
+                          text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                                       "HOME": "/tmp", "WANDB_MODE": "disabled"})
+
+
+def test_the_library_imports_without_the_prompt_oirl_extra():
+    result = run_python("""
+        import trl_irl, trl_irl.cli, trl_irl.pipeline, trl_irl.trainers, trl_irl.compounding.experiment
+        from trl_irl import OnlineIRLTrainer, PPOTrainer, run
+        print("imported")
+    """)
+    assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]
+
+
+def test_recipe_prompt_oirl_without_the_extra_names_the_install_line(tmp_path):
+    result = run_python("""
+        sys.argv = ["trl-irl", *sys.argv[1:]]
+        from trl_irl.cli import main
+        main()
+    """, "recipe=prompt_oirl", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode != 0
+    assert "recipe=prompt_oirl needs ['lightgbm', 'scikit-learn', 'sentence-transformers']" in result.stderr
+    assert 'pip install "trl-irl[prompt-oirl]"' in result.stderr
+
+
+def test_the_study_extras_are_not_core_requirements():
+    import configparser
+    from pathlib import Path
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    core = cfg["options"]["install_requires"]
+    for package in ("lightgbm", "scikit-learn", "sentence-transformers"):
+        assert package not in core and package in cfg["options.extras_require"]["prompt-oirl"]
