@@ -11,7 +11,7 @@ from trl_irl import ALGORITHMS
 from trl_irl.models import load_reward_model
 from trl_irl.rewards import make_objective
 from trl_irl.batching import by_rows
-from trl_irl.trainers.credit import token_rewards
+from trl_irl.trainers.token_rewards import token_rewards
 from trl_irl.trainers.ppo import PPOTrainer, build_critic
 
 

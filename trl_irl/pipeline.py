@@ -126,7 +126,7 @@ class Pipeline:
 
         self.objective = make_objective(cfg["reward"]["objective"], cfg["reward"]["prefix_weight"])
         from .trainers import ALGORITHMS
-        from .trainers.credit import check_credit
+        from .trainers.token_rewards import check_credit
 
         if cfg["algo"]["name"] not in ALGORITHMS:
             raise ValueError(f"algo.name={cfg['algo']['name']!r} is unknown: choose one of {sorted(ALGORITHMS)}")
@@ -256,7 +256,7 @@ class Pipeline:
     def policy_config(self, stage: str, max_completion_length: int, **overrides):
         """The algorithm's config for an RL arm: online IRL (``stage`` = the algo), or the oracle."""
         from .trainers import ALGORITHMS
-        from .trainers.credit import CREDIT_NEEDS_REWARD_MODEL
+        from .trainers.token_rewards import CREDIT_NEEDS_REWARD_MODEL
 
         a = dict(self.cfg["algo"])
         a.pop("name")

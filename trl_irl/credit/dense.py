@@ -2,7 +2,7 @@
 0/1 completion ``mask`` (1 on a prefix of each row); every output is zero on padding.
 
 The reward-model quantities they take (prefix scores, attention, log-probs) come from ``rewards/objectives.py``;
-``trainers/credit.py`` wires them to a trainer's batch.
+``trainers/token_rewards.py`` wires them to a trainer's batch.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ class RewardObjective:
             scores.append(self.reward(self.score(model, batch, policy), batch).float())
         return torch.cat(scores) if scores else torch.zeros(0, device=device)
 
-    # --- token-level views, for dense credit (``trainers/credit.py``) -------------------------------------------
+    # --- token-level views, for dense credit (``trainers/token_rewards.py``) -------------------------------------
     def prefix_scores(self, model, batch) -> torch.Tensor:
         """Reward of the sequence cut after each position, (B, L), in one forward pass: a causal sequence
         classifier's score head applied at every position (its pooled score is the head at the last token)."""

@@ -6,7 +6,7 @@ trainer's ``compute_advantages`` (PPO: ``_transform_scored``), from the pure fun
 
 from .algorithms import (ReinforcePPConfig, ReinforcePPTrainer, ReMaxTrainer, RLOOTokenTrainer, TRLRLOOConfig,
                          TRLRLOOTrainer, UnscaledAdvantagesConfig)
-from .credit import CREDITS
+from .token_rewards import CREDITS
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardMixin
 from .ppo import PPOConfig, PPOTrainer
 from .reward_trainer import IRLRewardConfig, IRLRewardTrainer

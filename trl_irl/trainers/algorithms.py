@@ -14,7 +14,7 @@ from transformers.utils import logging
 from trl import RLOOConfig, RLOOTrainer
 
 from .. import credit as C
-from .credit import CREDITS
+from .token_rewards import CREDITS
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin, sequence_rewards
 
 logger = logging.get_logger(__name__)

@@ -2,7 +2,7 @@
 
 Three questions, three places: the reward comes from ``OnlineRewardMixin`` (a reward model that keeps learning from
 demonstrations vs the policy's own samples, plus any reward functions), credit is spread over tokens by
-``trainers/credit.py`` (pure maths in ``credit/``), and each algorithm says how returns become advantages in one
+``trainers/token_rewards.py`` (pure maths in ``credit/``), and each algorithm says how returns become advantages in one
 method, ``compute_advantages``: GRPO here, RLOO / ReMax / REINFORCE++ in ``algorithms.py``, PPO in ``ppo.py``.
 
 Hooks (each calls ``super()`` and transforms its result; no TRL method body is copied):
@@ -37,7 +37,7 @@ from ..validation import (
     check_tokenizer,
     generation_eos_ids,
 )
-from .credit import CREDITS, check_credit, token_rewards
+from .token_rewards import CREDITS, check_credit, token_rewards
 
 
 def no_bf16_without_gpu(args):
@@ -95,7 +95,7 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
     GRPO's ``beta`` (a loss term); ``token_kl_coef`` puts a per-token KL penalty in the reward instead."""
 
     credit: str = field(default="sequence", metadata={
-        "help": f"How reward is spread over tokens: one of {list(CREDITS)} (see trl_irl/trainers/credit.py)."})
+        "help": f"How reward is spread over tokens: one of {list(CREDITS)} (see trl_irl/trainers/token_rewards.py)."})
     credit_gamma: float = field(default=1.0, metadata={
         "help": "Discount of token rewards in returns-to-go G_t = sum_k gamma^(k-t) r_k (and GAE's gamma in PPO)."})
     attention_mix: float = field(default=0.5, metadata={
@@ -323,7 +323,7 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
     """GRPO with an online-IRL (or fixed) reward and token-level credit; the base of our other algorithms.
 
     With ``credit=sequence`` (and no token KL) it keeps TRL's GRPO advantages untouched. Otherwise token rewards
-    r_t (``trainers/credit.py``) become returns-to-go G_t and ``compute_advantages`` turns them into (B, T)
+    r_t (``trainers/token_rewards.py``) become returns-to-go G_t and ``compute_advantages`` turns them into (B, T)
     advantages, which TRL's token-level clipped loss accepts as they are.
     """
 
