@@ -146,12 +146,12 @@ def test_the_configs_default_to_the_scaling_their_estimator_takes():
         assert config.scale_rewards in cls[1].SCALE_REWARDS, name
 
 
-def test_normalize_then_sum_refused_where_we_compute_advantages():
+def test_normalize_then_sum_refused_on_every_path():
     trainer, args = fake_trainer(OnlineIRLTrainer, multi_objective_aggregation="normalize_then_sum")
-    with pytest.raises(ValueError, match="multi_objective_aggregation='normalize_then_sum'"):
-        check_own(trainer, args)
-    args.token_level = False  # GRPO with sequence credit: TRL's own advantages, which honour it
-    check_own(trainer, args)
+    for token_level in (True, False):  # sequence credit too: the default run goes through the same seam
+        args.token_level = token_level
+        with pytest.raises(ValueError, match="multi_objective_aggregation='normalize_then_sum'"):
+            check_own(trainer, args)
 
 
 def test_unscorable_rows_get_no_reward_share_and_no_advantage():

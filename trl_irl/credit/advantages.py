@@ -94,12 +94,15 @@ def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, 
         none:   s = 0 and no eps: A = G - b
 
     b the per-position group mean (``group_baseline``), n_g the group's number of valid tokens, n the batch's. On
-    (B, 1) this is TRL's GRPO advantage exactly, eps added to the std as TRL does (TRL's ``1e-4``); per token, s_g
+    (B, 1) this is TRL's GRPO advantage bit for bit (computed with TRL's own operations, eps added to the std as TRL
+    does: ``1e-4``), so the default run goes through this seam like every other; per token, s_g
     measures the spread of what is being normalised (a group whose totals tie but whose token returns differ is
     not blown up). A tied group gets advantages of exactly 0; so does a group of one (its s_g is taken as 0).
     """
     if scale not in ("group", "batch", "none"):
         raise ValueError(f"scale_rewards={scale!r}: choose 'group', 'batch' or 'none' (as TRL's GRPOConfig)")
+    if returns.size(1) == 1:
+        return _sequence_grpo_advantages(returns[:, 0], mask[:, 0], group_size, scale, eps)[:, None]
     mask = mask.to(returns.dtype)
     advantages = (returns - group_baseline(returns, mask, group_size)) * mask
     if scale == "group":
@@ -110,6 +113,26 @@ def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, 
     elif scale == "batch":
         advantages = advantages / (masked_var(returns, mask).sqrt() + eps)
     return advantages
+
+
+def _sequence_grpo_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, scale: str,
+                               eps: float) -> torch.Tensor:
+    """One reward per completion (B,): TRL's GRPO advantage computed op for op as ``GRPOTrainer`` does (NaN for an
+    invalid row, ``nanmean`` / TRL's ``nanstd``, then NaN -> 0), so the advantages are TRL's bit for bit."""
+    from trl.trainer.utils import nanstd
+
+    rewards = torch.where(valid > 0, rewards, torch.full_like(rewards, torch.nan))
+    grouped = _grouped(rewards, group_size)
+    mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size, dim=0)
+    if scale == "batch":
+        std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
+    else:
+        std = nanstd(grouped, dim=1).repeat_interleave(group_size, dim=0) if group_size > 1 else \
+            torch.zeros_like(rewards)
+    advantages = rewards - mean
+    if scale != "none":
+        advantages = advantages / (std + eps)
+    return torch.nan_to_num(advantages, nan=0.0)
 
 
 def rloo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -322,9 +322,10 @@ def sequence_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Ten
 class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
     """GRPO with an online-IRL (or fixed) reward and token-level credit; the base of our other algorithms.
 
-    With ``credit=sequence`` (and no token KL) it keeps TRL's GRPO advantages untouched. Otherwise token rewards
-    r_t (``trainers/token_rewards.py``) become returns-to-go G_t and ``compute_advantages`` turns them into (B, T)
-    advantages, which TRL's token-level clipped loss accepts as they are.
+    Every run's advantages come from ``compute_advantages``, the default's included: with ``credit=sequence`` the
+    returns are the sequence rewards (B, 1) and GRPO's estimator gives TRL's own advantages bit for bit; with token
+    credit, token rewards r_t (``trainers/token_rewards.py``) become returns-to-go G_t (B, T), and the (B, T)
+    advantages go to TRL's token-level clipped loss as they are.
     """
 
     # the values of TRL's ``scale_rewards`` this trainer's own advantages honour (the others are refused)
@@ -336,25 +337,19 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
 
     @classmethod
     def check_advantage_settings(cls, args):
-        """TRL's advantage settings this trainer's own advantages follow, or refuse (callable before a trainer is
-        built: the pipeline checks them at start-up)."""
-        if not cls.own_advantages(args):
-            return  # TRL's GRPO advantages: TRL honours its own settings
+        """TRL's advantage settings this trainer's advantages follow, or refuse (callable before a trainer is built:
+        the pipeline checks them at start-up)."""
         name = cls.__name__
         if args.scale_rewards not in cls.SCALE_REWARDS:
             raise ValueError(f"{name} with scale_rewards={args.scale_rewards!r}: its advantages take "
                              f"{list(cls.SCALE_REWARDS)} only (set scale_rewards={cls.SCALE_REWARDS[0]!r}, "
                              f"algo.scale_rewards={cls.SCALE_REWARDS[0]} on the CLI)")
         if args.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError(f"{name} with multi_objective_aggregation={args.multi_objective_aggregation!r}: our "
-                             "advantages (token credit, or this algorithm's estimator) sum the weighted reward functions "
-                             "first; set multi_objective_aggregation='sum_then_normalize', or use algo=grpo with "
-                             "credit=sequence (TRL's own advantages)")
+            raise ValueError(f"{name} with multi_objective_aggregation={args.multi_objective_aggregation!r}: every "
+                             "estimator here takes the weighted sum of the reward functions (TRL's default "
+                             "'sum_then_normalize'); set multi_objective_aggregation='sum_then_normalize' (or put the "
+                             "per-function normalisation in a reward function of yours)")
 
-    @classmethod
-    def own_advantages(cls, args) -> bool:
-        """True where this trainer replaces TRL's advantages (token credit, or an estimator of its own)."""
-        return cls.compute_advantages is not OnlineIRLTrainer.compute_advantages or args.token_level
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -369,7 +364,7 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
 
     # --- wiring -----------------------------------------------------------------------------------------------
     def _transform_scored(self, output, inputs):
-        if not self.model.training or not self.own_advantages(self.args):
+        if not self.model.training:  # evaluation: TRL's advantages enter only its eval loss
             return output
         rewards, scorable = self.local_sequence_rewards(len(inputs))
         if self.args.token_level:

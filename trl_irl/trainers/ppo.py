@@ -84,10 +84,6 @@ class PPOTrainer(OnlineIRLTrainer):
 
     SCALE_REWARDS = ("none",)  # GAE's advantages are normalised by whiten_advantages
 
-    @classmethod
-    def own_advantages(cls, args) -> bool:
-        return True
-
     def __init__(self, *args, critic=None, **kwargs):
         deepspeed = deepspeed_stage(kwargs.get("args", args[2] if len(args) > 2 else None)) is not None
         if deepspeed and not isinstance(critic, AdapterRole):

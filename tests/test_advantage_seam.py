@@ -1,0 +1,63 @@
+"""One advantage seam: every trainer's advantages come from ``compute_advantages``, the default run's included. With
+``credit=sequence`` GRPO's estimator gives TRL's own GRPO advantages bit for bit, on the same batch, in the trainer
+(TRL's are read from ``super()._generate_and_score_completions`` before the seam replaces them)."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+from trl_irl.trainers import ALGORITHMS
+
+
+class ComparingTrainer(OnlineIRLTrainer):
+    """Keeps TRL's advantages and ours for every generation batch."""
+
+    def _transform_scored(self, output, inputs):
+        trl_advantages = output["advantages"].clone()
+        calls = []
+        original = self.compute_advantages
+        self.compute_advantages = lambda *a: calls.append(1) or original(*a)
+        try:
+            output = super()._transform_scored(output, inputs)
+        finally:
+            del self.compute_advantages
+        self.pairs = getattr(self, "pairs", []) + [(trl_advantages, output["advantages"].clone(), len(calls))]
+        return output
+
+
+def tied_and_unscorable(prompts, completions, **_):
+    """Rewards with ties within groups, equal groups and rows no function can score (None)."""
+    out = []
+    for i, c in enumerate(completions):
+        if i % 7 == 3:
+            out.append(None)
+        else:
+            out.append(float(len(c) % 3) * 0.1 + (0.3 if i % 8 < 4 else 0.0))
+    return out
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_grpo_sequence_advantages_are_trls_bit_for_bit(scale, tmp_path, policy_path, tokenizer, demos):
+    args = OnlineIRLConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=16, num_generations=4,
+                           max_completion_length=6, max_steps=2, learning_rate=1e-3, beta=0.0, use_cpu=True,
+                           bf16=False, report_to="none", disable_tqdm=True, save_strategy="no", seed=0,
+                           scale_rewards=scale)
+    trainer = ComparingTrainer(model=policy_path, reward_funcs=[tied_and_unscorable, lambda completions, **_:
+                                                                [0.01 * len(c) for c in completions]],
+                               args=args, train_dataset=Dataset.from_list([{"prompt": d["prompt"]} for d in demos]),
+                               processing_class=tokenizer)
+    trainer.train()
+    assert len(trainer.pairs) == 2
+    for trl_advantages, ours, calls in trainer.pairs:
+        assert calls == 1  # the seam ran
+        assert trl_advantages.abs().sum() > 0 and torch.equal(trl_advantages, ours)
+
+
+def test_every_algorithm_computes_advantages_in_compute_advantages():
+    from trl_irl.trainers import TRLRLOOTrainer
+
+    for name, (_, trainer_cls) in ALGORITHMS.items():
+        if trainer_cls is TRLRLOOTrainer:  # TRL's RLOO, unchanged: its advantages are TRL's (credit=sequence only)
+            continue
+        assert issubclass(trainer_cls, OnlineIRLTrainer) and "compute_advantages" in dir(trainer_cls), name
