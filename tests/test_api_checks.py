@@ -51,3 +51,16 @@ def test_the_online_reward_accuracy_is_not_dragged_below_half_by_identical_sampl
     batch = encode(tokenizer, prompts * 2, texts + texts)  # every sample equals its demonstration
     _, metrics = objective.pair_loss(model, batch)
     assert metrics["ties"] == 1.0 and metrics["accuracy"] == 0.5  # was 0.0: every tie counted a miss
+
+
+def test_reward_config_fields_the_irl_loss_would_drop_are_refused(tmp_path, policy_path, tokenizer, demos):
+    from trl_irl import IRLRewardConfig, IRLRewardTrainer
+
+    with pytest.raises(ValueError, match="center_rewards_coefficient=0.01: the IRL objective's loss"):
+        IRLRewardConfig(output_dir=str(tmp_path), center_rewards_coefficient=0.01, report_to="none")
+    pairs = Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": "a", "margin": 1.0}
+                               for d in demos])
+    with pytest.raises(ValueError, match="train_dataset has a 'margin' column"):
+        IRLRewardTrainer(model=load_reward_model(policy_path, "classifier"),
+                         args=IRLRewardConfig(output_dir=str(tmp_path), report_to="none"), train_dataset=pairs,
+                         processing_class=tokenizer)

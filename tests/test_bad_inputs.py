@@ -77,6 +77,7 @@ BAD_INPUTS = [
     ((*DATA, "task.heldout_fraction=1.5"), "task.heldout_fraction"),
     (("task=dataset", "task.path={empty}"), "task."),
     ((*DATA, "arms=[bc,oracle]"), "this task has none: set task.verifier"),
+    (("peft=lora", "+reward.pretrain.lr_scheduler_type=cosine"), "cannot apply with peft=lora"),
     # the studies' jobs: their recipe is their schema
     (("recipe=prompt_oirl", "+data.datset=svamp"), "unknown config key data.datset (on the command line: +data.datset=svamp): did you mean data.dataset?"),
     (("recipe=compounding_error", "+compounding.seed=3"), "did you mean compounding.seeds?"),

@@ -100,6 +100,10 @@ def verifier_reward(score, rows: list[dict]):
     return verifier
 
 
+# the IRLRewardConfig fields the adapter-role pretraining loop honours (OnlineRewardUpdater's settings)
+ROLE_PRETRAIN_KEYS = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_grad_norm")
+
+
 class Pipeline:
     """Runs the stages of one configured experiment; ``run()`` returns the path of ``metrics.json``."""
 
@@ -286,6 +290,11 @@ class Pipeline:
         self.bc_config()
         if self.algo in self.arms:
             self.reward_pretrain_config()
+            unhonoured = sorted(set(self.cfg["reward"]["pretrain"]) - set(ROLE_PRETRAIN_KEYS)) if self.peft else []
+            if unhonoured:
+                raise ValueError(f"reward.pretrain: {unhonoured} cannot apply with peft=lora: the reward adapter is "
+                                 f"pretrained by the online updater's own loop (the one reward-learning engine), which "
+                                 f"takes {list(ROLE_PRETRAIN_KEYS)} only. Remove them, or train full models (peft=none)")
         for arm in self.arms:
             if arm == "spin":
                 self.spin_config(1)
@@ -539,13 +548,12 @@ class Pipeline:
         from .rewards.online import OnlineRewardUpdater
         from .shared_base import POLICY, AdapterRole
 
-        c = self.cfg["reward"]["pretrain"]
-        batch = c.get("per_device_train_batch_size", 32)
+        c = self.reward_pretrain_config()  # the same IRLRewardConfig as a full model's: its values and defaults
+        batch = c.per_device_train_batch_size
         updater = OnlineRewardUpdater(self.reward_model, self.tokenizer, self.objective,
-                                      learning_rate=c.get("learning_rate", 1e-4), weight_decay=c.get("weight_decay", 0.0),
-                                      batch_size=batch, steps=math.ceil(len(train) / batch) * c.get("num_train_epochs", 1),
-                                      buffer_size=len(train), max_grad_norm=c.get("max_grad_norm", 1.0),
-                                      seed=self.cfg["seed"], scoring_batch_size=batch)
+                                      learning_rate=c.learning_rate, weight_decay=c.weight_decay, batch_size=batch,
+                                      steps=int(math.ceil(len(train) / batch) * c.num_train_epochs), buffer_size=len(train),
+                                      max_grad_norm=c.max_grad_norm, seed=self.cfg["seed"], scoring_batch_size=batch)
         updater.add(train["prompt"], train["chosen"], train["rejected"])
         policy = None
         if self.objective.needs_policy:  # on a shared base: the BC adapter of that base, as a role

@@ -27,6 +27,9 @@ class IRLRewardConfig(RewardConfig):
         no_bf16_without_gpu(self)
         super().__post_init__()
         make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
+        if self.center_rewards_coefficient is not None:  # a term of TRL's Bradley-Terry loss, which ours replaces
+            raise ValueError(f"center_rewards_coefficient={self.center_rewards_coefficient}: the IRL objective's loss "
+                             f"({self.objective}) replaces TRL's, so this term of TRL's would be dropped; leave it None")
 
 
 @dataclass
@@ -51,6 +54,10 @@ class IRLRewardTrainer(RewardTrainer):
         check_tokenizer(processing_class)
         check_pad_id(model, processing_class, "model")
         check_dataset(train_dataset, PAIR_COLUMNS, "train_dataset")
+        for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            if data is not None and "margin" in data.column_names:  # TRL's margin enters its BT loss, not ours
+                raise ValueError(f"{name} has a 'margin' column: the IRL objective's loss replaces TRL's Bradley-Terry "
+                                 "loss with margin, so it would be ignored; remove the column")
         if eval_dataset is not None:
             check_dataset(eval_dataset, PAIR_COLUMNS, "eval_dataset")
         if self.objective.needs_policy and policy is None:
