@@ -69,8 +69,9 @@ def use_distinct_pad(tokenizer: PreTrainedTokenizerBase, eos_token_ids=()) -> st
     """Give ``tokenizer`` a pad token that is none of its EOS ids (``tokenizer.eos_token_id`` and ``eos_token_ids``,
     e.g. a generation config's). Returns the token chosen, or None when the pad was already distinct.
 
-    Why: a reward classifier scores the last token that is not the pad id, so with pad == EOS it scores the token
-    before the appended EOS and never sees whether a completion stopped. An existing special token that is neither
+    Why: a transformers classifier scores the last token that is not the pad id, so with pad == EOS it scores the
+    token before the EOS every scored completion ends with, while a LoRA reward role (pooling by the attention mask)
+    scores the EOS itself: the same objective would read two positions. An existing special token that is neither
     EOS nor BOS is reused (the unknown token first), so no embedding matrix grows; padded positions are masked, so
     which token pads does not change what a model computes.
     """

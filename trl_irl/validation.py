@@ -37,8 +37,8 @@ def check_tokenizer(tokenizer, name: str = "processing_class", eos_token_ids=())
     eos = {tokenizer.eos_token_id, *eos_token_ids} - {None}
     if tokenizer.pad_token_id in eos:
         raise ValueError(f"{name} pads with {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), one of its EOS ids "
-                         f"{sorted(eos)}: a reward model would score the token before EOS, never whether a completion "
-                         f"stopped. Give it a distinct pad: {fix}")
+                         f"{sorted(eos)}: a reward classifier would score the token before the EOS that ends each "
+                         f"scored completion instead of the EOS. Give it a distinct pad: {fix}")
 
 
 def generation_eos_ids(model) -> list[int]:
