@@ -55,9 +55,15 @@ def test_grpo_sequence_advantages_are_trls_bit_for_bit(scale, tmp_path, policy_p
 
 
 def test_every_algorithm_computes_advantages_in_compute_advantages():
+    """One hop: each algorithm's estimator is its ``compute_advantages`` (GRPO's the base's), and none sets
+    advantages anywhere else (the base's ``_transform_scored`` is the only caller, for every algorithm)."""
     from trl_irl.trainers import TRLRLOOTrainer
 
+    own = {}
     for name, (_, trainer_cls) in ALGORITHMS.items():
         if trainer_cls is TRLRLOOTrainer:  # TRL's RLOO, unchanged: its advantages are TRL's (credit=sequence only)
             continue
-        assert issubclass(trainer_cls, OnlineIRLTrainer) and "compute_advantages" in dir(trainer_cls), name
+        assert issubclass(trainer_cls, OnlineIRLTrainer), name
+        assert trainer_cls._transform_scored is OnlineIRLTrainer._transform_scored, name
+        own[name] = trainer_cls.compute_advantages is not OnlineIRLTrainer.compute_advantages
+    assert own == {"grpo": False, "ppo": True, "rloo_token": True, "remax": True, "reinforce_pp": True}

@@ -116,14 +116,14 @@ def test_token_credit_trains_with_an_online_reward(credit, objective, tmp_path, 
         train_dataset=prompt_dataset(task, demos), processing_class=tokenizer)
     seen = {}
 
-    def spy(returns, mask, output, inputs, original=trainer.compute_advantages):
-        seen["returns"], seen["mask"] = returns, mask
-        seen["advantages"] = original(returns, mask, output, inputs)
+    def spy(rewards, mask, output, inputs, original=trainer.compute_advantages):
+        seen["rewards"], seen["mask"] = rewards, mask
+        seen["advantages"] = original(rewards, mask, output, inputs)
         return seen["advantages"]
 
     trainer.compute_advantages = spy
     trainer.train()
-    assert seen["returns"].shape == seen["mask"].shape and seen["returns"].size(1) > 1  # per token
+    assert seen["rewards"].shape == seen["mask"].shape and seen["rewards"].size(1) > 1  # per token
     assert (seen["advantages"][seen["mask"] == 0] == 0).all()
     assert trainer.reward_updater.num_updates == 4
 

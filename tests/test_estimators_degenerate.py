@@ -163,7 +163,7 @@ def test_unscorable_rows_get_no_reward_share_and_no_advantage():
     rewards, scorable = trainer.local_sequence_rewards(4)
     assert rewards.tolist() == [1.0, 0.0, 1.5, 0.5]
     assert scorable.tolist() == [True, False, True, True]
-    trainer.num_generations, trainer.scale_rewards = 4, "none"
+    trainer.num_generations, trainer.scale_rewards, trainer.args = 4, "none", SimpleNamespace(credit_gamma=1.0)
     adv = OnlineIRLTrainer.compute_advantages(trainer, rewards[:, None], scorable[:, None].float(), {}, [])
     # the baseline is the mean of the three scorable rows (1.0), not of four with a 0 for the unscorable one
     assert adv[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.5, -0.5])

@@ -64,7 +64,8 @@ def test_the_hinge_objective_learns_through_the_one_reward_engine(examples, task
 
 def test_dr_grpo_advantages_are_group_centred_returns_unscaled(examples):
     module = examples("dr_grpo")
-    fake = SimpleNamespace(num_generations=2, across_processes=lambda fn, returns, mask: fn(returns, mask))
+    fake = SimpleNamespace(num_generations=2, across_processes=lambda fn, returns, mask: fn(returns, mask),
+                           returns_to_go=lambda rewards, mask: rewards * mask)
     returns = torch.tensor([[1.0], [3.0], [2.0], [2.0], [5.0], [-1.0]])
     got = module.DrGRPOTrainer.compute_advantages(fake, returns, torch.ones_like(returns), None, None)
     assert got[:, 0].tolist() == [-1.0, 1.0, 0.0, 0.0, 3.0, -3.0]  # G - group mean, no division

@@ -358,3 +358,55 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
     trainer.train()
     for name, b, a in zip(("policy", "critic", "reward"), before, weights()):
         assert any(not torch.equal(x, y) for x, y in zip(b, a)), f"the {name} did not train"
+
+
+def test_value_loss_backward_is_the_same_with_gradient_checkpointing(policy_path, tokenizer, demos):
+    """PPO backpropagates its value loss on its own, under the critic's adapter, rather than adding it to the policy's
+    loss for one backward: on a shared base the critic's adapter takes gradients only inside its scope, and
+    checkpointing recomputes the critic's forward at backward time, under whichever adapter is active then. Measured
+    here: the critic's gradients from PPO's own backward are the same with and without checkpointing; one combined
+    backward after the critic's forward gives it other gradients (none), with checkpointing or without."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from tests.test_scoring_batches import trl_batch
+    from trl_irl.batching import prompt_completion_batch
+    from trl_irl.shared_base import adapter_scope
+    from trl_irl.trainers.ppo import PPOTrainer
+
+    output = trl_batch(tokenizer, [d["prompt"] for d in demos[:8]], [d["completion"] for d in demos[:8]])
+    output["old_values"] = torch.zeros(output["completion_ids"].shape)
+    output["returns"] = torch.linspace(-1, 1, output["completion_ids"].numel()).view_as(output["old_values"])
+    grads = {}
+    for checkpointing in (False, True):
+        for combined in (False, True):
+            torch.manual_seed(0)
+            shared = SharedBase(policy_path, LORA)
+            critic, policy = shared.role(CRITIC, "token"), AdapterRole(shared.model, POLICY, "lm")
+            perturb(critic, policy)
+            if checkpointing:
+                shared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+                shared.model.enable_input_require_grads()
+            shared.model.train()
+            fake = SimpleNamespace(model=shared.model, critic=critic, current_gradient_accumulation_steps=1,
+                                   is_deepspeed_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)),
+                                   args=SimpleNamespace(cliprange_value=10.0, vf_coef=1.0),
+                                   accelerator=SimpleNamespace(backward=lambda loss: loss.backward()))
+            fake.values = lambda model, out, batch_size=None: PPOTrainer.values(fake, model, out, batch_size)
+            policy_loss = lambda: -completion_logps(policy, prompt_completion_batch(output)).mean()  # noqa: E731
+            if combined:  # the alternative: value loss + policy loss, one backward outside the critic's scope
+                with adapter_scope(critic):
+                    values = fake.values(critic, output)
+                value_loss = 0.5 * ((values - output["returns"]) ** 2 * output["completion_mask"]).sum() \
+                    / output["completion_mask"].sum()
+                (value_loss + policy_loss()).backward()
+            else:  # PPOTrainer._compute_loss: the critic's backward first, then the policy's
+                PPOTrainer._value_loss_backward(fake, output)
+                policy_loss().backward()
+            grads[checkpointing, combined] = [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                                              for p in critic.parameters()]
+    for a, b in zip(grads[False, False], grads[True, False]):
+        torch.testing.assert_close(a, b)
+    assert all(a.abs().sum() > 0 for a in grads[False, False][:-1])  # every adapter weight of the critic learns
+    for checkpointing in (False, True):
+        assert any(not torch.allclose(a, b) for a, b in zip(grads[False, False], grads[checkpointing, True]))

@@ -1,7 +1,7 @@
 """How the policy (and the reward model) is updated: thin subclasses of TRL trainers.
 
 ``ALGORITHMS`` maps the Hydra ``algo`` names to (config class, trainer class); advantages are computed in each
-trainer's ``compute_advantages`` (PPO: ``_transform_scored``), from the pure functions in ``trl_irl/credit``.
+trainer's ``compute_advantages`` (PPO's: GAE on its critic), from the pure functions in ``trl_irl/credit``.
 """
 
 from .algorithms import (ReinforcePPConfig, ReinforcePPTrainer, ReMaxTrainer, RLOOTokenTrainer, TRLRLOOConfig,

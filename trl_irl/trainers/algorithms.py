@@ -45,7 +45,8 @@ class RLOOTokenTrainer(OnlineIRLTrainer):
 
     SCALE_REWARDS = ("none",)
 
-    def compute_advantages(self, returns, mask, output, inputs):
+    def compute_advantages(self, rewards, mask, output, inputs):
+        returns = self.returns_to_go(rewards, mask)
         return self.across_processes(lambda g, m: C.rloo_advantages(g, m, self.num_generations), returns, mask)
 
 
@@ -54,7 +55,8 @@ class ReinforcePPTrainer(OnlineIRLTrainer):
 
     SCALE_REWARDS = ("batch",)
 
-    def compute_advantages(self, returns, mask, output, inputs):
+    def compute_advantages(self, rewards, mask, output, inputs):
+        returns = self.returns_to_go(rewards, mask)
         group = self.num_generations if self.args.group_baseline else None
         return self.across_processes(lambda g, m: C.reinforce_pp_advantages(g, m, group), returns, mask)
 
@@ -71,8 +73,8 @@ class ReMaxTrainer(OnlineIRLTrainer):
             logger.warning("ReMaxTrainer with use_vllm=true: the sampled completions come from vLLM, but the greedy "
                            "baseline rollout runs on the training model's generate() (one greedy completion per prompt)")
 
-    def compute_advantages(self, returns, mask, output, inputs):
-        return C.remax_advantages(returns, mask, *self.greedy_returns(output, inputs))
+    def compute_advantages(self, rewards, mask, output, inputs):
+        return C.remax_advantages(self.returns_to_go(rewards, mask), mask, *self.greedy_returns(output, inputs))
 
     @torch.no_grad()
     def greedy_returns(self, output, inputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +112,7 @@ class ReMaxTrainer(OnlineIRLTrainer):
                   "completion_mask": completion_mask}
         if self.args.token_level:
             completion_mask = completion_mask * scorable
-            returns = C.discounted_returns(self.token_rewards(greedy, rewards), completion_mask, self.args.credit_gamma)
+            returns = self.returns_to_go(self.token_rewards(greedy, rewards), completion_mask)
         else:
             returns, completion_mask = rewards[:, None], scorable.to(rewards.dtype)
         index = row_to_group.to(device)

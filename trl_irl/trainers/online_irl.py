@@ -357,10 +357,26 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
             self.reward_updater.model.set_attn_implementation("eager")
 
     # --- the one method each algorithm overrides ---------------------------------------------------------------
-    def compute_advantages(self, returns: torch.Tensor, mask: torch.Tensor, output: dict, inputs: list) -> torch.Tensor:
-        """Local returns (B, T) -> advantages (B, T). GRPO: per-position group mean, group std of the return."""
+    def compute_advantages(self, rewards: torch.Tensor, mask: torch.Tensor, output: dict, inputs: list) -> torch.Tensor:
+        """This process's token rewards -> advantages, the one place every estimator is called from.
+
+        Args:
+            rewards: (B, T) token rewards r_t (``trainers/token_rewards.py``); (B, 1), the sequence reward, with
+                ``credit=sequence`` (TRL's sequence-level loss then takes the advantages' only column).
+            mask: (B, T) or (B, 1), 1 on the completion's tokens of scorable rows.
+            output: TRL's generation batch (ids, masks, log-probs), for estimators that read the completions.
+            inputs: the batch's dataset rows.
+
+        Returns:
+            (B, T) advantages, zero where ``mask`` is 0. GRPO: returns-to-go G_t, per-position group mean, group std.
+        """
+        returns = self.returns_to_go(rewards, mask)
         return self.across_processes(lambda g, m: C.grpo_advantages(g, m, self.num_generations,
                                                                     scale=self.scale_rewards), returns, mask)
+
+    def returns_to_go(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """G_t = sum_{k >= t} gamma^(k-t) r_k with gamma = ``credit_gamma`` (on (B, 1): the reward itself)."""
+        return C.discounted_returns(rewards, mask, self.args.credit_gamma)
 
     # --- wiring -----------------------------------------------------------------------------------------------
     def _transform_scored(self, output, inputs):
@@ -369,10 +385,10 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         rewards, scorable = self.local_sequence_rewards(len(inputs))
         if self.args.token_level:
             mask = output["completion_mask"] * scorable[:, None]
-            returns = C.discounted_returns(self.token_rewards(output, rewards), mask, self.args.credit_gamma)
-        else:  # sequence level: one return per completion
-            returns, mask = rewards[:, None], scorable[:, None].to(rewards.dtype)
-        advantages = self.compute_advantages(returns, mask, output, inputs)
+            rewards = self.token_rewards(output, rewards)
+        else:  # sequence level: one reward per completion
+            rewards, mask = rewards[:, None], scorable[:, None].to(rewards.dtype)
+        advantages = self.compute_advantages(rewards, mask, output, inputs)
         output["advantages"] = advantages if self.args.token_level else advantages[:, 0]
         self._log_advantages(advantages, mask)
         return output

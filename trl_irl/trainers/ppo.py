@@ -3,10 +3,12 @@ clipped value loss. TRL deleted its own PPOTrainer in 1.13; this one rides on GR
 loss and adds only what PPO has beyond it.
 
 PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generation``. Hooks, each calling ``super()``:
-    _transform_scored      token rewards -> critic values -> GAE (credit/advantages.py) -> advantages, returns
+    compute_advantages     token rewards -> critic values -> GAE (credit/advantages.py) -> advantages, returns
     _compute_loss          + vf_coef * clipped value loss, backpropagated before the policy's forward (the two graphs
-                           never coexist) and under the critic's adapter scope (a critic that is an adapter on the
-                           policy's shared base recomputes with its own adapter)
+                           never coexist) and under the critic's adapter scope: a critic that is an adapter on the
+                           policy's shared base takes gradients only there, and checkpointing recomputes its forward
+                           with its own adapter. One backward of both losses gave that critic no gradient
+                           (tests/test_shared_base.py measures it), so the value loss keeps its own backward
     create_optimizer       the critic's parameters as an extra group (own learning rate; clipped and, under several
                            processes, all-reduced by a step pre-hook, since Trainer clips only the policy; cleared
                            by a post-hook, since Trainer zeroes only the model's gradients). Under DeepSpeed ZeRO-1/2
@@ -52,6 +54,10 @@ class PPOConfig(OnlineIRLConfig):
     critic_model: str | None = field(default=None, metadata={
         "help": "Path of the critic's initial weights (a causal LM or token classifier). Default: the policy's own "
                 "weights, with a zero value head, so the critic starts from the policy's features."})
+
+    @property
+    def token_level(self) -> bool:
+        return True  # GAE runs over tokens whatever the credit (credit=sequence: the reward on the last token)
 
     def __post_init__(self):
         super().__post_init__()
@@ -104,22 +110,20 @@ class PPOTrainer(OnlineIRLTrainer):
         P, T = output["prompt_ids"].size(1), output["completion_ids"].size(1)
         return logits[:, P - 1 : P - 1 + T].float() * output["completion_mask"]
 
-    def _transform_scored(self, output, inputs):
-        if not self.model.training:
-            return output
-        sequence, scorable = self.local_sequence_rewards(len(inputs))
-        mask = output["completion_mask"] * scorable[:, None]  # unscorable rows: no advantage, value target = V
-        rewards = self.token_rewards(output, sequence)  # (B, T)
-        with torch.no_grad():
-            values = self.values(self.critic, output, self.args.per_device_train_batch_size)  # as TRL's log-probs
+    def compute_advantages(self, rewards, mask, output, inputs):
+        """GAE on the critic's values V(s_t), whitened over the batch; also leaves in ``output`` what the value loss
+        needs: the critic's targets (returns; V itself on masked rows, so they add no loss) and V at sampling time.
+
+        Args / Returns: as ``OnlineIRLTrainer.compute_advantages``, rewards always (B, T) (``PPOConfig.token_level``).
+        """
+        with torch.no_grad():  # per micro-batch, as TRL's log-probs
+            values = self.values(self.critic, output, self.args.per_device_train_batch_size)
         advantages, returns = C.gae(rewards, values, mask, self.args.credit_gamma, self.args.gae_lambda)
-        returns = torch.where(mask.bool(), returns, values)
         if self.args.whiten_advantages:
             advantages = self.across_processes(C.whiten, advantages, mask)
-        output.update(advantages=advantages, returns=returns, old_values=values)
+        output.update(returns=torch.where(mask.bool(), returns, values), old_values=values)
         self.policy_logps(output)  # PPO's ratio needs the sampling policy's log-probs even when TRL skips them
-        self._log_advantages(advantages, mask)
-        return output
+        return advantages
 
     def _compute_loss(self, model, inputs):
         if "returns" in inputs:  # evaluation batches carry no returns
