@@ -14,7 +14,7 @@ import trl_irl
 from trl_irl.evaluation import sample_completions
 from trl_irl.models import load_reward_model
 from trl_irl.rewards import OBJECTIVES, OnlineRewardUpdater, RewardObjective, make_objective, register_objective
-from trl_irl.trainers import ALGORITHMS, OnlineIRLConfig, OnlineIRLTrainer, register_algorithm
+from trl_irl.trainers import ALGORITHMS, CREDITS, OnlineIRLConfig, OnlineIRLTrainer, register_algorithm, register_credit
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,11 +23,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def examples(monkeypatch):
     """The examples importable by name, as from their folder; what they register is removed afterwards."""
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    before_objectives, before_algorithms = dict(OBJECTIVES), dict(ALGORITHMS)
+    before = [(registry, dict(registry)) for registry in (OBJECTIVES, ALGORITHMS, CREDITS)]
     yield importlib.import_module
-    OBJECTIVES.clear(), OBJECTIVES.update(before_objectives)
-    ALGORITHMS.clear(), ALGORITHMS.update(before_algorithms)
-    for name in ("hinge_objective", "dr_grpo"):
+    for registry, entries in before:
+        registry.clear(), registry.update(entries)
+    for name in ("hinge_objective", "dr_grpo", "uniform_credit"):
         sys.modules.pop(name, None)
 
 
@@ -80,14 +80,40 @@ def test_dr_grpo_advantages_are_group_centred_returns_unscaled(examples):
 def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, monkeypatch):
     monkeypatch.chdir(EXAMPLES)  # plugins are found in the current folder, as a user runs them
     sys.path.remove(str(EXAMPLES))  # ... and not because the fixture put the folder on the path
-    path = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo]", "reward.objective=hinge",
-                       "algo.name=dr_grpo", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
+    path = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo,uniform_credit]", "reward.objective=hinge",
+                       "algo.name=dr_grpo", "credit.name=uniform", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
     metrics = json.loads(path.read_text())
     assert set(metrics["arms"]) == {"bc", "dr_grpo"}
     stage = json.loads((tmp_path / "run" / "dr_grpo" / "stage_config.json").read_text())
     assert stage["reward.objective"] == "hinge" and stage["algo"]["name"] == "dr_grpo"
+    assert stage["credit"]["name"] == "uniform"
     state = json.loads(max((tmp_path / "run" / "dr_grpo").glob("checkpoint-*/trainer_state.json")).read_text())
     assert any("irl/loss" in row for row in state["log_history"])  # the hinge loss trained the reward online
+
+
+def test_uniform_credit_on_a_hand_worked_batch(examples):
+    examples("uniform_credit")
+    from trl_irl.trainers.token_rewards import token_rewards
+
+    output = {"completion_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]),
+              "prompt_ids": torch.zeros(3, 2, dtype=torch.long)}
+    got = token_rewards("uniform", output, torch.tensor([3.0, -1.0, 5.0]))
+    assert got.tolist() == [[1.0, 1.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]  # an empty row: 0
+
+
+def test_a_registered_credit_is_checked_by_its_flags(examples):
+    from trl_irl.trainers.token_rewards import check_credit
+
+    register_credit("needs_lm", reward_model="lm", needs_reference=True)(lambda x: None)
+    with pytest.raises(ValueError, match="credit=needs_lm needs a lm reward model.*choose reward=airl"):
+        check_credit("needs_lm", make_objective("bt"), True, 0.1, True)
+    with pytest.raises(ValueError, match="credit=needs_lm needs the reference policy's log-probs: set beta > 0"):
+        check_credit("needs_lm", make_objective("airl"), True, 0.0, True)
+    check_credit("needs_lm", make_objective("airl"), True, 0.1, True)
+    with pytest.raises(ValueError, match="credit='sequence' is taken"):
+        register_credit("sequence")(lambda x: None)
+    with pytest.raises(ValueError, match="credit='nope' is unknown"):
+        OnlineIRLConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none", credit="nope")
 
 
 def test_registering_a_taken_name_or_a_wrong_type_is_refused():

@@ -96,7 +96,8 @@ def test_token_credit_in_chunks_equals_one_call(credit, objective, policy_path, 
     output = trl_batch(tokenizer, PROMPTS, COMPLETIONS)
     torch.manual_seed(1)
     B, T = output["completion_ids"].shape
-    kwargs = dict(scale=0.7, shift=0.1, policy_logps=-torch.rand(B, T), ref_logps=-torch.rand(B, T))
+    kwargs = dict(scale=0.7, shift=0.1, policy_logps=-torch.rand(B, T), ref_logps=-torch.rand(B, T),
+                  args=SimpleNamespace(attention_mix=0.5, implicit_beta=1.0))
     sequence_rewards = torch.randn(B)
 
     def updater(scoring_batch_size):

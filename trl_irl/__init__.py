@@ -15,7 +15,8 @@ _EXPORTS = {
     "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task"],
     "trainers": ["ALGORITHMS", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
                  "PPOConfig", "PPOTrainer", "ReinforcePPConfig", "ReinforcePPTrainer", "ReMaxTrainer",
-                 "RLOOTokenTrainer", "TRLRLOOConfig", "TRLRLOOTrainer", "register_algorithm"],
+                 "RLOOTokenTrainer", "TokenRewardInputs", "TRLRLOOConfig", "TRLRLOOTrainer", "register_algorithm",
+                 "register_credit"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

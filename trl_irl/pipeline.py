@@ -21,7 +21,6 @@ every arm from disk.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import re
 import shutil
@@ -32,26 +31,8 @@ import torch
 
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
+from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
-
-
-def check_keys(cls, keys, where: str):
-    """Every key must be a field of the dataclass ``cls``; the error names the config section and the fix."""
-    unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} under {where}: they are not fields of {cls.__name__}. "
-                         f"Fix the spelling or remove them (see the {cls.__name__} docs for valid fields)")
-
-
-def build_args(cls, values: dict, where: str):
-    """A TRL config from a plain dict, validated by ``check_keys``; the config's own checks (TRL's, ours) name the
-    section the values came from, and ``reward_<key>`` fields as ``reward.online.<key>``."""
-    check_keys(cls, values, where)
-    try:
-        return cls(**values)
-    except (ValueError, TypeError) as error:
-        message = re.sub(r"\breward_(?!model\b|funcs\b|weights\b|prefix_weight\b)(\w+)", r"reward.online.\1", str(error))
-        raise ValueError(f"{where}: {message}") from None
 
 
 def load_tokenizer(model_cfg: dict):
@@ -130,25 +111,28 @@ class Pipeline:
         from .rewards import make_objective
 
         self.objective = make_objective(cfg["reward"]["objective"], cfg["reward"]["prefix_weight"])
-        from .trainers import ALGORITHMS
-        from .trainers.token_rewards import check_credit
+        from .trainers import ALGORITHMS, IRLRewardConfig, OnlineIRLConfig
 
         if cfg["algo"]["name"] not in ALGORITHMS:
             raise ValueError(f"algo.name={cfg['algo']['name']!r} is unknown: choose one of {sorted(ALGORITHMS)}")
         self.algo = cfg["algo"]["name"]
         config_cls = ALGORITHMS[self.algo][0]
-        algo = {k: v for k, v in cfg["algo"].items() if k not in ("name", "extra")}
-        check_keys(config_cls, [*algo, *cfg["algo"]["extra"]], "algo")
-        check_keys(config_cls, [f"reward_{k}" for k in cfg["reward"]["online"]], "reward.online")
-        check_credit(cfg["credit"]["name"], self.objective, True, algo.get("beta", 0.0), True)
-        if self.algo == "rloo" and cfg["credit"]["name"] != "sequence":
-            raise ValueError(f"algo=rloo is TRL's RLOO, which optimises a per-sequence ratio and takes credit=sequence "
-                             f"only; for credit={cfg['credit']['name']} use algo=rloo_token (token-level RLOO loss)")
-        check_keys(config_cls, self.credit_args(), "credit")
+        for section, values, cls in (("algo", cfg["algo"], config_cls),
+                                     ("reward.pretrain", cfg["reward"]["pretrain"], IRLRewardConfig)):
+            keys = [k for k in [*values, *values.get("extra", {})] if k not in ("name", "extra")]
+            check_fields(cls, keys, section)
+            shared = {k: config_paths(cls)[k] for k in keys if k in config_paths(cls)}
+            if shared:
+                raise ValueError(f"{section}: {sorted(shared)} are set from {sorted(shared.values())}: set them there")
+        check_section(cfg, "reward.online", [config_cls])
+        check_section(cfg, "credit", [config_cls, OnlineIRLConfig])  # TRL's RLOO ignores credit_gamma: one reward
         self.arms = self.resolve_arms()
         self.resume_from = self.resolve_resume_from()
         self.check_model_setup()
         self.check_trainer_configs()
+        from .trainers.token_rewards import check_credit
+
+        check_credit(cfg["credit"]["name"], self.objective, True, cfg["algo"].get("beta", 0.0), True)
 
     def resolve_arms(self) -> list[str]:
         """``arms`` checked against what this run can train; null: bc, online IRL, and the oracle if it can."""
@@ -220,12 +204,6 @@ class Pipeline:
                              "algo=rloo_token")
 
     # --- helpers ----------------------------------------------------------------------------------------------
-    def credit_args(self, credit: str | None = None) -> dict:
-        """The credit group as trainer config fields: ``name`` -> ``credit``, the rest as they are."""
-        c = dict(self.cfg["credit"])
-        name = c.pop("name")
-        return {} if self.algo == "rloo" else {"credit": credit or name, **c}  # TRL's RLOO: sequence level only
-
     def common_args(self, stage: str) -> dict:
         args = {"output_dir": str(self.out / stage), "seed": self.cfg["seed"], "use_cpu": self.use_cpu,
                 "report_to": self.cfg["logger"]["report_to"], "disable_tqdm": False, "logging_strategy": "steps"}
@@ -244,43 +222,44 @@ class Pipeline:
         from trl import SFTConfig
 
         c = self.cfg["bc"]
-        return build_args(SFTConfig, {
+        return build_config(SFTConfig, {
             **self.common_args("bc"), "learning_rate": c["learning_rate"], "num_train_epochs": c["num_train_epochs"],
             "per_device_train_batch_size": c["per_device_train_batch_size"], "eval_strategy": "epoch",
             "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc / bc.extra")
+            "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc / bc.extra",
+            section_paths("bc", c))
 
     def reward_pretrain_config(self):
         from .trainers import IRLRewardConfig
 
-        return build_args(IRLRewardConfig, {
-            **self.common_args("reward_pretrain"), "objective": self.objective.name,
-            "prefix_weight": self.objective.prefix_weight, "eval_strategy": "epoch", "save_strategy": "no",
-            "logging_steps": 5, **self.cfg["reward"]["pretrain"]}, "reward.pretrain")
+        return build_config(IRLRewardConfig, {
+            **self.common_args("reward_pretrain"), **config_values(IRLRewardConfig, self.cfg), "eval_strategy": "epoch",
+            "save_strategy": "no", "logging_steps": 5, **self.cfg["reward"]["pretrain"]}, "reward.pretrain",
+            section_paths("reward.pretrain", self.cfg["reward"]["pretrain"]))
 
     def policy_config(self, stage: str, max_completion_length: int, **overrides):
         """The algorithm's config for an RL arm: online IRL (``stage`` = the algo), or the oracle."""
         from .trainers import ALGORITHMS
-        from .trainers.token_rewards import CREDIT_NEEDS_REWARD_MODEL
+        from .trainers.token_rewards import CREDITS
 
+        cls = ALGORITHMS[self.algo][0]
         a = dict(self.cfg["algo"])
         a.pop("name")
         extra = a.pop("extra")
-        if stage == "oracle":  # the verifier is a reward function: no reward model, so no credit read from one
-            credit = self.credit_args("sequence" if self.cfg["credit"]["name"] in CREDIT_NEEDS_REWARD_MODEL else None)
-            online = {}
-        else:
-            credit = self.credit_args()
-            online = {f"reward_{k}": v for k, v in self.cfg["reward"]["online"].items()}
-        return build_args(ALGORITHMS[self.algo][0], {
-            **self.common_args(stage), "objective": self.objective.name,
-            "reward_prefix_weight": self.objective.prefix_weight, "max_completion_length": max_completion_length,
-            "save_strategy": "steps", **a, **online, **credit, **extra, **overrides}, "algo / credit / reward.online")
+        shared = config_values(cls, self.cfg)  # reward.objective / prefix_weight, credit.*, reward.online.*
+        if stage == "oracle":  # the verifier is a reward function: no reward model to learn or read credit from
+            shared = {k: v for k, v in shared.items() if not config_paths(cls)[k].startswith("reward.online.")}
+            if "credit" in shared and CREDITS[shared["credit"]].reward_model is not None:
+                shared["credit"] = "sequence"
+        return build_config(cls, {
+            **self.common_args(stage), "max_completion_length": max_completion_length, "save_strategy": "steps",
+            **a, **shared, **extra, **overrides}, "algo / credit / reward.online", section_paths("algo", self.cfg["algo"]))
 
     def spin_config(self, round_: int):
         from trl import DPOConfig
 
-        return build_args(DPOConfig, self.spin_args(f"spin/round_{round_}"), "spin / spin.extra")
+        return build_config(DPOConfig, self.spin_args(f"spin/round_{round_}"), "spin / spin.extra",
+                            section_paths("spin", self.cfg["spin"]))
 
     def check_trainer_configs(self):
         """Build each trainer config this run will use, so that TRL's checks (and ours) stop a bad value before any

@@ -122,13 +122,14 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# (config path, the rule, a test of the value); a path absent from the config is skipped
+# (config path, the rule, a test of the value); a path absent from the config is skipped. The rules of our trainer
+# configs' own fields (reward.online.*, algo.beta, algo.max_steps) are theirs, stated once in their __post_init__
 RANGES = [
     ("seed", "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     ("threads", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
-      for s in ("bc", "spin", "algo", "reward.pretrain", "reward.online")],
+      for s in ("bc", "spin", "algo", "reward.pretrain")],
     ("algo.critic_learning_rate", "a number > 0", lambda v: _number(v) and v > 0),
     *[(f"{s}.per_device_train_batch_size", "an integer >= 1",
        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
@@ -138,17 +139,10 @@ RANGES = [
     ("bc.early_stopping_patience", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
     ("spin.rounds", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("spin.beta", "a number > 0", lambda v: _number(v) and v > 0),
-    ("algo.beta", "a number >= 0 (0: no KL term)", lambda v: _number(v) and v >= 0),
-    ("algo.max_steps", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("algo.num_generations", "an integer >= 2 (a group to compare)", lambda v: isinstance(v, int) and v >= 2),
     ("algo.temperature", "a number > 0", lambda v: _number(v) and v > 0),
     ("algo.save_steps", "a number > 0", lambda v: _number(v) and v > 0),
     ("reward.prefix_weight", "a number >= 0", lambda v: _number(v) and v >= 0),
-    *[(f"reward.online.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-      for k in ("batch_size", "update_steps", "buffer_size")],
-    ("reward.online.update_every", "an integer >= 0 (0: a fixed reward model)", lambda v: isinstance(v, int) and v >= 0),
-    ("reward.online.max_grad_norm", "a number > 0", lambda v: _number(v) and v > 0),
-    ("reward.online.weight_decay", "a number >= 0", lambda v: _number(v) and v >= 0),
     *[(f"model.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
       for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")],
 ]

@@ -6,7 +6,7 @@ trainer's ``compute_advantages`` (PPO's: GAE on its critic), from the pure funct
 
 from .algorithms import (ReinforcePPConfig, ReinforcePPTrainer, ReMaxTrainer, RLOOTokenTrainer, TRLRLOOConfig,
                          TRLRLOOTrainer, UnscaledAdvantagesConfig)
-from .token_rewards import CREDITS
+from .token_rewards import CREDITS, TokenRewardInputs, register_credit
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardMixin
 from .ppo import PPOConfig, PPOTrainer
 from .reward_trainer import IRLRewardConfig, IRLRewardTrainer
@@ -39,6 +39,6 @@ def register_algorithm(name: str, config_cls: type, trainer_cls: type):
     ALGORITHMS[name] = (config_cls, trainer_cls)
     return trainer_cls
 
-__all__ = ["ALGORITHMS", "register_algorithm", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
+__all__ = ["ALGORITHMS", "register_algorithm", "CREDITS", "TokenRewardInputs", "register_credit", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
            "OnlineRewardMixin", "PPOConfig", "PPOTrainer", "ReMaxTrainer", "RLOOTokenTrainer", "ReinforcePPConfig",
            "ReinforcePPTrainer", "TRLRLOOConfig", "TRLRLOOTrainer", "UnscaledAdvantagesConfig"]

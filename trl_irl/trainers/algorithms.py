@@ -123,7 +123,7 @@ class ReMaxTrainer(OnlineIRLTrainer):
 class TRLRLOOConfig(OnlineRewardFields, RLOOConfig):
     """TRL's RLOOConfig plus the online reward model's settings."""
 
-    credit: str = field(default="sequence", metadata={
+    credit: str = field(default="sequence", metadata={"config": "credit.name",
         "help": "TRL's RLOO optimises a per-sequence ratio: only 'sequence'. For token credit use RLOOTokenTrainer "
                 "(algo=rloo_token)."})
 
@@ -131,7 +131,7 @@ class TRLRLOOConfig(OnlineRewardFields, RLOOConfig):
         super().__post_init__()
         if self.credit != "sequence":
             raise ValueError(f"credit={self.credit!r}: TRL's RLOO sums log-probs per sequence and cannot take token "
-                             f"advantages. Use algo=rloo_token (token-level RLOO) for credit in {list(CREDITS[1:])}")
+                             f"advantages. Use algo=rloo_token (token-level RLOO) for credit in {[c for c in CREDITS if c != 'sequence']}")
 
 
 class TRLRLOOTrainer(OnlineRewardMixin, RLOOTrainer):

@@ -51,29 +51,29 @@ def no_bf16_without_gpu(args):
 class OnlineRewardFields:
     """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
 
-    objective: str = field(default="bt", metadata={"help": "IRL loss of the online reward updates: 'bt', 'gail' or 'airl'."})
+    objective: str = field(default="bt", metadata={"config": "reward.objective", "help": "IRL loss of the online reward updates: 'bt', 'gail' or 'airl'."})
     demonstration_column: str = field(default="demonstration", metadata={
         "help": "Dataset column with a demonstration for the row's prompt; it is the positive in reward updates."})
-    reward_update_every: int = field(default=1, metadata={
+    reward_update_every: int = field(default=1, metadata={"config": "reward.online.update_every", 
         "help": "Update the reward model every this many generation batches (0 freezes it: a fixed reward model)."})
-    reward_update_steps: int = field(default=2, metadata={"help": "Reward-model optimizer steps per update."})
-    reward_batch_size: int = field(default=32, metadata={"help": "Demonstration-sample pairs per reward step."})
-    reward_learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate of the reward model."})
-    reward_weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay of the reward model."})
-    reward_max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping of the reward model."})
-    reward_buffer_size: int = field(default=1024, metadata={
+    reward_update_steps: int = field(default=2, metadata={"config": "reward.online.update_steps", "help": "Reward-model optimizer steps per update."})
+    reward_batch_size: int = field(default=32, metadata={"config": "reward.online.batch_size", "help": "Demonstration-sample pairs per reward step."})
+    reward_learning_rate: float = field(default=1e-4, metadata={"config": "reward.online.learning_rate", "help": "AdamW learning rate of the reward model."})
+    reward_weight_decay: float = field(default=1e-4, metadata={"config": "reward.online.weight_decay", "help": "AdamW weight decay of the reward model."})
+    reward_max_grad_norm: float = field(default=1.0, metadata={"config": "reward.online.max_grad_norm", "help": "Gradient clipping of the reward model."})
+    reward_buffer_size: int = field(default=1024, metadata={"config": "reward.online.buffer_size", 
         "help": "Replay buffer: the most recent (prompt, demonstration, sample) triples the reward model learns from."})
-    reward_prefix_weight: float = field(default=0.0, metadata={
+    prefix_weight: float = field(default=0.0, metadata={"config": "reward.prefix_weight", 
         "help": "Weight of the reward loss on every pair of prefixes (bt, gail): trains the scores that "
                 "credit=redistribution reads at intermediate tokens (objectives.RewardObjective.prefix_pair_loss)."})
-    reward_standardize: bool = field(default=True, metadata={
+    reward_standardize: bool = field(default=True, metadata={"config": "reward.online.standardize", 
         "help": "Standardise the IRL reward with running mean/std over all rewards seen (steady scale while the "
                 "reward model moves; matters when it is combined with other reward functions)."})
 
     def __post_init__(self):
         no_bf16_without_gpu(self)
         super().__post_init__()
-        make_objective(self.objective, self.reward_prefix_weight)  # fails early on a bad name or weight
+        make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -94,13 +94,13 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
     """GRPOConfig plus the online reward model's and token credit's settings. KL to the initial (BC) policy is
     GRPO's ``beta`` (a loss term); ``token_kl_coef`` puts a per-token KL penalty in the reward instead."""
 
-    credit: str = field(default="sequence", metadata={
+    credit: str = field(default="sequence", metadata={"config": "credit.name", 
         "help": f"How reward is spread over tokens: one of {list(CREDITS)} (see trl_irl/trainers/token_rewards.py)."})
-    credit_gamma: float = field(default=1.0, metadata={
+    credit_gamma: float = field(default=1.0, metadata={"config": "credit.credit_gamma", 
         "help": "Discount of token rewards in returns-to-go G_t = sum_k gamma^(k-t) r_k (and GAE's gamma in PPO)."})
-    attention_mix: float = field(default=0.5, metadata={
+    attention_mix: float = field(default=0.5, metadata={"config": "credit.attention_mix", 
         "help": "credit=attention: share of the reward spread by attention; the rest stays on the last token."})
-    implicit_beta: float = field(default=1.0, metadata={"help": "credit=implicit: beta of beta * log q / pi_ref."})
+    implicit_beta: float = field(default=1.0, metadata={"config": "credit.implicit_beta", "help": "credit=implicit: beta of beta * log q / pi_ref."})
     token_kl_coef: float = field(default=0.0, metadata={
         "help": "Per-token KL penalty -coef * (log pi - log pi_ref) added to token rewards (needs beta > 0 for the "
                 "reference log-probs, or set beta tiny)."})
@@ -190,7 +190,7 @@ class OnlineRewardMixin:
         check_dataset(train_dataset, ["prompt", args.demonstration_column] if learns else ["prompt"], "train_dataset")
         if reward_model is None and not reward_funcs:
             raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
-        objective = make_objective(args.objective, args.reward_prefix_weight)
+        objective = make_objective(args.objective, args.prefix_weight)
         if reward_model is not None:
             check_reward_model_kind(reward_model, objective)
         check_reference_source(model, args.beta)
@@ -412,11 +412,11 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
             if args.reward_standardize:
                 scale /= updater.standardizer.std + updater.standardizer.eps
                 shift = updater.standardizer.mean
-        policy_logps = self.policy_logps(output) if args.credit == "airl" or args.token_kl_coef else None
-        ref_logps = self.ref_logps(output) if args.credit == "implicit" or args.token_kl_coef else None
+        source = CREDITS[args.credit]
+        policy_logps = self.policy_logps(output) if source.needs_policy or args.token_kl_coef else None
+        ref_logps = self.ref_logps(output) if source.needs_reference or args.token_kl_coef else None
         rewards = token_rewards(args.credit, output, sequence_rewards, updater=updater, scale=scale, shift=shift,
-                                policy_logps=policy_logps, ref_logps=ref_logps,
-                                attention_mix=args.attention_mix, implicit_beta=args.implicit_beta)
+                                policy_logps=policy_logps, ref_logps=ref_logps, args=args)
         if args.token_kl_coef:
             rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"],
                                              args.token_kl_coef)

@@ -17,9 +17,9 @@ PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 class IRLRewardConfig(RewardConfig):
     """RewardConfig plus the IRL objective."""
 
-    objective: str = field(default="bt", metadata={"help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic "
+    objective: str = field(default="bt", metadata={"config": "reward.objective", "help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic "
                                                            "discriminator) or 'airl' (per-token f - log pi)."})
-    prefix_weight: float = field(default=0.0, metadata={
+    prefix_weight: float = field(default=0.0, metadata={"config": "reward.prefix_weight",
         "help": "Weight of the same loss on every pair of prefixes (bt, gail): trains the scores of cut-off "
                 "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss)."})
 
