@@ -11,7 +11,9 @@
     dagger          the expert labels the states the policy itself reaches; the policy is refit on all labels
 
 Policy updates share one REINFORCE step: returns-to-go of token rewards plus a per-token KL penalty to BC,
-a per-position batch-mean baseline (``policy_gradient_step``). Losses and estimators are the library's pure functions.
+a per-position batch-mean baseline (``policy_gradient_step``). Losses and estimators are the library's pure functions;
+the reward learns as every reward here does: its objective's loss (``rewards/objectives.py``), one
+``rewards/online.reward_step`` per update.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import torch
 
 from ..credit.advantages import discounted_returns
 from ..credit.dense import kl_penalty
-from ..rewards.losses import airl_logits, airl_loss, bradley_terry_loss, masked_mean
+from ..rewards.losses import airl_logits, masked_mean
+from ..rewards.objectives import make_objective
+from ..rewards.online import reward_step
+from ..shared_base import trainable_parameters
 from .env import Automaton, GRUPolicy, Rollouts, clone
 
 
@@ -171,21 +176,24 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts
                              torch.cat([demo_logps, sample_logps]))
         return both[: s.batch], both[s.batch :]
 
+    # the library's reward learning: the objective's loss, one shared optimizer step (rewards/online.reward_step)
+    reward_objective, params = make_objective(objective), trainable_parameters(reward)
+    pair_batch = {"completion_mask": torch.ones(2 * s.batch, horizon + 1)}  # AIRL's token mask: every token counts
+
+    def pair_loss(rollouts: Rollouts, sample_logps: torch.Tensor):
+        demo_rewards, sample_rewards = with_samples(demos, rollouts, sample_logps)
+        if objective == "bt":  # a sequence's score: its token scores summed
+            demo_rewards, sample_rewards = demo_rewards.sum(1), sample_rewards.sum(1)
+        return reward_objective.loss(demo_rewards, sample_rewards, pair_batch), {}
+
     policy.separation = []
     for _ in range(s.iterations):
         rollouts = policy.sample(env, s.batch, horizon, generator)
         logps = policy.logps(rollouts.starts, rollouts.actions)  # the policy step's too: the reward steps don't move it
         sample_logps = logps.detach()
         for _ in range(s.reward_steps if learn_reward else 0):
-            demo_rewards, sample_rewards = with_samples(demos, rollouts, sample_logps)
-            if objective == "airl":
-                loss = airl_loss(demo_rewards, sample_rewards, ones, ones)
-            else:
-                loss = bradley_terry_loss(demo_rewards.sum(1), sample_rewards.sum(1))
-            reward_optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(reward.parameters(), s.max_grad_norm)
-            reward_optimizer.step()
+            reward_step(reward, params, reward_optimizer, s.max_grad_norm, lambda: pair_loss(rollouts, sample_logps),
+                        hint="Lower compounding.rl.reward_learning_rate")
         with torch.no_grad():
             held_rewards, r = with_samples(heldout, rollouts, sample_logps)
             separation = (held_rewards.sum(1)[:, None] > r.sum(1)[None, :]).float().mean().item()

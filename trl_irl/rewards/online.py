@@ -74,6 +74,42 @@ class RunningStandardizer:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
+DIVERGING_HINT = ("Lower reward_learning_rate or reward_max_grad_norm (reward.online.learning_rate / max_grad_norm "
+                  "on the CLI), and resume from the last checkpoint (resume=true) or an earlier one "
+                  "(resume_from=checkpoint-N)")
+
+
+def reward_step(model, params, optimizer, max_grad_norm: float, loss_fn, step: int = 0,
+                hint: str = DIVERGING_HINT) -> dict[str, float]:
+    """One optimizer step of a learning reward model, the one every reward learner here takes (the online updates,
+    an adapter role's pretraining, the compounding study's).
+
+    Args:
+        model: the reward model (an ``AdapterRole`` on a shared base: forward and backward run under its adapter,
+            since checkpointing recomputes the forward during backward).
+        params: its trainable parameters, the ones ``optimizer`` steps.
+        max_grad_norm: gradient clipping.
+        loss_fn: () -> (loss, metrics), the objective's loss computed inside the adapter scope.
+        step: the count of steps taken so far, for the error message; ``hint``: the fix the message gives.
+
+    Returns:
+        ``metrics`` with ``grad_norm``. Gradients are averaged across processes first (every rank keeps the same
+        reward model); a non-finite loss or gradient raises before the step, so the model stays finite.
+    """
+    with adapter_scope(model):
+        loss, metrics = loss_fn()
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+    all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+    metrics = {**metrics, "grad_norm": torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()}
+    if not (math.isfinite(loss.item()) and math.isfinite(metrics["grad_norm"])):
+        raise FloatingPointError(f"the reward model's loss or gradient is not finite (loss {loss.item()}, grad norm "
+                                 f"{metrics['grad_norm']}) at reward update {step}: it is diverging. {hint}")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # no gradients held between updates: one adapter's worth of memory
+    return metrics
+
+
 class OnlineRewardUpdater:
     """Owns a learning reward model: buffer, optimizer, cross-process gradient sync, state for checkpoints."""
 
@@ -112,22 +148,8 @@ class OnlineRewardUpdater:
             prompts, demos, samples = zip(*self.buffer.sample(self.batch_size, self.generator))
             batch = encode(self.tokenizer, list(prompts) * 2, list(demos) + list(samples))
             batch = {k: v.to(device) for k, v in batch.items()}
-            with adapter_scope(self.model):  # on a shared base, backward recomputes under the reward's adapter
-                loss, metrics = self.objective.pair_loss(self.model, batch, policy)
-                self.optimizer.zero_grad(set_to_none=False)
-                loss.backward()
-            # every rank must end with the same reward model: average gradients before the step
-            all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params])
-            metrics["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm).item()
-            if not (math.isfinite(loss.item()) and math.isfinite(metrics["grad_norm"])):
-                # stop before the step: the reward model (and so the last checkpoint) stays finite
-                raise FloatingPointError(
-                    f"the reward model's loss or gradient is not finite (loss {loss.item()}, grad norm "
-                    f"{metrics['grad_norm']}) at reward update {self.num_updates}: it is diverging. Lower reward_learning_rate or reward_max_grad_norm "
-                    "(reward.online.learning_rate / max_grad_norm on the CLI), and "
-                    "resume from the last checkpoint (resume=true) or an earlier one (resume_from=checkpoint-N)")
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)  # no gradients held between updates: one adapter's worth of memory
+            metrics = reward_step(self.model, self.params, self.optimizer, self.max_grad_norm,
+                                  lambda: self.objective.pair_loss(self.model, batch, policy), self.num_updates)
             self.num_updates += 1
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / self.steps
