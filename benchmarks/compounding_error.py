@@ -22,7 +22,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trl_irl.compounding.experiment import StudyConfig, run_study, write_json  # noqa: E402
+from trl_irl.compounding.experiment import StudyConfig, run_study  # noqa: E402
+from trl_irl.jobs import finish  # noqa: E402
 from trl_irl.compounding.report import write_report  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def main():
     jobs = Path(args.jobs or ROOT / "outputs" / f"compounding_error_{mode}_jobs")
     result = {**run_study(cfg, jobs_dir=jobs), "mode": mode}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"compounding_error_{mode}.json")
-    print(write_json(result, out))
+    print(finish(result, out, indent=1))
     print(write_report(result, report_path(args, mode), command(mode, cfg.seeds)))
 
 

@@ -1,4 +1,4 @@
-"""The ``trl-irl`` command: compose the Hydra config, run the pipeline, print the path of metrics.json last."""
+"""The ``trl-irl`` command: compose the Hydra config, run its job (``trl_irl/jobs.py``), print the result's path last."""
 
 from __future__ import annotations
 
@@ -12,17 +12,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # ${trl_irl_data:word_reversal.jsonl}: a data file shipped with the package (recipes use it; so may you)
 OmegaConf.register_new_resolver("trl_irl_data", lambda name: str(DATA_DIR / name), replace=True)
-
-
-def _start_logger(cfg: dict):
-    logger = cfg["logger"]
-    if logger["report_to"] != "wandb":
-        return None
-    import wandb
-
-    os.environ.setdefault("WANDB_MODE", logger.get("mode", "offline"))  # no server by default: never block on network
-    os.environ.setdefault("WANDB_PROJECT", logger.get("project", "trl-irl"))
-    return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
 
 
 def config_dict(cfg: DictConfig) -> dict:
@@ -115,41 +104,15 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from .jobs import job_runner
+
     container = config_dict(cfg)
     load_plugins(container)
     runtime = HydraConfig.get()
     check_keys_known(container, dict(runtime.runtime.choices), list(runtime.overrides.task))
-    if container["job"] == "prompt_oirl":
-        from .prompt_oirl import check_installed
-
-        check_installed()
-        from .prompt_oirl.experiment import run
-
-        print(run(container, Path(container["output_dir"]).resolve()), flush=True)  # metrics.json, last
-        return
-    if container["job"] == "compounding_error":
-        from .compounding.experiment import run
-
-        print(run(container, Path(container["output_dir"]).resolve()), flush=True)  # compounding_error.json, last
-        return
-    if container["job"] != "pipeline":
-        raise ValueError(f"job={container['job']!r} is unknown: choose pipeline, prompt_oirl or compounding_error")
-    from .pipeline import Pipeline
-
-    pipeline = Pipeline(container)  # validates the config before any work
-    run = _start_logger(container) if pipeline.state.is_main_process else None
-    path = pipeline.run()
-    if not pipeline.state.is_main_process:  # under `accelerate launch`: one process reports
-        return
-    if run is not None:
-        import json
-
-        arms = json.loads(path.read_text())["arms"]
-        run.summary.update({f"{arm}/{k}": v for arm, values in arms.items() for k, v in values.items()})
-        # the trained arm under one name too, so a sweep over algorithms has one metric to optimise
-        run.summary.update({f"policy/{k}": v for k, v in arms[pipeline.algo].items()})
-        run.finish()
-    print(path, flush=True)  # the output contract: the last line is the absolute path of metrics.json
+    path = job_runner(container["job"])(container)
+    if path is not None:  # under `accelerate launch`: one process reports
+        print(path, flush=True)  # the output contract: the last line is the absolute path of the job's result
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
+from .jobs import finish
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
@@ -709,10 +710,9 @@ class Pipeline:
         }
         path = self.out / "metrics.json"
 
-        def write():
-            atomic_write_text(path, json.dumps(metrics, indent=2))
-            plot(metrics, self.log_history, self.out / "metrics.png")
-            print_table(metrics)
+        def report(result: dict, path: Path):
+            plot(result, self.log_history, path.with_name("metrics.png"))
+            print_table(result)
 
-        self.on_main(write)
+        self.on_main(finish, metrics, path, report)
         return path

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoints import atomic_write_text
+from ..jobs import finish
 from ..tasks import AutomatonTask
 from . import arms as A
 from .env import Automaton, GRUPolicy, metrics
@@ -329,8 +329,8 @@ def run_study(cfg: StudyConfig, log=print, jobs_dir: Path | None = None) -> dict
     todo = [job for job in jobs if done.get(job[1:]) is None]
     if len(todo) < len(jobs):
         log(f"reusing {len(jobs) - len(todo)} finished jobs from {jobs_dir}")
-    save = (lambda job, rows: write_json({"key": job_key(cfg, *job[1:]), "rows": rows},
-                                         jobs_dir / job_file(cfg, *job[1:]))) if jobs_dir else (lambda job, rows: None)
+    save = (lambda job, rows: finish({"key": job_key(cfg, *job[1:]), "rows": rows},
+                                     jobs_dir / job_file(cfg, *job[1:]), indent=1)) if jobs_dir else (lambda job, rows: None)
     if cfg.workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch or Hydra threads
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=context) as pool:
@@ -379,13 +379,7 @@ def run(cfg: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     result = run_study(study, jobs_dir=out / "jobs")  # rerun into the same folder to resume a stopped study
     result["mode"] = mode
-    path = write_json(result, out / "compounding_error.json")
     from .report import write_report
 
-    write_report(result, out / "compounding_error.md")
-    return path
-
-
-def write_json(result: dict, path: Path) -> Path:
-    """Atomically: a finished study is never half-written."""
-    return atomic_write_text(path, json.dumps(result, indent=1))
+    return finish(result, out / "compounding_error.json", lambda r, path: write_report(r, path.with_suffix(".md")),
+                  indent=1)

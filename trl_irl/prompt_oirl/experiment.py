@@ -113,7 +113,7 @@ def lookup_scores(logs: PromptLogs, train_rows: np.ndarray, test_rows: np.ndarra
 
 def run(cfg: dict, out: Path) -> Path:
     """The whole job; returns the path of metrics.json."""
-    from ..checkpoints import atomic_write_text
+    from ..jobs import finish
 
     check_config(cfg)
     start = time.perf_counter()
@@ -226,11 +226,7 @@ def run(cfg: dict, out: Path) -> Path:
               "texts_embedded_this_run": features.num_embedded},
               "reference": _reference(Path(d["dir"]), d["llm"], d["dataset"]), "timings_s": _rounded(timings),
               "config": cfg}
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "metrics.json"
-    atomic_write_text(path, json.dumps(result, indent=2))
-    report(result, out / "success_vs_k.png")
-    return path
+    return finish(result, out / "metrics.json", lambda r, path: report(r, path.with_name("success_vs_k.png")))
 
 
 def llm_judgements(logs: PromptLogs, test_rows: np.ndarray, prompts: np.ndarray):

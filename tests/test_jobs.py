@@ -1,0 +1,36 @@
+"""Every job ends the same way: its result written atomically, then reported, its path returned (the CLI prints it
+last)."""
+
+import json
+
+import pytest
+
+from trl_irl.jobs import JOBS, finish, job_runner
+
+
+def test_finish_writes_then_reports_and_returns_the_path(tmp_path):
+    seen = []
+
+    def report(result, path):  # the report reads the finished file, as the pipeline's plot and table may
+        seen.append((result, json.loads(path.read_text())))
+
+    path = finish({"a": 1, "b": [0.5]}, tmp_path / "sub" / "metrics.json", report)
+    assert path == tmp_path / "sub" / "metrics.json"
+    assert seen == [({"a": 1, "b": [0.5]}, {"a": 1, "b": [0.5]})]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]  # no temporary left beside it
+
+
+def test_a_report_that_fails_leaves_the_result_whole(tmp_path):
+    def broken(result, path):
+        raise RuntimeError("no display")
+
+    with pytest.raises(RuntimeError):
+        finish({"x": 2}, tmp_path / "m.json", broken)
+    assert json.loads((tmp_path / "m.json").read_text()) == {"x": 2}
+
+
+def test_the_three_jobs_and_an_unknown_one():
+    assert set(JOBS) == {"pipeline", "prompt_oirl", "compounding_error"}
+    with pytest.raises(ValueError, match="job='train' is unknown: choose one of \\['compounding_error', 'pipeline', "
+                                         "'prompt_oirl'\\]"):
+        job_runner("train")

@@ -1,0 +1,89 @@
+"""The jobs ``trl-irl`` runs, and the one way each ends.
+
+Every job computes a result (a JSON-able dict), then ``finish`` writes it atomically, reports it (a table on the
+console, its figures beside the JSON) and returns the JSON's path, which the CLI prints as its last line.
+
+=================  ===========================================  ====================================
+job                what it does                                 writes
+=================  ===========================================  ====================================
+pipeline           BC, online IRL, the oracle, SPIN; evaluation  metrics.json, metrics.png
+prompt_oirl        offline IRL for prompt selection (extra)      metrics.json, success_vs_k.png
+compounding_error  BC vs online IRL across horizons (a study)    compounding_error.json, .md, PNGs
+=================  ===========================================  ====================================
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from .checkpoints import atomic_write_text
+
+
+def finish(result: dict, path: Path, report: Callable[[dict, Path], object] | None = None, indent: int = 2) -> Path:
+    """Write ``result`` to ``path`` atomically (a finished job is never half-written), then ``report(result, path)``
+    (the console table and the figures beside it); returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(result, indent=indent))
+    if report is not None:
+        report(result, path)
+    return path
+
+
+def _start_logger(cfg: dict):
+    logger = cfg["logger"]
+    if logger["report_to"] != "wandb":
+        return None
+    import os
+
+    import wandb
+
+    os.environ.setdefault("WANDB_MODE", logger.get("mode", "offline"))  # no server by default: never block on network
+    os.environ.setdefault("WANDB_PROJECT", logger.get("project", "trl-irl"))
+    return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
+
+
+def _pipeline(cfg: dict) -> Path | None:
+    """The main job, logged to wandb when ``logger=wandb``; None on the other processes of ``accelerate launch``."""
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(cfg)  # validates the config before any work
+    run = _start_logger(cfg) if pipeline.state.is_main_process else None
+    path = pipeline.run()
+    if not pipeline.state.is_main_process:  # several processes: one reports
+        return None
+    if run is not None:
+        arms = json.loads(path.read_text())["arms"]
+        run.summary.update({f"{arm}/{k}": v for arm, values in arms.items() for k, v in values.items()})
+        # the trained arm under one name too, so a sweep over algorithms has one metric to optimise
+        run.summary.update({f"policy/{k}": v for k, v in arms[pipeline.algo].items()})
+        run.finish()
+    return path
+
+
+def _prompt_oirl(cfg: dict) -> Path:
+    from .prompt_oirl import check_installed
+
+    check_installed()
+    from .prompt_oirl.experiment import run
+
+    return run(cfg, Path(cfg["output_dir"]).resolve())
+
+
+def _compounding_error(cfg: dict) -> Path:
+    from .compounding.experiment import run
+
+    return run(cfg, Path(cfg["output_dir"]).resolve())
+
+
+# job name -> the function that runs it from the composed config and returns its result's path
+JOBS: dict[str, Callable[[dict], Path | None]] = {"pipeline": _pipeline, "prompt_oirl": _prompt_oirl,
+                                           "compounding_error": _compounding_error}
+
+
+def job_runner(name: str) -> Callable[[dict], Path | None]:
+    if name not in JOBS:
+        raise ValueError(f"job={name!r} is unknown: choose one of {sorted(JOBS)}")
+    return JOBS[name]
