@@ -61,7 +61,7 @@ class SuccessTracker(TrainerCallback):
     def measure(self, model, step: int):
         start, rng = time.perf_counter(), torch.get_rng_state()
         was_training = model.training
-        prompts = [d["prompt"] for d in self.p.heldout[: self.n_eval]]
+        prompts = [d["prompt"] for d in self.p.data.heldout[: self.n_eval]]
         samples = sample_completions(model, self.p.tokenizer, prompts, self.p.task.horizon, 256, seed=7, desc="eval")
         model.train(was_training)
         torch.set_rng_state(rng)  # evaluation must not change the training run's randomness
@@ -88,9 +88,9 @@ def run_arm(algo: str, arm: str, seed: int, args, out: Path) -> dict:
                       out / f"seed{seed}_{reward_name}")  # BC and reward pretraining shared by arms with this reward
     p = Pipeline(cfg)
     p.setup()
-    p.behaviour_cloning()  # reused from disk after the first arm of this seed (resume=true)
-    p.reward_pretraining()  # likewise: each arm starts from a fresh copy of the same pretrained reward model
-    trainer = p.build_policy_trainer(output_dir=str(out / "runs" / f"{algo}_{credit}_{seed}"), save_strategy="no",
+    bc = p.behaviour_cloning()  # reused from disk after the first arm of this seed (resume=true)
+    reward = p.reward_pretraining(bc)  # likewise: each arm starts from a fresh copy of the same pretrained reward model
+    trainer = p.build_policy_trainer(p.algo, bc, reward, output_dir=str(out / "runs" / f"{algo}_{credit}_{seed}"), save_strategy="no",
                                      logging_steps=max(args.steps, 1), disable_tqdm=True)
     tracker = SuccessTracker(p, args.eval_every, args.n_eval)
     tracker.measure(trainer.model, 0)

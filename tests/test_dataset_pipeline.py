@@ -81,24 +81,22 @@ def dataset_pipeline(tmp_path):
     pipeline = Pipeline(composed("task=dataset", f"task.path={path}", "task.verifier=exact", *SMALL,
                                  "bc.num_train_epochs=1", f"output_dir={tmp_path / 'run'}"))
     pipeline.setup()
-    pipeline.behaviour_cloning()
-    return pipeline
+    return pipeline, pipeline.behaviour_cloning()
 
 
 def test_the_oracles_reward_is_the_verifier(dataset_pipeline):
     """The oracle trainer's rewards, through TRL's own reward call, equal the verifier on each row: right answers
     get 1, wrong ones 0, whatever the demonstrations look like."""
-    p = dataset_pipeline
-    trainer = p.build_policy_trainer("oracle", max_steps=1)
+    p, bc = dataset_pipeline
+    trainer = p.build_policy_trainer("oracle", bc, max_steps=1)
     assert trainer.reward_updater is None  # no reward model: nothing learns a reward here
-    rows = [p.rows_dataset(p.demos)[i] for i in range(8)]
+    rows = [p.rows_dataset(p.data.train)[i] for i in range(8)]
     completions = [r["demonstration"] if i % 2 == 0 else r["demonstration"][::-1] + "x" for i, r in enumerate(rows)]
     ids = [p.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], completions, ids)
-    expected = [p.task.verifier(r["prompt"], c, p.demos[r["row_index"]]) for r, c in zip(rows, completions)]
+    expected = [p.task.verifier(r["prompt"], c, p.data.train[r["row_index"]]) for r, c in zip(rows, completions)]
     assert rewards[:, 0].tolist() == expected == [1.0, 0.0] * 4
-    p.reward_pretraining()
-    irl = p.build_policy_trainer("grpo", max_steps=1)  # online IRL: its one reward is the reward model's
+    irl = p.build_policy_trainer("grpo", bc, p.reward_pretraining(bc), max_steps=1)  # online IRL: its one reward is the reward model's
     assert [f.__name__ for f in irl.reward_funcs] == ["irl_reward"] and irl.reward_updater is not None
 
 
@@ -112,14 +110,14 @@ def test_spin_on_a_4bit_lora_policy(tmp_path):
                           "bc.num_train_epochs=1", "arms=[bc,spin]", "spin.rounds=1", "spin.learning_rate=1e-3",
                           "spin.per_device_train_batch_size=8", f"output_dir={tmp_path / 'run'}"))
     p.setup()
-    p.behaviour_cloning()
-    p.spin_training()
+    bc_path = p.behaviour_cloning()
+    p.spin_training(bc_path)
     final = p.final_dir("spin")
     assert (final / "adapter_model.safetensors").exists() and (final / "DONE").exists()
     assert (final.parent / "merged" / "model.safetensors").exists()
     from trl_irl.checkpoints import read_safetensors
 
-    bc, spin = read_safetensors(p.bc_path), read_safetensors(final)
+    bc, spin = read_safetensors(bc_path), read_safetensors(final)
     assert set(bc) == set(spin)  # the policy adapter only: no "ref" copy saved
     assert any(not torch.equal(bc[k], spin[k]) for k in bc)  # and it trained
 
@@ -131,13 +129,13 @@ def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipe
     from trl_irl.evaluation import sample_completions
     from trl_irl.rewards.objectives import completion_logps, encode
 
-    p = dataset_pipeline
+    p, bc_path = dataset_pipeline
     p.cfg["spin"] |= {"rounds": 2, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8}
-    p.spin_training()
+    p.spin_training(bc_path)
     assert (p.out / "spin" / "round_1" / "final" / "model.safetensors").exists()
     assert (p.final_dir("spin") / "DONE").exists()
-    bc, spin = p.load_policy(p.bc_path), p.load_policy(str(p.final_dir("spin")))
-    prompts, demos = [r["prompt"] for r in p.demos], [r["completion"] for r in p.demos]
+    bc, spin = p.roles.load_policy(bc_path), p.roles.load_policy(str(p.final_dir("spin")))
+    prompts, demos = [r["prompt"] for r in p.data.train], [r["completion"] for r in p.data.train]
     samples = sample_completions(bc, p.tokenizer, prompts, p.data.max_completion_length, p.cfg["eval"]["batch_size"],
                                  6000 + 100 * p.cfg["seed"] + 1)
     keep = [i for i, (s, d) in enumerate(zip(samples, demos)) if s.strip() != d.strip()]

@@ -343,10 +343,10 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
             "bc.num_train_epochs=1", f"output_dir={tmp_path}"]))
     pipeline = Pipeline(cfg)
     pipeline.setup()
-    pipeline.behaviour_cloning()
-    pipeline.reward_pretraining()
-    trainer = pipeline.build_policy_trainer(max_steps=2, save_strategy="no")
-    policy, critic, reward = trainer.model, trainer.critic, pipeline.reward_model
+    bc = pipeline.behaviour_cloning()
+    reward = pipeline.reward_pretraining(bc)
+    trainer = pipeline.build_policy_trainer("ppo", bc, reward, max_steps=2, save_strategy="no")
+    policy, critic = trainer.model, trainer.critic
     bases = {id(policy), id(critic.peft_model), id(reward.peft_model)}
     assert len(bases) == (1 if shared_base else 3)
     assert sorted(policy.peft_config) == (["critic", "default", "ref", "reward"] if shared_base else ["default", "ref"])

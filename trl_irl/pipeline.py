@@ -16,11 +16,16 @@ Each stage writes its final model under ``output_dir/<stage>/final`` and the con
 finished stages are reused, and policy training continues from its newest complete checkpoint (or
 ``resume_from``), once every stage's config matches this run's (``run_folder.check_resume``). The evaluation reads
 every arm from disk.
+
+Each stage takes what it starts from and returns what it made (``bc = behaviour_cloning()``,
+``reward = reward_pretraining(bc)``, ``policy_training(arm, bc)``, ``evaluation(bc)``); the models come from one
+provider, ``roles.Roles``, whatever the layout (full models, LoRA, one shared base).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import re
 import shutil
@@ -105,8 +110,6 @@ class Pipeline:
         self.state = PartialState(cpu=self.use_cpu)
         self.out = Path(broadcast_object_list([str(Path(cfg["output_dir"]).resolve())])[0])
         self.timings: dict[str, float] = {}
-        self.bases: dict = {}  # LoRA runs: the (quantised) base models of the arm in training, by role or "shared"
-        self.log_history: list[dict] = []
         # fail on bad config before any expensive work: the task reads and checks its file here
         self.task = make_task(cfg["task"])
         from .rewards import make_objective
@@ -172,20 +175,23 @@ class Pipeline:
             raise ValueError(f"resume_from={value} continues a run: add resume=true")
         return arm, match.group(2), str(value)
 
+    @property
+    def lora(self) -> bool:
+        return bool(self.cfg["peft"].get("enabled"))
+
     def check_model_setup(self):
         """model / quant / peft / shared_base: consistent before anything is loaded."""
         from .models import check_quant, lora_config
 
         cfg = self.cfg
         check_quant(cfg["quant"])
-        self.peft = bool(cfg["peft"].get("enabled"))
-        self.shared_base = bool(cfg["shared_base"])
-        if self.peft:
+        lora, shared_base = self.lora, bool(cfg["shared_base"])
+        if lora:
             lora_config(cfg["peft"])  # validates r, alpha, dropout
-        if cfg["quant"]["mode"] != "none" and not self.peft:
+        if cfg["quant"]["mode"] != "none" and not lora:
             raise ValueError(f"quant={cfg['quant']['mode']} freezes the base weights, so only adapters can train: "
                              "add peft=lora")
-        if self.shared_base and not self.peft:
+        if shared_base and not lora:
             raise ValueError("shared_base=true puts the critic and the reward as LoRA adapters on the policy's base: "
                              "add peft=lora")
         if cfg["model"].get("path") is None and cfg["model"]["name"] != "tiny":
@@ -200,7 +206,7 @@ class Pipeline:
         if cfg["model"].get("path") is None and self.task.alphabet is None:
             raise ValueError(f"task.name={cfg['task']['name']} gives no alphabet for the tiny model's character "
                              "tokenizer: give a model (model=local model.path=...)")
-        if self.peft and self.algo == "rloo":
+        if lora and self.algo == "rloo":
             raise ValueError("algo=rloo is TRL's RLOOTrainer, which we run with full models only: with peft=lora use "
                              "algo=rloo_token")
 
@@ -271,7 +277,7 @@ class Pipeline:
         self.bc_config()
         if self.algo in self.arms:
             self.reward_pretrain_config()
-            unhonoured = sorted(set(self.cfg["reward"]["pretrain"]) - set(ROLE_PRETRAIN_KEYS)) if self.peft else []
+            unhonoured = sorted(set(self.cfg["reward"]["pretrain"]) - set(ROLE_PRETRAIN_KEYS)) if self.lora else []
             if unhonoured:
                 raise ValueError(f"reward.pretrain: {unhonoured} cannot apply with peft=lora: the reward adapter is "
                                  f"pretrained by the online updater's own loop (the one reward-learning engine), which "
@@ -356,26 +362,6 @@ class Pipeline:
 
         return broadcast_object_list([self.on_main(choose)])[0]
 
-    def save_model(self, model):
-        """A ``save`` for ``mark_done``: the model (or a PEFT model's adapters) and the tokenizer, as safetensors."""
-        from .models import save_model
-
-        return lambda directory: save_model(model, self.tokenizer, directory)
-
-    def save_policy(self, model):
-        """A ``save`` for ``mark_done`` of a trained arm: a full model, or the policy adapter alone plus the adapter
-        merged into the unquantised base for inference (``merged/`` beside ``final/``)."""
-        if not self.peft:
-            return self.save_model(model)
-        from .shared_base import POLICY, export_merged_policy
-
-        def save(directory):
-            model.save_pretrained(directory, selected_adapters=[POLICY])
-            self.tokenizer.save_pretrained(directory)
-            export_merged_policy(self.init_path, str(directory), Path(directory).parent / "merged", self.tokenizer)
-
-        return save
-
     def timed(self, stage: str, fn, *args):
         start = time.perf_counter()
         result = fn(*args)
@@ -390,10 +376,12 @@ class Pipeline:
         return Dataset.from_list([{"prompt": r["prompt"], "demonstration": r["completion"], "row_index": i}
                                   for i, r in enumerate(rows)])
 
-    # --- stages -----------------------------------------------------------------------------------------------
+    # --- stages: each takes what it trains from and returns what it made ------------------------------------------
     def setup(self):
-        """Tokenizer, then the task's rows (their checks need the tokenizer, not the model), then the initial model."""
+        """Tokenizer, then the task's rows (their checks need the tokenizer, not the model), then the initial model
+        and the roles' provider (``self.tokenizer``, ``self.data``, ``self.roles``)."""
         from .models import build_char_tokenizer, build_tiny_causal_lm, save_model
+        from .roles import Roles
 
         torch.set_num_threads(self.cfg["threads"])
         torch.manual_seed(self.cfg["seed"])
@@ -403,20 +391,22 @@ class Pipeline:
             self.tokenizer = build_char_tokenizer(self.task.alphabet)
         else:
             with self.state.main_process_first():  # a one-time export (SmolLM2) is written by the main process
-                self.init_path, self.tokenizer = load_tokenizer(m)
-            self.task.check_tokenizer(self.tokenizer, self.init_path)
+                init_path, self.tokenizer = load_tokenizer(m)
+            self.task.check_tokenizer(self.tokenizer, init_path)
         self.data = self.task.data(self.tokenizer, self.cfg["seed"])
-        self.demos, self.validation, self.heldout = self.data.train, self.data.validation, self.data.heldout
         if self.state.is_main_process and self.data.report:
             print(f"task: {json.dumps(self.data.report)}", flush=True)
         if m.get("path") is None:  # the tiny model, built from a config
             max_positions = 2 * (self.data.max_prompt_length + self.data.max_completion_length)
             model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
                                          m["intermediate_size"], max_positions=max_positions, seed=self.cfg["seed"])
-            self.init_path = str(self.out / "init")
-            self.on_main(save_model, model, self.tokenizer, self.init_path)
+            init_path = str(self.out / "init")
+            self.on_main(save_model, model, self.tokenizer, init_path)
+        self.roles = Roles(init_path, self.tokenizer, self.cfg["peft"], self.cfg["quant"], bool(self.cfg["shared_base"]),
+                           critic=self.algo == "ppo", device=self.state.device)
 
-    def behaviour_cloning(self):
+    def behaviour_cloning(self) -> str:
+        """Returns the BC policy's folder, every other arm's start."""
         from datasets import Dataset
         from transformers import EarlyStoppingCallback
         from trl import SFTTrainer
@@ -424,84 +414,33 @@ class Pipeline:
         if not self.done("bc"):
             self.begin("bc")
             c, args = self.cfg["bc"], self.bc_config()
-            model, peft = self.init_path, {}
-            if self.peft:  # loaded here so the CPU 4-bit fix applies; TRL wraps it with the adapter
-                from .models import load_causal_lm, lora_config
-
-                model, peft = load_causal_lm(self.init_path, self.cfg["quant"]), {"peft_config": lora_config(self.cfg["peft"])}
+            model, peft = self.roles.bc_model()
             pairs = lambda rows: Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])  # noqa: E731
-            trainer = SFTTrainer(model=model, args=args, train_dataset=pairs(self.demos),
-                                 eval_dataset=pairs(self.validation), processing_class=self.tokenizer,
+            trainer = SFTTrainer(model=model, args=args, train_dataset=pairs(self.data.train),
+                                 eval_dataset=pairs(self.data.validation), processing_class=self.tokenizer,
                                  callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
             trainer.train()
-            self.mark_done("bc", self.save_model(trainer.model))
+            self.mark_done("bc", functools.partial(self.roles.save_model, trainer.model))
             # the epoch checkpoints served load_best_model_at_end; final/ is the best model (a 7B's would be GBs)
             self.on_main(lambda: [shutil.rmtree(c) for c in (self.out / "bc").glob("checkpoint-*")])
             del trainer
             release_memory()
-        self.bc_path = str(self.final_dir("bc"))
+        return str(self.final_dir("bc"))
 
-    def load_policy(self, path: str, trainable: bool = False):
-        """A trained policy for sampling and evaluation (``trainable``: to train on, as SPIN does): a full model, or
-        the (quantised) base with the policy adapter."""
-        from .models import load_causal_lm
-
-        if not self.peft:
-            return load_causal_lm(path, device=self.state.device).eval()
-        from peft import PeftModel
-
-        base = load_causal_lm(self.init_path, self.cfg["quant"], device=self.state.device)
-        return PeftModel.from_pretrained(base, path, is_trainable=trainable).eval()
-
-    def adapter_model(self, role: str, roles: tuple | None = None):
-        """With peft=lora, the (quantised) base that ``role`` (POLICY, REWARD or CRITIC) lives on, each adapter starting
-        from BC's: the one shared base (shared_base=true), or a base of the role's own (false)."""
-        from .shared_base import CRITIC, POLICY, REWARD, SharedBase
-
-        key = "shared" if self.shared_base else role
-        if key not in self.bases:
-            if roles is None:
-                roles = ((REWARD, CRITIC) if self.algo == "ppo" else (REWARD,)) if self.shared_base else \
-                    ((role,) if role != POLICY else ())
-            self.bases[key] = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"],
-                                         policy_adapter=self.bc_path, roles=roles)
-        return self.bases[key]
-
-    def adapter_role(self, role: str, kind: str):
-        """The reward or critic of a LoRA run as a module (an ``AdapterRole``) on its base."""
-        return self.adapter_model(role).role(role, kind)
-
-    def release_arm(self):
-        """Drop the models of the arm just trained (its files are on disk)."""
-        self.bases, self.reward_model = {}, None
-        release_memory()
-
-    def reward_pretraining(self):
-        """The online-IRL arm's reward model, pretrained on (demonstration, BC sample) pairs of the training rows and
-        scored on the validation rows."""
+    def reward_pretraining(self, bc: str):
+        """The online-IRL arm's reward model, from the BC policy ``bc``, pretrained on (demonstration, BC sample)
+        pairs of the training rows and scored on the validation rows; returned (reloaded when done before)."""
         from datasets import Dataset
 
         from .evaluation import sample_completions
-        from .models import load_reward_model
         from .trainers import IRLRewardTrainer
 
-        if self.peft:
-            from .shared_base import REWARD
-
-            self.reward_model = self.adapter_role(REWARD, self.objective.model_kind)
-            if self.done("reward_pretrain"):
-                from .shared_base import load_role
-
-                load_role(self.reward_model, self.final_dir("reward_pretrain"))
-                return
-        elif self.done("reward_pretrain"):
-            self.reward_model = load_reward_model(self.final_dir("reward_pretrain"), self.objective.model_kind,
-                                                  self.tokenizer.pad_token_id)
-            return
-        else:
-            self.reward_model = load_reward_model(self.bc_path, self.objective.model_kind, self.tokenizer.pad_token_id)
+        kind = self.objective.model_kind
+        if self.done("reward_pretrain"):
+            return self.roles.reward(bc, kind, saved=self.final_dir("reward_pretrain"))
+        reward = self.roles.reward(bc, kind)
         self.begin("reward_pretrain")
-        bc_model = self.load_policy(self.bc_path)
+        bc_model = self.roles.load_policy(bc)
 
         def pairs(rows, seed):
             samples = sample_completions(bc_model, self.tokenizer, [r["prompt"] for r in rows],
@@ -511,54 +450,53 @@ class Pipeline:
                                       for r, s in zip(rows, samples)])
 
         seed = self.cfg["seed"]
-        train, validation = pairs(self.demos, 3000 + seed), pairs(self.validation, 4000 + seed)
-        if self.peft:
-            self.pretrain_reward_role(train, validation, bc_model)
-            return
-        trainer = IRLRewardTrainer(model=self.reward_model, args=self.reward_pretrain_config(), train_dataset=train, eval_dataset=validation,
-                                   processing_class=self.tokenizer,
-                                   policy=bc_model if self.objective.needs_policy else None)
-        trainer.train()
-        self.mark_done("reward_pretrain", self.save_model(self.reward_model))
+        train, validation = pairs(self.data.train, 3000 + seed), pairs(self.data.validation, 4000 + seed)
+        from .shared_base import AdapterRole
 
-    def pretrain_reward_role(self, train, validation, bc_model):
+        if isinstance(reward, AdapterRole):  # a role trains only inside its scope: the updater's loop, not a Trainer
+            self.pretrain_reward_role(reward, train, validation, self.roles.policy_role(bc, bc_model))
+        else:
+            trainer = IRLRewardTrainer(model=reward, args=self.reward_pretrain_config(), train_dataset=train,
+                                       eval_dataset=validation, processing_class=self.tokenizer,
+                                       policy=bc_model if self.objective.needs_policy else None)
+            trainer.train()
+        self.mark_done("reward_pretrain", functools.partial(self.roles.save_reward, reward))
+        return reward
+
+    def pretrain_reward_role(self, reward, train, validation, policy):
         """Reward pretraining of an adapter role: the online updater's own loop over the (demonstration, BC sample)
-        pairs for ``num_train_epochs`` (a Trainer would see a frozen model: a role trains only inside its scope)."""
+        pairs for ``num_train_epochs`` (a Trainer would see a frozen model: a role trains only inside its scope).
+        ``policy``: what AIRL's reward reads log pi from."""
         import math
 
         from .rewards.online import OnlineRewardUpdater
-        from .shared_base import POLICY, AdapterRole
 
         c = self.reward_pretrain_config()  # the same IRLRewardConfig as a full model's: its values and defaults
         batch = c.per_device_train_batch_size
-        updater = OnlineRewardUpdater(self.reward_model, self.tokenizer, self.objective,
+        updater = OnlineRewardUpdater(reward, self.tokenizer, self.objective,
                                       learning_rate=c.learning_rate, weight_decay=c.weight_decay, batch_size=batch,
                                       steps=int(math.ceil(len(train) / batch) * c.num_train_epochs), buffer_size=len(train),
                                       max_grad_norm=c.max_grad_norm, seed=self.cfg["seed"], scoring_batch_size=batch)
         updater.add(train["prompt"], train["chosen"], train["rejected"])
-        policy = None
-        if self.objective.needs_policy:  # on a shared base: the BC adapter of that base, as a role
-            policy = AdapterRole(self.adapter_model(POLICY).model, POLICY, "lm") if self.shared_base else bc_model
+        policy = policy if self.objective.needs_policy else None
         metrics = updater.update(policy)
         r_chosen = updater.rewards(validation["prompt"], validation["chosen"], policy)
         r_rejected = updater.rewards(validation["prompt"], validation["rejected"], policy)
         print(f"reward pretraining: train loss {metrics['loss']:.4f}, validation accuracy "  # as the Trainer would log
               f"{(r_chosen > r_rejected).float().mean().item():.3f}", flush=True)
-        self.mark_done("reward_pretrain", self.reward_model.save_pretrained)
 
-    def policy_training(self, stage: str | None = None):
-        """An RL arm: ``algo`` (ppo, grpo, rloo, ...) from the BC policy, on the online-IRL reward with ``credit``
-        (``stage`` = the algo's name), or on the task's verifier (``stage="oracle"``)."""
-        stage = stage or self.algo
+    def policy_training(self, stage: str, bc: str) -> list[dict]:
+        """An RL arm from the BC policy ``bc``: ``algo`` (ppo, grpo, rloo, ...) on the online-IRL reward with
+        ``credit`` (``stage`` = the algo's name), or on the task's verifier (``stage="oracle"``). Returns the
+        trainer's log history (empty when the arm was done before)."""
         if self.done(stage):
-            return
+            return []
         oracle = stage == "oracle"
-        if not oracle:
-            self.timed("reward_pretrain", self.reward_pretraining)
+        reward = None if oracle else self.timed("reward_pretrain", self.reward_pretraining, bc)
         checkpoint = self.resume_checkpoint(stage)
         if checkpoint is None:
             self.begin(stage)
-        trainer = self.build_policy_trainer(stage)
+        trainer = self.build_policy_trainer(stage, bc, reward)
         trainer.train(resume_from_checkpoint=checkpoint)
         bad = non_finite(trainer.trained_modules())  # the models about to be saved, as before every checkpoint
         if bad:
@@ -566,39 +504,34 @@ class Pipeline:
                                      "its learning rates; resume=true continues from its last checkpoint, which was "
                                      "checked the same way")
         if not oracle:
-            self.log_history = trainer.state.log_history
-            self.on_main(self.reward_model.save_pretrained, self.out / stage / "final_reward")
-        self.mark_done(stage, self.save_policy(trainer.model.eval()))
-        del trainer
-        self.release_arm()
+            self.on_main(self.roles.save_reward, reward, self.out / stage / "final_reward")
+        self.mark_done(stage, functools.partial(self.roles.save_policy, trainer.model.eval()))
+        history = trainer.state.log_history
+        del trainer, reward
+        self.roles.release()
+        release_memory()
+        return history
 
-    def build_policy_trainer(self, stage: str | None = None, **overrides):
-        """The configured algorithm's trainer for ``stage`` (online IRL, or ``"oracle"``), from the BC policy."""
+    def build_policy_trainer(self, stage: str, bc: str, reward=None, **overrides):
+        """The configured algorithm's trainer for ``stage`` (online IRL on ``reward``, or ``"oracle"``: the task's
+        verifier) from the BC policy ``bc``."""
         from .trainers import ALGORITHMS
 
-        stage = stage or self.algo
         oracle = stage == "oracle"
-        trainer_cls = ALGORITHMS[self.algo][1]
         args = self.policy_config(stage, self.data.max_completion_length, **overrides)
         if oracle:  # the verifier is a reward function: no reward model
-            reward = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, self.demos)]}
+            rewards = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, self.data.train)]}
         else:
-            reward = {"reward_model": self.reward_model}
-        model, shared = self.bc_path, {}
-        if self.peft:  # the policy's PEFT model; PPO's critic an adapter on the shared base or on its own
-            from .shared_base import CRITIC, POLICY
+            rewards = {"reward_model": reward}
+        critic = self.roles.critic(bc) if self.algo == "ppo" else None
+        return ALGORITHMS[self.algo][1](model=self.roles.policy(bc, reward_model=not oracle), args=args,
+                                        train_dataset=self.rows_dataset(self.data.train), processing_class=self.tokenizer,
+                                        **rewards, **({"critic": critic} if critic is not None else {}))
 
-            roles = (CRITIC,) if oracle and self.algo == "ppo" and self.shared_base else (() if oracle else None)
-            model = self.adapter_model(POLICY, roles).model
-            if self.algo == "ppo":
-                shared["critic"] = self.adapter_role(CRITIC, "token")
-        return trainer_cls(model=model, args=args, train_dataset=self.rows_dataset(self.demos),
-                           processing_class=self.tokenizer, **reward, **shared)
-
-    def spin_training(self):
-        """SPIN: each round samples the current policy on the training prompts, then DPO prefers every
-        demonstration over its sample (identical pairs, which carry no gradient, are dropped); the reference is the
-        round's starting policy (TRL's DPOTrainer: a copy of it, or of its adapter)."""
+    def spin_training(self, bc: str):
+        """SPIN from the BC policy ``bc``: each round samples the current policy on the training prompts, then DPO
+        prefers every demonstration over its sample (identical pairs, which carry no gradient, are dropped); the
+        reference is the round's starting policy (TRL's DPOTrainer: a copy of it, or of its adapter)."""
         from datasets import Dataset
         from trl import DPOTrainer
 
@@ -608,15 +541,16 @@ class Pipeline:
         if self.done(stage):
             return
         self.begin(stage)
-        rounds, path = self.cfg["spin"]["rounds"], self.bc_path
-        prompts = [r["prompt"] for r in self.demos]
+        rounds, path = self.cfg["spin"]["rounds"], bc
+        demos = self.data.train
+        prompts = [r["prompt"] for r in demos]
         for k in range(1, rounds + 1):
-            model = self.load_policy(path, trainable=True)
+            model = self.roles.load_policy(path, trainable=True)
             samples = sample_completions(model, self.tokenizer, prompts, self.data.max_completion_length,
                                          self.cfg["eval"]["batch_size"], 6000 + 100 * self.cfg["seed"] + k,
                                          desc=f"SPIN round {k} samples")
             pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
-                     for r, s in zip(self.demos, samples) if s.strip() != r["completion"].strip()]
+                     for r, s in zip(demos, samples) if s.strip() != r["completion"].strip()]
             print(f"SPIN round {k}/{rounds}: {len(pairs)} pairs ({len(samples) - len(pairs)} samples equal to their "
                   "demonstration dropped)", flush=True)
             if not pairs:  # the policy reproduces every demonstration: nothing left to prefer
@@ -625,56 +559,28 @@ class Pipeline:
                                  train_dataset=Dataset.from_list(pairs), processing_class=self.tokenizer)
             trainer.train()
             path = str(self.out / stage / f"round_{k}" / "final")
-            self.on_main(self.save_spin_round, trainer.model, path)
+            self.on_main(self.roles.save_policy_adapter, trainer.model, path)
             del trainer, model
             release_memory()
-        self.mark_done(stage, self.save_policy(self.load_policy(path)))
+        self.mark_done(stage, functools.partial(self.roles.save_policy, self.roles.load_policy(path)))
         release_memory()
 
-    def save_spin_round(self, model, path: str):
-        from .models import save_model
-
-        if self.peft:
-            from .shared_base import POLICY
-
-            model.save_pretrained(path, selected_adapters=[POLICY])
-            self.tokenizer.save_pretrained(path)
-        else:
-            save_model(model, self.tokenizer, path)
-
-    def evaluation_models(self):
-        """(BC policy, reward model or None): the reference every arm's KL is measured to, and the online-IRL
-        reward model as that arm left it (None when no online-IRL arm ran). With LoRA both are adapters of one
-        base: the BC adapter is the policy, the reward an adapter role."""
-        from .models import load_reward_model
-
-        reward_dir = self.out / self.algo / "final_reward"
-        if not (self.algo in self.arms and reward_dir.exists()):
-            return self.load_policy(self.bc_path), None
-        kind = self.objective.model_kind
-        if not self.peft:
-            return self.load_policy(self.bc_path), load_reward_model(reward_dir, kind, self.tokenizer.pad_token_id).to(self.state.device).eval()
-        from .shared_base import REWARD, SharedBase, load_role
-
-        base = SharedBase(self.init_path, self.cfg["peft"], self.cfg["quant"], policy_adapter=self.bc_path,
-                          roles=(REWARD,), device=self.state.device)
-        reward = base.role(REWARD, kind)
-        load_role(reward, reward_dir)
-        return base.model.eval(), reward.eval()
-
-    def evaluation(self) -> dict[str, dict]:
-        """Every arm on one sample per held-out prompt; ``samples_<arm>.jsonl`` beside metrics.json."""
+    def evaluation(self, bc: str) -> dict[str, dict]:
+        """Every arm on one sample per held-out prompt, its KL measured to the BC policy ``bc`` and scored by the
+        online-IRL reward as that arm left it (where one ran); ``samples_<arm>.jsonl`` beside metrics.json."""
         from .evaluation import evaluate_arm
 
-        bc, reward = self.evaluation_models()
+        reward_dir = self.out / self.algo / "final_reward"
+        reward_dir = reward_dir if self.algo in self.arms and reward_dir.exists() else None
+        reference, reward = self.roles.evaluation_models(bc, reward_dir, self.objective.model_kind)
         arms = {}
         for arm in self.arms:
             start = time.perf_counter()
-            policy = bc if arm == "bc" else self.load_policy(str(self.final_dir(arm)))
+            policy = reference if arm == "bc" else self.roles.load_policy(str(self.final_dir(arm)))
             arms[arm], records = evaluate_arm(
-                policy, self.tokenizer, self.task, self.heldout, max_new_tokens=self.data.max_completion_length,
-                reference=bc, reward_objective=self.objective if reward is not None else None, reward_model=reward,
-                batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm)
+                policy, self.tokenizer, self.task, self.data.heldout, max_new_tokens=self.data.max_completion_length,
+                reference=reference, reward_objective=self.objective if reward is not None else None,
+                reward_model=reward, batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm)
             text = "".join(json.dumps(r) + "\n" for r in records)
             self.on_main(atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
             del policy
@@ -693,17 +599,19 @@ class Pipeline:
         start = time.perf_counter()
         self.on_main(self.check_folder)
         self.timed("setup", self.setup)
-        self.timed("bc", self.behaviour_cloning)
+        bc = self.timed("bc", self.behaviour_cloning)
+        log_history = []  # the online-IRL arm's, for the plot
         for arm in self.arms:
             if arm == "spin":
-                self.timed("spin", self.spin_training)
+                self.timed("spin", self.spin_training, bc)
             elif arm != "bc":
-                self.timed(arm, self.policy_training, arm)
-        arms = self.evaluation()
+                history = self.timed(arm, self.policy_training, arm, bc)
+                log_history = history if arm == self.algo else log_history
+        arms = self.evaluation(bc)
         metrics = {
             "arms": arms,
             "gap_closed": gap_closed(arms),
-            "reference": demonstration_reference(self.task, self.heldout, self.tokenizer),
+            "reference": demonstration_reference(self.task, self.data.heldout, self.tokenizer),
             "task": self.data.report,
             "timings_s": {**self.timings, "total": round(time.perf_counter() - start, 2)},
             "config": self.cfg,
@@ -711,7 +619,7 @@ class Pipeline:
         path = self.out / "metrics.json"
 
         def report(result: dict, path: Path):
-            plot(result, self.log_history, path.with_name("metrics.png"))
+            plot(result, log_history, path.with_name("metrics.png"))
             print_table(result)
 
         self.on_main(finish, metrics, path, report)
