@@ -34,3 +34,12 @@ def test_the_three_jobs_and_an_unknown_one():
     with pytest.raises(ValueError, match="job='train' is unknown: choose one of \\['compounding_error', 'pipeline', "
                                          "'prompt_oirl'\\]"):
         job_runner("train")
+
+
+def test_runs_of_a_wandb_sweep_log_online():
+    from trl_irl.jobs import wandb_mode
+
+    assert wandb_mode({"mode": "offline"}, {}) == "offline"  # no server by default
+    assert wandb_mode({"mode": "offline"}, {"WANDB_SWEEP_ID": "abc123"}) == "online"  # started by `wandb agent`
+    assert wandb_mode({"mode": "online"}, {}) == "online"
+    assert wandb_mode({"mode": "offline"}, {"WANDB_SWEEP_ID": "abc", "WANDB_MODE": "disabled"}) == "disabled"

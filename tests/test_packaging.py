@@ -49,3 +49,24 @@ def test_the_study_extras_are_not_core_requirements():
     core = cfg["options"]["install_requires"]
     for package in ("lightgbm", "scikit-learn", "sentence-transformers"):
         assert package not in core and package in cfg["options.extras_require"]["prompt-oirl"]
+
+
+def test_the_prompt_oirl_logs_ship_whole_with_their_licences():
+    """recipe=prompt_oirl reads logs the package ships (no path of one machine): each file matches its checksum,
+    the licences are beside them, and setup.cfg puts the folder in the package."""
+    import configparser
+    import hashlib
+    from pathlib import Path
+
+    import trl_irl
+
+    folder = Path(trl_irl.__file__).resolve().parent / "data" / "prompt_oirl"
+    entries = [line.split() for line in (folder / "MANIFEST.sha256").read_text().splitlines() if line.strip()]
+    assert len(entries) >= 10
+    for digest, name in entries:
+        assert hashlib.sha256((folder / name.lstrip("*")).read_bytes()).hexdigest() == digest, name
+    names = {p.name for p in folder.iterdir()}
+    assert {"LICENSE_Prompt-OIRL.txt", "LICENSE_grade-school-math.txt", "LICENSE_SVAMP.txt", "README.md"} <= names
+    cfg = configparser.ConfigParser()
+    cfg.read(folder.parents[2] / "setup.cfg")
+    assert "data/prompt_oirl/*" in cfg["options.package_data"]["trl_irl"]

@@ -11,12 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trl_irl.cli import DATA_DIR
 from trl_irl.prompt_oirl import selection as sel
 from trl_irl.prompt_oirl.data import load_logs
 from trl_irl.prompt_oirl.features import EmbeddingCache
 from trl_irl.prompt_oirl.reward_models import make_reward_model
 
-DATA = Path(os.environ.get("PROMPT_OIRL_DATA", "/work/shared/data/prompt_oirl"))
+DATA = DATA_DIR / "prompt_oirl"  # the logs the package ships
 needs_data = pytest.mark.skipif(not (DATA / "labels_llama2_gsm8k.npz").exists(), reason=f"no prompting logs at {DATA}")
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -74,3 +74,17 @@ def test_wandb_sweeps_call_trl_irl_with_hydra_overrides(sweep):
             cfg = composed(params["recipe"]["value"], *overrides)
             assert cfg is not None
     assert spec["metric"]["name"].startswith("policy/")
+
+
+def test_help_lists_the_recipes_and_groups_not_their_parts(monkeypatch, capsys):
+    import sys
+
+    from trl_irl.cli import entry
+
+    monkeypatch.setattr(sys, "argv", ["trl-irl", "--help"])
+    entry()  # prints the help and runs nothing
+    text = capsys.readouterr().out
+    assert text.startswith("trl-irl: online inverse RL")
+    listed = [line.split()[0] for line in text.split("recipes:\n")[1].split("\n\n")[0].splitlines()]
+    assert listed == RECIPES  # every recipe a run can take, and no parts/ or sweeps/ file
+    assert "  credit   airl, attention, implicit, redistribution, sequence" in text

@@ -115,5 +115,48 @@ def main(cfg: DictConfig) -> None:
         print(path, flush=True)  # the output contract: the last line is the absolute path of the job's result
 
 
-if __name__ == "__main__":
+def recipes() -> dict[str, str]:
+    """{recipe name: its description} (the first comment line after the package line), without the parts and the
+    sweep configs that live beside them (a sweep is run by ``wandb sweep``, a part is included by a recipe)."""
+    found = {}
+    for path in sorted((CONF_DIR / "recipe").rglob("*.yaml")):
+        if {"parts", "sweeps"} & set(path.relative_to(CONF_DIR / "recipe").parts):
+            continue
+        comments = [line.lstrip("# ").strip() for line in path.read_text().splitlines()
+                    if line.startswith("#") and "@package" not in line]
+        found[str(path.relative_to(CONF_DIR / "recipe").with_suffix(""))] = comments[0] if comments else ""
+    return found
+
+
+def help_text() -> str:
+    """What ``trl-irl --help`` prints: the app, its recipes (not their parts), the groups, examples."""
+    import textwrap
+
+    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in sorted(CONF_DIR.iterdir())
+              if p.is_dir() and p.name not in ("recipe", "hydra")}
+    width = max(map(len, recipes()))
+    lines = ["trl-irl: online inverse RL for LLMs on top of TRL. BC on your demonstrations, then RL on a reward that",
+             "keeps learning from demonstrations vs the policy's own samples; every arm evaluated on held-out rows.",
+             "", "usage: trl-irl [recipe=NAME] [group=option ...] [key=value ...]   (Hydra overrides; -m: multirun)", "",
+             "recipes:"]
+    lines += [f"  {name:<{width}}  {textwrap.shorten(text, 96, placeholder=' ...')}" for name, text in recipes().items()]
+    lines += ["", "groups (group=option):"] + [f"  {g:<8} {', '.join(options)}" for g, options in groups.items()]
+    lines += ["", "examples:", "  trl-irl                                              # the default run (1-3 min on CPU)",
+              "  trl-irl task=dataset task.path=my.jsonl task.verifier=exact algo=ppo",
+              "  trl-irl -m algo=grpo,ppo seed=0,1,2                  # a multirun",
+              "", "The last line of a run is the path of its result (metrics.json). Hydra's own help: --hydra-help"]
+    return "\n".join(lines)
+
+
+def entry():
+    """The console script: our help for ``--help`` / ``-h``, else Hydra's job."""
+    import sys
+
+    if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
+        print(help_text())
+        return
     main()
+
+
+if __name__ == "__main__":
+    entry()

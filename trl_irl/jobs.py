@@ -32,6 +32,14 @@ def finish(result: dict, path: Path, report: Callable[[dict, Path], object] | No
     return path
 
 
+def wandb_mode(logger: dict, environ) -> str:
+    """WANDB_MODE when set; online under ``wandb agent`` (it sets WANDB_SWEEP_ID: the sweep reads the runs' metrics
+    from the server); else ``logger.mode`` (offline by default: no server, never block on the network)."""
+    if environ.get("WANDB_MODE"):
+        return environ["WANDB_MODE"]
+    return "online" if environ.get("WANDB_SWEEP_ID") else logger.get("mode", "offline")
+
+
 def _start_logger(cfg: dict):
     logger = cfg["logger"]
     if logger["report_to"] != "wandb":
@@ -40,7 +48,7 @@ def _start_logger(cfg: dict):
 
     import wandb
 
-    os.environ.setdefault("WANDB_MODE", logger.get("mode", "offline"))  # no server by default: never block on network
+    os.environ["WANDB_MODE"] = wandb_mode(logger, os.environ)
     os.environ.setdefault("WANDB_PROJECT", logger.get("project", "trl-irl"))
     return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
 

@@ -3,7 +3,7 @@
 A log folder holds ``queries_<dataset>.csv`` (``row_id``, a split column, ``question``), ``prompts.csv``
 (``prompt_idx``, ``role`` train/heldout, ``text``) and ``labels_<llm>_<dataset>.npz`` (``row_id`` (n,), ``labels``
 (n, P) int8 in {1 correct, 0 wrong, -1 not observed}; optional ``critic_pred`` / ``critic_conf``, the LLM judging
-its own answer). ``../shared/data/prompt_oirl/README.md`` documents the released logs; point ``data.dir`` at your
+its own answer). ``trl_irl/data/prompt_oirl/README.md`` documents the released logs (shipped with the package); point ``data.dir`` at your
 own logs in the same layout.
 """
 
