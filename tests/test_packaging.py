@@ -70,3 +70,35 @@ def test_the_prompt_oirl_logs_ship_whole_with_their_licences():
     cfg = configparser.ConfigParser()
     cfg.read(folder.parents[2] / "setup.cfg")
     assert "data/prompt_oirl/*" in cfg["options.package_data"]["trl_irl"]
+
+
+def test_an_installed_wheel_finds_its_configs_recipes_and_data_from_any_folder(tmp_path):
+    """Not only an editable install: the wheel holds conf/ (groups and recipes) and the shipped data, and the
+    installed package composes a recipe and prints its help from a folder far from the clone."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(root), "-w", str(tmp_path / "wheel")],
+                   check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "wheel").glob("trl_irl-*.whl"))
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    code = textwrap.dedent("""
+        import sys
+        import trl_irl, trl_irl.cli
+        from hydra import compose, initialize_config_dir
+        assert trl_irl.__file__.startswith(sys.argv[1]), trl_irl.__file__  # the installed copy, not the clone
+        with initialize_config_dir(config_dir=str(trl_irl.cli.CONF_DIR), version_base="1.3"):
+            toy = compose("config", overrides=["recipe=toy", "output_dir=x"])
+            oirl = compose("config", overrides=["recipe=prompt_oirl", "output_dir=x"])
+        from pathlib import Path
+        print(toy.job, toy.task.name, Path(oirl.data.dir, "labels_llama2_gsm8k.npz").exists())
+        print(len(trl_irl.cli.recipes()), "recipes")
+    """)
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "HOME": str(tmp_path),
+                                                            "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[0] == "pipeline automaton True"
+    assert int(result.stdout.splitlines()[1].split()[0]) >= 20

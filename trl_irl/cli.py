@@ -8,7 +8,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: a non-editable install finds it
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # ${trl_irl_data:word_reversal.jsonl}: a data file shipped with the package (recipes use it; so may you)
 OmegaConf.register_new_resolver("trl_irl_data", lambda name: str(DATA_DIR / name), replace=True)
