@@ -76,6 +76,13 @@ def test_wandb_sweeps_call_trl_irl_with_hydra_overrides(sweep):
     assert spec["metric"]["name"].startswith("policy/")
 
 
+def test_lora_alpha_follows_the_rank():
+    """A rank sweep keeps the LoRA scale alpha / r = 2 (sweeping r alone with alpha fixed confounds the two)."""
+    assert composed("default", "peft=lora")["peft"]["alpha"] == 32
+    assert composed("qlora/online_irl_7b", "model.path=/m", "task.path=d.jsonl", "peft.r=64")["peft"]["alpha"] == 128
+    assert composed("default", "peft=lora", "peft.r=8", "peft.alpha=8")["peft"]["alpha"] == 8  # set, it is yours
+
+
 def test_help_lists_the_recipes_and_groups_not_their_parts(monkeypatch, capsys):
     import sys
 

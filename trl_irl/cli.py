@@ -12,6 +12,8 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: a non
 DATA_DIR = Path(__file__).resolve().parent / "data"
 # ${trl_irl_data:word_reversal.jsonl}: a data file shipped with the package (recipes use it; so may you)
 OmegaConf.register_new_resolver("trl_irl_data", lambda name: str(DATA_DIR / name), replace=True)
+# ${trl_irl_times:${.r},2}: a value that follows another (LoRA's alpha = 2 r, so a rank sweep keeps the scale)
+OmegaConf.register_new_resolver("trl_irl_times", lambda x, k: x * k, replace=True)
 
 
 def config_dict(cfg: DictConfig) -> dict:
