@@ -106,8 +106,10 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from .console import quiet_console
     from .jobs import job_runner
 
+    quiet_console()
     container = config_dict(cfg)
     load_plugins(container)
     runtime = HydraConfig.get()

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
+from .console import quiet_progress, stage_header
 from .jobs import finish
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
@@ -363,10 +364,16 @@ class Pipeline:
         return broadcast_object_list([self.on_main(choose)])[0]
 
     def timed(self, stage: str, fn, *args):
+        if self.state.is_main_process:
+            stage_header(stage)
         start = time.perf_counter()
         result = fn(*args)
         self.timings[stage] = round(time.perf_counter() - start, 2)
         return result
+
+    def progress(self, trainer, stage: str):
+        """``trainer`` showing compact progress lines; its whole log events go to ``train.log`` (main process)."""
+        return quiet_progress(trainer, stage, self.out / "train.log" if self.state.is_main_process else None)
 
     def rows_dataset(self, rows: list[dict]):
         """The rows a policy trainer samples prompts from: prompt, demonstration and the row's index (the oracle's
@@ -419,7 +426,7 @@ class Pipeline:
             trainer = SFTTrainer(model=model, args=args, train_dataset=pairs(self.data.train),
                                  eval_dataset=pairs(self.data.validation), processing_class=self.tokenizer,
                                  callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
-            trainer.train()
+            self.progress(trainer, "bc").train()
             self.mark_done("bc", functools.partial(self.roles.save_model, trainer.model))
             # the epoch checkpoints served load_best_model_at_end; final/ is the best model (a 7B's would be GBs)
             self.on_main(lambda: [shutil.rmtree(c) for c in (self.out / "bc").glob("checkpoint-*")])
@@ -459,7 +466,7 @@ class Pipeline:
             trainer = IRLRewardTrainer(model=reward, args=self.reward_pretrain_config(), train_dataset=train,
                                        eval_dataset=validation, processing_class=self.tokenizer,
                                        policy=bc_model if self.objective.needs_policy else None)
-            trainer.train()
+            self.progress(trainer, "reward_pretrain").train()
         self.mark_done("reward_pretrain", functools.partial(self.roles.save_reward, reward))
         return reward
 
@@ -496,7 +503,7 @@ class Pipeline:
         checkpoint = self.resume_checkpoint(stage)
         if checkpoint is None:
             self.begin(stage)
-        trainer = self.build_policy_trainer(stage, bc, reward)
+        trainer = self.progress(self.build_policy_trainer(stage, bc, reward), stage)
         trainer.train(resume_from_checkpoint=checkpoint)
         bad = non_finite(trainer.trained_modules())  # the models about to be saved, as before every checkpoint
         if bad:
@@ -557,7 +564,7 @@ class Pipeline:
                 break
             trainer = DPOTrainer(model=model.train(), args=self.spin_config(k),
                                  train_dataset=Dataset.from_list(pairs), processing_class=self.tokenizer)
-            trainer.train()
+            self.progress(trainer, f"spin round {k}").train()
             path = str(self.out / stage / f"round_{k}" / "final")
             self.on_main(self.roles.save_policy_adapter, trainer.model, path)
             del trainer, model
@@ -607,6 +614,8 @@ class Pipeline:
             elif arm != "bc":
                 history = self.timed(arm, self.policy_training, arm, bc)
                 log_history = history if arm == self.algo else log_history
+        if self.state.is_main_process:
+            stage_header("evaluation")
         arms = self.evaluation(bc)
         metrics = {
             "arms": arms,

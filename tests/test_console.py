@@ -1,0 +1,68 @@
+"""The console: compact progress lines, every log event kept whole in train.log, the stack's notices off the console
+but not lost."""
+
+import json
+import logging
+from types import SimpleNamespace
+
+from trl_irl.console import Notices, compact, stage_progress
+
+
+def test_a_log_event_becomes_one_compact_line_and_a_whole_json_line(tmp_path, capsys):
+    callback = stage_progress("grpo", tmp_path / "train.log")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3, max_steps=10)
+    logs = {"loss": 0.123456, "reward": -0.5, "irl/accuracy": 0.75, "kl": 0.0012, "grad_norm": 2.0, "epoch": 0.1}
+    callback.on_log(None, state, None, logs=logs)
+    callback.on_log(None, state, None, logs={"epoch": 0.2})  # nothing shown: no metric of the line's
+    state.global_step = 3  # a tenth of the steps has not passed since the line shown: kept in the file only
+    callback.on_log(None, state, None, logs={"loss": 0.1})
+    callback.on_log(None, state, None, logs={"eval_loss": 0.2})  # evaluations are always shown
+    assert capsys.readouterr().out.splitlines() == ["  grpo step 3/10: loss 0.1235, reward -0.5, irl acc 0.75, kl 0.0012",
+                                                    "  grpo step 3/10: eval loss 0.2"]
+    rows = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
+    assert rows == [{"stage": "grpo", "step": 3, **logs}, {"stage": "grpo", "step": 3, "epoch": 0.2},
+                    {"stage": "grpo", "step": 3, "loss": 0.1}, {"stage": "grpo", "step": 3, "eval_loss": 0.2}]
+
+
+def test_other_processes_write_nothing(tmp_path, capsys):
+    stage_progress("bc", tmp_path / "train.log").on_log(
+        None, SimpleNamespace(is_world_process_zero=False, global_step=1, max_steps=1), None, logs={"loss": 1.0})
+    assert capsys.readouterr().out == "" and not (tmp_path / "train.log").exists()
+
+
+def test_compact_skips_what_is_not_a_number():
+    assert compact({"loss": "nan?", "eval_loss": 2.0, "train_runtime": 12.345}) == "eval loss 2, s 12.35"
+
+
+def test_notices_stay_off_the_console_and_errors_and_ours_do_not():
+    keep = Notices().filter
+    record = lambda name, level: logging.LogRecord(name, level, __file__, 1, "m", None, None)  # noqa: E731
+    assert not keep(record("bitsandbytes.backends.cpu.ops", logging.WARNING))
+    assert not keep(record("py.warnings", logging.WARNING))  # FutureWarnings, routed through logging
+    assert not keep(record("transformers.modeling_utils", logging.WARNING))  # the load report
+    assert keep(record("transformers.trainer", logging.ERROR))
+    assert keep(record("trl_irl.pipeline", logging.WARNING)) and keep(record("__main__", logging.INFO))
+    assert keep(record("transformersx", logging.WARNING))  # a name that only starts alike is not one of them
+
+
+def test_a_multirun_summary_has_a_row_per_job(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from trl_irl.multirun import MultirunSummary
+
+    for job, (bc, grpo) in enumerate([(0.25, 0.5), (0.3, 0.45)]):
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n- algo=grpo\n")
+        (folder / "metrics.json").write_text(json.dumps({"arms": {"bc": {"success_rate": bc, "kl": 0.0},
+                                                                  "grpo": {"success_rate": grpo}},
+                                                         "gap_closed": {"grpo": grpo - bc}}))
+    (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result
+    MultirunSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(tmp_path / "multirun_summary.json")  # the path last
+    summary = json.loads((tmp_path / "multirun_summary.json").read_text())
+    rows = {r["job"]: r for r in summary["jobs"]}
+    assert rows[0]["overrides"] == "seed=0 algo=grpo" and rows[0]["grpo/success_rate"] == 0.5
+    assert rows[1]["bc/success_rate"] == 0.3 and rows[1]["grpo/gap_closed"] == 0.45 - 0.3
+    assert rows[2]["missing"] is True and "(no result)" in out

@@ -1,0 +1,119 @@
+"""What a run shows on the console, and what it keeps in files.
+
+The console gets a header per stage, one progress bar per training stage with a compact line for each log event
+(the metrics that matter: loss, reward, IRL accuracy, KL, success), the results table and the result's path last.
+Every log event of every trainer goes whole to ``train.log`` in the run folder (JSON lines, with the stage), and
+dependency noise (deprecation warnings, bitsandbytes' optional-kernel notice, DeepSpeed's accelerator line, model
+load reports) stays out of the console but in the job's log file (Hydra's ``<job>.log``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+
+# (log key, label) shown in a compact line when the event has it, in this order
+SHOWN = (("loss", "loss"), ("eval_loss", "eval loss"), ("reward", "reward"), ("irl/accuracy", "irl acc"),
+         ("irl/loss", "irl loss"), ("kl", "kl"), ("value_loss", "value loss"), ("rewards/verifier/mean", "verifier"),
+         ("train_loss", "train loss"), ("train_runtime", "s"))
+# loggers whose warnings are notices about the stack, not about the run (kept in the log file)
+NOISY = ("bitsandbytes", "DeepSpeed", "deepspeed", "accelerate", "transformers", "datasets", "py.warnings", "torch")
+
+
+def compact(logs: dict) -> str:
+    parts = []
+    for key, label in SHOWN:
+        value = logs.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"{label} {value:.4g}")
+    return ", ".join(parts)
+
+
+def stage_progress(stage: str, train_log: Path | None):
+    """Transformers' progress bars, with each log event as one compact line (not the whole dict) and the whole
+    event appended to ``train_log`` (main process). (Built on first use: this module is imported before the
+    console's filter is in place, and transformers' trainer imports warn.)"""
+    from transformers.trainer_callback import ProgressCallback
+
+    class StageProgress(ProgressCallback):
+        def __init__(self):
+            super().__init__()
+            self.stage, self.train_log, self.shown_at = stage, train_log, None
+
+        def shows(self, logs: dict, step: int, max_steps: int) -> bool:
+            """About ten training lines a stage: each evaluation and the final summary, a training event when a
+            tenth of the steps has passed since the last one shown."""
+            if any(k.startswith("eval_") for k in logs) or "train_runtime" in logs:
+                return True
+            if self.shown_at is not None and step - self.shown_at < max(1, max_steps // 10):
+                return False
+            self.shown_at = step
+            return True
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if self.train_log is not None:
+                with open(self.train_log, "a") as f:
+                    f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}, default=str) + "\n")
+            line = compact(logs)
+            if line and self.shows(logs, state.global_step, state.max_steps):
+                text = f"  {self.stage} step {state.global_step}/{state.max_steps}: {line}"
+                (self.training_bar.write if self.training_bar is not None else print)(text)
+
+    return StageProgress()
+
+
+def quiet_progress(trainer, stage: str, train_log: Path | None):
+    """Replace ``trainer``'s progress callback (and its dict printer) with ``stage_progress``'s."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cls in (ProgressCallback, PrinterCallback):
+        trainer.remove_callback(cls)
+    trainer.add_callback(stage_progress(stage, train_log))
+    return trainer
+
+
+class Notices(logging.Filter):
+    """Keeps warnings of ``NOISY`` loggers (below ERROR) off a console handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = any(record.name == n or record.name.startswith(n + ".") for n in NOISY)
+        return not (noisy and record.levelno < logging.ERROR)
+
+
+def quiet_console():
+    """Route warnings and the libraries' loggers through the root logger (the job's log file keeps them) and keep
+    their notices off the console. Call once logging is configured (Hydra's job start)."""
+    for handler in logging.getLogger().handlers:  # first: importing the libraries below may already warn
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(Notices())
+    import transformers
+
+    logging.captureWarnings(True)  # warnings.warn -> logger py.warnings
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    transformers.utils.logging.set_verbosity_warning()  # its warnings reach the file; the console filter keeps them off
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()  # the map / filter bars of every dataset TRL prepares
+    except ImportError:  # pragma: no cover - datasets is a dependency of TRL
+        pass
+    if not _cuda():  # DeepSpeed announces its CPU fallback on import; say which accelerator, and it need not guess
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def stage_header(stage: str):
+    print(f"\n== {stage} ==", flush=True)
+

@@ -1,0 +1,64 @@
+"""After a multirun (``trl-irl -m ...``): one table over its jobs and ``multirun_summary.json``. A Hydra callback
+(``hydra.callbacks`` in conf/config.yaml), instantiated at Hydra's start: it imports nothing heavy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+
+def multirun_rows(sweep_dir: Path) -> list[dict]:
+    """One row per finished job of a multirun: its overrides, and per arm the headline metric (success rate, else
+    the first number) and the gap closed; jobs without a result are listed as missing."""
+    rows = []
+    for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = " ".join(line.lstrip("- ").strip() for line in overrides_file.read_text().splitlines()
+                             if line.strip()) if overrides_file.exists() else ""
+        row = {"job": int(job.name), "overrides": overrides}
+        result = next((job / name for name in ("metrics.json", "compounding_error.json") if (job / name).exists()), None)
+        if result is None:
+            rows.append({**row, "missing": True})
+            continue
+        metrics = json.loads(result.read_text())
+        for arm, values in (metrics.get("arms") or {}).items():
+            numbers = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+            key = "success_rate" if "success_rate" in numbers else next(iter(numbers), None)
+            if key is not None:
+                row[f"{arm}/{key}"] = numbers[key]
+        for arm, gap in (metrics.get("gap_closed") or {}).items():
+            row[f"{arm}/gap_closed"] = gap
+        rows.append({**row, "result": str(result)})
+    return rows
+
+
+class MultirunSummary(Callback):
+    """After a multirun, one table over its jobs on the
+    console and ``multirun_summary.json`` in the sweep folder, whose path is printed last."""
+
+    def on_multirun_end(self, config, **kwargs):
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        from .jobs import finish
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.exists():
+            return
+        rows = multirun_rows(sweep_dir)
+        columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("job", "overrides", "result", "missing")))
+
+        def report(result, path):
+            table = Table(title=f"multirun: {len(rows)} jobs")
+            for name in ["job", "overrides", *columns]:
+                table.add_column(name, justify="left" if name == "overrides" else "right")
+            for r in rows:
+                cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+                table.add_row(str(r["job"]), escape(r["overrides"]) + (" (no result)" if r.get("missing") else ""), *cells)
+            Console().print(table)
+
+        print(finish({"sweep_dir": str(sweep_dir), "jobs": rows}, sweep_dir / "multirun_summary.json", report),
+              flush=True)
