@@ -22,6 +22,7 @@ import socket
 from pathlib import Path
 
 from .checkpoints import atomic_write_text, read_json
+from .validation import lookup
 
 LOCK = ".trl_irl.lock"
 STAGE_CONFIG = "stage_config.json"
@@ -49,10 +50,7 @@ def stage_config(cfg: dict, stage: str, algo: str) -> dict:
     """The part of ``cfg`` that shapes ``stage``, as plain JSON values."""
     out = {}
     for section in stage_sections(stage, algo):
-        value = cfg
-        for part in section.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        out[section] = value
+        out[section] = lookup(cfg, section)
     if isinstance(out.get("task"), dict):  # the verifier only scores, and trains the oracle alone (its own sections)
         out["task"] = {k: v for k, v in out["task"].items() if k not in VERIFIER_KEYS}
     return json.loads(json.dumps(out))

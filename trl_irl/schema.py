@@ -17,24 +17,17 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .validation import lookup
+
 
 def config_paths(cls) -> dict[str, str]:
     """{field name: Hydra config path} for the fields of ``cls`` set from a shared section."""
     return {f.name: f.metadata["config"] for f in dataclasses.fields(cls) if "config" in f.metadata}
 
 
-def _get(cfg: dict, path: str):
-    value = cfg
-    for part in path.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return dataclasses.MISSING
-        value = value[part]
-    return value
-
-
 def config_values(cls, cfg: dict) -> dict:
     """The values of ``cls``'s fields that ``cfg`` sets through their config paths."""
-    values = {name: _get(cfg, path) for name, path in config_paths(cls).items()}
+    values = {name: lookup(cfg, path, dataclasses.MISSING) for name, path in config_paths(cls).items()}
     return {name: value for name, value in values.items() if value is not dataclasses.MISSING}
 
 
@@ -51,7 +44,7 @@ def check_section(cfg: dict, section: str, classes):
     classes = list(dict.fromkeys(classes))
     known = {path.rpartition(".")[2] for cls in classes for path in config_paths(cls).values()
              if path.rpartition(".")[0] == section}
-    keys = _get(cfg, section)
+    keys = lookup(cfg, section)
     unknown = sorted(set(keys if isinstance(keys, dict) else ()) - known)
     if unknown:
         raise ValueError(f"unknown key(s) {unknown} under {section}: valid keys are {sorted(known)} (the fields of "

@@ -109,11 +109,12 @@ def check_unknown_keys(cfg: dict, schema: dict, source=lambda path: "", open_sec
                          f"{[p.rpartition('.')[2] for p in siblings]}. Fix the spelling or remove it")
 
 
-def _get(cfg: dict, path: str):
+def lookup(cfg: dict, path: str, default=None):
+    """The value at the dotted ``path`` of a nested dict, or ``default`` where the path is absent."""
     value = cfg
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
-            return None
+            return default
         value = value[part]
     return value
 
@@ -151,7 +152,7 @@ RANGES = [
 def check_ranges(cfg: dict):
     """Each value of ``RANGES`` in range; the error names the config path, the value and the rule."""
     for path, rule, ok in RANGES:
-        value = _get(cfg, path)
+        value = lookup(cfg, path)
         if value is not None and not ok(value):
             raise ValueError(f"{path}={value!r}: must be {rule}")
 
