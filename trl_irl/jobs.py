@@ -24,9 +24,7 @@ from .checkpoints import atomic_write_text
 def finish(result: dict, path: Path, report: Callable[[dict, Path], object] | None = None, indent: int = 2) -> Path:
     """Write ``result`` to ``path`` atomically (a finished job is never half-written), then ``report(result, path)``
     (the console table and the figures beside it); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(result, indent=indent))
+    path = atomic_write_text(path, json.dumps(result, indent=indent))  # makes the folder too
     if report is not None:
         report(result, path)
     return path
@@ -88,7 +86,7 @@ def _compounding_error(cfg: dict) -> Path:
 
 # job name -> the function that runs it from the composed config and returns its result's path
 JOBS: dict[str, Callable[[dict], Path | None]] = {"pipeline": _pipeline, "prompt_oirl": _prompt_oirl,
-                                           "compounding_error": _compounding_error}
+                                                  "compounding_error": _compounding_error}
 
 
 def job_runner(name: str) -> Callable[[dict], Path | None]:
