@@ -57,23 +57,59 @@ def test_smollm2_recipe_reads_the_shipped_file_through_the_dataset_task():
     assert cfg["task"]["path"] == str(DATA_DIR / "word_reversal.jsonl") and (DATA_DIR / "word_reversal.jsonl").exists()
 
 
-@pytest.mark.parametrize("sweep", sorted((Path(CONF_DIR) / "recipe" / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
-def test_wandb_sweeps_call_trl_irl_with_hydra_overrides(sweep):
-    """A wandb agent runs ``trl-irl key=value ...``: every parameter, at every listed value, must compose."""
+SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "recipe" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_run_a_sweep_would_start_passes_the_checks(name, tmp_path):
+    """A wandb agent runs ``trl-irl key=value ...``: every run of the grid (a search's every value and range end)
+    passes the checks a run makes before it loads a model, once the values left to the user are given."""
+    from trl_irl import sweeps
+
+    spec = sweeps.load(name)
+    assert spec["program"] == "trl-irl" and spec["command"] == ["${env}", "${program}", "${args_no_hyphens}"]
+    assert spec["metric"]["name"].startswith("policy/") and spec["parameters"]["logger"] == {"value": "wandb"}
+    params = spec["parameters"]
+    yours = {"model.path": str(tmp_path), "task.path": str(DATA_DIR / "word_reversal.jsonl")}
+    missing = [k for k, p in params.items() if p.get("value") == "???"]
+    if missing:
+        with pytest.raises(ValueError, match=rf"have no value: give them, e.g. trl-irl sweep {name} model.path=\.\.\."):
+            sweeps.check_runs(spec, name)
+        spec = sweeps.with_values(spec, [f"{k}={yours[k]}" for k in missing])
+    sizes = [len(p["values"]) if "values" in p else 2 if "min" in p else 1 for p in params.values()]
+    runs = sweeps.runs(spec)
+    assert len({tuple(r) for r in runs}) == len(runs) == __import__("math").prod(sizes) > 1
+    for run in runs:  # each run sets every parameter once, recipe first
+        assert [o.split("=")[0] for o in run] == list(params) and run[0].startswith("recipe=")
+    assert sweeps.check_runs(spec, name) == len(runs)
+
+
+def test_a_sweep_with_a_run_that_would_fail_is_refused_naming_the_run():
+    from trl_irl import sweeps
+
+    spec = sweeps.with_values(sweeps.load("algorithms"), ["algo=rloo", "credit=redistribution", "seed=0"])
+    with pytest.raises(ValueError, match=r"the sweep's run `trl-irl recipe=default logger=wandb algo=rloo "
+                                         r"credit=redistribution seed=0` would fail: .*TRL's RLOO"):
+        sweeps.check_runs(spec)
+
+
+def test_trl_irl_sweep_writes_the_filled_config_with_absolute_paths(tmp_path, monkeypatch, capsys):
     import yaml
 
-    spec = yaml.safe_load(sweep.read_text())
-    assert spec["program"] == "trl-irl"
-    assert spec["command"] == ["${env}", "${program}", "${args_no_hyphens}"]
-    params = spec["parameters"]
-    fixed = [f"{k}={v['value']}" for k, v in params.items() if "value" in v and k != "recipe"]
-    for key, values in params.items():
-        choices = values.get("values") or [values.get("value", values.get("min"))]
-        for choice in choices:
-            overrides = [o for o in fixed if not o.startswith(f"{key}=")] + ([] if key == "recipe" else [f"{key}={choice}"])
-            cfg = composed(params["recipe"]["value"], *overrides)
-            assert cfg is not None
-    assert spec["metric"]["name"].startswith("policy/")
+    from trl_irl import sweeps
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "my.jsonl").write_text((DATA_DIR / "word_reversal.jsonl").read_text())
+    assert sweeps.main(["qlora_lora_rank", "model.path=model", "task.path=my.jsonl", "peft.r=8"]) == 0
+    written = yaml.safe_load((tmp_path / "qlora_lora_rank.sweep.yaml").read_text())
+    assert written["parameters"]["model.path"] == {"value": str(tmp_path / "model")}  # the agent may run elsewhere
+    assert written["parameters"]["task.path"] == {"value": str(tmp_path / "my.jsonl")}
+    assert written["parameters"]["peft.r"] == {"value": 8}  # a swept value fixed from the command line
+    out = capsys.readouterr().out
+    assert "checked the sweep's 3 run(s)" in out and "wandb sweep qlora_lora_rank.sweep.yaml" in out
+    with pytest.raises(ValueError, match=r"no such sweep; choose one of \['algorithms'"):
+        sweeps.main(["no_such_sweep"])
 
 
 def test_lora_alpha_follows_the_rank():

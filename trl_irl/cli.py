@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -53,13 +54,20 @@ def load_plugins(container: dict):
 GROUPS = ("task", "model", "quant", "peft", "reward", "algo", "credit", "logger")
 
 
+@functools.lru_cache(maxsize=32)
+def _schema(overrides: tuple[str, ...]) -> dict:
+    """The config of these group choices, unresolved (the packaged configs do not change while a process runs, and a
+    sweep's check composes it once per choice of groups, not per run)."""
+    from hydra import compose
+
+    return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=False)
+
+
 def check_keys_known(container: dict, choices: dict, overrides: list[str]):
     """The config has no key its schema lacks: for the pipeline job the schema is the config of the same group
     choices without recipe or overrides (a misspelt ``+sead=3`` or a recipe's ``taks:`` is refused, not ignored);
     for a study's job (prompt_oirl, compounding_error) it is the study's recipe without overrides
     (``+data.datset=svamp`` is refused). Call it where Hydra is initialised (``compose`` needs it)."""
-    from hydra import compose
-
     from .validation import JOB_OPEN_SECTIONS, OPEN_SECTIONS, check_unknown_keys
 
     job, recipe = container.get("job"), choices.get("recipe")
@@ -69,9 +77,7 @@ def check_keys_known(container: dict, choices: dict, overrides: list[str]):
         base_recipe, open_sections = recipe, JOB_OPEN_SECTIONS[job]
     else:
         return  # an unknown job is refused by name where it is dispatched
-    schema = compose("config", overrides=[f"{g}={choices[g]}" for g in GROUPS if choices.get(g)] +
-                     [f"recipe={base_recipe}"])
-    schema = OmegaConf.to_container(schema, resolve=False)
+    schema = _schema(tuple(f"{g}={choices[g]}" for g in GROUPS if choices.get(g)) + (f"recipe={base_recipe}",))
 
     def source(path: str) -> str:
         written = [o for o in overrides if (o.lstrip("+~").split("=")[0] + ".").startswith(path + ".")]
@@ -80,22 +86,40 @@ def check_keys_known(container: dict, choices: dict, overrides: list[str]):
     check_unknown_keys(container, schema, source, open_sections)
 
 
-def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
-    """The ``trl-irl`` job from Python: the same config and overrides (``"task=dataset"``, ``"task.path=my.jsonl"``,
-    ...), run in ``output_dir``; returns the path of ``metrics.json``. Multirun and Hydra's own flags are the CLI's."""
-    from hydra import compose, initialize_config_dir
-
-    from .pipeline import Pipeline
+def compose(*overrides: str, output_dir: str | os.PathLike) -> dict:
+    """The job's config as the CLI composes it from ``overrides``, its plugins imported and its keys checked (a
+    misspelt key is refused here); nothing runs."""
+    from hydra import compose as hydra_compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[*overrides, f"output_dir={Path(output_dir).resolve()}"],
-                      return_hydra_config=True)
+        cfg = hydra_compose("config", overrides=[*overrides, f"output_dir={Path(output_dir).resolve()}"],
+                            return_hydra_config=True)
         choices = dict(cfg.hydra.runtime.choices)
         with open_dict(cfg):
             del cfg["hydra"]
         container = config_dict(cfg)
         load_plugins(container)
         check_keys_known(container, choices, list(overrides))
+    return container
+
+
+def check(*overrides: str, output_dir: str | os.PathLike = "outputs/check") -> dict:
+    """Every check a run of ``overrides`` makes before it loads a model (keys, values, files, combinations, the
+    trainer configs), without running it; returns its config. A study's job checks its keys only."""
+    container = compose(*overrides, output_dir=output_dir)
+    if container["job"] == "pipeline":
+        from .pipeline import Pipeline
+
+        Pipeline(container)  # its constructor is the pipeline's whole check; it writes nothing
+    return container
+
+
+def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
+    """The ``trl-irl`` job from Python: the same config and overrides (``"task=dataset"``, ``"task.path=my.jsonl"``,
+    ...), run in ``output_dir``; returns the path of ``metrics.json``. Multirun and Hydra's own flags are the CLI's."""
+    from .pipeline import Pipeline
+
+    container = compose(*overrides, output_dir=output_dir)
     if container["job"] != "pipeline":
         raise ValueError(f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
                          f"trl-irl {' '.join(overrides)}")
@@ -148,6 +172,7 @@ def help_text() -> str:
     lines += ["", "examples:", "  trl-irl                                              # the default run (1-3 min on CPU)",
               "  trl-irl task=dataset task.path=my.jsonl task.verifier=exact algo=ppo",
               "  trl-irl -m algo=grpo,ppo seed=0,1,2                  # a multirun",
+              "  trl-irl sweep qlora_lora_rank model.path=/models/m task.path=my.jsonl   # a wandb sweep, checked",
               "", "The last line of a run is the path of its result (metrics.json). Hydra's own help: --hydra-help"]
     return "\n".join(lines)
 
@@ -156,6 +181,19 @@ def entry():
     """The console script: our help for ``--help`` / ``-h``, else Hydra's job."""
     import sys
 
+    if sys.argv[1:2] == ["sweep"]:  # a bare word: every Hydra override has an "="
+        from .console import quiet_console
+        from .sweeps import main as sweep
+
+        import logging
+
+        logging.basicConfig(format="%(name)s: %(message)s")  # a console handler the notices filter applies to
+        quiet_console()
+        try:
+            sys.exit(sweep(sys.argv[2:]))
+        except ValueError as error:
+            print(f"trl-irl sweep: {error}", file=sys.stderr)
+            sys.exit(2)
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(help_text())
         return
