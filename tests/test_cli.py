@@ -34,6 +34,8 @@ def test_toy_recipe_end_to_end(tmp_path):
     assert "BC vs online IRL" in result.stdout and "gap_closed" in result.stdout
     for arm in metrics["arms"]:
         assert len((out / f"samples_{arm}.jsonl").read_text().splitlines()) == 32  # one per held-out prompt
+    for stage in ("bc", "grpo", "oracle"):  # TRL's cards named no base model ("[None]") for a local folder
+        assert "fine-tuned version of `trl-irl's tiny Llama" in (out / stage / "README.md").read_text()
 
 
 def test_automaton_figures_unchanged_by_the_task_interface(tmp_path):
@@ -122,3 +124,4 @@ def test_a_qlora_recipe_end_to_end_on_the_tiny_model(policy_path, task, tmp_path
     assert (checkpoint / "irl_reward" / "model" / "model.safetensors").exists()
     for arm in ("ppo", "oracle"):  # the oracle trains the same algorithm, with its own critic
         assert (out / arm / "merged" / "model.safetensors").exists()
+        assert f"fine-tuned version of `{policy_path}`" in (out / arm / "README.md").read_text()  # the folder given

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 # a fresh interpreter where the extra's modules cannot be imported (sys.modules[name] = None blocks an import)
 BLOCK = textwrap.dedent("""
     import sys
@@ -102,3 +104,27 @@ def test_an_installed_wheel_finds_its_configs_recipes_and_data_from_any_folder(t
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0] == "pipeline automaton True"
     assert int(result.stdout.splitlines()[1].split()[0]) >= 20
+
+
+@pytest.mark.parametrize("base, link", [
+    ("Qwen/Qwen2.5-0.5B-Instruct", "[Qwen/Qwen2.5-0.5B-Instruct](https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct)"),
+    ("{folder}", "`{folder}`"),  # a local folder: named, not linked to the hub, not in the card's metadata
+])
+def test_model_cards_name_the_base_model(base, link, tmp_path):
+    """TRL's card for a model loaded from a folder reads "fine-tuned version of [None]"; ours names the base."""
+    from huggingface_hub import ModelCard
+    from trl.trainer.utils import generate_model_card
+
+    from trl_irl.models import name_base_model
+
+    base, link = base.format(folder=tmp_path), link.format(folder=tmp_path)
+    card = generate_model_card(base_model=None, model_name="grpo", hub_model_id=None, dataset_name=None, tags=["trl"],
+                               wandb_url=None, trackio_url=None, trainer_name="GRPO")
+    card.save(tmp_path / "README.md")
+    assert "fine-tuned version of [None](https://huggingface.co/None)" in (tmp_path / "README.md").read_text()
+    assert name_base_model(tmp_path / "README.md", base)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert f"fine-tuned version of {link}." in card.text and "None" not in card.text.split("\n\n")[1]
+    assert card.data.base_model == (base if "/" in base and not base.startswith("/") else None)
+    assert not name_base_model(tmp_path / "README.md", "other/name")  # named once; a card naming its base is kept
+    assert not name_base_model(tmp_path / "missing.md", base)

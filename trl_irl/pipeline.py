@@ -372,7 +372,11 @@ class Pipeline:
         return result
 
     def progress(self, trainer, stage: str):
-        """``trainer`` showing compact progress lines; its whole log events go to ``train.log`` (main process)."""
+        """``trainer`` showing compact progress lines; its whole log events go to ``train.log`` (main process), and
+        the model cards it writes name the run's base model."""
+        from .models import base_model_name, model_card_callback
+
+        trainer.add_callback(model_card_callback(base_model_name(self.cfg["model"])))
         return quiet_progress(trainer, stage, self.out / "train.log" if self.state.is_main_process else None)
 
     def rows_dataset(self, rows: list[dict]):
