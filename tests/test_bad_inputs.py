@@ -1,4 +1,4 @@
-"""Every bad input of the README's table is refused before any model loads or stage runs, with the message the table
+"""Every bad input of the table in docs/errors.md is refused before any model loads or stage runs, with the message the table
 shows. ``python tests/test_bad_inputs.py`` prints the table (run it after changing a message).
 
 Each row runs ``trl_irl.run`` in process: it composes the config as the CLI does and stops at the check, so the
@@ -129,10 +129,10 @@ def test_the_studies_valid_keys_pass_the_schema_check(overrides, tmp_path):
     assert "runs from the CLI" in refusal(overrides, {}, tmp_path / "run")
 
 
-def test_the_readme_table_lists_every_bad_input():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+def test_the_docs_table_lists_every_bad_input():
+    table = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
     for overrides, _ in BAD_INPUTS:
-        assert f"| `{' '.join(overrides)}` |" in readme, overrides
+        assert f"| `{' '.join(overrides)}` |" in table, overrides
     assert len(BAD_INPUTS) >= 40
 
 
