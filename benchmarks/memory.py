@@ -520,8 +520,39 @@ def report(rows: list[dict], out: str | None, command: str, final: bool, quiet: 
         print(f"{f['model']:>14} {f['full_layers']:>3} layers {f['setup']:>12}: {f['peak_mem_mb']} MB extrapolated "
               f"from {f['layers_measured']} layers ({f['mb_per_layer']} MB per layer){ratio}")
     if out:
+        if final and rows:
+            plot(rows, Path(out).with_suffix(".png"))
         print(f"wrote {out}")
     return result
+
+
+def plot(rows: list[dict], png: Path):
+    """Peak memory per setup, one group of bars per model (and depth), the ratio to policy_only above each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["model"], r["layers"]) for r in rows))
+    fig, ax = plt.subplots(figsize=(1.5 + 2.2 * len(groups), 3.6))
+    width = 0.8 / len(SETUPS)
+    for k, setup in enumerate(SETUPS):
+        for g, (model, layers) in enumerate(groups):
+            row = next((r for r in rows if (r["model"], r["layers"], r["setup"]) == (model, layers, setup)), None)
+            if row is None:
+                continue
+            x = g + (k - (len(SETUPS) - 1) / 2) * width
+            ax.bar(x, row["peak_mem_mb"] / 1024, width, color=f"C{k}", label=setup if g == 0 else None)
+            if row.get("peak_vs_policy_only") is not None:
+                ax.annotate(f"{row['peak_vs_policy_only']}x", (x, row["peak_mem_mb"] / 1024), ha="center", va="bottom",
+                            fontsize=8)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{n} layers, {rows[0]['device']}" for m, n in groups])
+    ax.set_ylabel("peak memory of a step (GB)")
+    handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
