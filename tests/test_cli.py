@@ -66,9 +66,35 @@ def test_unknown_recipe_lists_the_available_ones():
 
 def test_misspelt_trainer_key_fails_before_training(tmp_path):
     result = run("recipe=toy", "+algo.extra.lerning_rate=1", f"hydra.run.dir={tmp_path}", timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2
     assert "unknown key(s) ['lerning_rate'] under algo" in result.stderr
     assert not (tmp_path / "bc").exists()  # nothing expensive ran
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+sead=3"], "unknown config key sead"),                                     # the schema check, before the job
+    (["recipe=toy", "task=dataset", "task.path=my.jsonl"], "unknown config key task.horizon (from recipe=toy"),
+    (["algo.beta=-1"], "algo.beta must be >= 0"),                                  # a trainer config's own check
+    (["job=nope"], "job='nope' is unknown"),
+])
+def test_a_refusal_is_one_line_on_the_console_and_its_traceback_is_in_the_log(overrides, message, tmp_path):
+    result = run(*overrides, f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines()[-1].startswith(f"trl-irl: {message}"), result.stderr
+    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
+    log = (tmp_path / "cli.log").read_text()
+    assert "refused: " + message in log and "Traceback" in log  # for whoever debugs the check itself
+
+
+def test_an_error_while_running_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only a refusal (nothing ran yet) is shortened: a failure inside a stage shows where it happened."""
+    (tmp_path / "boom.py").write_text("import trl_irl.pipeline as p\n"
+                                      "def fail(self, *a, **k):\n    raise ValueError('boom inside a stage')\n"
+                                      "p.Pipeline.behaviour_cloning = fail\n")
+    monkeypatch.chdir(tmp_path)
+    result = run("recipe=toy", "plugins=[boom]", f"hydra.run.dir={tmp_path / 'run'}", timeout=180)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "boom inside a stage" in result.stderr
 
 
 def test_shared_base_4bit_ppo_end_to_end_and_resume(tmp_path):

@@ -5,6 +5,8 @@ import json
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from trl_irl.console import Notices, compact, stage_progress
 
 
@@ -66,3 +68,22 @@ def test_a_multirun_summary_has_a_row_per_job(tmp_path, capsys):
     assert rows[0]["overrides"] == "seed=0 algo=grpo" and rows[0]["grpo/success_rate"] == 0.5
     assert rows[1]["bc/success_rate"] == 0.3 and rows[1]["grpo/gap_closed"] == 0.45 - 0.3
     assert rows[2]["missing"] is True and "(no result)" in out
+
+
+def test_a_multirun_with_a_refused_job_lists_it_and_exits_2_after_the_summary(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from trl_irl.multirun import MultirunSummary
+
+    for job in (0, 1):
+        (tmp_path / str(job) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text(f"- algo.beta={job - 1}\n")
+    (tmp_path / "0" / "refused.txt").write_text("algo.beta must be >= 0, got -1")  # as trl_irl.cli.refuse leaves it
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps({"arms": {"bc": {"success_rate": 0.25}}}))
+    with pytest.raises(SystemExit) as stop:
+        MultirunSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert stop.value.code == 2
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(tmp_path / "multirun_summary.json") and "(refused" in out
+    rows = {r["job"]: r for r in json.loads((tmp_path / "multirun_summary.json").read_text())["jobs"]}
+    assert rows[0]["refused"] == "algo.beta must be >= 0, got -1" and rows[1]["bc/success_rate"] == 0.25

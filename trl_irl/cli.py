@@ -73,6 +73,8 @@ def check_keys_known(container: dict, choices: dict, overrides: list[str]):
     job, recipe = container.get("job"), choices.get("recipe")
     if job == "pipeline":
         base_recipe, open_sections = "default", OPEN_SECTIONS
+        if container["task"].get("name") == choices.get("task"):  # the group's own task: its file lists every key
+            open_sections = tuple(s for s in OPEN_SECTIONS if s != "task")  # (recipe=toy's task.horizon with task=dataset)
     elif job in JOB_OPEN_SECTIONS:
         base_recipe, open_sections = recipe, JOB_OPEN_SECTIONS[job]
     else:
@@ -129,18 +131,48 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from .console import quiet_console
     from .jobs import job_runner
+    from .validation import Refused, refusing
 
     quiet_console()
-    container = config_dict(cfg)
-    load_plugins(container)
     runtime = HydraConfig.get()
-    check_keys_known(container, dict(runtime.runtime.choices), list(runtime.overrides.task))
-    path = job_runner(container["job"])(container)
+    try:
+        with refusing():
+            container = config_dict(cfg)
+            load_plugins(container)
+            check_keys_known(container, dict(runtime.runtime.choices), list(runtime.overrides.task))
+        path = job_runner(container["job"])(container)
+    except Refused as error:
+        refuse(error, Path(runtime.runtime.output_dir), multirun=runtime.mode == RunMode.MULTIRUN)
+        return
     if path is not None:  # under `accelerate launch`: one process reports
         print(path, flush=True)  # the output contract: the last line is the absolute path of the job's result
+
+
+def refuse(error: Exception, job_dir: Path, multirun: bool):
+    """A bad input's message as one line on the console; its traceback goes to the job's log file (Hydra's) for
+    whoever debugs the check itself. A run exits with status 2; a multirun's job leaves ``refused.txt`` for the
+    summary (``trl_irl/multirun.py``), which lists it and exits with status 2 after the other jobs have run."""
+    import logging
+    import sys
+
+    log = logging.getLogger("trl_irl")
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "refused: %s", (error,), sys.exc_info())
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    print(f"trl-irl: {'job ' + job_dir.name + ': ' if multirun else ''}{error}", file=sys.stderr, flush=True)
+    if not multirun:
+        sys.exit(2)
+    from .checkpoints import atomic_write_text
+
+    atomic_write_text(job_dir / REFUSED, str(error))
+
+
+REFUSED = "refused.txt"  # in a multirun's job folder: the job's config was refused, and why
 
 
 def recipes() -> dict[str, str]:

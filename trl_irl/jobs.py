@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from .checkpoints import atomic_write_text
+from .validation import Refused, refusing
 
 
 def finish(result: dict, path: Path, report: Callable[[dict, Path], object] | None = None, indent: int = 2) -> Path:
@@ -55,7 +56,8 @@ def _pipeline(cfg: dict) -> Path | None:
     """The main job, logged to wandb when ``logger=wandb``; None on the other processes of ``accelerate launch``."""
     from .pipeline import Pipeline
 
-    pipeline = Pipeline(cfg)  # validates the config before any work
+    with refusing():
+        pipeline = Pipeline(cfg)  # validates the config before any work
     run = _start_logger(cfg) if pipeline.state.is_main_process else None
     path = pipeline.run()
     if not pipeline.state.is_main_process:  # several processes: one reports
@@ -72,7 +74,8 @@ def _pipeline(cfg: dict) -> Path | None:
 def _prompt_oirl(cfg: dict) -> Path:
     from .prompt_oirl import check_installed
 
-    check_installed()
+    with refusing():
+        check_installed()
     from .prompt_oirl.experiment import run
 
     return run(cfg, Path(cfg["output_dir"]).resolve())
@@ -91,5 +94,5 @@ JOBS: dict[str, Callable[[dict], Path | None]] = {"pipeline": _pipeline, "prompt
 
 def job_runner(name: str) -> Callable[[dict], Path | None]:
     if name not in JOBS:
-        raise ValueError(f"job={name!r} is unknown: choose one of {sorted(JOBS)}")
+        raise Refused(f"job={name!r} is unknown: choose one of {sorted(JOBS)}")
     return JOBS[name]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -19,6 +20,9 @@ def multirun_rows(sweep_dir: Path) -> list[dict]:
                              if line.strip()) if overrides_file.exists() else ""
         row = {"job": int(job.name), "overrides": overrides}
         result = next((job / name for name in ("metrics.json", "compounding_error.json") if (job / name).exists()), None)
+        if (job / "refused.txt").exists():  # trl_irl.cli.refuse: bad input, nothing ran
+            rows.append({**row, "refused": (job / "refused.txt").read_text()})
+            continue
         if result is None:
             rows.append({**row, "missing": True})
             continue
@@ -49,7 +53,8 @@ class MultirunSummary(Callback):
         if not sweep_dir.exists():
             return
         rows = multirun_rows(sweep_dir)
-        columns = list(dict.fromkeys(k for r in rows for k in r if k not in ("job", "overrides", "result", "missing")))
+        columns = list(dict.fromkeys(k for r in rows for k in r
+                                     if k not in ("job", "overrides", "result", "missing", "refused")))
 
         def report(result, path):
             table = Table(title=f"multirun: {len(rows)} jobs")
@@ -57,8 +62,11 @@ class MultirunSummary(Callback):
                 table.add_column(name, justify="left" if name == "overrides" else "right")
             for r in rows:
                 cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
-                table.add_row(str(r["job"]), escape(r["overrides"]) + (" (no result)" if r.get("missing") else ""), *cells)
+                note = " (refused: see above)" if r.get("refused") else " (no result)" if r.get("missing") else ""
+                table.add_row(str(r["job"]), escape(r["overrides"]) + note, *cells)
             Console().print(table)
 
         print(finish({"sweep_dir": str(sweep_dir), "jobs": rows}, sweep_dir / "multirun_summary.json", report),
               flush=True)
+        if any(r.get("refused") for r in rows):
+            sys.exit(2)  # after the other jobs and the summary: a script sees that not every job ran

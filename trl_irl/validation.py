@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+
+
+class Refused(ValueError):
+    """Bad input, refused before any model loaded or any stage ran; the message names the config path and the fix.
+    ``trl-irl`` prints it as one line (the traceback goes to the run's log file, not the console)."""
+
+
+@contextlib.contextmanager
+def refusing():
+    """Inside: the checks of a job's config and files; a ValueError they raise is a ``Refused`` (nothing ran yet)."""
+    try:
+        yield
+    except Refused:
+        raise
+    except ValueError as error:
+        raise Refused(str(error)) from error
+
 
 def check_dataset(dataset, required: list[str], name: str):
     """``dataset`` must be non-empty and have the ``required`` columns."""

@@ -40,6 +40,7 @@ import torch
 
 from ..jobs import finish
 from ..tasks import AutomatonTask
+from ..validation import refusing
 from . import arms as A
 from .env import Automaton, GRUPolicy, metrics
 
@@ -373,9 +374,11 @@ def run(cfg: dict, out: Path) -> Path:
     """``trl-irl recipe=compounding_error``: the study, its JSON and its report under ``out``; returns the JSON's path."""
     section = dict(cfg["compounding"])
     mode = section.pop("mode", "quick")
-    if mode not in ("quick", "full"):
-        raise ValueError(f"compounding.mode must be quick or full, got {mode!r}")
-    study = getattr(StudyConfig, mode)(**{k: v for k, v in section.items() if v is not None})
+    with refusing():  # the settings, before any job starts
+        if mode not in ("quick", "full"):
+            raise ValueError(f"compounding.mode must be quick or full, got {mode!r}")
+        study = getattr(StudyConfig, mode)(**{k: v for k, v in section.items() if v is not None})
+        study.check()
     out.mkdir(parents=True, exist_ok=True)
     result = run_study(study, jobs_dir=out / "jobs")  # rerun into the same folder to resume a stopped study
     result["mode"] = mode

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..validation import refusing
 from . import selection as sel
 from .data import PromptLogs, load_logs
 from .features import EmbeddingCache, pair_features
@@ -115,16 +116,17 @@ def run(cfg: dict, out: Path) -> Path:
     """The whole job; returns the path of metrics.json."""
     from ..jobs import finish
 
-    check_config(cfg)
     start = time.perf_counter()
     d = cfg["data"]
-    logs = load_logs(d["dir"], d["dataset"], d["llm"], d["split"])
-    train_rows, test_rows = logs.rows("train"), logs.rows("test")
-    train_prompts, heldout = logs.train_prompts, logs.heldout_prompts
-    if len(train_rows) == 0 or not logs.observed[np.ix_(train_rows, train_prompts)].any():
-        raise ValueError(f"{logs.name}: no observed training cells (training rows x training prompts), so no reward "
-                         "model can be learnt. The released GPT-3.5 logs hold test rows only: use data.llm=llama2, or "
-                         "logs with labelled training rows")
+    with refusing():  # the config and the logs' files, before any work
+        check_config(cfg)
+        logs = load_logs(d["dir"], d["dataset"], d["llm"], d["split"])
+        train_rows, test_rows = logs.rows("train"), logs.rows("test")
+        train_prompts, heldout = logs.train_prompts, logs.heldout_prompts
+        if len(train_rows) == 0 or not logs.observed[np.ix_(train_rows, train_prompts)].any():
+            raise ValueError(f"{logs.name}: no observed training cells (training rows x training prompts), so no "
+                             "reward model can be learnt. The released GPT-3.5 logs hold test rows only: use "
+                             "data.llm=llama2, or logs with labelled training rows")
     fit_rows, val_rows = validation_split(logs, train_rows, d["val_fraction"], d["val_by_text"])
     seed = cfg["seed"]
 
