@@ -18,12 +18,26 @@ def test_a_log_event_becomes_one_compact_line_and_a_whole_json_line(tmp_path, ca
     callback.on_log(None, state, None, logs={"epoch": 0.2})  # nothing shown: no metric of the line's
     state.global_step = 3  # a tenth of the steps has not passed since the line shown: kept in the file only
     callback.on_log(None, state, None, logs={"loss": 0.1})
-    callback.on_log(None, state, None, logs={"eval_loss": 0.2})  # evaluations are always shown
+    callback.on_log(None, state, None, logs={"eval_loss": 0.2})  # the first evaluation is shown
     assert capsys.readouterr().out.splitlines() == ["  grpo step 3/10: loss 0.1235, reward -0.5, irl acc 0.75, kl 0.0012",
                                                     "  grpo step 3/10: eval loss 0.2"]
     rows = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
     assert rows == [{"stage": "grpo", "step": 3, **logs}, {"stage": "grpo", "step": 3, "epoch": 0.2},
                     {"stage": "grpo", "step": 3, "loss": 0.1}, {"stage": "grpo", "step": 3, "eval_loss": 0.2}]
+
+
+def test_an_early_stopped_stage_shows_evaluations_1_2_4_8_and_its_best(tmp_path, capsys):
+    callback = stage_progress("bc", None)
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0, max_steps=1300, best_metric=None)
+    for epoch in range(1, 14):  # BC: 100 epochs at most, early-stopped after 13 evaluations
+        state.global_step = 13 * epoch
+        callback.on_log(None, state, None, logs={"eval_loss": 2.0 - epoch / 10})
+    state.best_metric = 1.1
+    callback.on_log(SimpleNamespace(metric_for_best_model="eval_loss"), state, None,
+                    logs={"train_loss": 1.4, "train_runtime": 4.5})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"  bc step {13 * n}/1300" for n in (1, 2, 4, 8, 13)]
+    assert lines[-1] == "  bc step 169/1300: train loss 1.4, s 4.5, best eval loss 1.1"
 
 
 def test_other_processes_write_nothing(tmp_path, capsys):

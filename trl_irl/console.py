@@ -41,13 +41,17 @@ def stage_progress(stage: str, train_log: Path | None):
     class StageProgress(ProgressCallback):
         def __init__(self):
             super().__init__()
-            self.stage, self.train_log, self.shown_at = stage, train_log, None
+            self.stage, self.train_log, self.shown_at, self.evaluations = stage, train_log, None, 0
 
         def shows(self, logs: dict, step: int, max_steps: int) -> bool:
-            """About ten training lines a stage: each evaluation and the final summary, a training event when a
-            tenth of the steps has passed since the last one shown."""
-            if any(k.startswith("eval_") for k in logs) or "train_runtime" in logs:
+            """About ten lines a stage: the final summary; evaluations 1, 2, 4, 8, ... (an early-stopped BC
+            evaluates every epoch of up to 100); a training event when a tenth of the steps has passed since the
+            last one shown."""
+            if "train_runtime" in logs:
                 return True
+            if any(k.startswith("eval_") for k in logs):
+                self.evaluations += 1
+                return self.evaluations & (self.evaluations - 1) == 0  # a power of two
             if self.shown_at is not None and step - self.shown_at < max(1, max_steps // 10):
                 return False
             self.shown_at = step
@@ -60,6 +64,8 @@ def stage_progress(stage: str, train_log: Path | None):
                 with open(self.train_log, "a") as f:
                     f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}, default=str) + "\n")
             line = compact(logs)
+            if "train_runtime" in logs and getattr(state, "best_metric", None) is not None:  # early stopping kept the best evaluation
+                line += f", best {(args.metric_for_best_model or 'eval_loss').replace('_', ' ')} {state.best_metric:.4g}"
             if line and self.shows(logs, state.global_step, state.max_steps):
                 text = f"  {self.stage} step {state.global_step}/{state.max_steps}: {line}"
                 (self.training_bar.write if self.training_bar is not None else print)(text)

@@ -363,8 +363,10 @@ class Pipeline:
 
         return broadcast_object_list([self.on_main(choose)])[0]
 
-    def timed(self, stage: str, fn, *args):
-        if self.state.is_main_process:
+    def timed(self, stage: str, fn, *args, header: bool = True):
+        """``fn(*args)``, its seconds in ``timings[stage]``; a header on the console unless the stage runs inside
+        another's (reward pretraining inside the online-IRL arm: its lines name it)."""
+        if header and self.state.is_main_process:
             stage_header(stage)
         start = time.perf_counter()
         result = fn(*args)
@@ -503,7 +505,7 @@ class Pipeline:
         if self.done(stage):
             return []
         oracle = stage == "oracle"
-        reward = None if oracle else self.timed("reward_pretrain", self.reward_pretraining, bc)
+        reward = None if oracle else self.timed("reward_pretrain", self.reward_pretraining, bc, header=False)
         checkpoint = self.resume_checkpoint(stage)
         if checkpoint is None:
             self.begin(stage)
