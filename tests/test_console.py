@@ -56,6 +56,7 @@ def test_notices_stay_off_the_console_and_errors_and_ours_do_not():
     assert not keep(record("bitsandbytes.backends.cpu.ops", logging.WARNING))
     assert not keep(record("py.warnings", logging.WARNING))  # FutureWarnings, routed through logging
     assert not keep(record("transformers.modeling_utils", logging.WARNING))  # the load report
+    assert not keep(record("sentence_transformers.base.model", logging.INFO))  # Prompt-OIRL's embedding model
     assert keep(record("transformers.trainer", logging.ERROR))
     assert keep(record("trl_irl.pipeline", logging.WARNING)) and keep(record("__main__", logging.INFO))
     assert keep(record("transformersx", logging.WARNING))  # a name that only starts alike is not one of them

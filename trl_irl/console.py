@@ -20,7 +20,8 @@ SHOWN = (("loss", "loss"), ("eval_loss", "eval loss"), ("reward", "reward"), ("i
          ("irl/loss", "irl loss"), ("kl", "kl"), ("value_loss", "value loss"), ("rewards/verifier/mean", "verifier"),
          ("train_loss", "train loss"), ("train_runtime", "s"))
 # loggers whose warnings are notices about the stack, not about the run (kept in the log file)
-NOISY = ("bitsandbytes", "DeepSpeed", "deepspeed", "accelerate", "transformers", "datasets", "py.warnings", "torch")
+NOISY = ("bitsandbytes", "DeepSpeed", "deepspeed", "accelerate", "transformers", "datasets", "py.warnings", "torch",
+         "sentence_transformers", "lightgbm")
 
 
 def compact(logs: dict) -> str:
