@@ -168,11 +168,9 @@ def refuse(error: Exception, job_dir: Path, multirun: bool):
     if not multirun:
         sys.exit(2)
     from .checkpoints import atomic_write_text
+    from .multirun import REFUSED
 
     atomic_write_text(job_dir / REFUSED, str(error))
-
-
-REFUSED = "refused.txt"  # in a multirun's job folder: the job's config was refused, and why
 
 
 def recipes() -> dict[str, str]:

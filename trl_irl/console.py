@@ -65,7 +65,7 @@ def stage_progress(stage: str, train_log: Path | None):
                 with open(self.train_log, "a") as f:
                     f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}, default=str) + "\n")
             line = compact(logs)
-            if "train_runtime" in logs and getattr(state, "best_metric", None) is not None:  # early stopping kept the best evaluation
+            if "train_runtime" in logs and getattr(state, "best_metric", None) is not None:  # early stopping's best
                 line += f", best {(args.metric_for_best_model or 'eval_loss').replace('_', ' ')} {state.best_metric:.4g}"
             if line and self.shows(logs, state.global_step, state.max_steps):
                 text = f"  {self.stage} step {state.global_step}/{state.max_steps}: {line}"

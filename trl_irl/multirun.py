@@ -9,6 +9,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+REFUSED = "refused.txt"  # in a multirun's job folder: its config was refused (trl_irl.cli.refuse), and why
+
 
 def multirun_rows(sweep_dir: Path) -> list[dict]:
     """One row per finished job of a multirun: its overrides, and per arm the headline metric (success rate, else
@@ -20,8 +22,8 @@ def multirun_rows(sweep_dir: Path) -> list[dict]:
                              if line.strip()) if overrides_file.exists() else ""
         row = {"job": int(job.name), "overrides": overrides}
         result = next((job / name for name in ("metrics.json", "compounding_error.json") if (job / name).exists()), None)
-        if (job / "refused.txt").exists():  # trl_irl.cli.refuse: bad input, nothing ran
-            rows.append({**row, "refused": (job / "refused.txt").read_text()})
+        if (job / REFUSED).exists():  # bad input: nothing ran
+            rows.append({**row, "refused": (job / REFUSED).read_text()})
             continue
         if result is None:
             rows.append({**row, "missing": True})
