@@ -151,3 +151,30 @@ def test_a_qlora_recipe_end_to_end_on_the_tiny_model(policy_path, task, tmp_path
     for arm in ("ppo", "oracle"):  # the oracle trains the same algorithm, with its own critic
         assert (out / arm / "merged" / "model.safetensors").exists()
         assert f"fine-tuned version of `{policy_path}`" in (out / arm / "README.md").read_text()  # the folder given
+
+
+def test_a_key_set_without_plus_that_is_not_in_the_config_names_the_key_meant():
+    """Hydra refuses ``algo.max_step=5`` with "not in struct" and advises ``+algo.max_step=5``, the wrong fix."""
+    from trl_irl.cli import check_override_keys
+    from trl_irl.validation import Refused
+
+    with pytest.raises(Refused, match=r"unknown config key algo.max_step \(on the command line: algo.max_step=5\): "
+                                      r"did you mean algo.max_steps\?"):
+        check_override_keys(["algo.max_step=5"])
+    with pytest.raises(Refused, match=r"is set with a \+: \+algo.num_iterations=2$"):  # a GRPOConfig field grpo.yaml lacks
+        check_override_keys(["algo.num_iterations=2"])
+    with pytest.raises(Refused, match="did you mean seed"):
+        check_override_keys(["sead=3"])
+    with pytest.raises(Refused, match="did you mean task.path"):  # the key list of the group chosen
+        check_override_keys(["task=dataset", "task.pth=my.jsonl"])
+    # what Hydra composes passes: keys the config has, + keys, group choices, a recipe's own keys, Hydra's
+    check_override_keys(["algo=ppo", "algo.gae_lambda=0.9", "+algo.num_iterations=2", "recipe=qlora/ppo_0.5b",
+                         "algo.gradient_accumulation_steps=8", "hydra.run.dir=out", "hydra/job_logging=disabled",
+                         "task.path=my.jsonl"])
+    check_override_keys(["-m", "algo=grpo,ppo", "algo.nope=1"])  # a multirun over groups: Hydra checks each job
+
+
+def test_the_cli_says_which_key_was_meant_for_a_key_set_without_plus(tmp_path):
+    result = run("algo.max_step=5", f"hydra.run.dir={tmp_path}", timeout=120)
+    assert result.returncode == 2 and "not in struct" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("trl-irl: unknown config key algo.max_step")

@@ -119,7 +119,8 @@ def test_a_fresh_run_into_a_used_folder_is_refused_and_resume_into_an_empty_one_
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     result = run(*ARGS, f"hydra.run.dir={out}", timeout=120)
-    assert result.returncode != 0 and "already holds trained stages ['bc', 'reward_pretrain', 'grpo']" in result.stderr
+    assert result.returncode == 2 and "already holds trained stages ['bc', 'reward_pretrain', 'grpo']" in result.stderr
+    assert "Traceback" not in result.stderr  # a refusal: one line, nothing ran
     empty = tmp_path / "empty"
     result = run("recipe=toy", "arms=[bc]", f"hydra.run.dir={empty}", "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -131,7 +132,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused(tmp_path):
     out.mkdir()
     (out / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}))
     result = run("recipe=toy", f"hydra.run.dir={out}", timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"is in use by another run (pid {os.getpid()} on this host" in result.stderr
     assert not (out / "bc").exists()
 

@@ -152,7 +152,42 @@ def main(cfg: DictConfig) -> None:
         print(path, flush=True)  # the output contract: the last line is the absolute path of the job's result
 
 
-def refuse(error: Exception, job_dir: Path, multirun: bool):
+def check_override_keys(args: list[str]):
+    """A key set without ``+`` must be in the config already; Hydra refuses one that is not with "Key 'max_step' is
+    not in struct" and the advice to add it with ``+``, which for a misspelt key is the wrong fix. Say which key was
+    meant instead, before Hydra starts. (Hydra itself checks what this leaves: a multirun over groups or recipes.)"""
+    from hydra import initialize_config_dir
+
+    from .validation import OPEN_SECTIONS, Refused, check_unknown_keys
+
+    plain = {a.split("=", 1)[0]: a for a in args if "=" in a and not a.startswith(("-", "+", "~"))}
+    choices = tuple(a for key, a in plain.items() if key in (*GROUPS, "recipe"))
+    written = {key: a for key, a in plain.items()  # not a group choice (algo=ppo, hydra/launcher=...), not Hydra's
+               if key not in (*GROUPS, "recipe") and "/" not in key and key.split(".")[0] != "hydra"}
+    if not written or any("," in c for c in choices):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            schema = _schema(choices)
+    except Exception:  # noqa: BLE001 - an unknown recipe or group option: Hydra's own message names the choices
+        return
+    for key, arg in written.items():
+        nested: dict = {}
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = None
+        try:
+            check_unknown_keys(nested, schema, lambda path: f" (on the command line: {arg})", open_sections=())
+        except ValueError as error:
+            section = key.rpartition(".")[0]
+            field = f" A field of the {section} section's config class that its file does not list is set with a +: " \
+                    f"+{arg}" if section in OPEN_SECTIONS else ""
+            raise Refused(f"{error}.{field}") from None
+
+
+def refuse(error: Exception, job_dir: Path | None = None, multirun: bool = False):
     """A bad input's message as one line on the console; its traceback goes to the job's log file (Hydra's) for
     whoever debugs the check itself. A run exits with status 2; a multirun's job leaves ``refused.txt`` for the
     summary (``trl_irl/multirun.py``), which lists it and exits with status 2 after the other jobs have run."""
@@ -227,6 +262,12 @@ def entry():
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]):
         print(help_text())
         return
+    from .validation import Refused
+
+    try:
+        check_override_keys(sys.argv[1:])
+    except Refused as error:
+        refuse(error)
     main()
 
 

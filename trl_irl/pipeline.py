@@ -40,6 +40,7 @@ from .jobs import finish
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
+from .validation import refusing
 
 
 def load_tokenizer(model_cfg: dict):
@@ -603,14 +604,17 @@ class Pipeline:
 
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
-        with RunLock(self.out) if self.state.is_main_process else contextlib.nullcontext():
+        with contextlib.ExitStack() as held:
+            with refusing(RuntimeError):  # the folder in use by another run, or holding another run's stages
+                if self.state.is_main_process:
+                    held.enter_context(RunLock(self.out))
+                self.on_main(self.check_folder)
             return self._run()
 
     def _run(self) -> Path:
         from .evaluation import demonstration_reference, gap_closed, plot, print_table
 
         start = time.perf_counter()
-        self.on_main(self.check_folder)
         self.timed("setup", self.setup)
         bc = self.timed("bc", self.behaviour_cloning)
         log_history = []  # the online-IRL arm's, for the plot

@@ -11,14 +11,15 @@ class Refused(ValueError):
 
 
 @contextlib.contextmanager
-def refusing():
-    """Inside: the checks of a job's config and files; a ValueError they raise is a ``Refused`` (nothing ran yet)."""
+def refusing(*also: type[Exception]):
+    """Inside: the checks of a job's config and files; a ValueError or FileNotFoundError they raise (and any of
+    ``also``) is a ``Refused`` (nothing ran yet)."""
     try:
         yield
     except Refused:
         raise
-    except ValueError as error:
-        raise Refused(str(error)) from error
+    except (ValueError, FileNotFoundError, *also) as error:  # FileNotFoundError: a task.path that is not there
+        raise Refused(str(error).strip("'\"")) from error
 
 
 def check_dataset(dataset, required: list[str], name: str):

@@ -72,7 +72,14 @@ def text_problem(value) -> str | None:
         return None if value.strip() else "empty"
     if isinstance(value, list):
         return None if is_messages(value) else "not a list of {'role': str, 'content': str} messages"
-    return "missing" if value is None else f"a {type(value).__name__}, not text or chat messages"
+    kind = type(value).__name__
+    return "missing" if value is None else f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}, not text or chat messages"
+
+
+def as_text(value):
+    """A number read from a CSV, Parquet or JSON cell (``22``, ``0.5``) as the text it stands for; anything else as it
+    is (a CSV column of answers is read as integers, and a demonstration is text)."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def prompt_key(prompt) -> str:
@@ -142,6 +149,10 @@ class DatasetTask(Task):
                                  f"task.{key}=<one of them>")
         self._verifier = make_verifier(verifier, answer_given=answer_column is not None)
         self.verifier_name = str(verifier)
+        text_columns = {c for c in (prompt_column, completion_column, answer_column) if c is not None}
+        for rows in self.splits.values():
+            for row in rows:
+                row.update({c: as_text(row.get(c)) for c in text_columns})
         self.all_rows = [r for rows in self.splits.values() for r in rows]
         self._check_rows()
         self.train_rows, self.heldout_rows, self.report = self._split()
@@ -158,9 +169,10 @@ class DatasetTask(Task):
             bad = [(i, p) for i, r in enumerate(self.all_rows) if (p := problem(r.get(column))) is not None]
             if bad:
                 shown = ", ".join(f"row {i} ({p})" for i, p in bad[:5])
+                lines = {".jsonl": "; a JSONL line is row + 1", ".csv": "; a CSV line is row + 2, after its header"}
                 raise ValueError(f"task.path={self.path}: {len(bad)} row(s) have no usable '{column}' "
-                                 f"(task.{key}): {shown}{' ...' if len(bad) > 5 else ''} (rows counted from 0; "
-                                 "a JSONL line is row + 1). Fix or remove them")
+                                 f"(task.{key}): {shown}{' ...' if len(bad) > 5 else ''} (rows counted from 0"
+                                 f"{lines.get(Path(self.path).suffix.lower(), '')}). Fix or remove them")
 
     def _split(self) -> tuple[list[dict], list[dict], dict]:
         rng = random.Random(self.seed)
