@@ -37,7 +37,17 @@ def test_an_early_stopped_stage_shows_evaluations_1_2_4_8_and_its_best(tmp_path,
                     logs={"train_loss": 1.4, "train_runtime": 4.5})
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [f"  bc step {13 * n}/1300" for n in (1, 2, 4, 8, 13)]
-    assert lines[-1] == "  bc step 169/1300: train loss 1.4, s 4.5, best eval loss 1.1"
+    assert lines[-1] == "  bc step 169/1300: train loss 1.4, 4.5 s, early-stopped, best eval loss 1.1"
+
+
+def test_an_oracle_whose_verifier_never_rewarded_is_told_apart():
+    from trl_irl.console import never_rewarded
+
+    key = "rewards/verifier/mean"
+    assert never_rewarded([{key: 0.0, "loss": 0.0}, {"train_loss": 0.0}, {key: 0}])
+    assert not never_rewarded([{key: 0.0}, {key: 0.0625}])  # one sample rewarded once: a signal
+    assert not never_rewarded([{"loss": 0.1}])  # nothing logged: nothing to say
+    assert not never_rewarded([])  # a stage reused from an earlier run
 
 
 def test_other_processes_write_nothing(tmp_path, capsys):
@@ -47,7 +57,7 @@ def test_other_processes_write_nothing(tmp_path, capsys):
 
 
 def test_compact_skips_what_is_not_a_number():
-    assert compact({"loss": "nan?", "eval_loss": 2.0, "train_runtime": 12.345}) == "eval loss 2, s 12.35"
+    assert compact({"loss": "nan?", "eval_loss": 2.0, "train_runtime": 12.345}) == "eval loss 2, 12.35 s"
 
 
 def test_notices_stay_off_the_console_and_errors_and_ours_do_not():
@@ -102,3 +112,20 @@ def test_a_multirun_with_a_refused_job_lists_it_and_exits_2_after_the_summary(tm
     assert out.strip().splitlines()[-1] == str(tmp_path / "multirun_summary.json") and "(refused" in out
     rows = {r["job"]: r for r in json.loads((tmp_path / "multirun_summary.json").read_text())["jobs"]}
     assert rows[0]["refused"] == "algo.beta must be >= 0, got -1" and rows[1]["bc/success_rate"] == 0.25
+
+
+def test_the_results_table_says_how_gap_closed_reads_and_how_noisy_success_is():
+    from rich.console import Console
+
+    from trl_irl.evaluation import print_table
+
+    console = Console(record=True, width=120)
+    arms = {"bc": {"success_rate": 0.125, "num_samples": 8}, "grpo": {"success_rate": 0.25, "num_samples": 8},
+            "oracle": {"success_rate": 0.125, "num_samples": 8}}
+    print_table({"arms": arms, "gap_closed": {"grpo": None}}, console)
+    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
+    assert "success rates on 8 held-out prompts: +-0.35 at 95%" in text  # 1.96 * sqrt(0.25 / 8) = 0.346
+    assert "gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc" in text
+    console = Console(record=True, width=120)
+    print_table({"arms": {"bc": {"demo_nll_per_token": 1.0}}}, console)  # no verifier: nothing to explain
+    assert "95%" not in console.export_text() and "gap_closed" not in console.export_text()

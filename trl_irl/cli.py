@@ -121,11 +121,16 @@ def run(*overrides: str, output_dir: str | os.PathLike) -> Path:
     ...), run in ``output_dir``; returns the path of ``metrics.json``. Multirun and Hydra's own flags are the CLI's."""
     from .pipeline import Pipeline
 
+    import warnings
+
     container = compose(*overrides, output_dir=output_dir)
     if container["job"] != "pipeline":
         raise ValueError(f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
                          f"trl-irl {' '.join(overrides)}")
-    return Pipeline(container).run()
+    with warnings.catch_warnings():  # notices about the stack, not the run (the CLI keeps them in its log file):
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")  # names TRL 1.16 calls
+        warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator", category=UserWarning)
+        return Pipeline(container).run()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")

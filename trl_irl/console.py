@@ -29,8 +29,14 @@ def compact(logs: dict) -> str:
     for key, label in SHOWN:
         value = logs.get(key)
         if isinstance(value, (int, float)):
-            parts.append(f"{label} {value:.4g}")
+            parts.append(f"{value:.4g} s" if label == "s" else f"{label} {value:.4g}")
     return ", ".join(parts)
+
+
+def never_rewarded(history: list[dict], key: str = "rewards/verifier/mean") -> bool:
+    """Whether a stage logged ``key`` and it was 0 in every event (the oracle's verifier never rewarded a sample)."""
+    values = [event[key] for event in history if isinstance(event.get(key), (int, float))]
+    return bool(values) and not any(values)
 
 
 def stage_progress(stage: str, train_log: Path | None):
@@ -65,6 +71,8 @@ def stage_progress(stage: str, train_log: Path | None):
                 with open(self.train_log, "a") as f:
                     f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}, default=str) + "\n")
             line = compact(logs)
+            if "train_runtime" in logs and state.global_step < state.max_steps:
+                line += ", early-stopped"
             if "train_runtime" in logs and getattr(state, "best_metric", None) is not None:  # early stopping's best
                 line += f", best {(args.metric_for_best_model or 'eval_loss').replace('_', ' ')} {state.best_metric:.4g}"
             if line and self.shows(logs, state.global_step, state.max_steps):

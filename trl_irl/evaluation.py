@@ -18,6 +18,7 @@ gap an arm closes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,21 @@ def print_table(metrics: dict, console=None):
         table.add_row("gap_closed", *[_cell(gaps.get(a)) if a in gaps else "" for a in arms],
                       *([""] if reference else []))
     console.print(table)
+    for line in table_notes(metrics):
+        console.print(line, style="dim", highlight=False)
+
+
+def table_notes(metrics: dict) -> list[str]:
+    """What the table cannot say by itself: how ``gap_closed`` reads, and how far a success rate on this many held-out
+    prompts can be from the true one (95%, at its widest: 1.96 sqrt(0.25 / n))."""
+    lines = []
+    samples = [values.get("num_samples") for values in metrics["arms"].values() if "success_rate" in values]
+    if samples and samples[0]:
+        n = samples[0]
+        lines.append(f"success rates on {n} held-out prompts: +-{1.96 * math.sqrt(0.25 / n):.2f} at 95% (at most)")
+    if metrics.get("gap_closed"):
+        lines.append("gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc")
+    return lines
 
 
 def plot(metrics: dict, log_history: list[dict], path: Path):

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
-from .console import quiet_progress, stage_header
+from .console import never_rewarded, quiet_progress, stage_header
 from .jobs import finish
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
@@ -297,7 +297,12 @@ class Pipeline:
         return self.out / stage / "final"
 
     def done(self, stage: str) -> bool:
-        return self.cfg["resume"] and (self.final_dir(stage) / "DONE").exists()
+        """Whether a resumed run reuses ``stage`` as an earlier run finished it (and says so: its header would stand
+        alone on the console)."""
+        reused = self.cfg["resume"] and (self.final_dir(stage) / "DONE").exists()
+        if reused and self.state.is_main_process:
+            print(f"  {stage}: finished by an earlier run, reused ({self.final_dir(stage)})", flush=True)
+        return reused
 
     def on_main(self, fn, *args):
         """``fn(*args)`` on the main process only (file writes); every process continues once it is done."""
@@ -624,6 +629,10 @@ class Pipeline:
             elif arm != "bc":
                 history = self.timed(arm, self.policy_training, arm, bc)
                 log_history = history if arm == self.algo else log_history
+                if arm == "oracle" and never_rewarded(history) and self.state.is_main_process:
+                    print("  oracle: the verifier scored every training sample 0, so the oracle had nothing to learn "
+                          "from (a task too hard for BC's samples, or a verifier that never matches: see "
+                          "samples_bc.jsonl)", flush=True)
         if self.state.is_main_process:
             stage_header("evaluation")
         arms = self.evaluation(bc)
