@@ -76,6 +76,7 @@ def test_misspelt_trainer_key_fails_before_training(tmp_path):
     (["recipe=toy", "task=dataset", "task.path=my.jsonl"], "unknown config key task.horizon (from recipe=toy"),
     (["algo.beta=-1"], "algo.beta must be >= 0"),                                  # a trainer config's own check
     (["job=nope"], "job='nope' is unknown"),
+    (["recipe=compounding_error", "compounding.mode=fast"], "compounding.mode must be quick or full, got 'fast'"),
 ])
 def test_a_refusal_is_one_line_on_the_console_and_its_traceback_is_in_the_log(overrides, message, tmp_path):
     result = run(*overrides, f"hydra.run.dir={tmp_path}", timeout=120)

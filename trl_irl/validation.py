@@ -19,7 +19,7 @@ def refusing(*also: type[Exception]):
     except Refused:
         raise
     except (ValueError, FileNotFoundError, *also) as error:  # FileNotFoundError: a task.path that is not there
-        raise Refused(str(error).strip("'\"")) from error
+        raise Refused(str(error)) from error
 
 
 def check_dataset(dataset, required: list[str], name: str):
