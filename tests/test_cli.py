@@ -73,18 +73,31 @@ def test_misspelt_trainer_key_fails_before_training(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["+sead=3"], "unknown config key sead"),                                     # the schema check, before the job
-    (["recipe=toy", "task=dataset", "task.path=my.jsonl"], "unknown config key task.horizon (from recipe=toy"),
+    (["recipe=toy", "task=dataset", "task.path=my.jsonl"], "task.horizon (from recipe=toy"),
     (["algo.beta=-1"], "algo.beta must be >= 0"),                                  # a trainer config's own check
     (["job=nope"], "job='nope' is unknown"),
     (["recipe=compounding_error", "compounding.mode=fast"], "compounding.mode must be quick or full, got 'fast'"),
 ])
-def test_a_refusal_is_one_line_on_the_console_and_its_traceback_is_in_the_log(overrides, message, tmp_path):
-    result = run(*overrides, f"hydra.run.dir={tmp_path}", timeout=120)
+def test_a_refusal_is_one_line_on_the_console_and_writes_nothing(overrides, message, tmp_path):
+    out = tmp_path / "run"
+    result = run(*overrides, f"hydra.run.dir={out}", timeout=120)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines()[-1].startswith(f"trl-irl: {message}"), result.stderr
-    assert "Traceback" not in result.stderr and "Error executing job" not in result.stderr
-    log = (tmp_path / "cli.log").read_text()
-    assert "refused: " + message in log and "Traceback" in log  # for whoever debugs the check itself
+    assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]], result.stderr  # one line
+    assert result.stderr.strip().startswith(f"trl-irl: {message}"), result.stderr
+    assert not out.exists()  # refused before Hydra made the job's folder
+    traced = subprocess.run([TRL_IRL, *overrides, f"hydra.run.dir={out}"], env={**ENV, "HYDRA_FULL_ERROR": "1"},
+                            capture_output=True, text=True, timeout=120)  # for whoever debugs the check itself
+    assert traced.returncode == 2 and "Traceback" in traced.stderr and f"trl-irl: {message}" in traced.stderr
+
+
+def test_hydras_own_commands_leave_a_run_folder_as_it_was(tmp_path):
+    out = tmp_path / "run"
+    (out / "bc").mkdir(parents=True)
+    (out / "bc" / "stage_config.json").write_text("{}")
+    for args in (["--cfg", "job"], ["--help"], ["--info", "config"]):
+        result = run(*args, f"hydra.run.dir={out}", timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["bc", "bc/stage_config.json"]
 
 
 def test_an_error_while_running_keeps_its_traceback(tmp_path, monkeypatch):

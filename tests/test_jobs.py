@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from trl_irl.jobs import JOBS, finish, job_runner
+from trl_irl.jobs import JOBS, finish, job
 
 
 def test_finish_writes_then_reports_and_returns_the_path(tmp_path):
@@ -33,7 +33,7 @@ def test_the_three_jobs_and_an_unknown_one():
     assert set(JOBS) == {"pipeline", "prompt_oirl", "compounding_error"}
     with pytest.raises(ValueError, match="job='train' is unknown: choose one of \\['compounding_error', 'pipeline', "
                                          "'prompt_oirl'\\]"):
-        job_runner("train")
+        job("train")
 
 
 def test_runs_of_a_wandb_sweep_log_online():

@@ -60,6 +60,67 @@ def test_resume_past_an_epoch_boundary_is_exact(reference, tmp_path):
     assert_same_weights(reference, out)
 
 
+def test_ctrl_c_says_how_to_resume_and_the_folder_alone_resumes_exactly(reference, tmp_path):
+    """Interrupted mid-training (SIGINT after checkpoint-6 is complete): one line with the command, no traceback; that
+    command alone (no override retyped) ends bit-identical to the uninterrupted run."""
+    import signal
+    import time
+
+    from tests.test_cli import ENV, TRL_IRL
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([TRL_IRL, *ARGS, f"hydra.run.dir={out}"], env=ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "grpo" / "checkpoint-6" / COMPLETE).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    command = f"trl-irl resume=true hydra.run.dir={out}"
+    assert stderr.strip().splitlines()[-1].endswith(f"Resume with: {command}"), stderr[-2000:]
+    assert not (out / "grpo" / "final").exists() and not (out / LOCK).exists()  # stopped, the folder released
+    result = run("resume=true", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "grpo continues from" in result.stdout
+    assert_same_weights(reference, out)
+
+
+def test_sigterm_is_an_interrupt_too(tmp_path):
+    import signal
+    import time
+
+    from tests.test_cli import ENV, TRL_IRL
+
+    out = tmp_path / "run"
+    process = subprocess.Popen([TRL_IRL, "recipe=toy", "bc.num_train_epochs=1000", f"hydra.run.dir={out}"], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "bc" / "stage_config.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"trl-irl: interrupted (SIGTERM); what was trained up to the last "
+                                              f"complete checkpoint is kept. Resume with: trl-irl resume=true "
+                                              f"hydra.run.dir={out}")
+    assert not (out / LOCK).exists()
+
+
+def test_a_resume_composes_the_recorded_overrides_with_the_given_ones(tmp_path):
+    from trl_irl.run_folder import RECORD, resume_overrides, write_record
+
+    write_record(tmp_path, ["recipe=toy", "algo=ppo", "+algo.num_iterations=2", "seed=3", "output_dir=/old"], {"a": 1})
+    assert (tmp_path / RECORD).read_text() == "- recipe=toy\n- algo=ppo\n- +algo.num_iterations=2\n- seed=3\n"
+    assert resume_overrides(tmp_path, ["resume=true"]) == ["recipe=toy", "algo=ppo", "+algo.num_iterations=2", "seed=3",
+                                                           "resume=true"]
+    # a given key replaces the recorded one (a key added with + keeps its +); resume's own keys are never recorded ones
+    assert resume_overrides(tmp_path, ["resume=true", "algo.num_iterations=4", "seed=1", "retrain_changed=true"]) == \
+        ["recipe=toy", "algo=ppo", "resume=true", "+algo.num_iterations=4", "seed=1", "retrain_changed=true"]
+    assert resume_overrides(tmp_path / "elsewhere", ["resume=true", "seed=1"]) == ["resume=true", "seed=1"]  # no record
+
+
 def test_a_torn_checkpoint_is_set_aside_and_the_previous_one_used(reference, tmp_path):
     out = interrupted(reference, tmp_path, keep_up_to=8)
     torn = out / "grpo" / "checkpoint-8"

@@ -9,14 +9,15 @@ import importlib
 __version__ = "0.3.0"
 
 _EXPORTS = {
-    "cli": ["run"],
+    "cli": ["Metrics", "run"],
     "rewards": ["AIRLObjective", "GAILObjective", "OnlineRewardUpdater", "RewardObjective", "make_objective",
                 "register_objective"],
-    "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task"],
+    "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task", "register_verifier"],
     "trainers": ["ALGORITHMS", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
                  "PPOConfig", "PPOTrainer", "ReinforcePPConfig", "ReinforcePPTrainer", "ReMaxTrainer",
                  "RLOOTokenTrainer", "TokenRewardInputs", "TRLRLOOConfig", "TRLRLOOTrainer", "register_algorithm",
                  "register_credit"],
+    "validation": ["Refused"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -9,6 +9,7 @@ load reports) stays out of the console but in the job's log file (Hydra's ``<job
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -121,6 +122,19 @@ def quiet_console():
         pass
     if not _cuda():  # DeepSpeed announces its CPU fallback on import; say which accelerator, and it need not guess
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@contextlib.contextmanager
+def stack_notices_off():
+    """Inside: warnings about the stack, not the run (transformers' deprecation of names TRL 1.16 calls, PyTorch's
+    pin_memory notice without an accelerator) are not shown; where no log file keeps them: ``trl_irl.run``, and the
+    CLI's checks before Hydra starts."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+        warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator", category=UserWarning)
+        yield
 
 
 def _cuda() -> bool:

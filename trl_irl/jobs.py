@@ -1,7 +1,8 @@
 """The jobs ``trl-irl`` runs, and the one way each ends.
 
-Every job computes a result (a JSON-able dict), then ``finish`` writes it atomically, reports it (a table on the
-console, its figures beside the JSON) and returns the JSON's path, which the CLI prints as its last line.
+Every job is checked whole before it starts (``Job.check``: a refusal writes nothing), then computes a result (a
+JSON-able dict); ``finish`` writes it atomically, reports it (a table on the console, its figures beside the JSON)
+and returns the JSON's path, which the CLI prints as its last line.
 
 =================  ===========================================  ====================================
 job                what it does                                 writes
@@ -15,6 +16,7 @@ compounding_error  BC vs online IRL across horizons (a study)    compounding_err
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -52,12 +54,16 @@ def _start_logger(cfg: dict):
     return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
 
 
-def _pipeline(cfg: dict) -> Path | None:
-    """The main job, logged to wandb when ``logger=wandb``; None on the other processes of ``accelerate launch``."""
+def _check_pipeline(cfg: dict):
     from .pipeline import Pipeline
 
-    with refusing():
-        pipeline = Pipeline(cfg)  # validates the config before any work
+    with refusing(RuntimeError):  # RuntimeError: the run folder is in use by another run
+        return Pipeline(cfg)  # its constructor is the pipeline's whole check: config, files, data, folder
+
+
+def _pipeline(pipeline) -> Path | None:
+    """The main job, logged to wandb when ``logger=wandb``; None on the other processes of ``accelerate launch``."""
+    cfg = pipeline.cfg
     run = _start_logger(cfg) if pipeline.state.is_main_process else None
     path = pipeline.run()
     if not pipeline.state.is_main_process:  # several processes: one reports
@@ -71,28 +77,53 @@ def _pipeline(cfg: dict) -> Path | None:
     return path
 
 
-def _prompt_oirl(cfg: dict) -> Path:
+def _check_prompt_oirl(cfg: dict):
     from .prompt_oirl import check_installed
 
     with refusing():
         check_installed()
+    from .prompt_oirl.experiment import check
+
+    return cfg, check(cfg)
+
+
+def _prompt_oirl(checked) -> Path:
     from .prompt_oirl.experiment import run
 
-    return run(cfg, Path(cfg["output_dir"]).resolve())
+    cfg, logs = checked
+    return run(cfg, Path(cfg["output_dir"]).resolve(), logs)
 
 
-def _compounding_error(cfg: dict) -> Path:
+def _check_compounding_error(cfg: dict):
+    from .compounding.experiment import check
+
+    return cfg, check(cfg)
+
+
+def _compounding_error(checked) -> Path:
     from .compounding.experiment import run
 
-    return run(cfg, Path(cfg["output_dir"]).resolve())
+    cfg, (study, mode) = checked
+    return run(study, mode, Path(cfg["output_dir"]).resolve())
 
 
-# job name -> the function that runs it from the composed config and returns its result's path
-JOBS: dict[str, Callable[[dict], Path | None]] = {"pipeline": _pipeline, "prompt_oirl": _prompt_oirl,
-                                                  "compounding_error": _compounding_error}
+@dataclass(frozen=True)
+class Job:
+    """A job ``trl-irl`` runs. ``check(cfg)`` makes every check of the composed config and the files it names before
+    anything runs (a bad one raises ``Refused``; it writes nothing, so a refusal leaves no trace) and returns what
+    ``run`` takes; ``run(checked)`` does the work and returns its result's path (None on the other processes of
+    ``accelerate launch``)."""
+
+    check: Callable[[dict], object]
+    run: Callable[[object], Path | None]
 
 
-def job_runner(name: str) -> Callable[[dict], Path | None]:
+JOBS: dict[str, Job] = {"pipeline": Job(_check_pipeline, _pipeline),
+                        "prompt_oirl": Job(_check_prompt_oirl, _prompt_oirl),
+                        "compounding_error": Job(_check_compounding_error, _compounding_error)}
+
+
+def job(name: str) -> Job:
     if name not in JOBS:
         raise Refused(f"job={name!r} is unknown: choose one of {sorted(JOBS)}")
     return JOBS[name]

@@ -44,9 +44,9 @@ from .validation import refusing
 
 
 def load_tokenizer(model_cfg: dict):
-    """(path, tokenizer) of real weights: exported once from a package when the group says so. A tokenizer without
-    a pad, or padding with EOS (SmolLM2's does), gets a distinct pad (``models.use_distinct_pad``), said on the
-    console; the run's saved folders keep it."""
+    """(path, tokenizer, note) of real weights: exported once from a package when the group says so. A tokenizer
+    without a pad, or padding with EOS (SmolLM2's does), gets a distinct pad (``models.use_distinct_pad``), which
+    ``note`` says for the console (None when nothing changed); the run's saved folders keep it."""
     from transformers import AutoTokenizer, GenerationConfig
 
     from .models import use_distinct_pad
@@ -64,10 +64,10 @@ def load_tokenizer(model_cfg: dict):
         eos_ids = None
     was = tokenizer.pad_token
     chosen = use_distinct_pad(tokenizer, id_list(eos_ids))
-    if chosen is not None:
-        print(f"model: the tokenizer's pad token {was!r} is " + ("unset" if was is None else "its EOS") +
-              f"; padding with {chosen!r} (id {tokenizer.pad_token_id}) so reward models score the EOS", flush=True)
-    return path, tokenizer
+    note = None if chosen is None else (f"model: the tokenizer's pad token {was!r} is " + ("unset" if was is None else
+                                        "its EOS") + f"; padding with {chosen!r} (id {tokenizer.pad_token_id}) so "
+                                        "reward models score the EOS")
+    return path, tokenizer, note
 
 
 def release_memory():
@@ -139,6 +139,8 @@ class Pipeline:
         from .trainers.token_rewards import check_credit
 
         check_credit(cfg["credit"]["name"], self.objective, True, cfg["algo"].get("beta", 0.0), True)
+        self.prepare_data()  # the tokenizer and the rows: their checks need no model
+        self.on_main(self.check_folder)
 
     def resolve_arms(self) -> list[str]:
         """``arms`` checked against what this run can train; null: bc, online IRL, and the oracle if it can."""
@@ -331,19 +333,24 @@ class Pipeline:
         return stages + [a for a in self.arms if a != "bc"]
 
     def check_folder(self):
-        """Before any stage runs (main process): a fresh run needs a folder without another run's stages; a resumed
-        one needs stages trained under this config (or ``retrain_changed``), and says when there is nothing to
-        resume."""
+        """Before anything is written (main process; reads only): the folder is not in use by another run; a fresh
+        run needs a folder without another run's stages; a resumed one needs stages trained under this config (or
+        ``retrain_changed``) and a ``resume_from`` that is there."""
+        RunLock.check(self.out)
+        self.check_stages()
+
+    def check_stages(self):
+        """The stage folders suit this run: none for a fresh run; for a resume, trained under this config."""
+        from .validation import folder_option, resume_command
+
         present = [s for s in self.stages() if (self.out / s).exists()]
         if not self.cfg["resume"]:
             if present:
-                raise ValueError(f"{self.out} already holds trained stages {present}: resume=true continues that run "
-                                 "(its config is checked against this one); for a new run choose another output folder "
-                                 "(hydra.run.dir=...)")
+                raise ValueError(f"{self.out} already holds trained stages {present}: `{resume_command(self.out)}` "
+                                 "continues that run (under the config it was started with); for a new run choose "
+                                 f"another output folder ({folder_option()})")
             return
         if not present:
-            print(f"resume=true: nothing to resume in {self.out} (no stage folders); starting from the beginning",
-                  flush=True)
             return
         check_resume(self.out, self.stages(), self.cfg, self.algo, bool(self.cfg.get("retrain_changed")))
         if self.resume_from:
@@ -352,6 +359,19 @@ class Pipeline:
                 raise ValueError(f"resume_from={written}: {arm} has finished ({self.final_dir(arm)}); to train it again "
                                  f"from {name}, delete {self.final_dir(arm)} first")
             check_requested(self.out / arm, name, written)
+
+    def prepare_folder(self):
+        """Once the run holds the folder (main process): a resume says what it continues, and with
+        ``retrain_changed`` removes the stages trained under another config."""
+        if not self.cfg["resume"]:
+            return
+        if not any((self.out / s).exists() for s in self.stages()):
+            print(f"resume=true: nothing to resume in {self.out} (no stage folders); starting from the beginning",
+                  flush=True)
+            return
+        for stage in check_resume(self.out, self.stages(), self.cfg, self.algo, True)[1]:
+            print(f"resume: {stage} was trained under another config; retraining it (retrain_changed=true)", flush=True)
+            shutil.rmtree(self.out / stage)
 
     def resume_checkpoint(self, stage: str) -> str | None:
         """The checkpoint ``stage`` continues from (torn ones set aside), the same on every process; None: start."""
@@ -396,33 +416,49 @@ class Pipeline:
                                   for i, r in enumerate(rows)])
 
     # --- stages: each takes what it trains from and returns what it made ------------------------------------------
+    def prepare_data(self):
+        """The tokenizer (a model folder's, or a character tokenizer built from the task's alphabet), then the task's
+        rows and their checks (``self.tokenizer``, ``self.data``, ``self.init_path``: the folder the policy starts
+        from, None until ``setup`` builds the tiny model): no model loads."""
+        from .models import build_char_tokenizer
+        from .tasks.verifiers import check_on_demonstrations
+
+        m, self.init_path, self.notes = self.cfg["model"], None, []
+        if m.get("path") is None:
+            self.tokenizer = build_char_tokenizer(self.task.alphabet)
+        else:
+            with self.state.main_process_first():  # a one-time export (SmolLM2) is written by the main process
+                self.init_path, self.tokenizer, note = load_tokenizer(m)
+            self.notes += [note] if note else []
+            self.task.check_tokenizer(self.tokenizer, self.init_path)
+        self.data = self.task.data(self.tokenizer, self.cfg["seed"])
+        if self.task.verifier is not None:
+            check_on_demonstrations(self.task.verifier, self.data.train + self.data.validation + self.data.heldout,
+                                    self.cfg["min_demo_success"], self.task.verifier_spec,
+                                    truncated=self.data.report.get("truncated_completions", 0))
+
     def setup(self):
-        """Tokenizer, then the task's rows (their checks need the tokenizer, not the model), then the initial model
-        and the roles' provider (``self.tokenizer``, ``self.data``, ``self.roles``)."""
-        from .models import build_char_tokenizer, build_tiny_causal_lm, save_model
+        """The initial model (built from a config for ``model=tiny``) and the roles' provider (``self.roles``)."""
+        from .models import build_tiny_causal_lm, save_model
         from .roles import Roles
 
         torch.set_num_threads(self.cfg["threads"])
         torch.manual_seed(self.cfg["seed"])
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.state.is_main_process:
+            for note in self.notes:
+                print(note, flush=True)
+            if self.data.report:
+                print(f"task: {json.dumps(self.data.report)}", flush=True)
         m = self.cfg["model"]
-        if m.get("path") is None:
-            self.tokenizer = build_char_tokenizer(self.task.alphabet)
-        else:
-            with self.state.main_process_first():  # a one-time export (SmolLM2) is written by the main process
-                init_path, self.tokenizer = load_tokenizer(m)
-            self.task.check_tokenizer(self.tokenizer, init_path)
-        self.data = self.task.data(self.tokenizer, self.cfg["seed"])
-        if self.state.is_main_process and self.data.report:
-            print(f"task: {json.dumps(self.data.report)}", flush=True)
         if m.get("path") is None:  # the tiny model, built from a config
             max_positions = 2 * (self.data.max_prompt_length + self.data.max_completion_length)
             model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
                                          m["intermediate_size"], max_positions=max_positions, seed=self.cfg["seed"])
-            init_path = str(self.out / "init")
-            self.on_main(save_model, model, self.tokenizer, init_path)
-        self.roles = Roles(init_path, self.tokenizer, self.cfg["peft"], self.cfg["quant"], bool(self.cfg["shared_base"]),
-                           critic=self.algo == "ppo", device=self.state.device)
+            self.init_path = str(self.out / "init")
+            self.on_main(save_model, model, self.tokenizer, self.init_path)
+        self.roles = Roles(self.init_path, self.tokenizer, self.cfg["peft"], self.cfg["quant"],
+                           bool(self.cfg["shared_base"]), critic=self.algo == "ppo", device=self.state.device)
 
     def behaviour_cloning(self) -> str:
         """Returns the BC policy's folder, every other arm's start."""
@@ -610,10 +646,11 @@ class Pipeline:
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
         with contextlib.ExitStack() as held:
-            with refusing(RuntimeError):  # the folder in use by another run, or holding another run's stages
+            with refusing(RuntimeError):  # checked at start-up: this is for a run that took the folder meanwhile
                 if self.state.is_main_process:
                     held.enter_context(RunLock(self.out))
-                self.on_main(self.check_folder)
+                self.on_main(self.check_stages)
+            self.on_main(self.prepare_folder)
             return self._run()
 
     def _run(self) -> Path:

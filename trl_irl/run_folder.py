@@ -14,6 +14,7 @@ a change upstream makes every stage after it differ too):
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -72,15 +73,94 @@ def config_changes(stored: dict, current: dict) -> list[str]:
             for key in sorted(set(old) | set(new)) if old.get(key, "(unset)") != new.get(key, "(unset)")]
 
 
+# --- the run's record: the overrides it was started with ------------------------------------------------------
+RECORD = Path(".hydra") / "overrides.yaml"  # Hydra writes it as a CLI job starts; trl_irl.run writes the same
+RUN_KEYS = ("resume", "resume_from", "retrain_changed", "output_dir")  # how one invocation runs, not the run's config
+
+
+def write_record(out: Path, overrides: list[str], cfg: dict):
+    """What Hydra writes as a CLI job starts, for a run started from Python: ``.hydra/overrides.yaml`` (the
+    overrides a resume composes the config from again) and ``.hydra/config.yaml`` (the config, to read)."""
+    import yaml
+
+    atomic_write_text(out / RECORD, yaml.safe_dump([o for o in overrides if key_of(o) != "output_dir"]))
+    atomic_write_text(out / RECORD.with_name("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
+
+
+def key_of(override: str) -> str:
+    """The key an override sets (``+algo.beta=0.1`` -> ``algo.beta``; ``algo=ppo`` -> ``algo``)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def resume_overrides(out: Path, given: list[str]) -> list[str]:
+    """The overrides a resumed run composes its config from: those the run in ``out`` was started with (its
+    ``RECORD``; none where there is no record), less any whose key a ``given`` one sets, then the ``given`` ones. A
+    given ``key=value`` whose recorded one was added with ``+`` keeps the ``+``."""
+    import yaml
+
+    path = Path(out) / RECORD
+    recorded = yaml.safe_load(path.read_text()) if path.exists() else []
+    given_keys = {key_of(o) for o in given}
+    added = {key_of(o) for o in recorded if o.startswith("+")}
+    kept = [o for o in recorded if key_of(o) not in given_keys and key_of(o) not in RUN_KEYS]
+    return kept + ["+" + o if key_of(o) in added and not o.startswith(("+", "~")) else o for o in given]
+
+
+def wants_resume(overrides: list[str]) -> bool:
+    """Whether ``overrides`` ask for ``resume=true``."""
+    values = [o.split("=", 1)[1].strip().lower() for o in overrides if "=" in o and key_of(o) == "resume"]
+    return bool(values) and values[-1] == "true"
+
+
+@contextlib.contextmanager
+def resumable(out: Path):
+    """Inside: SIGTERM ends the run as Ctrl-C (SIGINT) does, with a ``KeyboardInterrupt`` (``Terminated`` for
+    SIGTERM), so the lock is released and files are left as a crash leaves them (checkpoints are written as a unit: a
+    torn one is set aside on resume). Either prints one line with the exact command that resumes the run (on the main
+    process), then the interrupt goes on up."""
+    import signal
+    import sys
+    import threading
+
+    from .validation import resume_command
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):  # closed now, or they redraw under the message at exit
+            bar.close()
+        if os.environ.get("RANK", "0") == "0":
+            how = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
+            print(f"trl-irl: interrupted ({how}); what was trained up to the last complete checkpoint is kept. "
+                  f"Resume with: {resume_command(out)}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt (``resumable``)."""
+
+
 def write_stage_config(stage_dir: Path, config: dict):
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(stage_dir / STAGE_CONFIG, json.dumps(config, indent=2))
 
 
-def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, retrain_changed: bool, log=print) -> list[str]:
-    """Before a resumed run reuses anything: every stage folder in ``out`` must have been trained under the config
-    this run gives it. A differing stage is refused (the error lists the keys), or with ``retrain_changed`` its
-    folder is removed, so it trains again. Returns the stages that will be reused or continued."""
+def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, retrain_changed: bool) -> tuple[list, list]:
+    """Before a resumed run reuses anything (reads only): every stage folder in ``out`` must have been trained under the
+    config this run gives it. A differing stage is refused (the error lists the keys) unless ``retrain_changed``.
+    Returns (the stages reused or continued, the stages to train again)."""
+    from .validation import folder_option
+
     changed, reused = {}, []
     for stage in stages:
         stage_dir = out / stage
@@ -96,15 +176,12 @@ def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, retrain_cha
         else:
             reused.append(stage)
     if changed and not retrain_changed:
-        lines = "\n".join(f"  {stage}: " + "; ".join(diff) for stage, diff in changed.items())
-        raise ValueError(f"resume=true: {out} was trained under another config, so reusing it would mix two runs.\n"
-                         f"{lines}\nRun with the config it was trained under, choose a new output folder "
-                         "(hydra.run.dir=...), or add retrain_changed=true to train these stages again (their folders "
-                         "are removed)")
-    for stage in changed:
-        log(f"resume: {stage} was trained under another config; retraining it (retrain_changed=true)")
-        shutil.rmtree(out / stage)
-    return reused
+        lines = "; ".join(f"{stage}: " + "; ".join(diff) for stage, diff in changed.items())
+        raise ValueError(f"resume=true: {out} was trained under another config, so reusing it would mix two runs "
+                         f"({lines}). Leave out the overrides that change a trained stage, choose a new output folder "
+                         f"({folder_option()}), or add retrain_changed=true to train these stages again (their "
+                         "folders are removed)")
+    return reused, list(changed)
 
 
 # --- the lock -----------------------------------------------------------------------------------------------------
@@ -126,6 +203,26 @@ class RunLock:
     def __init__(self, out: Path, log=print):
         self.path, self.log, self.held = Path(out) / LOCK, log, False
 
+    @staticmethod
+    def check(out: Path):
+        """Reads only: raise as ``__enter__`` would when a live run holds ``out`` (a run checks this before it writes
+        anything; taking the lock checks it again)."""
+        lock = RunLock(out)
+        if lock.path.exists() and not lock._stale(owner := lock._owner()):
+            lock._refuse(owner)
+
+    def _owner(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    @staticmethod
+    def _stale(owner: dict) -> bool:
+        """The lock of a process of this host that is gone."""
+        pid = owner.get("pid")
+        return owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid)
+
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -143,23 +240,24 @@ class RunLock:
         raise RuntimeError(f"could not take the lock {self.path}")
 
     def _take_over_if_stale(self):
-        try:
-            owner = json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError):
-            owner = {}
+        owner = self._owner()
+        if not self._stale(owner):
+            self._refuse(owner)
+        self.log(f"{self.path}: the run that held it (pid {owner['pid']}, started {owner.get('started')}) is gone; "
+                 "taking the folder over")
+        self.path.unlink(missing_ok=True)
+
+    def _refuse(self, owner: dict):
+        from .validation import folder_option
+
         pid, host = owner.get("pid"), owner.get("host")
-        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
-            self.log(f"{self.path}: the run that held it (pid {pid}, started {owner.get('started')}) is gone; "
-                     "taking the folder over")
-            self.path.unlink(missing_ok=True)
-            return
         if not owner:  # unreadable: a run is writing it this instant, or it is damaged
             raise RuntimeError(f"{self.path.parent} is locked by {self.path}, which cannot be read: if no run uses "
                                "the folder, delete the lock file")
         where = "this host" if host == socket.gethostname() else f"host {host}"
         raise RuntimeError(f"{self.path.parent} is in use by another run (pid {pid} on {where}, started "
                            f"{owner.get('started')}): two runs in one folder overwrite each other's models. Choose "
-                           "another output folder (hydra.run.dir=...), or wait for that run to finish"
+                           f"another output folder ({folder_option()}), or wait for that run to finish"
                            + ("" if host == socket.gethostname() else "; if it is gone, delete " + str(self.path)))
 
     def __exit__(self, *exc):

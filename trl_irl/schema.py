@@ -58,14 +58,20 @@ def section_paths(section: str, values: dict) -> dict[str, str]:
 
 
 def build_config(cls, values: dict, where: str, paths: dict[str, str] | None = None):
-    """``cls(**values)`` after ``check_fields``; the config's own checks (TRL's, ours) name the config path the user
+    """``cls(**values)`` after ``check_fields`` and ``check_types`` (5.5 or "twenty" for an integer); the config's own checks (TRL's, ours) name the config path the user
     wrote: a field set from a shared section by its path (``reward_learning_rate`` as ``reward.online.learning_rate``),
     one from an open section by the path in ``paths`` (``section_paths``), else the message says ``where``."""
+    import typing
+
+    from .validation import check_types
+
     check_fields(cls, values, where)
+    named = {**(paths or {}), **config_paths(cls)}
+    check_types(values, typing.get_type_hints(cls), lambda name: named.get(name, f"{where}: {name}"))
     try:
         return cls(**values)
     except (ValueError, TypeError) as error:
         message = str(error)
-        for name, path in {**(paths or {}), **config_paths(cls)}.items():  # a value's name, not a word of the prose
+        for name, path in named.items():  # a value's name, not a word of the prose
             message = re.sub(rf"(?<![\w.]){re.escape(name)}(?=\s*(?:=|must\b|is\b))", path, message)
         raise ValueError(message if message != str(error) else f"{where}: {message}") from None

@@ -3,11 +3,63 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import shlex
 
 
 class Refused(ValueError):
-    """Bad input, refused before any model loaded or any stage ran; the message names the config path and the fix.
-    ``trl-irl`` prints it as one line (the traceback goes to the run's log file, not the console)."""
+    """Bad input, refused before any model loaded or any stage ran, and before anything was written; the message
+    names the config path and the fix. ``trl-irl`` prints it as one line (``HYDRA_FULL_ERROR=1`` adds the traceback);
+    ``trl_irl.run`` raises it with the same message."""
+
+
+# which front door the user came in by: "cli" (trl-irl) or "python" (trl_irl.run); a message's fix is written for it
+DOOR = contextvars.ContextVar("trl_irl_door", default="cli")
+
+
+@contextlib.contextmanager
+def door(name: str):
+    """Inside: messages give the fixes of front door ``name`` (``"cli"`` or ``"python"``)."""
+    token = DOOR.set(name)
+    try:
+        yield
+    finally:
+        DOOR.reset(token)
+
+
+def folder_option() -> str:
+    """How the user names a run's folder where they are: ``hydra.run.dir=...`` on the command line, ``output_dir=...``
+    in Python."""
+    return "output_dir=..." if DOOR.get() == "python" else "hydra.run.dir=..."
+
+
+def given_where() -> str:
+    """Where the user wrote an override: on the command line, or in ``trl_irl.run``'s arguments."""
+    return "in trl_irl.run's overrides" if DOOR.get() == "python" else "on the command line"
+
+
+def resume_command(folder) -> str:
+    """The exact command that continues the run in ``folder``, for the front door the user is at."""
+    if DOOR.get() == "python":
+        return f"trl_irl.run(resume=True, output_dir={str(folder)!r})"
+    return f"trl-irl resume=true {shell_word('hydra.run.dir=' + override_value(str(folder)))}"
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one word of a shell command line, quoted only where it must be (in double quotes where they do)."""
+    if text == shlex.quote(text):
+        return text
+    return f'"{text}"' if not set('"$`\\!') & set(text) else shlex.quote(text)
+
+
+def override_value(text: str) -> str:
+    """``text`` as the value of a Hydra override: as it is where Hydra's grammar reads it so, else quoted (Hydra reads
+    ``( ) [ ] { } , = '`` and spaces as syntax)."""
+    import re
+
+    if re.fullmatch(r"[\w./~:+@%-]+", text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @contextlib.contextmanager
@@ -148,6 +200,7 @@ RANGES = [
     ("seed", "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     ("threads", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
       for s in ("bc", "spin", "algo", "reward.pretrain")],
     ("algo.critic_learning_rate", "a number > 0", lambda v: _number(v) and v > 0),
@@ -166,6 +219,53 @@ RANGES = [
     *[(f"model.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
       for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")],
 ]
+
+
+def number_kind(annotation) -> str | None:
+    """What a field annotated ``annotation`` must hold when it is a number or a switch: ``"an integer"``, ``"a
+    number"`` or ``"true or false"`` (``None`` allowed beside it where the annotation says so); None for anything
+    else (text, containers, unions with text: their own checks read them)."""
+    import types
+    import typing
+
+    args = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+        else {annotation}
+    args.discard(type(None))
+    if args == {bool}:
+        return "true or false"
+    if args == {int}:
+        return "an integer"
+    if args in ({float}, {int, float}):
+        return "a number"
+    return None
+
+
+def type_problem(value, kind: str) -> str | None:
+    """Why ``value`` is not ``kind`` (``number_kind``'s words), with the fix where one is plain; None when it is."""
+    if value is None:
+        return None  # a field's own default or check decides what None means
+    if kind == "true or false":
+        return None if isinstance(value, bool) else f"got {'text' if isinstance(value, str) else type(value).__name__}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str) and value.strip().endswith("%"):
+            try:
+                return f"a share is written as a fraction: {float(value.strip()[:-1]) / 100:g}"
+            except ValueError:
+                pass
+        return f"got {'text' if isinstance(value, str) else type(value).__name__}"
+    if kind == "an integer" and not isinstance(value, int):
+        return f"a whole number, e.g. {round(value)}" if value != round(value) else f"write {round(value)}"
+    return None
+
+
+def check_types(values: dict, hints: dict, path_of) -> None:
+    """Every value whose field is a number or a switch (``hints``: the fields' annotations) holds one; the error names
+    the config path the user wrote (``path_of(name)``), the value, what it must be and the fix."""
+    for name, value in values.items():
+        kind = number_kind(hints[name]) if name in hints else None
+        problem = None if kind is None else type_problem(value, kind)
+        if problem is not None:
+            raise ValueError(f"{path_of(name)}={value!r}: must be {kind} ({problem})")
 
 
 def check_ranges(cfg: dict):

@@ -370,15 +370,20 @@ def _load_job(jobs_dir: Path, cfg: StudyConfig, group: tuple, seed: int) -> list
     return saved["rows"] if saved.get("key") == json.loads(json.dumps(job_key(cfg, group, seed))) else None
 
 
-def run(cfg: dict, out: Path) -> Path:
-    """``trl-irl recipe=compounding_error``: the study, its JSON and its report under ``out``; returns the JSON's path."""
+def check(cfg: dict) -> tuple[StudyConfig, str]:
+    """``trl-irl recipe=compounding_error``'s settings, checked before any job starts: (the study, its mode)."""
     section = dict(cfg["compounding"])
     mode = section.pop("mode", "quick")
-    with refusing():  # the settings, before any job starts
+    with refusing():
         if mode not in ("quick", "full"):
             raise ValueError(f"compounding.mode must be quick or full, got {mode!r}")
         study = getattr(StudyConfig, mode)(**{k: v for k, v in section.items() if v is not None})
         study.check()
+    return study, mode
+
+
+def run(study: StudyConfig, mode: str, out: Path) -> Path:
+    """The checked study (``check``), its JSON and its report under ``out``; returns the JSON's path."""
     out.mkdir(parents=True, exist_ok=True)
     result = run_study(study, jobs_dir=out / "jobs")  # rerun into the same folder to resume a stopped study
     result["mode"] = mode

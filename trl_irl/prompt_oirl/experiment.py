@@ -112,21 +112,30 @@ def lookup_scores(logs: PromptLogs, train_rows: np.ndarray, test_rows: np.ndarra
     return scores, ~np.isnan(scores).all(axis=1)
 
 
-def run(cfg: dict, out: Path) -> Path:
-    """The whole job; returns the path of metrics.json."""
+def check(cfg: dict) -> PromptLogs:
+    """The config and the logs' files, before any work: the logs ``run`` learns from."""
+    d = cfg["data"]
+    with refusing():
+        check_config(cfg)
+        logs = load_logs(d["dir"], d["dataset"], d["llm"], d["split"])
+        train_rows = logs.rows("train")
+        if len(train_rows) == 0 or not logs.observed[np.ix_(train_rows, logs.train_prompts)].any():
+            raise ValueError(f"{logs.name}: no observed training cells (training rows x training prompts), so no "
+                             "reward model can be learnt. The released GPT-3.5 logs hold test rows only: use "
+                             "data.llm=llama2, or logs with labelled training rows")
+    return logs
+
+
+def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
+    """The whole job on the checked ``logs`` (``check``; read here when not given); returns the path of
+    metrics.json."""
     from ..jobs import finish
 
     start = time.perf_counter()
     d = cfg["data"]
-    with refusing():  # the config and the logs' files, before any work
-        check_config(cfg)
-        logs = load_logs(d["dir"], d["dataset"], d["llm"], d["split"])
-        train_rows, test_rows = logs.rows("train"), logs.rows("test")
-        train_prompts, heldout = logs.train_prompts, logs.heldout_prompts
-        if len(train_rows) == 0 or not logs.observed[np.ix_(train_rows, train_prompts)].any():
-            raise ValueError(f"{logs.name}: no observed training cells (training rows x training prompts), so no "
-                             "reward model can be learnt. The released GPT-3.5 logs hold test rows only: use "
-                             "data.llm=llama2, or logs with labelled training rows")
+    logs = check(cfg) if logs is None else logs
+    train_rows, test_rows = logs.rows("train"), logs.rows("test")
+    train_prompts, heldout = logs.train_prompts, logs.heldout_prompts
     fit_rows, val_rows = validation_split(logs, train_rows, d["val_fraction"], d["val_by_text"])
     seed = cfg["seed"]
 

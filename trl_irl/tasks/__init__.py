@@ -6,9 +6,10 @@
 from .automaton import AutomatonTask
 from .base import TASKS, Task, TaskData, make_task, register_task
 from .dataset import DatasetTask
-from .verifiers import make_verifier
+from .verifiers import make_verifier, register_verifier
 
 register_task("automaton", AutomatonTask)
 register_task("dataset", DatasetTask)
 
-__all__ = ["TASKS", "AutomatonTask", "DatasetTask", "Task", "TaskData", "make_task", "make_verifier", "register_task"]
+__all__ = ["TASKS", "AutomatonTask", "DatasetTask", "Task", "TaskData", "make_task", "make_verifier", "register_task",
+           "register_verifier"]

@@ -57,6 +57,11 @@ class Task:
         return None
 
     @property
+    def verifier_spec(self) -> str:
+        """The verifier as the user chose it, for messages (``task.verifier=regex:...``)."""
+        return "the task's verifier"
+
+    @property
     def alphabet(self) -> list[str] | None:
         return None
 
@@ -97,6 +102,16 @@ def make_task(task_cfg: dict) -> Task:
     if factory is None:
         raise ValueError(f"task.name={name!r} is unknown: choose one of {sorted(TASKS)}, or <module>:<function> "
                          "for a task of your own (see trl_irl.tasks.register_task)")
+    import inspect
+    import typing
+
+    from ..validation import check_types
+
+    try:  # a field typed as a number or a switch must hold one ("10%" for a float is refused with the fix)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except Exception:  # noqa: BLE001 - a plugin's annotations that cannot be resolved: its own checks apply
+        hints = {}
+    check_types(cfg, hints, lambda key: f"task.{key}")
     try:
         task = factory(**cfg)
     except TypeError as error:  # an unknown key in the task group

@@ -41,7 +41,14 @@ def read_table(path: str) -> dict[str | None, list[dict]]:
             if p.suffix.lower() not in FORMATS:
                 raise ValueError(f"task.path={path}: unknown format {p.suffix or '(no suffix)'!r}; use one of "
                                  f"{', '.join(FORMATS)}, or a folder written by datasets.save_to_disk")
-            loaded = datasets.load_dataset(FORMATS[p.suffix.lower()], data_files=str(p), split="train")
+            if p.suffix.lower() != ".parquet" and not p.read_bytes().strip():
+                raise ValueError(empty(path))
+            try:
+                loaded = datasets.load_dataset(FORMATS[p.suffix.lower()], data_files=str(p), split="train")
+            except ValueError as error:  # datasets' words for a file with no row (a CSV header alone)
+                if "corresponds to no data" in str(error):
+                    raise ValueError(empty(path)) from None
+                raise
         elif p.suffix.lower() in FORMATS or path.startswith(("/", ".", "~")) or path.count("/") != 1:
             raise FileNotFoundError(f"task.path={path}: no such file or folder (relative paths are read from the "
                                     f"folder you run in, {Path.cwd()})")
@@ -56,9 +63,16 @@ def read_table(path: str) -> dict[str | None, list[dict]]:
     except Exception as error:  # a malformed file: say which and why, not pyarrow's traceback
         raise ValueError(f"task.path={path} could not be read as {p.suffix or 'a dataset'} "
                          f"({type(error).__name__}: {str(error)[:300]}); JSONL needs one JSON object per line") from None
-    if isinstance(loaded, (datasets.DatasetDict, dict)):
-        return {name: split.to_list() for name, split in loaded.items()}
-    return {None: loaded.to_list()}
+    splits = {name: split.to_list() for name, split in loaded.items()} \
+        if isinstance(loaded, (datasets.DatasetDict, dict)) else {None: loaded.to_list()}
+    if not any(splits.values()):
+        raise ValueError(empty(path))
+    return splits
+
+
+def empty(path: str) -> str:
+    return (f"task.path={path} is empty: it holds no rows. Each row needs a prompt and its demonstration "
+            '(JSONL: {"prompt": "...", "completion": "..."} on every line)')
 
 
 def is_messages(value) -> bool:
@@ -142,6 +156,11 @@ class DatasetTask(Task):
         if answer_column is None and "answer" in columns and "answer" != completion_column:
             answer_column = "answer"
         self.answer_column = answer_column
+        if completion_column not in columns and prompt_column in columns and len(columns) <= 2:
+            raise ValueError(f"task.path={self.path} holds prompts only (columns {columns}): trl-irl learns from "
+                             f"demonstrations, so each row needs one in task.completion_column ({completion_column!r}; "
+                             "set it to the column that holds them). Prompts without a demonstration, for the RL "
+                             "arms to roll out on alone, are not supported yet")
         for key, column in (("prompt_column", prompt_column), ("completion_column", completion_column),
                             ("answer_column", answer_column), ("split_column", split_column)):
             if column is not None and column not in columns:
@@ -156,6 +175,10 @@ class DatasetTask(Task):
         self.all_rows = [r for rows in self.splits.values() for r in rows]
         self._check_rows()
         self.train_rows, self.heldout_rows, self.report = self._split()
+
+    @property
+    def verifier_spec(self) -> str:
+        return f"task.verifier={self.verifier_name}"
 
     # --- reading and splitting (no tokenizer) -------------------------------------------------------------------
     def _check_rows(self):
@@ -271,6 +294,23 @@ class DatasetTask(Task):
                              "training and validation rows: add rows, or lower task.validation_fraction")
         return train[:n_train], validation
 
+    def check_long_completions(self, lengths: list[int], factor: float = 4.0, floor: int = 64):
+        """With ``max_completion_length`` left to the longest demonstration, a few demonstrations far longer than the
+        rest (over ``factor`` x the 99th percentile of lengths in tokens, and over ``floor``) would make every sample
+        of every step that long: refused with their count and the limit that cuts them."""
+        import numpy as np
+
+        typical = float(np.percentile(lengths, 99, method="lower"))  # a length some demonstration has
+        long = sorted(n for n in lengths if n > max(factor * typical, floor))
+        if long:
+            keep = max(n for n in lengths if n <= max(factor * typical, floor)) + 1
+            raise ValueError(f"task.path={self.path}: {len(long)} of the {len(lengths)} demonstrations are far longer "
+                             f"than the rest ({', '.join(map(str, long[-3:]))} tokens; 99% have at most {typical:.0f}), "
+                             f"and task.max_completion_length=null would let every sample run to {long[-1] + 1} "
+                             f"tokens, each step many times slower. Set task.max_completion_length={keep} to cut the "
+                             f"{len(long)} and keep every other whole, or task.max_completion_length={long[-1] + 1} "
+                             "to keep them all")
+
     def data(self, tokenizer, seed: int = 0) -> TaskData:
         """Render chat messages, drop rows whose prompt is over ``max_prompt_length`` tokens, draw the training and
         validation rows, cap the held-out rows and cut demonstrations to ``max_completion_length``. ``seed``
@@ -305,7 +345,10 @@ class DatasetTask(Task):
         train, validation = self.draw_validation(train, rng)
         heldout = heldout[: self.num_heldout] if self.num_heldout else heldout
         everything = train + validation + heldout
-        limit = self.max_completion_length or max(len(ids(r["completion"])) for r in everything) + 1
+        lengths = [len(ids(r["completion"])) for r in everything]
+        if self.max_completion_length is None:
+            self.check_long_completions(lengths)
+        limit = self.max_completion_length or max(lengths) + 1
         truncated = 0
         for r in train + validation + heldout:
             completion_ids = ids(r["completion"])

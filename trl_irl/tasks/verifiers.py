@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import re
 import sys
 from pathlib import Path
@@ -96,9 +97,13 @@ class RegexVerifier(Verifier):
         return (last.group(1) if self.pattern.groups else last.group(0)).strip()
 
 
+class BadScore(ValueError):
+    """A verifier returned something other than a number in [0, 1]."""
+
+
 class PythonVerifier(Verifier):
-    """A user's callable ``fn(prompt, completion, row) -> float``; ``row`` is the row as the file holds it (the
-    task's row keeps it under ``"row"``)."""
+    """A user's callable ``fn(prompt, completion, row) -> float`` in [0, 1] (a bool is a number too); ``row`` is the
+    row as the file holds it (the task's row keeps it under ``"row"``). Anything else it returns is a ``BadScore``."""
 
     name = "python"
 
@@ -107,7 +112,62 @@ class PythonVerifier(Verifier):
         self.fn = fn
 
     def __call__(self, prompt, completion, row):
-        return float(self.fn(prompt, completion, row.get("row", row)))
+        value = self.fn(prompt, completion, row.get("row", row))
+        if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            raise BadScore(f"returned {value!r} ({type(value).__name__}), not a number in [0, 1] (1 correct, 0 wrong)")
+        return float(value)
+
+
+# task.verifier=<name>: functions registered from Python (register_verifier, trl_irl.run(verifier=...))
+VERIFIERS: dict[str, Callable] = {}
+BUILT_IN = ("none", "exact", "numeric", "regex", "python")
+
+
+def register_verifier(fn: Callable, name: str | None = None) -> str:
+    """Make ``task.verifier=<name>`` (default: the function's name) score with ``fn(prompt, completion, row) -> float``
+    in [0, 1], ``row`` the row as your file holds it; returns the name."""
+    name = name or re.sub(r"\W", "_", getattr(fn, "__name__", "verifier"))
+    if not callable(fn):
+        raise ValueError(f"verifier {name!r}: give a function fn(prompt, completion, row) -> float, got {fn!r}")
+    if name in BUILT_IN or not re.fullmatch(r"[A-Za-z_]\w*", name):
+        raise ValueError(f"verifier name {name!r}: choose a plain name other than {list(BUILT_IN)}")
+    VERIFIERS[name] = fn
+    return name
+
+
+def check_on_demonstrations(verifier: Callable, rows: list[dict], min_share: float, spec: str, truncated: int = 0):
+    """The task's verifier on every demonstration (``rows``: prompt, completion and the rest of each row), before any
+    model loads: it must not raise, must return a number in [0, 1], and must score at least ``min_share``
+    (``min_demo_success``) of them 1: a verifier that does not pass the demonstrations (a pattern that matches none, an
+    answer column that does not fit) cannot tell a policy's right answers from its wrong ones. A policy's samples can
+    be any text, so an empty and a garbled completion must get a score too."""
+
+    def score(row: dict, completion: str, shown: str) -> float:
+        try:
+            value = verifier(row["prompt"], completion, row)
+        except BadScore as error:
+            raise ValueError(f"{spec} {error} on {shown}: a verifier returns a number in [0, 1]") from None
+        except Exception as error:  # noqa: BLE001 - the user's function: say what it raised, where
+            raise ValueError(f"{spec} raised {type(error).__name__}: {error} on {shown}. It scores every sample the "
+                             "policy writes, as fn(prompt, completion, row): make it return 0 for text it cannot read "
+                             "rather than raise") from None
+        if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+            raise ValueError(f"{spec} returned {value!r} on {shown}: a verifier returns a number in [0, 1]")
+        return float(value)
+
+    scores = [score(r, r["completion"], f"the demonstration {r['completion'][:60]!r} of the prompt {r['prompt'][:60]!r}")
+              for r in rows]
+    for text, what in (("", "an empty completion"), (rows[0]["completion"][::-1] + " ?!", "a garbled completion")) \
+            if rows else ():
+        score(rows[0], text, f"{what} ({text[:60]!r}) of the prompt {rows[0]['prompt'][:60]!r}")
+    correct = sum(v == 1 for v in scores)
+    if scores and correct < min_share * len(scores):
+        cut = f"; {truncated} of them were cut to task.max_completion_length, which may be why" if truncated else ""
+        raise ValueError(f"{spec} scores {correct} of the {len(scores)} demonstrations correct "
+                         f"({correct / len(scores):.0%}), below min_demo_success={min_share:g}{cut}: a verifier that "
+                         "does not pass the demonstrations cannot judge the policy's answers. Fix the verifier (for "
+                         "task=dataset: task.verifier, task.answer_column), or where the demonstrations are not all "
+                         f"correct lower min_demo_success (e.g. min_demo_success={math.floor(100 * correct / len(scores)) / 100:g})")
 
 
 def import_callable(spec: str, where: str) -> Callable:
@@ -143,5 +203,8 @@ def make_verifier(spec: str | None, answer_given: bool = True):
         return RegexVerifier(arg, answer_given)
     if kind == "python" and arg:
         return PythonVerifier(import_callable(arg, "task.verifier=python"))
-    raise ValueError(f"task.verifier={spec!r} is unknown: choose none, exact, numeric, regex:<pattern> or "
-                     "python:<module>:<function>")
+    if spec in VERIFIERS:
+        return PythonVerifier(VERIFIERS[spec])
+    registered = f", a name given to register_verifier ({', '.join(sorted(VERIFIERS))})" if VERIFIERS else ""
+    raise ValueError(f"task.verifier={spec!r} is unknown: choose none, exact, numeric, regex:<pattern>, "
+                     f"python:<module>:<function>{registered}")
