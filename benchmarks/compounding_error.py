@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py --quick            # < 10 min on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py                    # full mode (resumable)
+    .venv/bin/python benchmarks/compounding_error.py --quick --smoke --out /tmp/c.json --report /tmp/c.md --jobs /tmp/j
     .venv/bin/python benchmarks/compounding_error.py --report-only benchmarks/results/compounding_error_quick.json
 
 Writes ``--out`` (JSON: {"rows": [{"arm", "horizon", "success_rate", "invalid_per_rollout",
@@ -27,9 +28,17 @@ from trl_irl.jobs import finish  # noqa: E402
 from trl_irl.compounding.report import write_report  # noqa: E402
 
 
+# --smoke: the quick study's code path at a size that runs in seconds
+SMOKE = dict(settings=["rare/nonrecoverable/small/small"], horizons=[4, 8], seeds=1, workers=1,
+             demos={"small": 30, "large": 60}, hidden={"realisable": 8, "small": 4}, eval_rollouts=100,
+             rl={"iterations": 2, "dagger_rounds": 1, "dagger_rollouts": 10})
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="the goal's two settings, T up to 64, 2 seeds")
+    parser.add_argument("--smoke", action="store_true", help="a minute's check that the script runs: one setting, one "
+                                                            "seed, T of 4 and 8, tiny models (its figures mean nothing)")
     parser.add_argument("--seeds", type=int, help="override the mode's number of seeds")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/compounding_error_<mode>.json)")
     parser.add_argument("--report", help="Markdown report path (default docs/compounding_error.md for --quick, "
@@ -44,7 +53,7 @@ def main():
         mode = result.get("mode", mode)
         print(write_report(result, report_path(args, mode), command(mode, result["config"]["seeds"])))
         return
-    cfg = getattr(StudyConfig, mode)(**({"seeds": args.seeds} if args.seeds else {}))
+    cfg = getattr(StudyConfig, mode)(**({"seeds": args.seeds} if args.seeds else {}), **(SMOKE if args.smoke else {}))
     jobs = Path(args.jobs or ROOT / "outputs" / f"compounding_error_{mode}_jobs")
     result = {**run_study(cfg, jobs_dir=jobs), "mode": mode}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"compounding_error_{mode}.json")

@@ -180,8 +180,10 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     import psutil
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast, TrainerCallback
+    from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+
+    from trl_irl.pipeline import load_tokenizer
 
     from trl_irl.models import compute_dtype, contiguous_lm_head_input
     from trl_irl.shared_base import CRITIC, REWARD, SharedBase
@@ -194,9 +196,10 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     baseline = 0 if cuda else psutil.Process().memory_info().rss  # after imports, before any model
     reset_peak()
 
-    # random models: their word-level tokenizer as saved (AutoTokenizer would pick Qwen2's class from the config)
-    tokenizer = (PreTrainedTokenizerFast if model in QWEN else AutoTokenizer).from_pretrained(path, trust_remote_code=False)
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    if model in QWEN:  # random models: their word-level tokenizer as saved (AutoTokenizer would pick Qwen2's class)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path, trust_remote_code=False)
+    else:  # a pad of its own, not EOS, as the CLI gives a model folder (SmolLM2 pads with EOS)
+        _, tokenizer, _ = load_tokenizer({"path": path})
     special = len(tokenizer.all_special_ids)
     generator = torch.Generator().manual_seed(0)
 

@@ -11,9 +11,12 @@ time with one torch thread each. A finished run is not rerun: restart the script
 picks up where it stopped. The held-out rows are ``task.seed=1``'s split of the file, which no setting was tuned on
 (calibration runs used ``task.seed=0``, the recipe's default).
 
-Statistics: the held-out prompts are the same for every seed and arm, so each arm's success is a (seed, prompt)
-table. Intervals resample seeds and then prompts with replacement (two levels, the same draws for every arm, so
-differences are paired), 10,000 times. ``gap_closed = (arm - bc) / (oracle - bc)``.
+Statistics (``trl_irl.statistics.compare_arms``, as every run's table): the held-out prompts are the same for every
+seed and arm, so each arm's success is a (seed, prompt) table. Intervals resample seeds and then prompts with
+replacement (two levels, the same draws for every arm, so differences are paired), 10,000 times. ``gap_closed =
+(arm - bc) / (oracle - bc)``; its interval is null (unbounded) where the oracle does not beat BC in over 2.5% of the
+draws. Quickest, on the tiny model: ``--seeds 0 --arms bc oracle --workers 1 --override model=tiny
+algo.max_steps=2 bc.num_train_epochs=1 --work /tmp/w --out /tmp/r.json``.
 """
 
 from __future__ import annotations
@@ -91,48 +94,30 @@ def scores(folder: Path, arm: str) -> tuple[list[str], np.ndarray]:
     return [r["prompt"] for r in records], np.array([r["score"] for r in records], dtype=float)
 
 
-def bootstrap(table: dict[str, np.ndarray], draws: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Per arm, ``draws`` resampled mean successes: seeds, then prompts, with replacement; ``table[arm]`` is
-    (seeds, prompts), and every arm gets the same draws (paired differences)."""
-    rng = np.random.default_rng(seed)
-    n_seeds, n_prompts = next(iter(table.values())).shape
-    out = {arm: np.empty(draws) for arm in table}
-    for d in range(draws):
-        rows, cols = rng.integers(n_seeds, size=n_seeds), rng.integers(n_prompts, size=n_prompts)
-        for arm, values in table.items():
-            out[arm][d] = values[np.ix_(rows, cols)].mean()
-    return out
-
-
-def interval(samples: np.ndarray) -> list[float]:
-    finite = samples[np.isfinite(samples)]
-    return [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))] if finite.size else [None, None]
-
-
 def report(results: dict, draws: int) -> dict:
-    """Success, intervals, differences, gap closed and goals from the per-(seed, arm) scores in ``results``."""
+    """Success, intervals, differences, gap closed and goals from the per-(seed, arm) scores in ``results``
+    (``trl_irl.statistics.compare_arms``: seeds then prompts resampled, the same draws for every arm)."""
+    from trl_irl.statistics import compare_arms
+
     arms, seeds = results["arms"], results["seeds"]
     table = {arm: np.array([results["scores"][arm][str(s)] for s in seeds]) for arm in arms}
-    boot = bootstrap(table, draws)
-    point = {arm: float(table[arm].mean()) for arm in arms}
-    out = {"success_rate": point, "success_rate_ci95": {a: interval(boot[a]) for a in arms},
+    stats = compare_arms(table, reference="bc", draws=draws)
+    out = {"success_rate": stats["value"], "success_rate_ci95": stats["ci95"],
            "success_rate_by_seed": {a: [float(v) for v in table[a].mean(axis=1)] for a in arms}}
     if "bc" in arms:
-        out["minus_bc"] = {a: point[a] - point["bc"] for a in arms if a != "bc"}
-        out["minus_bc_ci95"] = {a: interval(boot[a] - boot["bc"]) for a in arms if a != "bc"}
-    if {"bc", "oracle"} <= set(arms):
-        gap = point["oracle"] - point["bc"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            boot_gap = {a: np.where(boot["oracle"] - boot["bc"] > 0, (boot[a] - boot["bc"]) / (boot["oracle"] - boot["bc"]),
-                                    np.nan) for a in arms if a not in ("bc", "oracle")}
-        out["gap_closed"] = {a: (point[a] - point["bc"]) / gap if gap > 0 else None for a in boot_gap}
-        out["gap_closed_ci95"] = {a: interval(v) for a, v in boot_gap.items()}
+        out["minus_bc"] = {a: d["value"] for a, d in stats["minus_bc"].items()}
+        out["minus_bc_ci95"] = {a: d["ci95"] for a, d in stats["minus_bc"].items()}
+    if "gap_closed" in stats:
+        out["gap_closed"] = {a: g["value"] for a, g in stats["gap_closed"].items()}
+        out["gap_closed_ci95"] = {a: g["ci95"] for a, g in stats["gap_closed"].items()}
     if "spin" in arms:
-        out["minus_spin"] = {a: point[a] - point["spin"] for a in arms if a.startswith("irl")}
-        out["minus_spin_ci95"] = {a: interval(boot[a] - boot["spin"]) for a in arms if a.startswith("irl")}
+        spin = compare_arms({a: table[a] for a in arms if a == "spin" or a.startswith("irl")}, reference="spin",
+                            draws=draws)["minus_spin"]
+        out["minus_spin"] = {a: d["value"] for a, d in spin.items()}
+        out["minus_spin_ci95"] = {a: d["ci95"] for a, d in spin.items()}
     out["goals"] = {}
     for a in [a for a in arms if a.startswith("irl")]:
-        low = out.get("minus_bc_ci95", {}).get(a, [None])[0]
+        low = (out.get("minus_bc_ci95", {}).get(a) or [None])[0]
         out["goals"][a] = {"irl_beats_bc": low is not None and low > 0,
                            "gap_closed_ge_0.3": (out.get("gap_closed", {}).get(a) or 0) >= 0.3,
                            "irl_beats_spin": out.get("minus_spin", {}).get(a, 0) > 0}
@@ -159,7 +144,7 @@ def plot(results: dict, path: Path):
     names = [a for a in gaps if gaps[a] is not None]
     if names:
         g = [gaps[a] for a in names]
-        ci = [stats["gap_closed_ci95"][a] for a in names]
+        ci = [stats["gap_closed_ci95"][a] or [v, v] for a, v in zip(names, g)]  # unbounded: no bar drawn
         axes[1].bar(names, g, yerr=[[v - c[0] for v, c in zip(g, ci)], [c[1] - v for v, c in zip(g, ci)]], capsize=4)
         axes[1].axhline(0.3, color="k", ls="--", label="goal 0.3")
         axes[1].legend()

@@ -35,7 +35,24 @@ def test_toy_recipe_end_to_end(tmp_path):
     for arm in metrics["arms"]:
         assert len((out / f"samples_{arm}.jsonl").read_text().splitlines()) == 32  # one per held-out prompt
     for stage in ("bc", "grpo", "oracle"):  # TRL's cards named no base model ("[None]") for a local folder
-        assert "fine-tuned version of `trl-irl's tiny Llama" in (out / stage / "README.md").read_text()
+        card = (out / stage / "README.md").read_text()
+        assert "fine-tuned version of `trl-irl's tiny Llama" in card and f'model="{out / stage / "final"}"' in card
+    # what ran, and how sure each figure is
+    assert "BC vs online IRL: algo=grpo, credit=sequence, reward=bt" in result.stdout
+    assert "success_rate - bc" in result.stdout and "95% paired bootstrap interval over the 32 held-out" in result.stdout
+    spans = metrics["intervals"]
+    assert set(spans["success_rate"]["ci95"]) == {"bc", "grpo", "oracle"}
+    assert set(spans["success_rate"]["minus_bc"]) == {"grpo", "oracle"} and "gap_closed" in spans["success_rate"]
+    assert metrics["gap_closed"]["grpo"] == spans["success_rate"]["gap_closed"]["grpo"]["value"]
+    assert metrics["task"]["heldout"] == 32 and metrics["task"]["n_states"] == 4  # the automaton says what it is
+    # every sample with the reward model's score, which the saved reward gives again
+    records = [json.loads(line) for line in (out / "samples_grpo.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["reward"], float) and isinstance(r["demonstration_reward"], float) for r in records)
+    import trl_irl
+
+    reward = trl_irl.load_reward(out / "grpo" / "final_reward")
+    scores = reward.score([r["prompt"] for r in records], [r["sample"] for r in records])
+    assert scores == pytest.approx([r["reward"] for r in records], abs=1e-5)
 
 
 def test_automaton_figures_unchanged_by_the_task_interface(tmp_path):

@@ -114,18 +114,55 @@ def test_a_multirun_with_a_refused_job_lists_it_and_exits_2_after_the_summary(tm
     assert rows[0]["refused"] == "algo.beta must be >= 0, got -1" and rows[1]["bc/success_rate"] == 0.25
 
 
-def test_the_results_table_says_how_gap_closed_reads_and_how_noisy_success_is():
+def test_the_results_table_gives_every_difference_and_gap_closed_with_its_interval():
     from rich.console import Console
 
-    from trl_irl.evaluation import print_table
+    from trl_irl.evaluation import intervals, print_table
 
-    console = Console(record=True, width=120)
-    arms = {"bc": {"success_rate": 0.125, "num_samples": 8}, "grpo": {"success_rate": 0.25, "num_samples": 8},
-            "oracle": {"success_rate": 0.125, "num_samples": 8}}
-    print_table({"arms": arms, "gap_closed": {"grpo": None}}, console)
-    text = " ".join(console.export_text().split())  # the caption wraps at the table's width
-    assert "success rates on 8 held-out prompts: +-0.35 at 95%" in text  # 1.96 * sqrt(0.25 / 8) = 0.346
-    assert "gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc" in text
+    def records(successes):  # the per-prompt records evaluate_arm writes
+        return [{"score": float(s), "demonstration_nll": 2.0, "demonstration_tokens": 4} for s in successes]
+
+    arms = {"bc": [1, 0, 0, 0, 0, 0, 0, 0], "grpo": [1, 1, 0, 0, 0, 0, 0, 0], "oracle": [1, 0, 1, 0, 0, 0, 0, 0]}
+    spans = intervals({arm: records(s) for arm, s in arms.items()})
+    metrics = {"arms": {a: {"success_rate": sum(s) / 8, "num_samples": 8} for a, s in arms.items()},
+               "gap_closed": {"grpo": 1.0}, "intervals": spans,
+               "config": {"algo": {"name": "ppo"}, "credit": {"name": "airl"}, "reward": {"objective": "airl"}}}
+    console = Console(record=True, width=160)
+    print_table(metrics, console)
+    text = console.export_text()
+    assert "BC vs online IRL: algo=ppo, credit=airl, reward=airl" in text  # what ran
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in text.splitlines()
+             if line.startswith("│")}
+    low, high = spans["success_rate"]["minus_bc"]["grpo"]["ci95"]
+    assert lines["success_rate - bc"][1] == f"+0.125 [{low:+.3f}, {high:+.3f}]" and low == 0.0
+    assert lines["gap_closed"][1] == "1.000 [-]"  # one success apart on 8 prompts: the gap may not be there at all
+    assert lines["demo_nll - bc"][1] == "+0.000 [+0.000, +0.000]"
+    notes = " ".join(text.split())
+    assert "95% paired bootstrap interval over the 8 held-out prompts; [-]: unbounded" in notes
+    assert "gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc" in notes
     console = Console(record=True, width=120)
     print_table({"arms": {"bc": {"demo_nll_per_token": 1.0}}}, console)  # no verifier: nothing to explain
     assert "95%" not in console.export_text() and "gap_closed" not in console.export_text()
+
+
+def test_a_multirun_summary_gives_mean_std_and_interval_over_seeds_and_reads_whole_when_piped(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from trl_irl.multirun import MultirunSummary
+    from trl_irl.statistics import over_seeds
+
+    values = {"grpo": [0.5, 0.6, 0.7], "ppo": [0.2, 0.3, 0.4]}
+    for job, (algo, seed) in enumerate((a, s) for a in values for s in range(3)):
+        folder = tmp_path / str(job)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- algo={algo}\n- seed={seed}\n")
+        (folder / "metrics.json").write_text(json.dumps({"arms": {algo: {"success_rate": values[algo][seed]}}}))
+    MultirunSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    out = capsys.readouterr().out  # not a terminal: no column cut to 80 characters
+    summary = json.loads((tmp_path / "multirun_summary.json").read_text())
+    groups = {g["overrides"]: g for g in summary["over_seeds"]}
+    assert groups["algo=grpo"]["seeds"] == ["0", "1", "2"] and groups["algo=grpo"]["jobs"] == [0, 1, 2]
+    assert groups["algo=grpo"]["grpo/success_rate"] == over_seeds([0.5, 0.6, 0.7])
+    stats = groups["algo=ppo"]["ppo/success_rate"]
+    assert f"{stats['mean']:.3f} +- {stats['std']:.3f} [{stats['ci95'][0]:.3f}, {stats['ci95'][1]:.3f}]" in out
+    assert "grpo/success_rate" in out and "…" not in out

@@ -21,7 +21,7 @@ def reversal_file(path: Path, n=60, chat=False) -> Path:
     rows = []
     for i in range(n):
         items = [chr(97 + int(d)) for d in format(i + 8, "o")]  # distinct: i written in octal, as letters
-        prompt, answer = "rev " + "".join(items) + "=", "".join(reversed(items))
+        prompt, answer = "rév " + "".join(items) + "=", "".join(reversed(items))  # not ASCII: kept as written
         if chat:
             rows.append({"prompt": [{"role": "user", "content": prompt}],
                          "completion": [{"role": "assistant", "content": answer}]})
@@ -67,9 +67,11 @@ def test_a_users_file_end_to_end(chat, tmp_path):
     assert metrics["task"]["chat"] is chat and metrics["task"]["heldout"] == 6
     assert "gap_closed" in result.stdout and "oracle" in result.stdout
     records = [json.loads(line) for line in (out / "samples_oracle.jsonl").read_text().splitlines()]
-    assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score"}
+    assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score", "reward",
+                                                     "demonstration_reward", "demonstration_nll", "demonstration_tokens"}
+    assert '"prompt": "' + ("user: " if chat else "") + "rév " in (out / "samples_oracle.jsonl").read_text(encoding="utf-8")
     if chat:
-        assert records[0]["prompt"].startswith("user: rev ") and records[0]["prompt"].endswith("\nassistant: ")
+        assert records[0]["prompt"].startswith("user: rév ") and records[0]["prompt"].endswith("\nassistant: ")
     assert all(r["score"] == float(r["sample"].strip() == r["demonstration"]) for r in records)
 
 
@@ -173,10 +175,8 @@ def test_filtering_that_leaves_no_rows_stops_before_the_model(tmp_path):
     from trl_irl.pipeline import Pipeline
 
     file = reversal_file(tmp_path / "my.jsonl")
-    pipeline = Pipeline(composed("task=dataset", f"task.path={file}", "task.max_prompt_length=3",
-                                 f"output_dir={tmp_path / 'run'}"))
     with pytest.raises(ValueError, match="no training rows left with prompts of at most task.max_prompt_length=3"):
-        pipeline.run()
+        Pipeline(composed("task=dataset", f"task.path={file}", "task.max_prompt_length=3", f"output_dir={tmp_path / 'run'}"))
     assert not (tmp_path / "run" / "init").exists() and not (tmp_path / "run" / "bc").exists()
 
 
@@ -207,3 +207,22 @@ def test_a_registered_task_from_the_command_line(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("my_tasks", None)
+
+
+def test_a_python_function_as_the_verifier(tmp_path):
+    """trl_irl.run(verifier=fn): the function scores the held-out samples and rewards the oracle."""
+    import trl_irl
+
+    seen = []
+
+    def reversed_exactly(prompt, completion, row):
+        seen.append(row)
+        return float(completion.strip() == row["completion"])
+
+    path = reversal_file(tmp_path / "my.jsonl")
+    metrics = trl_irl.run("task=dataset", f"task.path={path}", "arms=[bc]", "bc.num_train_epochs=1", "eval.batch_size=32",
+                          output_dir=tmp_path / "run", verifier=reversed_exactly)
+    records = [json.loads(line) for line in (tmp_path / "run" / "samples_bc.jsonl").read_text().splitlines()]
+    assert metrics["arms"]["bc"]["success_rate"] == sum(r["score"] for r in records) / len(records)
+    assert all(r["score"] == float(r["sample"].strip() == r["demonstration"]) for r in records)
+    assert metrics["config"]["task"]["verifier"] == "reversed_exactly" and "completion" in seen[0]  # the file's row

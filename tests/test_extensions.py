@@ -80,9 +80,9 @@ def test_dr_grpo_advantages_are_group_centred_returns_unscaled(examples):
 def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, monkeypatch):
     monkeypatch.chdir(EXAMPLES)  # plugins are found in the current folder, as a user runs them
     sys.path.remove(str(EXAMPLES))  # ... and not because the fixture put the folder on the path
-    path = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo,uniform_credit]", "reward.objective=hinge",
-                       "algo.name=dr_grpo", "credit.name=uniform", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
-    metrics = json.loads(path.read_text())
+    metrics = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo,uniform_credit]", "reward.objective=hinge",
+                          "algo.name=dr_grpo", "credit.name=uniform", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
+    assert metrics.path == tmp_path / "run" / "metrics.json" and json.loads(metrics.path.read_text()) == metrics
     assert set(metrics["arms"]) == {"bc", "dr_grpo"}
     stage = json.loads((tmp_path / "run" / "dr_grpo" / "stage_config.json").read_text())
     assert stage["reward.objective"] == "hinge" and stage["algo"]["name"] == "dr_grpo"

@@ -43,3 +43,30 @@ def test_runs_of_a_wandb_sweep_log_online():
     assert wandb_mode({"mode": "offline"}, {"WANDB_SWEEP_ID": "abc123"}) == "online"  # started by `wandb agent`
     assert wandb_mode({"mode": "online"}, {}) == "online"
     assert wandb_mode({"mode": "offline"}, {"WANDB_SWEEP_ID": "abc", "WANDB_MODE": "disabled"}) == "disabled"
+
+
+def test_each_stage_logs_to_wandb_under_its_own_keys_and_step():
+    """One wandb run holds every stage: BC's and reward pretraining's eval loss, and their steps, stay apart."""
+    from transformers import TrainerState
+
+    from trl_irl.jobs import stage_wandb
+
+    logged, defined = [], []
+
+    class FakeWandb:
+        class run:  # noqa: N801 - wandb.run
+            summary: dict = {}
+
+        def log(self, values):
+            logged.append(values)
+
+        def define_metric(self, name, **kwargs):
+            defined.append((name, kwargs.get("step_metric")))
+
+    for stage, logs in (("bc", {"eval_loss": 2.0, "loss": 3.0}), ("reward_pretrain", {"eval_loss": 0.5})):
+        callback = stage_wandb(stage)
+        callback._wandb, callback._initialized = FakeWandb(), True
+        state = TrainerState(global_step=3)
+        callback.on_log(None, state, None, logs=logs)
+    assert logged == [{"bc/eval/loss": 2.0, "bc/train/loss": 3.0, "bc/global_step": 3},
+                      {"reward_pretrain/eval/loss": 0.5, "reward_pretrain/global_step": 3}]

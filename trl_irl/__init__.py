@@ -10,8 +10,8 @@ __version__ = "0.3.0"
 
 _EXPORTS = {
     "cli": ["Metrics", "run"],
-    "rewards": ["AIRLObjective", "GAILObjective", "OnlineRewardUpdater", "RewardObjective", "make_objective",
-                "register_objective"],
+    "rewards": ["AIRLObjective", "GAILObjective", "OnlineRewardUpdater", "RewardObjective", "SavedReward", "load_reward",
+                "make_objective", "register_objective"],
     "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task", "register_verifier"],
     "trainers": ["ALGORITHMS", "CREDITS", "IRLRewardConfig", "IRLRewardTrainer", "OnlineIRLConfig", "OnlineIRLTrainer",
                  "PPOConfig", "PPOTrainer", "ReinforcePPConfig", "ReinforcePPTrainer", "ReMaxTrainer",

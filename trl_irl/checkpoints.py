@@ -58,7 +58,7 @@ def atomic_file(path: str | Path, suffix: str = ".tmp"):
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """``path`` gets ``text`` whole or keeps what it had (``atomic_file``); returns ``path``."""
     with atomic_file(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 

@@ -18,7 +18,6 @@ gap an arm closes.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -68,16 +67,16 @@ def kl_to_reference(model, reference, tokenizer, prompts: list[str], completions
 
 
 @torch.no_grad()
-def demonstration_nll(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> float:
-    """-sum log pi(y_t | x, y_<t) / number of tokens, over the demonstrations' tokens and their EOS."""
+def demonstration_nlls(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int):
+    """Per demonstration: (-sum log pi(y_t | x, y_<t) over its tokens and its EOS, that number of tokens), as arrays."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    sums, counts = [], []
     for i in range(0, len(prompts), batch_size):
         batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + batch_size],
                                                       completions[i : i + batch_size]).items()}
-        total -= completion_logps(model, batch).sum().item()
-        count += batch["completion_mask"].sum().item()
-    return total / max(count, 1)
+        sums += (-completion_logps(model, batch).sum(-1)).tolist()
+        counts += batch["completion_mask"].sum(-1).tolist()
+    return np.array(sums, dtype=float), np.array(counts, dtype=float)
 
 
 def distinct_2(token_ids: list[list[int]]) -> float | None:
@@ -89,8 +88,10 @@ def distinct_2(token_ids: list[list[int]]) -> float | None:
 def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,
                  reward_objective: RewardObjective | None, reward_model, batch_size: int, seed: int,
                  name: str) -> tuple[dict, list[dict]]:
-    """The metrics of one arm (module docstring) and its samples as records ``{prompt, sample, demonstration,
-    score}`` for a person to read."""
+    """The metrics of one arm (module docstring) and a record per held-out prompt, for a person to read and for the
+    intervals (``intervals``): ``{prompt, sample, demonstration, score}`` (the verifier's, None without one), the
+    reward model's ``reward`` of the sample and ``demonstration_reward`` where a reward model was trained, and
+    ``demonstration_nll`` (-log pi of the demonstration, summed) over ``demonstration_tokens``."""
     prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
     samples, sample_ids = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
                                              desc=f"eval {name}", with_ids=True)
@@ -99,21 +100,43 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
     metrics = {}
     if scores is not None:
         metrics["success_rate"] = float(np.mean(scores))
-    metrics["demo_nll_per_token"] = demonstration_nll(policy, tokenizer, prompts, demos, batch_size)
+    nll, tokens = demonstration_nlls(policy, tokenizer, prompts, demos, batch_size)
+    metrics["demo_nll_per_token"] = float(nll.sum() / max(tokens.sum(), 1))
     metrics["kl_to_bc"] = kl_to_reference(policy, reference, tokenizer, prompts, samples, batch_size)
+    r_demo = r_sample = None
     if reward_model is not None:
         policy_for_reward = policy if reward_objective.needs_policy else None
         r_demo = reward_objective.rewards(reward_model, tokenizer, prompts, demos, policy_for_reward, batch_size)
         r_sample = reward_objective.rewards(reward_model, tokenizer, prompts, samples, policy_for_reward, batch_size)
         accuracy, ties = pair_accuracy(r_demo, r_sample, [s.strip() == d.strip() for s, d in zip(samples, demos)])
         metrics |= {"reward_accuracy": accuracy, "reward_ties": ties}
+        r_demo, r_sample = r_demo.tolist(), r_sample.tolist()
     metrics["mean_length"] = float(np.mean([len(ids) for ids in sample_ids]))
     metrics["distinct_2"] = distinct_2(sample_ids)
     metrics |= task.metrics(prompts, samples)
     metrics["num_samples"] = len(samples)
-    records = [{"prompt": p, "sample": s, "demonstration": d, "score": None if scores is None else scores[i]}
+    records = [{"prompt": p, "sample": s, "demonstration": d, "score": None if scores is None else scores[i],
+                **({} if r_sample is None else {"reward": r_sample[i], "demonstration_reward": r_demo[i]}),
+                "demonstration_nll": float(nll[i]), "demonstration_tokens": int(tokens[i])}
                for i, (p, s, d) in enumerate(zip(prompts, samples, demos))]
     return metrics, records
+
+
+def intervals(records: dict[str, list[dict]], seed: int = 0) -> dict:
+    """How sure the table is (``statistics.compare_arms``, a paired bootstrap over the held-out prompts): per metric
+    with a value per prompt (success, and the demonstrations' NLL per token), each arm's 95% interval, its difference
+    from BC and ``gap_closed``, each with its interval."""
+    from .statistics import DRAWS, compare_arms
+
+    arms = list(records)
+    out = {"method": f"95% paired bootstrap over the {len(records[arms[0]])} held-out prompts ({DRAWS} draws, seed "
+                     f"{seed}); null: undefined (a value), unbounded (an interval)"}
+    if all(r["score"] is not None for arm in arms for r in records[arm]):
+        out["success_rate"] = compare_arms({a: [r["score"] for r in records[a]] for a in arms}, seed=seed)
+    out["demo_nll_per_token"] = compare_arms({a: [r["demonstration_nll"] for r in records[a]] for a in arms},
+                                             {a: [r["demonstration_tokens"] for r in records[a]] for a in arms},
+                                             seed=seed)
+    return out
 
 
 def demonstration_reference(task, heldout: list[dict], tokenizer) -> dict:
@@ -127,58 +150,76 @@ def demonstration_reference(task, heldout: list[dict], tokenizer) -> dict:
     return out | task.reference()
 
 
-def gap_closed(arms: dict[str, dict]) -> dict[str, float | None]:
-    """(success(arm) - success(bc)) / (success(oracle) - success(bc)) for every arm but bc and oracle; None where
-    the oracle did not beat BC (no gap to close)."""
-    if not {"bc", "oracle"} <= set(arms) or "success_rate" not in arms["bc"]:
-        return {}
-    bc, oracle = arms["bc"]["success_rate"], arms["oracle"]["success_rate"]
-    return {arm: (values["success_rate"] - bc) / (oracle - bc) if oracle > bc else None
-            for arm, values in arms.items() if arm not in ("bc", "oracle")}
-
-
 def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _with_interval(entry: dict, signed: bool = False) -> str:
+    """``value [low, high]`` (``[-]``: unbounded), from ``{"value", "ci95"}``."""
+    value, ci = entry["value"], entry["ci95"]
+    if value is None:
+        return "-"
+    form = "{:+.3f}" if signed else "{:.3f}"
+    return f"{form.format(value)} " + (f"[{form.format(ci[0])}, {form.format(ci[1])}]" if ci else "[-]")
+
+
+def title(cfg: dict | None) -> str:
+    """The table's title: what ran (the algorithm, its credit and the reward objective)."""
+    if not cfg or "algo" not in cfg:
+        return "BC vs online IRL"
+    return (f"BC vs online IRL: algo={cfg['algo']['name']}, credit={cfg['credit']['name']}, "
+            f"reward={cfg['reward']['objective']}")
+
+
 def print_table(metrics: dict, console=None):
+    """Metrics as rows, arms as columns (fits any terminal width), the held-out demonstrations' own figures beside;
+    then each arm's 95% interval, its difference from BC and ``gap_closed`` with theirs, and how to read them."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or Console(width=None if sys.stdout.isatty() else 200)  # piped: whole lines
     arms = metrics["arms"]
-    table = Table(title="BC vs online IRL")  # metrics as rows, arms as columns: fits any terminal width
+    reference = metrics.get("reference", {})
+    table = Table(title=title(metrics.get("config")))
     table.add_column("metric")
     for arm in arms:
         table.add_column(arm, justify="right")
-    reference = metrics.get("reference", {})
     if reference:
         table.add_column("demos", justify="right")
-    keys = list(dict.fromkeys(k for values in arms.values() for k in values))
-    for key in keys:
-        cells = [_cell(arms[a].get(key)) for a in arms]
-        if reference:
-            cells.append(_cell(reference[key]) if key in reference else "")
-        table.add_row(key, *cells)
-    gaps = metrics.get("gap_closed", {})
+
+    def row(label: str, cells: list[str], demos: str = ""):
+        table.add_row(label, *cells, *([demos] if reference else []))
+
+    for key in dict.fromkeys(k for values in arms.values() for k in values):
+        row(key, [_cell(arms[a].get(key)) for a in arms], _cell(reference[key]) if key in reference else "")
+    spans = metrics.get("intervals", {})
+    for key, label in (("success_rate", "success_rate"), ("demo_nll_per_token", "demo_nll")):
+        if key in spans:
+            ci = spans[key]["ci95"]
+            row(f"{label} 95%", [f"[{ci[a][0]:.3f}, {ci[a][1]:.3f}]" if ci.get(a) else "-" for a in arms])
+            diffs = spans[key].get("minus_bc", {})
+            if diffs:
+                row(f"{label} - bc", [_with_interval(diffs[a], signed=True) if a in diffs else "" for a in arms])
+    gaps = spans.get("success_rate", {}).get("gap_closed") or \
+        {a: {"value": v, "ci95": None} for a, v in metrics.get("gap_closed", {}).items()}
     if gaps:
-        table.add_row("gap_closed", *[_cell(gaps.get(a)) if a in gaps else "" for a in arms],
-                      *([""] if reference else []))
+        row("gap_closed", [_with_interval(gaps[a]) if a in gaps else "" for a in arms])
     console.print(table)
     for line in table_notes(metrics):
         console.print(line, style="dim", highlight=False)
 
 
 def table_notes(metrics: dict) -> list[str]:
-    """What the table cannot say by itself: how ``gap_closed`` reads, and how far a success rate on this many held-out
-    prompts can be from the true one (95%, at its widest: 1.96 sqrt(0.25 / n))."""
+    """What the table cannot say by itself: where its intervals come from, and how ``gap_closed`` reads."""
     lines = []
-    samples = [values.get("num_samples") for values in metrics["arms"].values() if "success_rate" in values]
-    if samples and samples[0]:
-        n = samples[0]
-        lines.append(f"success rates on {n} held-out prompts: +-{1.96 * math.sqrt(0.25 / n):.2f} at 95% (at most)")
+    samples = [values.get("num_samples") for values in metrics["arms"].values()]
+    if metrics.get("intervals") and samples and samples[0]:
+        lines.append(f"[low, high]: 95% paired bootstrap interval over the {samples[0]} held-out prompts; [-]: "
+                     "unbounded (where the oracle does not beat BC in over 2.5% of the draws)")
     if metrics.get("gap_closed"):
         lines.append("gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc")
     return lines

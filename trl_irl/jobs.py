@@ -54,6 +54,32 @@ def _start_logger(cfg: dict):
     return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
 
 
+def stage_wandb(stage: str):
+    """transformers' wandb callback, with every key of a stage under the stage's name (``bc/eval/loss``,
+    ``reward_pretrain/eval/loss``, ``grpo/train/reward``) and its own step axis (``<stage>/global_step``): one wandb
+    run holds every stage of the job, so the stages' ``eval/loss`` and steps must not run into each other."""
+    from transformers.integrations import WandbCallback
+    from transformers.integrations.integration_utils import rewrite_logs
+
+    class StageWandb(WandbCallback):
+        def setup(self, args, state, model, **kwargs):
+            super().setup(args, state, model, **kwargs)
+            if self._wandb is not None and state.is_world_process_zero and self._wandb.run is not None:
+                self._wandb.define_metric(f"{stage}/global_step")
+                self._wandb.define_metric(f"{stage}/*", step_metric=f"{stage}/global_step", step_sync=True)
+
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            if self._wandb is None:
+                return
+            if not self._initialized:
+                self.setup(args, state, model)
+            if state.is_world_process_zero and logs:
+                logged = {f"{stage}/{k}": v for k, v in rewrite_logs(logs).items()}
+                self._wandb.log({**logged, f"{stage}/global_step": state.global_step})
+
+    return StageWandb()
+
+
 def _check_pipeline(cfg: dict):
     from .pipeline import Pipeline
 

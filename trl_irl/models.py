@@ -264,9 +264,10 @@ def is_hub_id(name: str) -> bool:
     return not Path(name).expanduser().exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None
 
 
-def name_base_model(card_path: str | Path, base_model: str) -> bool:
+def name_base_model(card_path: str | Path, base_model: str, model_path: str | Path | None = None) -> bool:
     """Name ``base_model`` in the model card TRL wrote at ``card_path`` (its metadata's ``base_model`` when it is a
-    hub id, and the card's first line either way); False when there is no card or it names a base already."""
+    hub id, and the card's first line either way), and ``model_path`` (where the trained model is saved) in its usage
+    example; False when there is no card or it names them already."""
     from huggingface_hub import ModelCard
 
     card_path = Path(card_path)
@@ -274,24 +275,28 @@ def name_base_model(card_path: str | Path, base_model: str) -> bool:
         return False
     card = ModelCard.load(card_path)
     unnamed = "[None](https://huggingface.co/None)"  # TRL's template with base_model=None
-    if unnamed not in card.content:
+    unplaced = 'model="None"'  # its usage example with hub_model_id=None
+    if unnamed not in card.content and not (model_path and unplaced in card.content):
         return False
     hub = is_hub_id(base_model)
     card.content = card.content.replace(unnamed, f"[{base_model}](https://huggingface.co/{base_model})" if hub
                                         else f"`{base_model}`")
+    if model_path:
+        card.content = card.content.replace(unplaced, f"model={str(model_path)!r}".replace("'", '"'))
     if hub:
         card.data.base_model = base_model
     card.save(card_path)
     return True
 
 
-def model_card_callback(base_model: str):
-    """A ``TrainerCallback`` that names ``base_model`` in the card TRL writes beside each checkpoint."""
+def model_card_callback(base_model: str, model_path: str | Path | None = None):
+    """A ``TrainerCallback`` that names ``base_model`` (and ``model_path``, the trained model's folder) in the card TRL
+    writes beside each checkpoint."""
     from transformers import TrainerCallback
 
     class NameBaseModel(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                name_base_model(Path(args.output_dir) / "README.md", base_model)
+                name_base_model(Path(args.output_dir) / "README.md", base_model, model_path)
 
     return NameBaseModel()

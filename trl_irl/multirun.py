@@ -40,9 +40,40 @@ def multirun_rows(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def seed_groups(rows: list[dict]) -> list[dict]:
+    """The finished jobs grouped by their overrides other than ``seed=``: per group its seeds and, for every metric
+    of the rows, the mean, standard deviation and 95% t interval over the seeds (``statistics.over_seeds``)."""
+    from .statistics import over_seeds
+
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if "result" in row:
+            rest = " ".join(o for o in row["overrides"].split() if not o.lstrip("+").startswith("seed="))
+            groups.setdefault(rest, []).append(row)
+    out = []
+    for overrides, members in groups.items():
+        seeds = [next((o.split("=", 1)[1] for o in m["overrides"].split() if o.lstrip("+").startswith("seed=")), "0")
+                 for m in members]
+        metrics = dict.fromkeys(k for m in members for k in m if "/" in k)
+        out.append({"overrides": overrides, "seeds": seeds, "jobs": [m["job"] for m in members],
+                    **{k: over_seeds([m[k] for m in members if isinstance(m.get(k), (int, float))])
+                       for k in metrics if any(isinstance(m.get(k), (int, float)) for m in members)}})
+    return out
+
+
+def _over_seeds_cell(stats: dict | None) -> str:
+    """``mean +- std [low, high]`` over seeds (``mean (1 seed)`` for one)."""
+    if not stats:
+        return ""
+    if stats["std"] is None:
+        return f"{stats['mean']:.3f} (1 seed)"
+    return f"{stats['mean']:.3f} +- {stats['std']:.3f} [{stats['ci95'][0]:.3f}, {stats['ci95'][1]:.3f}]"
+
+
 class MultirunSummary(Callback):
-    """After a multirun, one table over its jobs on the
-    console and ``multirun_summary.json`` in the sweep folder, whose path is printed last."""
+    """After a multirun, one table over its jobs on the console and, where jobs differ only in their seed, one over
+    the seeds (mean, std and the 95% t interval per arm); both in ``multirun_summary.json`` in the sweep folder,
+    whose path is printed last."""
 
     def on_multirun_end(self, config, **kwargs):
         from rich.console import Console
@@ -55,20 +86,30 @@ class MultirunSummary(Callback):
         if not sweep_dir.exists():
             return
         rows = multirun_rows(sweep_dir)
+        groups = seed_groups(rows)
         columns = list(dict.fromkeys(k for r in rows for k in r
                                      if k not in ("job", "overrides", "result", "missing", "refused")))
 
         def report(result, path):
+            console = Console(width=None if sys.stdout.isatty() else 100_000)  # piped: every column whole
             table = Table(title=f"multirun: {len(rows)} jobs")
             for name in ["job", "overrides", *columns]:
-                table.add_column(name, justify="left" if name == "overrides" else "right")
+                table.add_column(name, justify="left" if name == "overrides" else "right", no_wrap=True)
             for r in rows:
                 cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
                 note = " (refused: see above)" if r.get("refused") else " (no result)" if r.get("missing") else ""
                 table.add_row(str(r["job"]), escape(r["overrides"]) + note, *cells)
-            Console().print(table)
+            console.print(table)
+            if any(len(g["seeds"]) > 1 for g in groups):
+                over = Table(title="over seeds: mean +- std [95% t interval]")
+                for name in ["overrides", "seeds", *columns]:
+                    over.add_column(name, justify="left" if name == "overrides" else "right", no_wrap=True)
+                for g in groups:
+                    over.add_row(escape(g["overrides"]) or "-", ",".join(g["seeds"]),
+                                 *[_over_seeds_cell(g.get(c)) for c in columns])
+                console.print(over)
 
-        print(finish({"sweep_dir": str(sweep_dir), "jobs": rows}, sweep_dir / "multirun_summary.json", report),
-              flush=True)
+        print(finish({"sweep_dir": str(sweep_dir), "jobs": rows, "over_seeds": groups},
+                     sweep_dir / "multirun_summary.json", report), flush=True)
         if any(r.get("refused") for r in rows):
             sys.exit(2)  # after the other jobs and the summary: a script sees that not every job ran

@@ -57,7 +57,12 @@ def load_tokenizer(model_cfg: dict):
         from .models import export_smollm2
 
         path = export_smollm2(path)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as error:  # no tokenizer files, or ones transformers cannot read
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model.path={model_cfg['path']}: no tokenizer could be loaded from it ({first}): give the "
+                         "folder of a saved model, with its config.json, weights and tokenizer files") from None
     try:
         eos_ids = GenerationConfig.from_pretrained(path).eos_token_id
     except OSError:  # no generation_config.json
@@ -401,10 +406,19 @@ class Pipeline:
 
     def progress(self, trainer, stage: str):
         """``trainer`` showing compact progress lines; its whole log events go to ``train.log`` (main process), and
-        the model cards it writes name the run's base model."""
+        to wandb under the stage's own keys; the model cards it writes name the run's base model and the folder the
+        trained model is saved in."""
+        from transformers.integrations import WandbCallback
+
+        from .jobs import stage_wandb
         from .models import base_model_name, model_card_callback
 
-        trainer.add_callback(model_card_callback(base_model_name(self.cfg["model"])))
+        merged = self.lora and stage not in ("bc", "reward_pretrain")  # a LoRA arm is also saved merged, for inference
+        saved = self.out / stage.split(" ")[0] / ("merged" if merged else "final")
+        trainer.add_callback(model_card_callback(base_model_name(self.cfg["model"]), saved))
+        if any(isinstance(c, WandbCallback) for c in trainer.callback_handler.callbacks):
+            trainer.remove_callback(WandbCallback)
+            trainer.add_callback(stage_wandb(stage.replace(" ", "_")))
         return quiet_progress(trainer, stage, self.out / "train.log" if self.state.is_main_process else None)
 
     def rows_dataset(self, rows: list[dict]):
@@ -515,7 +529,8 @@ class Pipeline:
                                        eval_dataset=validation, processing_class=self.tokenizer,
                                        policy=bc_model if self.objective.needs_policy else None)
             self.progress(trainer, "reward_pretrain").train()
-        self.mark_done("reward_pretrain", functools.partial(self.roles.save_reward, reward))
+        self.mark_done("reward_pretrain", functools.partial(self.roles.save_reward, reward, objective=self.objective,
+                                                            policy=bc))
         return reward
 
     def pretrain_reward_role(self, reward, train, validation, policy):
@@ -559,7 +574,8 @@ class Pipeline:
                                      "its learning rates; resume=true continues from its last checkpoint, which was "
                                      "checked the same way")
         if not oracle:
-            self.on_main(self.roles.save_reward, reward, self.out / stage / "final_reward")
+            self.on_main(self.roles.save_reward, reward, self.out / stage / "final_reward", self.objective,
+                         self.final_dir(stage))
         self.mark_done(stage, functools.partial(self.roles.save_policy, trainer.model.eval()))
         history = trainer.state.log_history
         del trainer, reward
@@ -620,28 +636,29 @@ class Pipeline:
         self.mark_done(stage, functools.partial(self.roles.save_policy, self.roles.load_policy(path)))
         release_memory()
 
-    def evaluation(self, bc: str) -> dict[str, dict]:
+    def evaluation(self, bc: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
         """Every arm on one sample per held-out prompt, its KL measured to the BC policy ``bc`` and scored by the
-        online-IRL reward as that arm left it (where one ran); ``samples_<arm>.jsonl`` beside metrics.json."""
+        online-IRL reward as that arm left it (where one ran): (metrics, records) per arm, the records also in
+        ``samples_<arm>.jsonl`` (UTF-8) beside metrics.json."""
         from .evaluation import evaluate_arm
 
         reward_dir = self.out / self.algo / "final_reward"
         reward_dir = reward_dir if self.algo in self.arms and reward_dir.exists() else None
         reference, reward = self.roles.evaluation_models(bc, reward_dir, self.objective.model_kind)
-        arms = {}
+        arms, records = {}, {}
         for arm in self.arms:
             start = time.perf_counter()
             policy = reference if arm == "bc" else self.roles.load_policy(str(self.final_dir(arm)))
-            arms[arm], records = evaluate_arm(
+            arms[arm], records[arm] = evaluate_arm(
                 policy, self.tokenizer, self.task, self.data.heldout, max_new_tokens=self.data.max_completion_length,
                 reference=reference, reward_objective=self.objective if reward is not None else None,
                 reward_model=reward, batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm)
-            text = "".join(json.dumps(r) + "\n" for r in records)
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[arm])
             self.on_main(atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
             del policy
             release_memory()
             self.timings[f"eval_{arm}"] = round(time.perf_counter() - start, 2)
-        return arms
+        return arms, records
 
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
@@ -654,7 +671,7 @@ class Pipeline:
             return self._run()
 
     def _run(self) -> Path:
-        from .evaluation import demonstration_reference, gap_closed, plot, print_table
+        from .evaluation import demonstration_reference, intervals, plot, print_table
 
         start = time.perf_counter()
         self.timed("setup", self.setup)
@@ -672,10 +689,13 @@ class Pipeline:
                           "samples_bc.jsonl)", flush=True)
         if self.state.is_main_process:
             stage_header("evaluation")
-        arms = self.evaluation(bc)
+        arms, records = self.evaluation(bc)
+        spans = intervals(records, seed=self.cfg["seed"])
+        gaps = spans.get("success_rate", {}).get("gap_closed", {})
         metrics = {
             "arms": arms,
-            "gap_closed": gap_closed(arms),
+            "gap_closed": {arm: gap["value"] for arm, gap in gaps.items()},
+            "intervals": spans,
             "reference": demonstration_reference(self.task, self.data.heldout, self.tokenizer),
             "task": self.data.report,
             "timings_s": {**self.timings, "total": round(time.perf_counter() - start, 2)},

@@ -181,9 +181,10 @@ def fit_exponent(horizons, costs) -> float:
 
 def bootstrap_ci(per_seed: np.ndarray, statistic, n: int, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of ``statistic(rows)`` over resamples (with replacement) of the rows of ``per_seed``."""
-    rng = np.random.default_rng(seed)
-    values = [statistic(per_seed[rng.integers(len(per_seed), size=len(per_seed))]) for _ in range(n)]
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+    from ..statistics import interval, resample_indices
+
+    low, high = interval(np.array([statistic(per_seed[rows]) for (rows,) in resample_indices((len(per_seed),), n, seed)]))
+    return low, high
 
 
 def arm_trainers(cfg: StudyConfig, env: Automaton, bc: GRUPolicy, reward_bc: GRUPolicy, data, heldout, horizon: int,

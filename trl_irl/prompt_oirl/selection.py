@@ -94,8 +94,9 @@ def best_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
 def paired_bootstrap_ci(labels: np.ndarray, choice: np.ndarray, baseline: np.ndarray, n: int = 2000,
                         seed: int = 0) -> tuple[float, float]:
     """95% interval of success_rate(choice) - success_rate(baseline), resampling test rows with replacement."""
+    from ..statistics import bootstrap_means, interval
+
     rows = np.arange(len(choice))
     diff = (labels[rows, choice] == 1).astype(float) - (labels[rows, baseline] == 1).astype(float)
-    idx = np.random.default_rng(seed).integers(len(diff), size=(n, len(diff)))
-    means = diff[idx].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+    low, high = interval(bootstrap_means({"gain": diff}, n, seed)["gain"])
+    return low, high

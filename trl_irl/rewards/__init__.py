@@ -10,6 +10,7 @@ from .objectives import (
     register_objective,
 )
 from .online import OnlineRewardUpdater, ReplayBuffer, RunningStandardizer
+from .saved import SavedReward, load_reward
 
 __all__ = ["AIRLObjective", "GAILObjective", "OBJECTIVES", "OnlineRewardUpdater", "ReplayBuffer", "RewardObjective",
-           "RunningStandardizer", "encode", "make_objective", "register_objective"]
+           "RunningStandardizer", "SavedReward", "encode", "load_reward", "make_objective", "register_objective"]

@@ -171,11 +171,17 @@ class AutomatonTask(Task):
 
     # --- the Task interface -----------------------------------------------------------------------------------
     def data(self, tokenizer, seed: int) -> TaskData:
-        """Expert rollouts; each split has its own seed, so the evaluation's rows are never trained on."""
+        """Expert rollouts; each split has its own seed, so the evaluation's rows are never trained on. The report
+        says what the rows are: counts, the automaton's shape, and the expert's entropy per step."""
+        report = {"train": self.num_demonstrations, "validation": self.num_validation, "heldout": self.num_heldout,
+                  "max_completion_length": self.horizon, "n_states": self.n_states, "n_tokens": self.n_tokens,
+                  "n_allowed": self.n_allowed, "transitions": self.transitions, "rare_states": self.rare_states,
+                  "recoverable": self.recoverable, "automaton_seed": self.seed,
+                  "expert_entropy_per_token": -self.expert_logprob_per_token()}
         return TaskData(train=self.sample_demonstrations(self.num_demonstrations, seed=1000 + seed),
                         validation=self.sample_demonstrations(self.num_validation, seed=1500 + seed),
                         heldout=self.sample_demonstrations(self.num_heldout, seed=2000 + seed),
-                        max_completion_length=self.horizon, max_prompt_length=1)
+                        max_completion_length=self.horizon, max_prompt_length=1, report=report)
 
     @property
     def verifier(self):

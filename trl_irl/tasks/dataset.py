@@ -156,7 +156,8 @@ class DatasetTask(Task):
         if answer_column is None and "answer" in columns and "answer" != completion_column:
             answer_column = "answer"
         self.answer_column = answer_column
-        if completion_column not in columns and prompt_column in columns and len(columns) <= 2:
+        if completion_column not in columns and prompt_column in columns and \
+                not set(columns) - {prompt_column, split_column, answer_column, "answer"}:
             raise ValueError(f"task.path={self.path} holds prompts only (columns {columns}): trl-irl learns from "
                              f"demonstrations, so each row needs one in task.completion_column ({completion_column!r}; "
                              "set it to the column that holds them). Prompts without a demonstration, for the RL "

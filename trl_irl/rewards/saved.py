@@ -1,0 +1,90 @@
+"""A reward a run learnt, to score text after the run: ``trl_irl.load_reward("<run>/<algo>/final_reward")``.
+
+Every folder a run saves a reward in (``<algo>/final_reward``: as the online-IRL arm left it; ``reward_pretrain/final``:
+before policy training) holds ``trl_irl_reward.json``, which says how to rebuild and read it:
+
+- **Input.** A (prompt, completion) pair is the prompt's tokens, then the completion's, then the tokenizer's EOS,
+  each tokenised apart without special tokens, right-padded with the tokenizer's pad token (``objectives.encode``).
+  A chat prompt is the text the chat template renders (with the generation prompt), as the run rendered it:
+  ``samples_<arm>.jsonl`` holds the prompts as scored. The completion is scored as if it ended there (EOS appended,
+  a cut-off one too).
+- **Output**, per objective: ``bt`` and ``gail``, the sequence classifier's score at the EOS (``gail``: the logit that
+  the text is a demonstration); ``airl``, the sum over the completion's tokens of f(prefix)[x_t] - log pi(x_t | prefix),
+  with pi the arm's trained policy (the card names it). Higher is more like the demonstrations. This is the reward
+  before the online trainer's running standardisation, the number ``samples_<arm>.jsonl`` records as ``reward``.
+- **Layout.** A full model (a ``transformers`` classifier or causal LM, with the tokenizer, in the folder), or, with
+  LoRA, the reward adapter and head (``shared_base.AdapterRole``) on the base model the card names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+CARD = "trl_irl_reward.json"
+
+
+def write_card(directory: str | Path, objective, policy: str | Path | None, lora: dict | None = None):
+    """``CARD`` in ``directory``: the objective, the policy AIRL's reward reads log pi from, and with LoRA
+    (``{"base", "peft", "quant"}``) the base model and settings the role is rebuilt on. Paths are stored relative to
+    ``directory``."""
+    from ..checkpoints import atomic_write_text
+
+    directory = Path(directory)
+
+    def relative(path):
+        return None if path is None else os.path.relpath(Path(path).resolve(), directory.resolve())
+
+    card = {"objective": objective.name, "prefix_weight": objective.prefix_weight, "kind": objective.model_kind,
+            "policy": relative(policy) if objective.needs_policy else None,
+            "input": "prompt tokens + completion tokens + EOS, tokenised apart without special tokens, right-padded",
+            "lora": None if lora is None else {**lora, "base": relative(lora["base"])}}
+    atomic_write_text(directory / CARD, json.dumps(card, indent=2))
+
+
+class SavedReward:
+    """A learnt reward and what reading it needs. ``score(prompts, completions)``: one float per pair."""
+
+    def __init__(self, model, tokenizer, objective, policy=None):
+        self.model, self.tokenizer, self.objective, self.policy = model, tokenizer, objective, policy
+
+    def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> list[float]:
+        """The reward of each (prompt, completion) pair (module docstring: the input and what the number means)."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"score: {len(prompts)} prompts and {len(completions)} completions; give one of each per pair")
+        return self.objective.rewards(self.model, self.tokenizer, list(prompts), list(completions), self.policy,
+                                      batch_size).tolist()
+
+
+def load_reward(path: str | Path, device=None) -> SavedReward:
+    """The reward saved in ``path`` (a folder with ``CARD``), ready to ``score`` pairs; AIRL's also loads the policy
+    it reads log pi from."""
+    from transformers import AutoTokenizer
+
+    from ..checkpoints import read_json
+    from ..models import load_causal_lm, load_reward_model
+    from .objectives import make_objective
+
+    path = Path(path)
+    if not (path / CARD).exists():
+        raise FileNotFoundError(f"{path} holds no {CARD}: give a reward folder a run saved (<run>/<algo>/final_reward "
+                                "or <run>/reward_pretrain/final)")
+    card = read_json(path / CARD)
+    objective = make_objective(card["objective"], card["prefix_weight"])
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    policy_path = None if card["policy"] is None else str((path / card["policy"]).resolve())
+    if card["lora"] is None:
+        model = load_reward_model(path, card["kind"], tokenizer.pad_token_id).to(device or "cpu").eval()
+        policy = None if policy_path is None else load_causal_lm(policy_path, device=device).eval()
+        return SavedReward(model, tokenizer, objective, policy)
+    from ..shared_base import POLICY, REWARD, AdapterRole, SharedBase, load_role
+
+    lora = card["lora"]
+    base = SharedBase(str((path / lora["base"]).resolve()), lora["peft"], lora["quant"], policy_adapter=policy_path,
+                      roles=(REWARD,), device=device)
+    model = base.role(REWARD, card["kind"])
+    load_role(model, path)
+    # AIRL's log pi: the arm's policy adapter, read as a role so that the reward's forward cannot switch it
+    policy = None if policy_path is None else AdapterRole(base.model, POLICY, "lm")
+    return SavedReward(model.eval(), tokenizer, objective, policy)
