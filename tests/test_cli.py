@@ -44,7 +44,7 @@ def test_toy_recipe_end_to_end(tmp_path):
     assert set(spans["success_rate"]["ci95"]) == {"bc", "grpo", "oracle"}
     assert set(spans["success_rate"]["minus_bc"]) == {"grpo", "oracle"} and "gap_closed" in spans["success_rate"]
     assert metrics["gap_closed"]["grpo"] == spans["success_rate"]["gap_closed"]["grpo"]["value"]
-    assert metrics["task"]["heldout"] == 32 and metrics["task"]["n_states"] == 4  # the automaton says what it is
+    assert metrics["task"]["heldout"] == 32 and metrics["task"]["n_states"] == metrics["config"]["task"]["n_states"]
     # every sample with the reward model's score, which the saved reward gives again
     records = [json.loads(line) for line in (out / "samples_grpo.jsonl").read_text().splitlines()]
     assert all(isinstance(r["reward"], float) and isinstance(r["demonstration_reward"], float) for r in records)
@@ -53,6 +53,22 @@ def test_toy_recipe_end_to_end(tmp_path):
     reward = trl_irl.load_reward(out / "grpo" / "final_reward")
     scores = reward.score([r["prompt"] for r in records], [r["sample"] for r in records])
     assert scores == pytest.approx([r["reward"] for r in records], abs=1e-5)
+
+
+def test_a_saved_airl_reward_scores_with_the_arms_policy(tmp_path):
+    """AIRL's reward reads log pi of the arm's policy: load_reward rebuilds both and gives the evaluation's rewards."""
+    import trl_irl
+
+    out = tmp_path / "run"
+    result = run("recipe=toy", "reward=airl", "arms=[bc,grpo]", "algo.max_steps=2", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = json.loads((out / "grpo" / "final_reward" / "trl_irl_reward.json").read_text())
+    assert card["objective"] == "airl" and card["policy"] == "../final" and card["lora"] is None
+    records = [json.loads(line) for line in (out / "samples_grpo.jsonl").read_text().splitlines()]
+    reward = trl_irl.load_reward(out / "grpo" / "final_reward")
+    assert reward.policy is not None
+    scores = reward.score([r["prompt"] for r in records], [r["sample"] for r in records])
+    assert scores == pytest.approx([r["reward"] for r in records], abs=1e-4)
 
 
 def test_automaton_figures_unchanged_by_the_task_interface(tmp_path):
@@ -144,6 +160,12 @@ def test_shared_base_4bit_ppo_end_to_end_and_resume(tmp_path):
         assert (checkpoint / part).exists(), part
     merged = AutoModelForCausalLM.from_pretrained(out / "ppo" / "merged")  # a plain model, no adapters
     assert not any("lora" in name for name, _ in merged.named_parameters())
+    import trl_irl  # the learnt reward, an adapter and head on the 4-bit base, scores as the evaluation did
+
+    records = [json.loads(line) for line in (out / "samples_ppo.jsonl").read_text().splitlines()]
+    scores = trl_irl.load_reward(out / "ppo" / "final_reward").score([r["prompt"] for r in records],
+                                                                       [r["sample"] for r in records])
+    assert scores == pytest.approx([r["reward"] for r in records], abs=1e-4)
     result = run(*args, "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     second = json.loads((out / "metrics.json").read_text())

@@ -1,4 +1,6 @@
-"""The ``trl-irl`` command: compose the Hydra config, run its job (``trl_irl/jobs.py``), print the result's path last."""
+"""The front doors, ``trl-irl`` and ``trl_irl.run``: compose the Hydra config, check the whole command before anything
+is written (``entry`` -> ``checked_command``: every job of a multirun, a resume's recorded overrides), run its job
+(``trl_irl/jobs.py``), print the result's path last. A refusal is one line, in the same words from either door."""
 
 from __future__ import annotations
 

@@ -11,9 +11,10 @@ The arms (``arms``; default ``[bc, <algo>, oracle]``, the oracle where the task 
     spin     SPIN (Chen et al. 2024): ``spin.rounds`` rounds of TRL's DPOTrainer, the demonstration chosen over the
              current policy's own sample
 
-Each stage writes its final model under ``output_dir/<stage>/final`` and the config that shaped it in
-``<stage>/stage_config.json``. One run holds the folder at a time (``run_folder.RunLock``). With ``resume=true``
-finished stages are reused, and policy training continues from its newest complete checkpoint (or
+The constructor is the run's whole check (config, trainer configs, the task's rows and the verifier on them, the run
+folder), and writes nothing. Each stage writes its final model under ``output_dir/<stage>/final`` and the config
+that shaped it in ``<stage>/stage_config.json``. One run holds the folder at a time (``run_folder.RunLock``). With
+``resume=true`` finished stages are reused, and policy training continues from its newest complete checkpoint (or
 ``resume_from``), once every stage's config matches this run's (``run_folder.check_resume``). The evaluation reads
 every arm from disk.
 
@@ -530,7 +531,7 @@ class Pipeline:
                                        policy=bc_model if self.objective.needs_policy else None)
             self.progress(trainer, "reward_pretrain").train()
         self.mark_done("reward_pretrain", functools.partial(self.roles.save_reward, reward, objective=self.objective,
-                                                            policy=bc))
+                                                            start=bc, policy=bc))
         return reward
 
     def pretrain_reward_role(self, reward, train, validation, policy):
@@ -574,7 +575,7 @@ class Pipeline:
                                      "its learning rates; resume=true continues from its last checkpoint, which was "
                                      "checked the same way")
         if not oracle:
-            self.on_main(self.roles.save_reward, reward, self.out / stage / "final_reward", self.objective,
+            self.on_main(self.roles.save_reward, reward, self.out / stage / "final_reward", self.objective, bc,
                          self.final_dir(stage))
         self.mark_done(stage, functools.partial(self.roles.save_policy, trainer.model.eval()))
         history = trainer.state.log_history

@@ -102,10 +102,11 @@ class Roles:
         if self.lora:
             export_merged_policy(self.init_path, str(directory), Path(directory).parent / "merged", self.tokenizer)
 
-    def save_reward(self, reward, directory, objective, policy: str | Path | None = None):
-        """A reward model as ``reward(saved=directory)`` loads it (a full model, or the role) with the tokenizer, and
-        the card ``trl_irl.load_reward`` reads (``rewards/saved.py``): ``objective``, and ``policy``, the folder of
-        the policy AIRL's reward reads log pi from."""
+    def save_reward(self, reward, directory, objective, start: str, policy: str | Path | None = None):
+        """A reward model as ``reward(start, saved=directory)`` loads it (a full model, or the role) with the
+        tokenizer, and the card ``trl_irl.load_reward`` reads (``rewards/saved.py``): ``objective``, ``start`` (the
+        policy the reward was built from: a role's adapter is configured as its adapter), and ``policy``, the folder
+        of the policy AIRL's reward reads log pi from."""
         from .rewards.saved import write_card
 
         if self.lora:
@@ -114,7 +115,7 @@ class Roles:
         else:
             save_model(reward, self.tokenizer, directory)
         write_card(directory, objective, policy,
-                   {"base": self.init_path, "peft": self.peft, "quant": self.quant} if self.lora else None)
+                   {"base": self.init_path, "start": start, "peft": self.peft, "quant": self.quant} if self.lora else None)
 
     def load_policy(self, path: str, trainable: bool = False):
         """A trained policy for sampling and evaluation (``trainable``: to train on, as SPIN does): a full model, or

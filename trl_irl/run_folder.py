@@ -1,5 +1,7 @@
-"""One output folder, one run: the lock that keeps a second run out, and the config each finished stage was trained
-under, which ``resume=true`` compares with the run's own before reusing anything.
+"""One output folder, one run: the lock that keeps a second run out; the overrides the run was started with
+(``.hydra/overrides.yaml``), which ``resume=true`` composes its config from again; the config each finished stage was
+trained under, which a resume compares with its own before reusing anything; and interrupts (Ctrl-C, SIGTERM) that
+end a run with the command that resumes it.
 
 Stages and the config sections that shape them (a stage's sections include those of the stages it starts from, so
 a change upstream makes every stage after it differ too):

@@ -27,8 +27,8 @@ CARD = "trl_irl_reward.json"
 
 def write_card(directory: str | Path, objective, policy: str | Path | None, lora: dict | None = None):
     """``CARD`` in ``directory``: the objective, the policy AIRL's reward reads log pi from, and with LoRA
-    (``{"base", "peft", "quant"}``) the base model and settings the role is rebuilt on. Paths are stored relative to
-    ``directory``."""
+    (``{"base", "start", "peft", "quant"}``) the base model, the policy adapter the reward role was built from, and
+    the settings the role is rebuilt with. Paths are stored relative to ``directory``."""
     from ..checkpoints import atomic_write_text
 
     directory = Path(directory)
@@ -39,7 +39,7 @@ def write_card(directory: str | Path, objective, policy: str | Path | None, lora
     card = {"objective": objective.name, "prefix_weight": objective.prefix_weight, "kind": objective.model_kind,
             "policy": relative(policy) if objective.needs_policy else None,
             "input": "prompt tokens + completion tokens + EOS, tokenised apart without special tokens, right-padded",
-            "lora": None if lora is None else {**lora, "base": relative(lora["base"])}}
+            "lora": None if lora is None else {**lora, "base": relative(lora["base"]), "start": relative(lora["start"])}}
     atomic_write_text(directory / CARD, json.dumps(card, indent=2))
 
 
@@ -78,13 +78,17 @@ def load_reward(path: str | Path, device=None) -> SavedReward:
         model = load_reward_model(path, card["kind"], tokenizer.pad_token_id).to(device or "cpu").eval()
         policy = None if policy_path is None else load_causal_lm(policy_path, device=device).eval()
         return SavedReward(model, tokenizer, objective, policy)
-    from ..shared_base import POLICY, REWARD, AdapterRole, SharedBase, load_role
+    from peft import PeftModel
 
-    lora = card["lora"]
-    base = SharedBase(str((path / lora["base"]).resolve()), lora["peft"], lora["quant"], policy_adapter=policy_path,
+    from ..shared_base import REWARD, SharedBase, load_role
+
+    lora = card["lora"]  # rebuilt as the run's evaluation built it (roles.Roles.evaluation_models, load_policy)
+    base_path = str((path / lora["base"]).resolve())
+    base = SharedBase(base_path, lora["peft"], lora["quant"], policy_adapter=str((path / lora["start"]).resolve()),
                       roles=(REWARD,), device=device)
+    base.model.eval()  # the role's forward runs the shared model: its LoRA dropout off
     model = base.role(REWARD, card["kind"])
     load_role(model, path)
-    # AIRL's log pi: the arm's policy adapter, read as a role so that the reward's forward cannot switch it
-    policy = None if policy_path is None else AdapterRole(base.model, POLICY, "lm")
+    policy = None if policy_path is None else PeftModel.from_pretrained(
+        load_causal_lm(base_path, lora["quant"], device=device), policy_path).eval()
     return SavedReward(model.eval(), tokenizer, objective, policy)

@@ -1,0 +1,96 @@
+"""Every benchmark in benchmarks/ runs its quickest mode end to end, on the tiny model where it trains one, and writes
+its figures where ``--out`` says. Their numbers at this size mean nothing (the committed results come from the
+commands in each script's docstring); what is checked is that a benchmark still runs, never how fast or how well."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def bench(script: str, *args, timeout: int = 300) -> str:
+    result = subprocess.run([sys.executable, f"benchmarks/{script}", *map(str, args)], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
+    return result.stdout
+
+
+def test_every_benchmark_has_a_quick_run_here():
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    tested = {"compounding_error.py", "credit.py", "faults.py", "fingerprint.py", "memory.py", "online_irl_overhead.py",
+              "prompt_oirl.py", "real_lm.py", "real_lm_data.py"}
+    assert scripts == tested  # a new benchmark gets its quick run below
+
+
+def test_compounding_error(tmp_path):
+    bench("compounding_error.py", "--quick", "--smoke", "--out", tmp_path / "c.json", "--report", tmp_path / "c.md",
+          "--jobs", tmp_path / "jobs")
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert {r["horizon"] for r in result["rows"]} == {4, 8} and (tmp_path / "c.md").exists()
+
+
+def test_credit(tmp_path):
+    bench("credit.py", "--seeds", 0, "--steps", 2, "--eval-every", 1, "--n-eval", 8, "--algos", "grpo", "--credits",
+          "sequence", "--override", "recipe=toy", "--work", tmp_path / "work", "--out", tmp_path / "credit.json")
+    row = json.loads((tmp_path / "credit.json").read_text())["rows"][0]
+    assert (row["algo"], row["credit"]) == ("grpo", "sequence") and len(row["per_seed"][0]["curve"]) == 3
+
+
+def test_faults(tmp_path):
+    bench("faults.py", "--trials", 1, "--kills-per-trial", 1, "--workdir", tmp_path / "work", "--out",
+          tmp_path / "faults.json")
+    result = json.loads((tmp_path / "faults.json").read_text())
+    assert result["trials"] == result["trials_identical"] == 1
+
+
+def test_fingerprint(tmp_path):
+    bench("fingerprint.py", "--out", tmp_path / "fingerprint.txt")
+    assert len((tmp_path / "fingerprint.txt").read_text().splitlines()) == 9  # one hash line per run
+
+
+def test_memory(tmp_path):
+    bench("memory.py", "--quick", "--models", "tiny", "--out", tmp_path / "memory.json")
+    rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert {r["setup"] for r in rows} == {"policy_only", "separate", "shared_base"}
+
+
+def test_online_irl_overhead(tmp_path):
+    bench("online_irl_overhead.py", "--rounds", 1, "--steps", 2, "--batch", 16, "--out", tmp_path / "overhead.json")
+    assert "online_irl" in json.loads((tmp_path / "overhead.json").read_text())["ratio_median_of_rounds"]
+
+
+def test_prompt_oirl(tmp_path):
+    from tests.test_prompt_oirl import DATA, slice_logs
+
+    if not (DATA / "labels_llama2_gsm8k.npz").exists() or importlib.util.find_spec("lightgbm") is None:
+        pytest.skip("needs the prompting logs and the prompt-oirl extra")
+    logs = slice_logs(tmp_path / "logs", n_train=200, n_test=80)
+    bench("prompt_oirl.py", "--runs", "gsm8k:split_paper", "--no-warm-up", "--work", tmp_path / "work", "--out",
+          tmp_path / "prompt_oirl.json", "--override", f"data.dir={logs}", f"features.cache_dir={tmp_path / 'cache'}",
+          "features.query_dims=8", "selection.ks=[1,6]", "selection.max_subsets=0",
+          "+rm.candidates.gbdt.n_estimators=30", "rm.candidates.mlp.epochs=3")
+    result = json.loads((tmp_path / "prompt_oirl.json").read_text())
+    assert [(r["dataset"], r["split"]) for r in result["rows"]] == [("gsm8k", "split_paper")] and result["goals"] == {}
+
+
+def test_real_lm_on_the_tiny_model(tmp_path):
+    bench("real_lm.py", "--seeds", 0, "--arms", "bc", "oracle", "irl_bt", "--workers", 1, "--draws", 200, "--override",
+          "model=tiny", "algo.max_steps=2", "bc.num_train_epochs=1", "reward.pretrain.num_train_epochs=1", "--work",
+          tmp_path / "work", "--out", tmp_path / "real_lm.json")
+    report = json.loads((tmp_path / "real_lm.json").read_text())["report"]
+    assert set(report["success_rate"]) == {"bc", "oracle", "irl_bt"} and "irl_bt" in report["gap_closed"]
+
+
+def test_real_lm_data(tmp_path):
+    if importlib.util.find_spec("reasoning_gym") is None:
+        pytest.skip("needs reasoning-gym (pip install -e '.[data]')")
+    bench("real_lm_data.py", "--size", 20, "--out", tmp_path / "rows.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and rows[0]["completion"] == rows[0]["answer"]
