@@ -21,7 +21,7 @@ def reversal_file(path: Path, n=60, chat=False) -> Path:
     rows = []
     for i in range(n):
         items = [chr(97 + int(d)) for d in format(i + 8, "o")]  # distinct: i written in octal, as letters
-        prompt, answer = "rév " + "".join(items) + "=", "".join(reversed(items))  # not ASCII: kept as written
+        prompt, answer = "rev " + "".join(items) + "=", "".join(reversed(items))
         if chat:
             rows.append({"prompt": [{"role": "user", "content": prompt}],
                          "completion": [{"role": "assistant", "content": answer}]})
@@ -69,9 +69,8 @@ def test_a_users_file_end_to_end(chat, tmp_path):
     records = [json.loads(line) for line in (out / "samples_oracle.jsonl").read_text().splitlines()]
     assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score", "reward",
                                                      "demonstration_reward", "demonstration_nll", "demonstration_tokens"}
-    assert '"prompt": "' + ("user: " if chat else "") + "rév " in (out / "samples_oracle.jsonl").read_text(encoding="utf-8")
     if chat:
-        assert records[0]["prompt"].startswith("user: rév ") and records[0]["prompt"].endswith("\nassistant: ")
+        assert records[0]["prompt"].startswith("user: rev ") and records[0]["prompt"].endswith("\nassistant: ")
     assert all(r["score"] == float(r["sample"].strip() == r["demonstration"]) for r in records)
 
 
@@ -220,9 +219,12 @@ def test_a_python_function_as_the_verifier(tmp_path):
         return float(completion.strip() == row["completion"])
 
     path = reversal_file(tmp_path / "my.jsonl")
+    path.write_text(path.read_text().replace('"rev ', '"r\\u00e9v '))  # "rév ...": a prompt that is not ASCII
     metrics = trl_irl.run("task=dataset", f"task.path={path}", "arms=[bc]", "bc.num_train_epochs=1", "eval.batch_size=32",
                           output_dir=tmp_path / "run", verifier=reversed_exactly)
-    records = [json.loads(line) for line in (tmp_path / "run" / "samples_bc.jsonl").read_text().splitlines()]
+    text = (tmp_path / "run" / "samples_bc.jsonl").read_text(encoding="utf-8")
+    assert '"prompt": "rév ' in text  # written as it reads, not escaped
+    records = [json.loads(line) for line in text.splitlines()]
     assert metrics["arms"]["bc"]["success_rate"] == sum(r["score"] for r in records) / len(records)
     assert all(r["score"] == float(r["sample"].strip() == r["demonstration"]) for r in records)
     assert metrics["config"]["task"]["verifier"] == "reversed_exactly" and "completion" in seen[0]  # the file's row

@@ -373,13 +373,16 @@ def checked_command(argv: list[str]) -> list[str]:
                           "starts. " + " | ".join(refused))
         return argv
     overrides = [o for o in args.overrides if key_of(o) != "hydra.run.dir"]
-    folder = [o.split("=", 1)[1] for o in args.overrides if key_of(o) == "hydra.run.dir"]
+    folder = [o for o in args.overrides if key_of(o) == "hydra.run.dir"][-1:]
     if wants_resume(overrides):
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
         if not folder:
             raise Refused("resume=true continues the run in a folder: add hydra.run.dir=<the run's folder> (the folder "
                           "holding its metrics.json or its stage folders)")
-        overrides = resume_overrides(Path(folder[-1]).expanduser(), overrides)
-    container = check(*overrides, *[f"hydra.run.dir={override_value(f)}" for f in folder[-1:]])
+        path = Path(str(OverridesParser.create().parse_override(folder[0]).value())).expanduser()
+        overrides = resume_overrides(path, overrides)
+    container = check(*overrides, *folder)  # the folder as Hydra resolves it (outputs/DATE/TIME without one)
     return [*flags, *overrides, f"hydra.run.dir={override_value(container['output_dir'])}"]
 
 
