@@ -70,7 +70,8 @@ def test_ctrl_c_says_how_to_resume_and_the_folder_alone_resumes_exactly(referenc
 
     out = tmp_path / "run"
     process = subprocess.Popen([TRL_IRL, *ARGS, f"hydra.run.dir={out}"], env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,  # Ctrl-C reaches it even where the suite itself
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # runs in background
     deadline = time.time() + 300
     while not (out / "grpo" / "checkpoint-6" / COMPLETE).exists() and time.time() < deadline:
         time.sleep(0.05)
