@@ -427,7 +427,6 @@ def entry():
     import sys
 
     from .console import quiet_console, stack_notices_off
-    from .validation import Refused
 
     if any(arg in ("--help", "-h") for arg in sys.argv[1:]) and sys.argv[1:2] != ["sweep"]:
         print(help_text())

@@ -3,6 +3,7 @@ reward models initialised from the policy. Everything is saved to disk so TRL re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -282,7 +283,7 @@ def name_base_model(card_path: str | Path, base_model: str, model_path: str | Pa
     card.content = card.content.replace(unnamed, f"[{base_model}](https://huggingface.co/{base_model})" if hub
                                         else f"`{base_model}`")
     if model_path:
-        card.content = card.content.replace(unplaced, f"model={str(model_path)!r}".replace("'", '"'))
+        card.content = card.content.replace(unplaced, f"model={json.dumps(str(model_path))}")
     if hub:
         card.data.base_model = base_model
     card.save(card_path)

@@ -43,16 +43,17 @@ def multirun_rows(sweep_dir: Path) -> list[dict]:
 def seed_groups(rows: list[dict]) -> list[dict]:
     """The finished jobs grouped by their overrides other than ``seed=``: per group its seeds and, for every metric
     of the rows, the mean, standard deviation and 95% t interval over the seeds (``statistics.over_seeds``)."""
+    from .run_folder import key_of
     from .statistics import over_seeds
 
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if "result" in row:
-            rest = " ".join(o for o in row["overrides"].split() if not o.lstrip("+").startswith("seed="))
+            rest = " ".join(o for o in row["overrides"].split() if key_of(o) != "seed")
             groups.setdefault(rest, []).append(row)
     out = []
     for overrides, members in groups.items():
-        seeds = [next((o.split("=", 1)[1] for o in m["overrides"].split() if o.lstrip("+").startswith("seed=")), "0")
+        seeds = [next((o.split("=", 1)[1] for o in m["overrides"].split() if key_of(o) == "seed"), "0")
                  for m in members]
         metrics = dict.fromkeys(k for m in members for k in m if "/" in k)
         out.append({"overrides": overrides, "seeds": seeds, "jobs": [m["job"] for m in members],

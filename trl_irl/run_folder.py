@@ -20,7 +20,6 @@ import contextlib
 import datetime
 import json
 import os
-import shutil
 import socket
 from pathlib import Path
 

@@ -101,6 +101,11 @@ class BadScore(ValueError):
     """A verifier returned something other than a number in [0, 1]."""
 
 
+def is_score(value) -> bool:
+    """A verifier's return is a number in [0, 1] (a bool counts)."""
+    return isinstance(value, numbers.Real) and 0 <= value <= 1
+
+
 class PythonVerifier(Verifier):
     """A user's callable ``fn(prompt, completion, row) -> float`` in [0, 1] (a bool is a number too); ``row`` is the
     row as the file holds it (the task's row keeps it under ``"row"``). Anything else it returns is a ``BadScore``."""
@@ -113,7 +118,7 @@ class PythonVerifier(Verifier):
 
     def __call__(self, prompt, completion, row):
         value = self.fn(prompt, completion, row.get("row", row))
-        if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        if not is_score(value):
             raise BadScore(f"returned {value!r} ({type(value).__name__}), not a number in [0, 1] (1 correct, 0 wrong)")
         return float(value)
 
@@ -151,7 +156,7 @@ def check_on_demonstrations(verifier: Callable, rows: list[dict], min_share: flo
             raise ValueError(f"{spec} raised {type(error).__name__}: {error} on {shown}. It scores every sample the "
                              "policy writes, as fn(prompt, completion, row): make it return 0 for text it cannot read "
                              "rather than raise") from None
-        if not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        if not is_score(value):  # a verifier that is not a PythonVerifier: checked here
             raise ValueError(f"{spec} returned {value!r} on {shown}: a verifier returns a number in [0, 1]")
         return float(value)
 
