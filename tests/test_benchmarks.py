@@ -25,7 +25,7 @@ def bench(script: str, *args, timeout: int = 300) -> str:
 def test_every_benchmark_has_a_quick_run_here():
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
     tested = {"compounding_error.py", "credit.py", "faults.py", "fingerprint.py", "memory.py", "online_irl_overhead.py",
-              "prompt_oirl.py", "real_lm.py", "real_lm_data.py"}
+              "prompt_oirl.py", "real_lm.py", "real_lm_data.py", "step_phases.py"}
     assert scripts == tested  # a new benchmark gets its quick run below
 
 
@@ -62,8 +62,26 @@ def test_memory(tmp_path):
 
 
 def test_online_irl_overhead(tmp_path):
-    bench("online_irl_overhead.py", "--rounds", 1, "--steps", 2, "--batch", 16, "--out", tmp_path / "overhead.json")
-    assert "online_irl" in json.loads((tmp_path / "overhead.json").read_text())["ratio_median_of_rounds"]
+    bench("online_irl_overhead.py", "--model", "tiny", "--rounds", 1, "--steps", 2, "--bc-steps", 2,
+          "--online-updates", 1, "--out", tmp_path / "overhead.json")
+    result = json.loads((tmp_path / "overhead.json").read_text())
+    assert {"online_irl", "online_irl_layers_1", "online_irl_lora"} <= set(result["ratio_median_of_rounds"])
+    assert set(result["reward_quality"]["settings"]) == {"full_depth", "layers_1", "lora"}
+    assert {"bc", "generation", "grpo_frozen_reward_speedup"} <= set(result["bf16"])
+
+
+def test_step_phases(tmp_path):
+    """A sample counts in the first phase its stack holds: the reward update's backward is the reward update's."""
+    loop = "Trainer._inner_training_loop (transformers/trainer.py:1)"
+    update = "OnlineRewardUpdater.update (trl_irl/rewards/online.py:2)"
+    backward = "backward (torch/autograd/__init__.py:3)"
+    lines = [f"{loop};{update};{backward} 3", f"{loop};training_step (transformers/trainer.py:4);{backward} 5",
+             f"{loop};GenerationMixin.generate (transformers/generation/utils.py:5) 2", "load (x.py:1) 40"]
+    (tmp_path / "raw.txt").write_text("\n".join(lines) + "\n")
+    bench("step_phases.py", tmp_path / "raw.txt", "--out", tmp_path / "phases.json")
+    result = json.loads((tmp_path / "phases.json").read_text())
+    assert result == {"samples": 10, "share": {"policy loss: backward": 0.5, "reward update: backward": 0.3,
+                                               "generation": 0.2}}
 
 
 def test_prompt_oirl(tmp_path):

@@ -24,14 +24,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .precision import cpu_autocast
 from .rewards.objectives import RewardObjective, completion_logps, encode, pair_accuracy
 
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                       seed: int, desc: str = "sampling", with_ids: bool = False):
+                       seed: int, desc: str = "sampling", with_ids: bool = False, bf16: bool = False):
     """One completion per prompt at temperature 1 with no truncation of the distribution (top-k/top-p off).
-    ``with_ids``: also the generated token ids of each (EOS and padding removed)."""
+    ``with_ids``: also the generated token ids of each (EOS and padding removed); ``bf16``: sampled under bf16
+    autocast on CPU (``precision.py``; what is scored stays fp32)."""
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
@@ -39,8 +41,9 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left",
                         add_special_tokens=False).to(device)
-        ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+        with cpu_autocast(bf16, device):
+            ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         generated = ids[:, enc["input_ids"].shape[1] :]
         texts += tokenizer.batch_decode(generated, skip_special_tokens=True)
         for row in generated.tolist():  # up to the first EOS; padding (a pad token that is not EOS) dropped
@@ -87,14 +90,15 @@ def distinct_2(token_ids: list[list[int]]) -> float | None:
 
 def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,
                  reward_objective: RewardObjective | None, reward_model, batch_size: int, seed: int,
-                 name: str) -> tuple[dict, list[dict]]:
+                 name: str, bf16: bool = False) -> tuple[dict, list[dict]]:
     """The metrics of one arm (module docstring) and a record per held-out prompt, for a person to read and for the
     intervals (``intervals``): ``{prompt, sample, demonstration, score}`` (the verifier's, None without one), the
     reward model's ``reward`` of the sample and ``demonstration_reward`` where a reward model was trained, and
-    ``demonstration_nll`` (-log pi of the demonstration, summed) over ``demonstration_tokens``."""
+    ``demonstration_nll`` (-log pi of the demonstration, summed) over ``demonstration_tokens``. ``bf16``: the
+    samples are drawn under bf16 autocast on CPU; log-probabilities, KL and rewards are computed in fp32."""
     prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
     samples, sample_ids = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
-                                             desc=f"eval {name}", with_ids=True)
+                                             desc=f"eval {name}", with_ids=True, bf16=bf16)
     verifier = task.verifier
     scores = [verifier(p, s, row) for p, s, row in zip(prompts, samples, heldout)] if verifier else None
     metrics = {}

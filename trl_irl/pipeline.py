@@ -41,6 +41,7 @@ from .jobs import finish
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
+from .precision import resolve_bf16
 from .validation import refusing
 
 
@@ -116,6 +117,9 @@ class Pipeline:
         # alone writes files, and the others wait for it (``on_main``). Hydra's run folder is named by the clock on
         # each rank, so all use the main process's.
         self.state = PartialState(cpu=self.use_cpu)
+        # bf16 autocast (precision.py): every TRL config's ``bf16``, and our own sampling on CPU
+        self.bf16, self.bf16_note = resolve_bf16(cfg["model"].get("bf16", "auto"), self.use_cpu)
+        self.sample_bf16 = bool(self.bf16) and self.use_cpu
         self.out = Path(broadcast_object_list([str(Path(cfg["output_dir"]).resolve())])[0])
         self.timings: dict[str, float] = {}
         # fail on bad config before any expensive work: the task reads and checks its file here
@@ -224,8 +228,8 @@ class Pipeline:
     def common_args(self, stage: str) -> dict:
         args = {"output_dir": str(self.out / stage), "seed": self.cfg["seed"], "use_cpu": self.use_cpu,
                 "report_to": self.cfg["logger"]["report_to"], "disable_tqdm": False, "logging_strategy": "steps"}
-        if self.use_cpu:
-            args["bf16"] = False  # transformers refuses bf16 without a GPU; TRL sets it when unset
+        if self.bf16 is not None:  # None: TRL's default on a GPU (which sets bf16 when unset)
+            args["bf16"] = self.bf16
         return args
 
     def spin_args(self, stage: str) -> dict:
@@ -438,7 +442,7 @@ class Pipeline:
         from .models import build_char_tokenizer
         from .tasks.verifiers import check_on_demonstrations
 
-        m, self.init_path, self.notes = self.cfg["model"], None, []
+        m, self.init_path, self.notes = self.cfg["model"], None, [self.bf16_note] if self.bf16_note else []
         if m.get("path") is None:
             self.tokenizer = build_char_tokenizer(self.task.alphabet)
         else:
@@ -447,6 +451,11 @@ class Pipeline:
             self.notes += [note] if note else []
             self.task.check_tokenizer(self.tokenizer, self.init_path)
         self.data = self.task.data(self.tokenizer, self.cfg["seed"])
+        if self.algo in self.arms:  # the reward model is the initial model's shape: its blocks are known now
+            from .models import check_block_count, num_blocks
+
+            blocks = m["num_layers"] if self.init_path is None else num_blocks(self.init_path)
+            check_block_count(self.cfg["reward"]["online"].get("trainable_layers"), blocks)
         if self.task.verifier is not None:
             check_on_demonstrations(self.task.verifier, self.data.train + self.data.validation + self.data.heldout,
                                     self.cfg["min_demo_success"], self.task.verifier_spec,
@@ -515,7 +524,7 @@ class Pipeline:
         def pairs(rows, seed):
             samples = sample_completions(bc_model, self.tokenizer, [r["prompt"] for r in rows],
                                          self.data.max_completion_length, self.cfg["eval"]["batch_size"], seed,
-                                         desc="BC samples")
+                                         desc="BC samples", bf16=self.sample_bf16)
             return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
                                       for r, s in zip(rows, samples)])
 
@@ -547,7 +556,8 @@ class Pipeline:
         updater = OnlineRewardUpdater(reward, self.tokenizer, self.objective,
                                       learning_rate=c.learning_rate, weight_decay=c.weight_decay, batch_size=batch,
                                       steps=int(math.ceil(len(train) / batch) * c.num_train_epochs), buffer_size=len(train),
-                                      max_grad_norm=c.max_grad_norm, seed=self.cfg["seed"], scoring_batch_size=batch)
+                                      max_grad_norm=c.max_grad_norm, seed=self.cfg["seed"], scoring_batch_size=batch,
+                                      trainable_layers=c.trainable_layers, bf16=bool(c.bf16))
         updater.add(train["prompt"], train["chosen"], train["rejected"])
         policy = policy if self.objective.needs_policy else None
         metrics = updater.update(policy)
@@ -620,7 +630,7 @@ class Pipeline:
             model = self.roles.load_policy(path, trainable=True)
             samples = sample_completions(model, self.tokenizer, prompts, self.data.max_completion_length,
                                          self.cfg["eval"]["batch_size"], 6000 + 100 * self.cfg["seed"] + k,
-                                         desc=f"SPIN round {k} samples")
+                                         desc=f"SPIN round {k} samples", bf16=self.sample_bf16)
             pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
                      for r, s in zip(demos, samples) if s.strip() != r["completion"].strip()]
             print(f"SPIN round {k}/{rounds}: {len(pairs)} pairs ({len(samples) - len(pairs)} samples equal to their "
@@ -653,7 +663,8 @@ class Pipeline:
             arms[arm], records[arm] = evaluate_arm(
                 policy, self.tokenizer, self.task, self.data.heldout, max_new_tokens=self.data.max_completion_length,
                 reference=reference, reward_objective=self.objective if reward is not None else None,
-                reward_model=reward, batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm)
+                reward_model=reward, batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm,
+                bf16=self.sample_bf16)
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[arm])
             self.on_main(atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
             del policy

@@ -61,7 +61,7 @@ def trainable_parameters(model) -> list:
     """What an optimizer of ``model`` should hold: an ``AdapterRole``'s adapter and head (frozen outside its scope),
     or a separate model's parameters that require grad."""
     if isinstance(model, AdapterRole):
-        return list(model.parameters())
+        return model.trainable_parameters()
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -105,14 +105,20 @@ class AdapterRole(torch.nn.Module):
             head = torch.nn.Linear(hidden, 1, bias=False)
             torch.nn.init.zeros_(head.weight) if kind == "token" else torch.nn.init.normal_(head.weight, std=hidden**-0.5)
             self.score = head.to(device=base.device)
+        self.frozen: set[str] = set()  # names of this role's parameters that never train (``limit_trainable_layers``)
         if adapter != POLICY:  # the policy's flags are TRL's (and PEFT's)
             self.requires_grad_(False)
 
+    def trainable_parameters(self) -> list:
+        return [p for name, p in self.named_parameters() if name not in self.frozen]
+
     @contextlib.contextmanager
     def active(self):
-        """This role's adapter routes the forward pass and its parameters require grad (nests: restores on exit)."""
+        """This role's adapter routes the forward pass and its trainable parameters require grad (nests: restores on
+        exit)."""
         was = [p.requires_grad for p in self.parameters()]
-        self.requires_grad_(True)
+        for name, p in self.named_parameters():
+            p.requires_grad_(name not in self.frozen)
         try:
             with active_adapter(self.peft_model, self.adapter, self._layers):
                 yield

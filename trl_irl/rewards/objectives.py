@@ -108,6 +108,7 @@ class RewardObjective:
             scores, prefixes = self.scores_with_prefixes(model, batch)
         else:
             scores = self.score(model, batch, policy)
+        scores = scores.float()  # the loss in fp32 under bf16 autocast
         demo, sample = scores.chunk(2)
         loss = self.loss(demo, sample, batch)
         metrics = {}

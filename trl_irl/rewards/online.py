@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoints import atomic_directory, read_json, read_safetensors
+from ..models import limit_trainable_layers
+from ..precision import cpu_autocast
 from ..shared_base import adapter_scope, trainable_parameters
 from ..batching import all_reduce_mean_, check_batch_size
 from .objectives import RewardObjective, encode
@@ -115,11 +117,13 @@ class OnlineRewardUpdater:
 
     def __init__(self, model: torch.nn.Module, tokenizer, objective: RewardObjective, *, learning_rate: float,
                  weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int,
-                 scoring_batch_size: int | None = None):
+                 scoring_batch_size: int | None = None, trainable_layers: int | None = None, bf16: bool = False):
         """``batch_size`` (demonstration, sample) pairs per optimizer step; ``scoring_batch_size`` rows per forward
-        pass when ``rewards`` scores (None: all at once)."""
+        pass when ``rewards`` scores (None: all at once); ``trainable_layers``: only the model's top blocks and head
+        train (``models.limit_trainable_layers``); ``bf16``: scoring and updates under bf16 autocast on CPU."""
         check_batch_size(scoring_batch_size)
-        self.model, self.tokenizer, self.objective = model, tokenizer, objective
+        limit_trainable_layers(model, trainable_layers)
+        self.model, self.tokenizer, self.objective, self.bf16 = model, tokenizer, objective, bf16
         self.scoring_batch_size = scoring_batch_size
         self.batch_size, self.steps, self.max_grad_norm = batch_size, steps, max_grad_norm
         self.params = trainable_parameters(model)
@@ -141,7 +145,7 @@ class OnlineRewardUpdater:
         """``steps`` optimizer steps on demonstrations vs buffered samples; returns the mean metrics."""
         if len(self.buffer) == 0:
             raise RuntimeError("the replay buffer is empty: add policy samples before updating the reward model")
-        device = next(self.model.parameters()).device
+        device = self.device
         self.model.train()
         totals: dict[str, float] = {}
         for _ in range(self.steps):
@@ -149,16 +153,25 @@ class OnlineRewardUpdater:
             batch = encode(self.tokenizer, list(prompts) * 2, list(demos) + list(samples))
             batch = {k: v.to(device) for k, v in batch.items()}
             metrics = reward_step(self.model, self.params, self.optimizer, self.max_grad_norm,
-                                  lambda: self.objective.pair_loss(self.model, batch, policy), self.num_updates)
+                                  lambda: self.pair_loss(batch, policy), self.num_updates)
             self.num_updates += 1
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / self.steps
         self.model.eval()
         return totals
 
+    def pair_loss(self, batch, policy=None):
+        with cpu_autocast(self.bf16, self.device):
+            return self.objective.pair_loss(self.model, batch, policy)
+
     def rewards(self, prompts, completions, policy=None) -> torch.Tensor:
-        return self.objective.rewards(self.model, self.tokenizer, prompts, completions, policy,
-                                      batch_size=self.scoring_batch_size)
+        with cpu_autocast(self.bf16, self.device):
+            return self.objective.rewards(self.model, self.tokenizer, prompts, completions, policy,
+                                          batch_size=self.scoring_batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # --- checkpointing ----------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike):

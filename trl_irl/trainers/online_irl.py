@@ -6,6 +6,7 @@ demonstrations vs the policy's own samples, plus any reward functions), credit i
 method, ``compute_advantages``: GRPO here, RLOO / ReMax / REINFORCE++ in ``algorithms.py``, PPO in ``ppo.py``.
 
 Hooks (each calls ``super()`` and transforms its result; no TRL method body is copied):
+    _generate                        bf16 autocast of the policy's sampling on CPU
     _generate_and_score_completions  token credit -> advantages (B, T); buffer the samples; update the reward model
     _calculate_rewards               stop on NaN rewards; standardise the IRL reward with running statistics
     _save_checkpoint / _load_optimizer_and_scheduler   the reward model, its optimizer, buffer and statistics; a
@@ -26,6 +27,7 @@ from .. import credit as C
 from ..batching import prompt_completion_batch
 from ..checkpoints import mark_complete, non_finite
 from ..models import contiguous_lm_head_input
+from ..precision import cpu_autocast
 from ..rewards.objectives import make_objective
 from ..rewards.online import STATE_DIR, OnlineRewardUpdater
 from ..shared_base import POLICY, AdapterRole
@@ -47,6 +49,11 @@ def no_bf16_without_gpu(args):
         args.bf16 = False
 
 
+def check_trainable_layers(value, name: str):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a number of blocks >= 1, or None (every block trains), got {value!r}")
+
+
 @dataclass
 class OnlineRewardFields:
     """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
@@ -61,6 +68,9 @@ class OnlineRewardFields:
     reward_learning_rate: float = field(default=1e-4, metadata={"config": "reward.online.learning_rate", "help": "AdamW learning rate of the reward model."})
     reward_weight_decay: float = field(default=1e-4, metadata={"config": "reward.online.weight_decay", "help": "AdamW weight decay of the reward model."})
     reward_max_grad_norm: float = field(default=1.0, metadata={"config": "reward.online.max_grad_norm", "help": "Gradient clipping of the reward model."})
+    reward_trainable_layers: int | None = field(default=None, metadata={"config": "reward.online.trainable_layers",
+        "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it); "
+                "backward stops below them. Applies to reward pretraining too (IRLRewardConfig.trainable_layers)."})
     reward_buffer_size: int = field(default=1024, metadata={"config": "reward.online.buffer_size", 
         "help": "Replay buffer: the most recent (prompt, demonstration, sample) triples the reward model learns from."})
     prefix_weight: float = field(default=0.0, metadata={"config": "reward.prefix_weight", 
@@ -74,6 +84,7 @@ class OnlineRewardFields:
         no_bf16_without_gpu(self)
         super().__post_init__()
         make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
+        check_trainable_layers(self.reward_trainable_layers, "reward_trainable_layers")
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -215,7 +226,8 @@ class OnlineRewardMixin:
                 learning_rate=args.reward_learning_rate, weight_decay=args.reward_weight_decay,
                 batch_size=args.reward_batch_size, steps=args.reward_update_steps,
                 buffer_size=args.reward_buffer_size, max_grad_norm=args.reward_max_grad_norm, seed=args.seed,
-                scoring_batch_size=args.per_device_train_batch_size)  # scored per micro-batch, as TRL's log-probs
+                scoring_batch_size=args.per_device_train_batch_size,  # scored per micro-batch, as TRL's log-probs
+                trainable_layers=args.reward_trainable_layers, bf16=bool(args.bf16))
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer: bool):
         """Checks a subclass adds before any model is loaded."""
@@ -238,6 +250,12 @@ class OnlineRewardMixin:
         return output
 
     # --- hooks ------------------------------------------------------------------------------------------------
+    def _generate(self, prompts):
+        """TRL's generation, under bf16 autocast on CPU when ``bf16`` is on (TRL autocasts the loss, not
+        ``generate``; sampling is the step's largest forward work)."""
+        with cpu_autocast(self.args.bf16, self.accelerator.device):
+            return super()._generate(prompts)
+
     def _generate_and_score_completions(self, inputs):
         output = self._transform_scored(super()._generate_and_score_completions(inputs), inputs)
         if self.model.training and self.reward_updater is not None and self.args.reward_update_every:

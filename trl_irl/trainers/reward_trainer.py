@@ -8,7 +8,8 @@ from trl import RewardConfig, RewardTrainer
 
 from ..rewards.objectives import collate, make_objective, tokenize_completions
 from ..validation import check_dataset, check_pad_id, check_tokenizer
-from .online_irl import no_bf16_without_gpu
+from ..models import limit_trainable_layers
+from .online_irl import check_trainable_layers, no_bf16_without_gpu
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
@@ -22,11 +23,15 @@ class IRLRewardConfig(RewardConfig):
     prefix_weight: float = field(default=0.0, metadata={"config": "reward.prefix_weight",
         "help": "Weight of the same loss on every pair of prefixes (bt, gail): trains the scores of cut-off "
                 "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss)."})
+    trainable_layers: int | None = field(default=None, metadata={"config": "reward.online.trainable_layers",
+        "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it), as the "
+                "online updates do (models.limit_trainable_layers)."})
 
     def __post_init__(self):
         no_bf16_without_gpu(self)
         super().__post_init__()
         make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
+        check_trainable_layers(self.trainable_layers, "trainable_layers")
         if self.center_rewards_coefficient is not None:  # a term of TRL's Bradley-Terry loss, which ours replaces
             raise ValueError(f"center_rewards_coefficient={self.center_rewards_coefficient}: the IRL objective's loss "
                              f"({self.objective}) replaces TRL's, so this term of TRL's would be dropped; leave it None")
@@ -62,6 +67,7 @@ class IRLRewardTrainer(RewardTrainer):
             check_dataset(eval_dataset, PAIR_COLUMNS, "eval_dataset")
         if self.objective.needs_policy and policy is None:
             raise ValueError(f"objective '{args.objective}' needs policy=<the current policy model>")
+        limit_trainable_layers(model, args.trainable_layers)
         if self.objective.model_kind == "lm":
             model.config.num_labels = 1  # RewardTrainer checks this; AIRL's score is per token, from an LM head
         super().__init__(model=model, args=args, train_dataset=self._tokenize(train_dataset, processing_class),
