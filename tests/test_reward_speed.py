@@ -251,3 +251,29 @@ def test_policy_generation_runs_under_autocast_only_when_bf16(policy_path, token
                 max_completion_length=6, max_steps=1, use_cpu=True, bf16=bf16, report_to="none"))
         trainer._generate(["a"])
     assert seen == [True, False]
+
+
+# --- evaluation without repeated work ---------------------------------------------------------------------------------
+def test_evaluation_scores_the_demonstrations_once_and_skips_bcs_own_kl(policy_path, bc_policy_path, tokenizer, task):
+    """The demonstrations' rewards given by the caller equal those scored per arm, and BC's KL to itself is 0 with no
+    forward pass, as a separate copy of the same weights computes it."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_irl.evaluation import evaluate_arm, kl_to_reference
+
+    heldout = task.sample_demonstrations(12, seed=7)
+    policy = AutoModelForCausalLM.from_pretrained(bc_policy_path).eval()
+    reference = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+    reward = load_reward_model(policy_path, "classifier", tokenizer.pad_token_id).eval()
+    objective = make_objective("bt")
+    kwargs = dict(max_new_tokens=6, reference=reference, reward_objective=objective, reward_model=reward,
+                  batch_size=5, seed=0, name="grpo")
+    alone = evaluate_arm(policy, tokenizer, task, heldout, **kwargs)
+    demos = objective.rewards(reward, tokenizer, [d["prompt"] for d in heldout], [d["completion"] for d in heldout])
+    given = evaluate_arm(policy, tokenizer, task, heldout, demonstration_rewards=demos, **kwargs)
+    assert given == alone
+    prompts, samples = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
+    assert kl_to_reference(policy, policy, tokenizer, prompts, samples, 5) == 0.0
+    copy_of_policy = AutoModelForCausalLM.from_pretrained(bc_policy_path).eval()
+    assert abs(kl_to_reference(policy, copy_of_policy, tokenizer, prompts, samples, 5)) < 1e-6
+    assert kl_to_reference(policy, reference, tokenizer, prompts, samples, 5) > 1e-3

@@ -54,7 +54,10 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
 
 @torch.no_grad()
 def kl_to_reference(model, reference, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> float:
-    """Exact KL(pi(.|s) || ref(.|s)) summed over the vocabulary, averaged over the states the samples visit."""
+    """Exact KL(pi(.|s) || ref(.|s)) summed over the vocabulary, averaged over the states the samples visit (0 without
+    a forward pass when the policy is the reference: BC's own row)."""
+    if model is reference:
+        return 0.0
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(prompts), batch_size):
@@ -90,12 +93,14 @@ def distinct_2(token_ids: list[list[int]]) -> float | None:
 
 def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,
                  reward_objective: RewardObjective | None, reward_model, batch_size: int, seed: int,
-                 name: str, bf16: bool = False) -> tuple[dict, list[dict]]:
+                 name: str, bf16: bool = False, demonstration_rewards: torch.Tensor | None = None) -> tuple[dict, list[dict]]:
     """The metrics of one arm (module docstring) and a record per held-out prompt, for a person to read and for the
     intervals (``intervals``): ``{prompt, sample, demonstration, score}`` (the verifier's, None without one), the
     reward model's ``reward`` of the sample and ``demonstration_reward`` where a reward model was trained, and
-    ``demonstration_nll`` (-log pi of the demonstration, summed) over ``demonstration_tokens``. ``bf16``: the
-    samples are drawn under bf16 autocast on CPU; log-probabilities, KL and rewards are computed in fp32."""
+    ``demonstration_nll`` (-log pi of the demonstration, summed) over ``demonstration_tokens``. ``bf16``: samples
+    and rewards under bf16 autocast on CPU (as in training); log-probabilities and KL stay fp32.
+    ``demonstration_rewards``: the reward of each held-out demonstration where it is the same for every arm (a
+    reward that does not read the policy), scored once by the caller (None: scored here)."""
     prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
     samples, sample_ids = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
                                              desc=f"eval {name}", with_ids=True, bf16=bf16)
@@ -110,8 +115,12 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
     r_demo = r_sample = None
     if reward_model is not None:
         policy_for_reward = policy if reward_objective.needs_policy else None
-        r_demo = reward_objective.rewards(reward_model, tokenizer, prompts, demos, policy_for_reward, batch_size)
-        r_sample = reward_objective.rewards(reward_model, tokenizer, prompts, samples, policy_for_reward, batch_size)
+        with cpu_autocast(bf16):  # the reward is scored as it was trained and used
+            if demonstration_rewards is None:
+                demonstration_rewards = reward_objective.rewards(reward_model, tokenizer, prompts, demos,
+                                                                 policy_for_reward, batch_size)
+            r_sample = reward_objective.rewards(reward_model, tokenizer, prompts, samples, policy_for_reward, batch_size)
+        r_demo = demonstration_rewards
         accuracy, ties = pair_accuracy(r_demo, r_sample, [s.strip() == d.strip() for s, d in zip(samples, demos)])
         metrics |= {"reward_accuracy": accuracy, "reward_ties": ties}
         r_demo, r_sample = r_demo.tolist(), r_sample.tolist()

@@ -41,7 +41,7 @@ from .jobs import finish
 from .run_folder import RunLock, check_resume, stage_config, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
-from .precision import resolve_bf16
+from .precision import cpu_autocast, resolve_bf16
 from .validation import refusing
 
 
@@ -657,6 +657,12 @@ class Pipeline:
         reward_dir = reward_dir if self.algo in self.arms and reward_dir.exists() else None
         reference, reward = self.roles.evaluation_models(bc, reward_dir, self.objective.model_kind)
         arms, records = {}, {}
+        demo_rewards = None  # the same for every arm unless the reward reads the policy (AIRL): scored once
+        if reward is not None and not self.objective.needs_policy:
+            with cpu_autocast(self.sample_bf16):
+                demo_rewards = self.objective.rewards(reward, self.tokenizer, [r["prompt"] for r in self.data.heldout],
+                                                      [r["completion"] for r in self.data.heldout], None,
+                                                      self.cfg["eval"]["batch_size"])
         for arm in self.arms:
             start = time.perf_counter()
             policy = reference if arm == "bc" else self.roles.load_policy(str(self.final_dir(arm)))
@@ -664,7 +670,7 @@ class Pipeline:
                 policy, self.tokenizer, self.task, self.data.heldout, max_new_tokens=self.data.max_completion_length,
                 reference=reference, reward_objective=self.objective if reward is not None else None,
                 reward_model=reward, batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm,
-                bf16=self.sample_bf16)
+                bf16=self.sample_bf16, demonstration_rewards=demo_rewards)
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[arm])
             self.on_main(atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
             del policy
