@@ -260,10 +260,12 @@ def main():
     parser.add_argument("--bc-steps", type=int, default=20)
     parser.add_argument("--online-updates", type=int, default=30)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/online_irl_overhead_<model>.json")
-    parser.add_argument("--bc", help="for a profile: this BC folder (one an earlier run kept), parts 1-3 skipped")
+    parser.add_argument("--bc", help="this BC folder (one an earlier run kept): parts 1-3 skipped, the step-time arms "
+                        "alone (--arms), written to --out when given")
     parser.add_argument("--arms", nargs="+", help="with --bc: only these step-time arms")
     opts = parser.parse_args()
     out = Path(opts.out or ROOT / "benchmarks" / "results" / f"online_irl_overhead_{opts.model}.json")
+    opts.out = None if opts.bc and not opts.out else str(out)
 
     from trl_irl.cli import compose
     from trl_irl.pipeline import Pipeline
@@ -279,8 +281,11 @@ def main():
                         "steps": opts.steps, "bc_steps": opts.bc_steps, "online_updates": opts.online_updates,
                         "batch": "16 completions (4 prompts x 4)", "completion_length": pipe.data.max_completion_length,
                         "recipe_defaults": default, "threads": 1, "torch": torch.__version__}}
-    if opts.bc:  # a profile's run: the step-time arms alone
-        print(json.dumps(step_times(cfg, pipe, opts.bc, settings, default, opts.rounds, opts.steps, work, opts.arms)))
+    if opts.bc:  # the step-time arms alone, from a kept BC (a profile's run; a rerun after a default changed)
+        result |= step_times(cfg, pipe, opts.bc, settings, default, opts.rounds, opts.steps, work, opts.arms)
+        print(json.dumps(result))
+        if opts.out:
+            Path(opts.out).write_text(json.dumps(result, indent=2) + "\n")
         return
     t0 = time.perf_counter()
     result["bf16"] = {"bc": None, "generation": None}

@@ -153,9 +153,10 @@ def test_reward_pretraining_honours_the_trainable_blocks(deep_path, tokenizer, d
 
 # --- bf16 autocast -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("setting, has_bf16, expected, noted", [
-    ("auto", True, True, False), ("auto", False, False, True), (True, True, True, False), (False, True, False, False),
-    (False, False, False, False)])
+    ("auto", True, False, False), ("auto", False, False, False), (True, True, True, False), (True, False, False, True),
+    (False, True, False, False)])
 def test_bf16_setting_on_cpu(monkeypatch, setting, has_bf16, expected, noted):
+    """On CPU bf16 is opt-in (true); a CPU without bf16 instructions runs fp32 and says so."""
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
     value, note = precision.resolve_bf16(setting, use_cpu=True)
     assert value is expected and (note is not None) is noted
@@ -164,12 +165,10 @@ def test_bf16_setting_on_cpu(monkeypatch, setting, has_bf16, expected, noted):
 def test_bf16_on_a_gpu_is_trls_default_unless_set():
     assert precision.resolve_bf16("auto", use_cpu=False) == (None, None)
     assert precision.resolve_bf16(False, use_cpu=False) == (False, None)
+    assert precision.resolve_bf16(True, use_cpu=False) == (True, None)
 
 
-def test_bf16_true_is_refused_on_a_cpu_without_bf16_and_a_bad_value_names_the_key(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    with pytest.raises(ValueError, match="model.bf16=true: this CPU has no bf16 instructions"):
-        precision.resolve_bf16(True, use_cpu=True)
+def test_a_bad_bf16_value_names_the_key():
     with pytest.raises(ValueError, match="model.bf16='yes': choose auto, true or false"):
         precision.resolve_bf16("yes", use_cpu=True)
 
@@ -180,19 +179,22 @@ def test_the_pipeline_sets_every_trainer_and_says_the_fallback_once(monkeypatch,
     from trl_irl.pipeline import Pipeline
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
-    pipe = Pipeline(compose("model.bf16=auto", "use_cpu=true", output_dir=tmp_path / "run"))
+    pipe = Pipeline(compose("model.bf16=true", "use_cpu=true", output_dir=tmp_path / "run"))
     assert pipe.bc_config().bf16 is has_bf16 and pipe.policy_config("grpo", 8).bf16 is has_bf16
-    assert pipe.reward_pretrain_config().bf16 is has_bf16
+    assert pipe.reward_pretrain_config().bf16 is has_bf16 and pipe.sample_bf16 is has_bf16
     pipe.setup()
-    said = capsys.readouterr().out.count("bf16 autocast off: this CPU has no bf16 instructions")
+    said = capsys.readouterr().out.count("model.bf16=true: this CPU has no bf16 instructions")
     assert said == (0 if has_bf16 else 1)
 
 
-def test_the_tiny_models_default_is_fp32(tmp_path):
+def test_the_default_on_cpu_is_fp32(tmp_path):
     from trl_irl.cli import compose
     from trl_irl.pipeline import Pipeline
 
-    assert Pipeline(compose(output_dir=tmp_path / "run")).bc_config().bf16 is False
+    for overrides in ((), ("recipe=smollm2_word_reversal",)):
+        cfg = compose(*overrides, "use_cpu=true", output_dir=tmp_path / "run")
+        assert precision.resolve_bf16(cfg["model"]["bf16"], use_cpu=True) == (False, None)
+    assert Pipeline(compose("use_cpu=true", output_dir=tmp_path / "run")).bc_config().bf16 is False
 
 
 def test_bc_losses_in_bf16_autocast_agree_with_fp32_for_20_steps(task, tokenizer, tmp_path):
