@@ -100,7 +100,8 @@ def test_prompt_oirl(tmp_path):
 
 def test_real_lm_on_the_tiny_model(tmp_path):
     bench("real_lm.py", "--seeds", 0, "--arms", "bc", "oracle", "irl_bt", "--workers", 1, "--draws", 200, "--override",
-          "model=tiny", "algo.max_steps=2", "bc.num_train_epochs=1", "reward.pretrain.num_train_epochs=1", "--work",
+          "model=tiny", "reward.online.trainable_layers=1", "algo.max_steps=2", "bc.num_train_epochs=1",
+          "reward.pretrain.num_train_epochs=1", "--work",
           tmp_path / "work", "--out", tmp_path / "real_lm.json")
     report = json.loads((tmp_path / "real_lm.json").read_text())["report"]
     assert set(report["success_rate"]) == {"bc", "oracle", "irl_bt"} and "irl_bt" in report["gap_closed"]
