@@ -54,7 +54,7 @@ def main(workdir: Path):
                          processing_class=tokenizer)
     trainer.train()
     # the (demonstration, sample) pairs this rank learnt from: they must differ between ranks, or the test proves nothing
-    seen = sorted({(demo, sample) for _, demo, sample in trainer.reward_updater.buffer.items})
+    seen = sorted({(demo, sample) for _, demo, sample, _ in trainer.reward_updater.buffer.items})
     torch.save({"before": before, "after": weights(shared), "seen": seen}, workdir / f"rank{state.process_index}.pt")
 
 

@@ -5,7 +5,8 @@ for where the user is). ``python tests/test_bad_inputs.py`` prints the table (ru
 Both front doors run in process: ``trl_irl.cli.entry`` with ``sys.argv`` set (Hydra's job must never start) and
 ``trl_irl.run``; each composes the config and stops at the check, so the whole table takes seconds. ``{data}`` is a
 small valid JSONL, ``{missing}`` a path that does not exist, ``{text}`` a file of an unknown format, ``{empty}`` an
-empty file, ``{blank}`` a JSONL whose one row has an empty completion, ``{prompts}`` a JSONL of prompts only,
+empty file, ``{blank}`` a JSONL whose one row has an empty completion, ``{prompts}`` a JSONL of its prompts only,
+``{fresh}`` a JSONL of other prompts (no answers),
 ``{long}`` a JSONL where one demonstration is 5,000 characters, ``{raises}`` / ``{yes}`` verifier modules that raise
 on text they cannot read / return "yes", ``{run}`` the folder of a finished run.
 """
@@ -100,9 +101,18 @@ BAD_INPUTS = [
     ((*DATA, "task.heldout_fraction=10%"), "task.heldout_fraction='10%': must be a number (a share is written as a "
                                            "fraction: 0.1)"),
     ((*DATA, "task.num_demonstrations=1.5"), "task.num_demonstrations=1.5: must be an integer"),
-    (("task=dataset", "task.path={blank}"), "have no usable 'completion' (task.completion_column)"),
+    (("task=dataset", "task.path={blank}"), "task.path={blank}: none of its 1 row(s) has a demonstration in its "
+                                           "'completion' column. trl-irl learns from demonstrations"),
     (("task=dataset", "task.path={empty}"), "task.path={empty} is empty: it holds no rows"),
-    (("task=dataset", "task.path={prompts}"), "task.path={prompts} holds prompts only (columns ['prompt'])"),
+    (("task=dataset", "task.path={prompts}"), "task.path={prompts} holds prompts only (columns ['prompt']). "
+                                             "trl-irl learns from demonstrations"),
+    ((*DATA, "task.rollout_path={data}"), "rollout prompt(s) are also held-out prompts, which are only evaluated"),
+    ((*DATA, "task.rollout_path={missing}"), "task.rollout_path={missing}: no such file or folder"),
+    ((*DATA, "task.rollout_pool=both"), "task.rollout_pool='both' is unknown: choose one of mixed, rollout, "
+                                        "demonstrations"),
+    ((*DATA, "task.rollout_pool=rollout"), "task.rollout_pool=rollout, but no rollout prompt is left"),
+    ((*DATA, "task.rollout_path={fresh}", "task.rollout_pool=rollout", "task.verifier=exact"),
+     "the oracle arm rolls out on prompts with an answer for the verifier, and task.rollout_pool=rollout leaves none"),
     (("task=dataset", "task.path={long}"), "task.path={long}: 1 of the 13 demonstrations are far longer than the "
                                           "rest (5000 tokens; 99% have at most"),
     ((*DATA, "task.verifier=regex:(\\d+)"), "Hydra's override parser cannot read this value"),
@@ -139,12 +149,13 @@ def files(tmp: Path) -> dict[str, str]:
     (tmp / "empty.jsonl").write_text("")
     (tmp / "blank.jsonl").write_text(json.dumps({"prompt": "p", "completion": ""}) + "\n")
     (tmp / "prompts.jsonl").write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rows))
+    (tmp / "fresh.jsonl").write_text("".join(json.dumps({"prompt": f"Reverse {w}{w}: "}) + "\n" for w in words))
     long = [*rows[:6], {"prompt": "Reverse this: ", "completion": "x" * 5000}, *rows[6:12]]
     (tmp / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long))
     (tmp / "bad_input_raises.py").write_text("def score(prompt, completion, row):  # fails on an empty completion\n"
                                              "    return float(completion.strip()[0] == row['completion'][0])\n")
     (tmp / "bad_input_yes.py").write_text("def score(prompt, completion, row):\n    return 'yes'\n")
-    paths = {name: str(tmp / f"{name}.jsonl") for name in ("data", "empty", "blank", "prompts", "long")}
+    paths = {name: str(tmp / f"{name}.jsonl") for name in ("data", "empty", "blank", "prompts", "fresh", "long")}
     return {**paths, "missing": str(tmp / "nope.jsonl"), "text": str(tmp / "data.txt"), "raises": "bad_input_raises",
             "yes": "bad_input_yes"}
 

@@ -131,7 +131,6 @@ def test_length_limits_are_applied_and_counted(tmp_path):
      r"no usable 'completion' \(task.completion_column\): row 3 \(a dict, not text or chat messages\) \(rows "
      r"counted from 0; a JSONL line is row \+ 1\)"),
     ([{"prompt": "q", "completion": "c"}] * 3 + [{"prompt": "q", "completion": True}], {}, r"row 3 \(a bool, not text"),
-    ([{"prompt": "q", "completion": "c"}, {"prompt": "q", "completion": None}], {}, r"row 1 \(missing\)"),
     ([{"prompt": [{"role": "user"}], "completion": "c"}], {}, r"row 0 \(not a list of \{'role': str, 'content': str\}"),
 ])
 def test_bad_rows_are_refused_naming_the_key(rows, kwargs, message, tmp_path):
@@ -141,7 +140,7 @@ def test_bad_rows_are_refused_naming_the_key(rows, kwargs, message, tmp_path):
 
 def test_numbers_in_a_csv_are_read_as_the_text_they_stand_for(tmp_path):
     """A CSV reader turns a column of answers into integers (quoted or not); the prompt, completion and answer are
-    text, so they come back as written. An empty cell is still refused, by its CSV line."""
+    text, so they come back as written. An empty completion cell makes its row a rollout prompt."""
     lines = ["question,answer,gold"] + [f'"Add: {i} + {i} =",{2 * i},{i}.5' for i in range(1, 9)]
     (tmp_path / "add.csv").write_text("\n".join(lines) + "\n")
     task = DatasetTask(str(tmp_path / "add.csv"), prompt_column="question", completion_column="answer",
@@ -152,10 +151,8 @@ def test_numbers_in_a_csv_are_read_as_the_text_they_stand_for(tmp_path):
     data = task_data(task)
     for row in data.train + data.heldout:  # the trainers' rows: the completion is the demonstration, as text
         assert isinstance(row["completion"], str) and task.verifier(row["prompt"], row["answer"], row) == 1.0
-    (tmp_path / "gap.csv").write_text("prompt,completion\na,1\nb,\nc,3\n")
-    with pytest.raises(ValueError, match=r"row 1 \(missing\) \(rows counted from 0; a CSV line is row \+ 2, after "
-                                         r"its header\)"):
-        DatasetTask(str(tmp_path / "gap.csv"))
+    (tmp_path / "gap.csv").write_text("prompt,completion\na,1\nb,\nc,3\nd,4\n")  # an empty cell: a rollout prompt
+    assert [r["prompt"] for r in DatasetTask(str(tmp_path / "gap.csv")).rollout_rows] == ["b"]
 
 
 def test_bad_paths_are_refused(tmp_path):

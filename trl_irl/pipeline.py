@@ -427,8 +427,8 @@ class Pipeline:
         return quiet_progress(trainer, stage, self.out / "train.log" if self.state.is_main_process else None)
 
     def rows_dataset(self, rows: list[dict]):
-        """The rows a policy trainer samples prompts from: prompt, demonstration and the row's index (the oracle's
-        verifier reads the row)."""
+        """The rows a policy trainer samples prompts from: prompt, demonstration (None on a rollout prompt) and the
+        row's index (the oracle's verifier reads the row)."""
         from datasets import Dataset
 
         return Dataset.from_list([{"prompt": r["prompt"], "demonstration": r["completion"], "row_index": i}
@@ -456,6 +456,11 @@ class Pipeline:
 
             blocks = m["num_layers"] if self.init_path is None else num_blocks(self.init_path)
             check_block_count(self.cfg["reward"]["online"].get("trainable_layers"), blocks)
+        if "oracle" in self.arms and not self.data.policy_rows(verifier=True):
+            raise ValueError(f"the oracle arm rolls out on prompts with an answer for the verifier, and "
+                             f"task.rollout_pool={self.data.rollout_pool} leaves none (no rollout prompt has one): give "
+                             "the rollout prompts an answer column (task.answer_column), set task.rollout_pool=mixed, or "
+                             "leave oracle out of arms")
         if self.task.verifier is not None:
             check_on_demonstrations(self.task.verifier, self.data.train + self.data.validation + self.data.heldout,
                                     self.cfg["min_demo_success"], self.task.verifier_spec,
@@ -601,13 +606,14 @@ class Pipeline:
 
         oracle = stage == "oracle"
         args = self.policy_config(stage, self.data.max_completion_length, **overrides)
+        rows = self.data.policy_rows(verifier=oracle)  # the prompts it rolls out on (task.rollout_pool)
         if oracle:  # the verifier is a reward function: no reward model
-            rewards = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, self.data.train)]}
-        else:
-            rewards = {"reward_model": reward}
+            rewards = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, rows)]}
+        else:  # a sample on a rollout prompt is paired with one of these demonstrations (OnlineRewardUpdater.add)
+            rewards = {"reward_model": reward, "demonstration_dataset": self.rows_dataset(self.data.train)}
         critic = self.roles.critic(bc) if self.algo == "ppo" else None
         return ALGORITHMS[self.algo][1](model=self.roles.policy(bc, reward_model=not oracle), args=args,
-                                        train_dataset=self.rows_dataset(self.data.train), processing_class=self.tokenizer,
+                                        train_dataset=self.rows_dataset(rows), processing_class=self.tokenizer,
                                         **rewards, **({"critic": critic} if critic is not None else {}))
 
     def spin_training(self, bc: str):

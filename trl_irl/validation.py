@@ -75,7 +75,7 @@ def refusing(*also: type[Exception]):
 
 
 def check_dataset(dataset, required: list[str], name: str):
-    """``dataset`` must be non-empty and have the ``required`` columns."""
+    """``dataset`` must be non-empty and have the ``required`` columns, of text (None allowed: a missing value)."""
     if dataset is None:
         raise ValueError(f"{name} is missing: pass a datasets.Dataset with columns {required}")
     columns = list(getattr(dataset, "column_names", None) or [])
@@ -85,10 +85,10 @@ def check_dataset(dataset, required: list[str], name: str):
                          f"dataset.rename_column('<yours>', '{missing[0]}')")
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty: it needs at least one row with columns {required}")
-    first = dataset[0]
-    for column in required:
-        if not isinstance(first[column], str):
-            raise ValueError(f"{name}['{column}'] must hold plain text (str); got {type(first[column]).__name__}. "
+    for column in required:  # the first value given: a row may lack a demonstration (a rollout prompt)
+        first = next((v for v in dataset[column] if v is not None), "")
+        if not isinstance(first, str):
+            raise ValueError(f"{name}['{column}'] must hold plain text (str); got {type(first).__name__}. "
                              "The trainers take plain text: render chat messages with tokenizer.apply_chat_template "
                              "first (the trl-irl job's task=dataset does this for you)")
 

@@ -1,8 +1,14 @@
 """The online-IRL reward updater: a reward model that keeps learning during policy training.
 
 It lives outside TRL's optimizer, checkpoints and process sync, so it owns all three: its own AdamW, a bounded
-replay buffer of recent (prompt, demonstration, sample) triples, gradients all-reduced across processes so every
-rank holds the same reward model, and an atomic save/load of everything a resume needs.
+replay buffer of recent (prompt, demonstration, sample, demonstration's prompt) pairs, gradients all-reduced across
+processes so every rank holds the same reward model, and an atomic save/load of everything a resume needs.
+
+A sample on a prompt without a demonstration (a rollout prompt, ``task.rollout_path``) is paired, when it enters
+the buffer, with a demonstration drawn uniformly from ``demonstrations`` by the updater's seeded generator (so a
+resume draws the same). Bradley-Terry then asks that demonstrations score above the policy's samples across
+prompts, not only on the same prompt; GAIL's and AIRL's losses score each side alone, so the pairing does not
+change what they learn.
 """
 
 from __future__ import annotations
@@ -26,20 +32,22 @@ STATE_DIR = "irl_reward"
 
 
 class ReplayBuffer:
-    """The ``capacity`` most recent (prompt, demonstration, sample) text triples."""
+    """The ``capacity`` most recent (prompt, demonstration, sample, demonstration's prompt) text pairs."""
 
     def __init__(self, capacity: int):
         if capacity < 1:
             raise ValueError(f"reward_buffer_size must be >= 1, got {capacity}")
-        self.items: deque[tuple[str, str, str]] = deque(maxlen=capacity)
+        self.items: deque[tuple[str, str, str, str]] = deque(maxlen=capacity)
 
     def __len__(self):
         return len(self.items)
 
-    def add(self, prompts, demonstrations, samples):
-        self.items.extend(zip(prompts, demonstrations, samples, strict=True))
+    def add(self, prompts, demonstrations, samples, demonstration_prompts=None):
+        """``demonstration_prompts``: where a demonstration answers another prompt (None: each row's own)."""
+        prompts = list(prompts)
+        self.items.extend(zip(prompts, demonstrations, samples, demonstration_prompts or prompts, strict=True))
 
-    def sample(self, n: int, generator: torch.Generator) -> list[tuple[str, str, str]]:
+    def sample(self, n: int, generator: torch.Generator) -> list[tuple[str, str, str, str]]:
         idx = torch.randint(len(self.items), (n,), generator=generator)
         return [self.items[i] for i in idx.tolist()]
 
@@ -117,10 +125,12 @@ class OnlineRewardUpdater:
 
     def __init__(self, model: torch.nn.Module, tokenizer, objective: RewardObjective, *, learning_rate: float,
                  weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int,
-                 scoring_batch_size: int | None = None, trainable_layers: int | None = None, bf16: bool = False):
+                 scoring_batch_size: int | None = None, trainable_layers: int | None = None, bf16: bool = False,
+                 demonstrations: list[tuple[str, str]] | None = None):
         """``batch_size`` (demonstration, sample) pairs per optimizer step; ``scoring_batch_size`` rows per forward
         pass when ``rewards`` scores (None: all at once); ``trainable_layers``: only the model's top blocks and head
-        train (``models.limit_trainable_layers``); ``bf16``: scoring and updates under bf16 autocast on CPU."""
+        train (``models.limit_trainable_layers``); ``bf16``: scoring and updates under bf16 autocast on CPU;
+        ``demonstrations``: (prompt, demonstration) pairs a sample without a demonstration is paired with."""
         check_batch_size(scoring_batch_size)
         limit_trainable_layers(model, trainable_layers)
         self.model, self.tokenizer, self.objective, self.bf16 = model, tokenizer, objective, bf16
@@ -136,9 +146,22 @@ class OnlineRewardUpdater:
         self.num_updates = 0  # reward-model optimizer steps taken
         self.num_batches = 0  # generation batches seen
         self.model.eval()
+        self.demonstrations = list(demonstrations or [])
 
     def add(self, prompts, demonstrations, samples):
-        self.buffer.add(prompts, demonstrations, samples)
+        """Buffer one generation batch: each sample with its row's demonstration, or, where the row has none
+        (None), with a demonstration drawn from ``self.demonstrations`` (module docstring)."""
+        prompts, demonstrations = list(prompts), list(demonstrations)
+        demonstration_prompts = list(prompts)
+        missing = [i for i, d in enumerate(demonstrations) if d is None]
+        if missing:
+            if not self.demonstrations:
+                raise ValueError(f"{len(missing)} sample(s) have no demonstration (prompts without one) and the updater "
+                                 "has none to pair them with: pass demonstrations=[(prompt, demonstration), ...]")
+            drawn = torch.randint(len(self.demonstrations), (len(missing),), generator=self.generator).tolist()
+            for i, j in zip(missing, drawn):
+                demonstration_prompts[i], demonstrations[i] = self.demonstrations[j]
+        self.buffer.add(prompts, demonstrations, samples, demonstration_prompts)
         self.num_batches += 1
 
     def update(self, policy=None) -> dict[str, float]:
@@ -149,8 +172,8 @@ class OnlineRewardUpdater:
         self.model.train()
         totals: dict[str, float] = {}
         for _ in range(self.steps):
-            prompts, demos, samples = zip(*self.buffer.sample(self.batch_size, self.generator))
-            batch = encode(self.tokenizer, list(prompts) * 2, list(demos) + list(samples))
+            prompts, demos, samples, demo_prompts = zip(*self.buffer.sample(self.batch_size, self.generator))
+            batch = encode(self.tokenizer, list(demo_prompts) + list(prompts), list(demos) + list(samples))
             batch = {k: v.to(device) for k, v in batch.items()}
             metrics = reward_step(self.model, self.params, self.optimizer, self.max_grad_norm,
                                   lambda: self.pair_loss(batch, policy), self.num_updates)
@@ -205,4 +228,5 @@ class OnlineRewardUpdater:
         self.standardizer.load_state_dict(state["standardizer"])
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         self.buffer = ReplayBuffer(state["buffer_capacity"])
-        self.buffer.items.extend(tuple(item) for item in state["buffer"])
+        self.buffer.items.extend((*item, item[0]) if len(item) == 3 else tuple(item)  # 3: written before pairing
+                                 for item in state["buffer"])

@@ -2,8 +2,9 @@
 
 A task gives rows of (prompt, demonstration) text, split three ways, a completion length limit, and optional
 capabilities. Stages never ask what task they run: BC trains on ``train`` and early-stops on ``validation``,
-reward learning pairs ``train`` demonstrations with policy samples, the RL arms use ``train`` prompts, and only
-the evaluation reads ``heldout``.
+reward learning pairs ``train`` demonstrations with policy samples, the RL arms roll out on ``policy_rows()``
+(``train`` prompts, and ``rollout`` prompts without a demonstration where the task has them), and only the
+evaluation reads ``heldout``.
 
 Write your own by subclassing ``Task`` (``data`` is the one method you must write) and registering a factory::
 
@@ -27,7 +28,11 @@ class TaskData:
     """Rows, each a dict with plain-text ``prompt`` and ``completion`` (the demonstration) plus any columns of the
     task's own (an answer, the raw row). ``max_completion_length`` is the generation limit in tokens (EOS
     included); ``max_prompt_length`` the longest prompt in tokens, which sizes a model built from a config;
-    ``report`` says what preparing the data did (rows read, dropped, truncated), for metrics.json."""
+    ``report`` says what preparing the data did (rows read, dropped, truncated), for metrics.json.
+
+    ``rollout`` rows are prompts without a demonstration (``completion`` None; ``answer`` None where there is
+    none), for the RL arms to roll out on; ``rollout_pool`` says which prompts they roll out on
+    (``policy_rows``)."""
 
     train: list[dict]
     validation: list[dict]
@@ -35,6 +40,15 @@ class TaskData:
     max_completion_length: int
     max_prompt_length: int
     report: dict = field(default_factory=dict)
+    rollout: list[dict] = field(default_factory=list)
+    rollout_pool: str = "mixed"
+
+    def policy_rows(self, verifier: bool = False) -> list[dict]:
+        """The rows an RL arm rolls out on: the training rows (``completion``: the demonstration the online reward
+        learns from) and/or the rollout prompts, as ``rollout_pool`` says (``mixed``: both, ``rollout``,
+        ``demonstrations``). ``verifier``: the oracle's, only rows with an answer for the verifier."""
+        rollout = [r for r in self.rollout if r.get("answer") is not None] if verifier else self.rollout
+        return {"mixed": self.train + rollout, "rollout": rollout, "demonstrations": self.train}[self.rollout_pool]
 
 
 class Task:

@@ -188,17 +188,31 @@ class OnlineRewardMixin:
         reward_model: the reward model (``models.load_reward_model``; a causal LM for AIRL), or None to train on
             ``reward_funcs`` alone.
         args: a config with ``OnlineRewardFields``.
-        train_dataset: column ``prompt``, and ``args.demonstration_column`` when the reward model learns.
+        train_dataset: column ``prompt``, and ``args.demonstration_column`` when the reward model learns (None on a
+            prompt without a demonstration: its samples are paired with one of ``demonstration_dataset``'s).
+        demonstration_dataset: the demonstrations such samples are paired with (columns ``prompt`` and
+            ``args.demonstration_column``); None: the rows of ``train_dataset`` that have one.
         processing_class: the policy's tokenizer; ``reward_processing_class`` the reward model's (default: same).
         reward_funcs: further reward functions or models, added to the IRL reward as in GRPO.
     """
 
     def __init__(self, model, reward_model=None, args=None, train_dataset=None, processing_class=None,
-                 reward_processing_class=None, reward_funcs=None, **kwargs):
+                 reward_processing_class=None, reward_funcs=None, demonstration_dataset=None, **kwargs):
         reward_tokenizer = reward_processing_class or processing_class
         check_tokenizer(processing_class, eos_token_ids=generation_eos_ids(model))
         learns = reward_model is not None and args.reward_update_every > 0
         check_dataset(train_dataset, ["prompt", args.demonstration_column] if learns else ["prompt"], "train_dataset")
+        demonstrations = []
+        if learns:
+            column = args.demonstration_column
+            source = train_dataset if demonstration_dataset is None else demonstration_dataset
+            if demonstration_dataset is not None:
+                check_dataset(demonstration_dataset, ["prompt", column], "demonstration_dataset")
+            demonstrations = [(p, d) for p, d in zip(source["prompt"], source[column]) if d is not None]
+            if not demonstrations:
+                raise ValueError(f"the reward model learns from demonstrations, and "
+                                 f"{'demonstration_dataset' if demonstration_dataset is not None else 'train_dataset'}"
+                                 f"'s {column!r} column has none: pass demonstration_dataset=... with them")
         if reward_model is None and not reward_funcs:
             raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
         objective = make_objective(args.objective, args.prefix_weight)
@@ -227,7 +241,7 @@ class OnlineRewardMixin:
                 batch_size=args.reward_batch_size, steps=args.reward_update_steps,
                 buffer_size=args.reward_buffer_size, max_grad_norm=args.reward_max_grad_norm, seed=args.seed,
                 scoring_batch_size=args.per_device_train_batch_size,  # scored per micro-batch, as TRL's log-probs
-                trainable_layers=args.reward_trainable_layers, bf16=bool(args.bf16))
+                trainable_layers=args.reward_trainable_layers, bf16=bool(args.bf16), demonstrations=demonstrations)
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer: bool):
         """Checks a subclass adds before any model is loaded."""
