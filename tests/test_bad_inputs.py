@@ -46,6 +46,7 @@ BAD_INPUTS = [
     (("seed=abc",), "seed='abc': must be an integer"),
     (("threads=0",), "threads=0: must be an integer >= 1"),
     (("eval.batch_size=0",), "eval.batch_size=0: must be an integer >= 1"),
+    (("eval.rerank_samples=-1",), "eval.rerank_samples=-1: must be an integer >= 0"),
     (("bc.learning_rate=0",), "bc.learning_rate=0: must be a number > 0"),
     (("bc.num_train_epochs=0",), "bc.num_train_epochs=0: must be a number > 0"),
     (("bc.per_device_train_batch_size=0",), "bc.per_device_train_batch_size=0: must be an integer >= 1"),

@@ -14,6 +14,11 @@ Every arm is scored on one sample per held-out prompt (temperature 1, the distri
 
 ``gap_closed[arm] = (success(arm) - success(bc)) / (success(oracle) - success(bc))``: the share of the BC-to-RL-ceiling
 gap an arm closes.
+
+``reward_diagnostics`` (``rerank``; the pipeline's ``reward_diagnostics``): does the learned reward know a good
+completion from a bad one? BC samples ``eval.rerank_samples`` completions per held-out prompt; the reward as reward
+pretraining left it and as the online-IRL arm left it picks one: best-of-n success against a random pick's, with a
+paired interval, and the reward's AUC against the verifier.
 """
 
 from __future__ import annotations
@@ -135,6 +140,51 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
     return metrics, records
 
 
+def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """The probability that a positive's score beats a negative's, a tie counting one half (the Mann-Whitney form
+    of the ROC AUC); None without both classes."""
+    scores, labels = np.asarray(scores, dtype=float).ravel(), np.asarray(labels, dtype=bool).ravel()
+    negatives = np.sort(scores[~labels])
+    positives = scores[labels]
+    if len(negatives) == 0 or len(positives) == 0:
+        return None
+    below = np.searchsorted(negatives, positives, side="left")
+    tied = np.searchsorted(negatives, positives, side="right") - below
+    return float((below + 0.5 * tied).sum() / (len(positives) * len(negatives)))
+
+
+def rerank(scores: np.ndarray, rewards: np.ndarray, sizes=(1, 4, 8), seed: int = 0) -> dict:
+    """How well a learned reward tells a good completion from a bad one among a policy's samples.
+
+    Args:
+        scores: (prompts, N) the verifier's score of each sample (in [0, 1]; over 0.5 counts as correct for AUC).
+        rewards: (prompts, N) the reward of each sample.
+        sizes: the best-of-n sizes, those up to N (N itself is added).
+
+    Returns:
+        ``{"best_of": {n: {"reward_pick", "random_pick", "lift": {"value", "ci95"}}}, "auc", "samples_per_prompt",
+        "prompts"}``. ``reward_pick``: the success of the sample the reward ranks first among each prompt's first n
+        (a tie for first: the mean of the tied, a random pick's expectation); ``random_pick``: the mean of the first
+        n (a uniform pick's expectation); ``lift``: their difference with its paired bootstrap 95% interval over
+        prompts (``statistics.compare_arms``). ``auc``: the reward against the verifier over all samples pooled.
+    """
+    from .statistics import compare_arms
+
+    scores, rewards = np.asarray(scores, dtype=float), np.asarray(rewards, dtype=float)
+    n_max = scores.shape[1]
+    out = {"samples_per_prompt": n_max, "prompts": scores.shape[0], "best_of": {}}
+    for n in sorted({k for k in sizes if k <= n_max} | {n_max}):
+        s, r = scores[:, :n], rewards[:, :n]
+        first = r == r.max(axis=1, keepdims=True)
+        picked = (s * first).sum(axis=1) / first.sum(axis=1)
+        random = s.mean(axis=1)
+        stats = compare_arms({"reward_pick": picked, "random_pick": random}, reference="random_pick", seed=seed)
+        out["best_of"][str(n)] = {"reward_pick": float(picked.mean()), "random_pick": float(random.mean()),
+                                  "lift": stats["minus_random_pick"]["reward_pick"]}
+    out["auc"] = auc(rewards, scores > 0.5)
+    return out
+
+
 def intervals(records: dict[str, list[dict]], seed: int = 0) -> dict:
     """How sure the table is (``statistics.compare_arms``, a paired bootstrap over the held-out prompts): per metric
     with a value per prompt (success, and the demonstrations' NLL per token), each arm's 95% interval, its difference
@@ -223,7 +273,7 @@ def print_table(metrics: dict, console=None):
         row("gap_closed", [_with_interval(gaps[a]) if a in gaps else "" for a in arms])
     console.print(table)
     for line in table_notes(metrics):
-        console.print(line, style="dim", highlight=False)
+        console.print(line, style="dim", highlight=False, markup=False)  # "[low, high]" is not a style
 
 
 def table_notes(metrics: dict) -> list[str]:
@@ -235,6 +285,12 @@ def table_notes(metrics: dict) -> list[str]:
                      "unbounded (where the oracle does not beat BC in over 2.5% of the draws)")
     if metrics.get("gap_closed"):
         lines.append("gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc")
+    for name, found in metrics.get("reward_diagnostics", {}).items():
+        n = found["samples_per_prompt"]
+        best = found["best_of"][str(n)]
+        lines.append(f"reward as {name} left it: picks among {n} BC samples a prompt succeed {best['reward_pick']:.3f} "
+                     f"vs a random pick's {best['random_pick']:.3f} (lift {_with_interval(best['lift'], signed=True)}); "
+                     f"AUC against the verifier {_cell(found['auc'])}")
     return lines
 
 

@@ -684,6 +684,41 @@ class Pipeline:
             self.timings[f"eval_{arm}"] = round(time.perf_counter() - start, 2)
         return arms, records
 
+    def reward_diagnostics(self, bc: str) -> dict:
+        """The learned reward as a reranker of ``eval.rerank_samples`` BC samples per held-out prompt
+        (``evaluation.rerank``: best-of-n success against a random pick, AUC against the verifier), as reward
+        pretraining left it and as the online-IRL arm left it. Empty without a verifier or an online-IRL arm."""
+        import numpy as np
+
+        from .evaluation import rerank, sample_completions
+
+        n = self.cfg["eval"]["rerank_samples"]
+        rewards_at = {"reward_pretrain": self.final_dir("reward_pretrain"), self.algo: self.out / self.algo / "final_reward"}
+        rewards_at = {name: folder for name, folder in rewards_at.items() if folder.exists()}
+        if not n or self.task.verifier is None or self.algo not in self.arms or not rewards_at:
+            return {}
+        heldout, batch, seed = self.data.heldout, self.cfg["eval"]["batch_size"], self.cfg["seed"]
+        prompts = [r["prompt"] for r in heldout for _ in range(n)]
+        samples = scores = None
+        out = {}
+        for name, folder in rewards_at.items():
+            policy, reward = self.roles.evaluation_models(bc, folder, self.objective.model_kind)
+            if samples is None:  # the same BC samples for both rewards
+                samples = sample_completions(policy, self.tokenizer, prompts, self.data.max_completion_length, batch,
+                                             7000 + seed, desc="BC samples to rerank", bf16=self.sample_bf16)
+                scores = np.array([self.task.verifier(p, s, row) for p, s, row in
+                                   zip(prompts, samples, [r for r in heldout for _ in range(n)])], dtype=float)
+            reads = None  # AIRL's reward reads log pi of the policy it was trained beside
+            if self.objective.needs_policy:
+                reads = policy if name == "reward_pretrain" else self.roles.load_policy(str(self.final_dir(self.algo)))
+            with cpu_autocast(self.sample_bf16):
+                rewards = self.objective.rewards(reward, self.tokenizer, prompts, samples, reads, batch)
+            out[name] = rerank(scores.reshape(len(heldout), n), rewards.float().cpu().numpy().reshape(len(heldout), n),
+                               seed=seed)
+            del policy, reward, reads
+            release_memory()
+        return out
+
     # --- the whole job ----------------------------------------------------------------------------------------
     def run(self) -> Path:
         with contextlib.ExitStack() as held:
@@ -714,6 +749,7 @@ class Pipeline:
         if self.state.is_main_process:
             stage_header("evaluation")
         arms, records = self.evaluation(bc)
+        diagnostics = self.timed("reward_diagnostics", self.reward_diagnostics, bc, header=False)
         spans = intervals(records, seed=self.cfg["seed"])
         gaps = spans.get("success_rate", {}).get("gap_closed", {})
         metrics = {
@@ -721,6 +757,7 @@ class Pipeline:
             "gap_closed": {arm: gap["value"] for arm, gap in gaps.items()},
             "intervals": spans,
             "reference": demonstration_reference(self.task, self.data.heldout, self.tokenizer),
+            **({"reward_diagnostics": diagnostics} if diagnostics else {}),
             "task": self.data.report,
             "timings_s": {**self.timings, "total": round(time.perf_counter() - start, 2)},
             "config": self.cfg,

@@ -200,6 +200,7 @@ RANGES = [
     ("seed", "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     ("threads", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("eval.rerank_samples", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
       for s in ("bc", "spin", "algo", "reward.pretrain")],

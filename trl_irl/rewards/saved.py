@@ -14,6 +14,11 @@ before policy training) holds ``trl_irl_reward.json``, which says how to rebuild
   before the online trainer's running standardisation, the number ``samples_<arm>.jsonl`` records as ``reward``.
 - **Layout.** A full model (a ``transformers`` classifier or causal LM, with the tokenizer, in the folder), or, with
   LoRA, the reward adapter and head (``shared_base.AdapterRole``) on the base model the card names.
+- **In TRL.** A full ``bt`` or ``gail`` folder is a sequence classifier with its tokenizer, so
+  ``trl.GRPOTrainer(reward_funcs="<run>/<algo>/final_reward")`` loads it as it is. TRL scores ``prompt + completion``
+  as one text with no EOS and reads the raw score: the same number as ``score`` when the completion it is given
+  ends with the tokenizer's EOS text and no token spans the prompt's end (``bt``; ``gail``'s reward is softplus of
+  that score).
 """
 
 from __future__ import annotations
@@ -55,6 +60,13 @@ class SavedReward:
             raise ValueError(f"score: {len(prompts)} prompts and {len(completions)} completions; give one of each per pair")
         return self.objective.rewards(self.model, self.tokenizer, list(prompts), list(completions), self.policy,
                                       batch_size).tolist()
+
+    def best_of(self, prompt: str, completions: list[str], batch_size: int = 32) -> str:
+        """Best-of-n: the completion of ``prompt`` this reward scores highest (the first of a tie)."""
+        if not completions:
+            raise ValueError("best_of: no completions to choose from")
+        rewards = self.score([prompt] * len(completions), completions, batch_size)
+        return completions[max(range(len(completions)), key=rewards.__getitem__)]
 
 
 def load_reward(path: str | Path, device=None) -> SavedReward:
