@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from trl_irl.evaluation import samples_file
+
 TRL_IRL = shutil.which("trl-irl", path=str(Path(sys.executable).parent)) or "trl-irl"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
@@ -24,7 +26,7 @@ def test_toy_recipe_end_to_end(tmp_path):
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == str((out / "metrics.json").resolve())  # the output contract
     metrics = json.loads(Path(last_line).read_text())
-    assert list(metrics["arms"]) == ["bc", "grpo", "oracle"]  # the automaton's success check rewards the oracle
+    assert list(metrics["arms"]) == ["bc", "bc@T*", "grpo", "oracle"]  # the automaton's success check rewards the oracle
     for arm in metrics["arms"].values():
         assert 0.0 <= arm["success_rate"] <= 1.0
         assert arm["expert_logprob_per_token"] <= 0.0
@@ -33,7 +35,7 @@ def test_toy_recipe_end_to_end(tmp_path):
     assert (out / "grpo" / "checkpoint-4" / "irl_reward" / "state.json").exists()
     assert "BC vs online IRL" in result.stdout and "gap_closed" in result.stdout
     for arm in metrics["arms"]:
-        assert len((out / f"samples_{arm}.jsonl").read_text().splitlines()) == 32  # one per held-out prompt
+        assert len((out / samples_file(arm)).read_text().splitlines()) == 32  # one per held-out prompt
     for stage in ("bc", "grpo", "oracle"):  # TRL's cards named no base model ("[None]") for a local folder
         card = (out / stage / "README.md").read_text()
         assert "fine-tuned version of `trl-irl's tiny Llama" in card and f'model="{out / stage / "final"}"' in card
@@ -41,8 +43,9 @@ def test_toy_recipe_end_to_end(tmp_path):
     assert "BC vs online IRL: algo=grpo, credit=sequence, reward=bt" in result.stdout
     assert "success_rate - bc" in result.stdout and "95% paired bootstrap interval over the 32 held-out" in result.stdout
     spans = metrics["intervals"]
-    assert set(spans["success_rate"]["ci95"]) == {"bc", "grpo", "oracle"}
-    assert set(spans["success_rate"]["minus_bc"]) == {"grpo", "oracle"} and "gap_closed" in spans["success_rate"]
+    assert set(spans["success_rate"]["ci95"]) == {"bc", "bc@T*", "grpo", "oracle"}
+    assert set(spans["success_rate"]["minus_bc"]) == {"bc@T*", "grpo", "oracle"} and "gap_closed" in spans["success_rate"]
+    assert set(spans["success_greedy"]["ci95"]) == {"bc", "bc@T*", "grpo", "oracle"}
     assert metrics["gap_closed"]["grpo"] == spans["success_rate"]["gap_closed"]["grpo"]["value"]
     assert metrics["task"]["heldout"] == 32 and metrics["task"]["n_states"] == metrics["config"]["task"]["n_states"]
     # every sample with the reward model's score, which the saved reward gives again

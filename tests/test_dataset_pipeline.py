@@ -55,19 +55,23 @@ def test_a_users_file_end_to_end(chat, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(out / "metrics.json")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics["arms"]) == ["bc", "grpo", "oracle"]
+    assert list(metrics["arms"]) == ["bc", "bc@T*", "grpo", "oracle"]
     for arm in metrics["arms"].values():
         assert 0.0 <= arm["success_rate"] <= 1.0 and arm["demo_nll_per_token"] > 0.0
         assert "expert_logprob_per_token" not in arm and "valid_token_rate" not in arm  # no known expert here
         assert {"reward_accuracy", "reward_ties", "kl_to_bc", "mean_length", "distinct_2"} <= set(arm)
     bc, irl, oracle = (metrics["arms"][a]["success_rate"] for a in ("bc", "grpo", "oracle"))
     expected = (irl - bc) / (oracle - bc) if oracle > bc else None
-    assert metrics["gap_closed"] == {"grpo": pytest.approx(expected) if expected is not None else None}
+    assert metrics["gap_closed"]["grpo"] == (pytest.approx(expected) if expected is not None else None)
+    best = metrics["arms"]["bc@T*"]  # BC at the temperature its validation rows liked best
+    assert set(best["validation_success"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert best["temperature"] == min(float(t) for t, v in best["validation_success"].items()
+                                      if v == max(best["validation_success"].values()))
     assert metrics["reference"]["success_rate"] == 1.0  # every demonstration passes its own verifier
     assert metrics["task"]["chat"] is chat and metrics["task"]["heldout"] == 6
     assert "gap_closed" in result.stdout and "oracle" in result.stdout
     records = [json.loads(line) for line in (out / "samples_oracle.jsonl").read_text().splitlines()]
-    assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score", "reward",
+    assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score", "reward", "greedy_score",
                                                      "demonstration_reward", "demonstration_nll", "demonstration_tokens"}
     if chat:
         assert records[0]["prompt"].startswith("user: rev ") and records[0]["prompt"].endswith("\nassistant: ")

@@ -126,7 +126,7 @@ def test_pipeline_runs_under_accelerate_launch(tmp_path, backend, port):
                      f"hydra.run.dir={run}"], tmp_path, port, backend)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert list(metrics["arms"]) == ["bc", "ppo", "oracle"]
+    assert list(metrics["arms"]) == ["bc", "bc@T*", "ppo", "oracle"]
     for arm in ("ppo", "oracle"):
         assert (run / arm / "merged" / "model.safetensors").exists()
     assert result.stdout.strip().splitlines()[-1] == str(run / "metrics.json")

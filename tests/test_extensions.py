@@ -83,7 +83,7 @@ def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, mon
     metrics = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo,uniform_credit]", "reward.objective=hinge",
                           "algo.name=dr_grpo", "credit.name=uniform", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
     assert metrics.path == tmp_path / "run" / "metrics.json" and json.loads(metrics.path.read_text()) == metrics
-    assert set(metrics["arms"]) == {"bc", "dr_grpo"}
+    assert set(metrics["arms"]) == {"bc", "bc@T*", "dr_grpo"}
     stage = json.loads((tmp_path / "run" / "dr_grpo" / "stage_config.json").read_text())
     assert stage["reward.objective"] == "hinge" and stage["algo"]["name"] == "dr_grpo"
     assert stage["credit"]["name"] == "uniform"

@@ -58,7 +58,7 @@ def test_the_readme_quickstart_runs_as_written_from_python(user_folder):
     namespace = run_python_blocks(README, section(README, "Quickstart: your own data"))
     metrics = json.loads(namespace["metrics"].path.read_text())
     assert metrics == namespace["metrics"]  # what trl_irl.run returns is metrics.json
-    assert list(metrics["arms"]) == ["bc", "grpo", "oracle"]
+    assert list(metrics["arms"]) == ["bc", "bc@T*", "grpo", "oracle"]
     assert metrics["config"]["algo"]["max_steps"] == 20
 
 
@@ -74,7 +74,7 @@ def test_the_readme_quickstart_runs_as_written_from_the_cli(user_folder):
         assert result.returncode == 0, result.stderr[-3000:]
         metrics_path = Path(result.stdout.strip().splitlines()[-1])  # the last line, as the README says
         metrics = json.loads(metrics_path.read_text())
-        assert metrics_path.resolve().is_relative_to(user_folder.resolve()) and list(metrics["arms"]) == ["bc", "grpo", "oracle"]
+        assert metrics_path.resolve().is_relative_to(user_folder.resolve()) and list(metrics["arms"]) == ["bc", "bc@T*", "grpo", "oracle"]
         assert "success_rate" in metrics["arms"]["oracle"]
 
 

@@ -1,8 +1,11 @@
 """Per-arm evaluation on the held-out rows of any task, the results table and the plot.
 
-Every arm is scored on one sample per held-out prompt (temperature 1, the distribution it was trained to match):
+Every arm is scored on ``eval.num_samples`` samples per held-out prompt (temperature 1, the distribution it was
+trained to match; one by default):
 
     success_rate         the task's verifier on the samples (tasks without a verifier: absent)
+    pass@k               with several samples a prompt: the chance one of k is right (k = 2, 4, ... up to them)
+    success_greedy       the verifier on the greedy completion (temperature 0)
     demo_nll_per_token   -log pi(demonstration) per token (EOS included): how well the arm still imitates
     kl_to_bc             exact per-state KL(pi || BC), averaged over the states the samples visit
     reward_accuracy      the online-IRL reward model ranks the held-out demonstration above this arm's sample,
@@ -13,7 +16,9 @@ Every arm is scored on one sample per held-out prompt (temperature 1, the distri
     (task metrics)       what only this task can compute, e.g. the automaton's exact expert log-probabilities
 
 ``gap_closed[arm] = (success(arm) - success(bc)) / (success(oracle) - success(bc))``: the share of the BC-to-RL-ceiling
-gap an arm closes.
+gap an arm closes. The ``bc@T*`` arm is BC sampled at the temperature of ``eval.temperatures`` that does best on the
+validation rows (chosen there, never on held-out rows): RL sharpens a policy, and a colder BC sharpens it for free, so
+an arm that beats ``bc`` but not ``bc@T*`` has not shown that it learned more than a temperature.
 
 ``reward_diagnostics`` (``rerank``; the pipeline's ``reward_diagnostics``): does the learned reward know a good
 completion from a bad one? BC samples ``eval.rerank_samples`` completions per held-out prompt; the reward as reward
@@ -35,10 +40,11 @@ from .rewards.objectives import RewardObjective, completion_logps, encode, pair_
 
 @torch.no_grad()
 def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                       seed: int, desc: str = "sampling", with_ids: bool = False, bf16: bool = False):
-    """One completion per prompt at temperature 1 with no truncation of the distribution (top-k/top-p off).
-    ``with_ids``: also the generated token ids of each (EOS and padding removed); ``bf16``: sampled under bf16
-    autocast on CPU (``precision.py``; what is scored stays fp32)."""
+                       seed: int, desc: str = "sampling", with_ids: bool = False, bf16: bool = False,
+                       temperature: float = 1.0):
+    """One completion per prompt at ``temperature`` (1: the policy's own distribution; 0: greedy) with no truncation
+    of the distribution (top-k/top-p off). ``with_ids``: also the generated token ids of each (EOS and padding
+    removed); ``bf16``: sampled under bf16 autocast on CPU (``precision.py``; what is scored stays fp32)."""
     torch.manual_seed(seed)
     model.eval()
     device = next(model.parameters()).device
@@ -46,9 +52,10 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
         enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left",
                         add_special_tokens=False).to(device)
+        decoding = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
+            dict(do_sample=False, temperature=None, top_k=None, top_p=None)
         with cpu_autocast(bf16, device):
-            ids = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            ids = model.generate(**enc, **decoding, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         generated = ids[:, enc["input_ids"].shape[1] :]
         texts += tokenizer.batch_decode(generated, skip_special_tokens=True)
         for row in generated.tolist():  # up to the first EOS; padding (a pad token that is not EOS) dropped
@@ -96,27 +103,56 @@ def distinct_2(token_ids: list[list[int]]) -> float | None:
     return len(set(bigrams)) / len(bigrams) if bigrams else None
 
 
+def samples_file(arm: str) -> str:
+    """The name of an arm's ``samples_<arm>.jsonl`` (``bc@T*``'s: ``samples_bc_best_T.jsonl``, no glob characters)."""
+    return f"samples_{arm.replace('@T*', '_best_T')}.jsonl"
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The chance that at least one of k samples drawn without replacement from n, c of them right, is right
+    (Chen et al. 2021's unbiased estimator: 1 - C(n - c, k) / C(n, k))."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
 def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,
                  reward_objective: RewardObjective | None, reward_model, batch_size: int, seed: int,
-                 name: str, bf16: bool = False, demonstration_rewards: torch.Tensor | None = None) -> tuple[dict, list[dict]]:
+                 name: str, bf16: bool = False, demonstration_rewards: torch.Tensor | None = None,
+                 num_samples: int = 1, temperature: float = 1.0, greedy: bool = True) -> tuple[dict, list[dict]]:
     """The metrics of one arm (module docstring) and a record per held-out prompt, for a person to read and for the
-    intervals (``intervals``): ``{prompt, sample, demonstration, score}`` (the verifier's, None without one), the
-    reward model's ``reward`` of the sample and ``demonstration_reward`` where a reward model was trained, and
-    ``demonstration_nll`` (-log pi of the demonstration, summed) over ``demonstration_tokens``. ``bf16``: samples
-    and rewards under bf16 autocast on CPU (as in training); log-probabilities and KL stay fp32.
-    ``demonstration_rewards``: the reward of each held-out demonstration where it is the same for every arm (a
-    reward that does not read the policy), scored once by the caller (None: scored here)."""
+    intervals (``intervals``): ``{prompt, sample, demonstration, score}`` (``score``: the verifier's mean over the
+    prompt's samples, None without one), the reward model's ``reward`` of the sample and ``demonstration_reward``
+    where a reward model was trained, ``demonstration_nll`` (-log pi of the demonstration, summed) over
+    ``demonstration_tokens``, ``greedy_score`` (the greedy completion's), and with ``num_samples`` > 1 ``samples``
+    and ``scores``. ``bf16``: samples and rewards under bf16 autocast on CPU (as in training); log-probabilities and
+    KL stay fp32. ``demonstration_rewards``: the reward of each held-out demonstration where it is the same for every
+    arm (a reward that does not read the policy), scored once by the caller (None: scored here).
+    ``num_samples`` completions per prompt at ``temperature`` (``pass@k`` for k = 2, 4, ... up to it); ``greedy``:
+    also ``success_greedy``, the greedy completion's success."""
     prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
-    samples, sample_ids = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
-                                             desc=f"eval {name}", with_ids=True, bf16=bf16)
+    n = num_samples
+    every = [p for p in prompts for _ in range(n)]  # each prompt's samples side by side
+    samples, sample_ids = sample_completions(policy, tokenizer, every, max_new_tokens, batch_size, seed,
+                                             desc=f"eval {name}", with_ids=True, bf16=bf16, temperature=temperature)
+    rows = [row for row in heldout for _ in range(n)]
     verifier = task.verifier
-    scores = [verifier(p, s, row) for p, s, row in zip(prompts, samples, heldout)] if verifier else None
+    scores = np.array([verifier(p, s, row) for p, s, row in zip(every, samples, rows)]).reshape(len(prompts), n) \
+        if verifier else None
     metrics = {}
+    greedy_scores = None
     if scores is not None:
-        metrics["success_rate"] = float(np.mean(scores))
+        metrics["success_rate"] = float(scores.mean())
+        for k in [2 ** i for i in range(1, n.bit_length()) if 2 ** i <= n]:
+            metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, int((row > 0.5).sum()), k) for row in scores]))
+        if greedy:
+            greedy_samples = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
+                                                desc=f"greedy {name}", bf16=bf16, temperature=0.0)
+            greedy_scores = [verifier(p, s, row) for p, s, row in zip(prompts, greedy_samples, heldout)]
+            metrics["success_greedy"] = float(np.mean(greedy_scores))
     nll, tokens = demonstration_nlls(policy, tokenizer, prompts, demos, batch_size)
     metrics["demo_nll_per_token"] = float(nll.sum() / max(tokens.sum(), 1))
-    metrics["kl_to_bc"] = kl_to_reference(policy, reference, tokenizer, prompts, samples, batch_size)
+    metrics["kl_to_bc"] = kl_to_reference(policy, reference, tokenizer, every, samples, batch_size)
     r_demo = r_sample = None
     if reward_model is not None:
         policy_for_reward = policy if reward_objective.needs_policy else None
@@ -124,19 +160,27 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
             if demonstration_rewards is None:
                 demonstration_rewards = reward_objective.rewards(reward_model, tokenizer, prompts, demos,
                                                                  policy_for_reward, batch_size)
-            r_sample = reward_objective.rewards(reward_model, tokenizer, prompts, samples, policy_for_reward, batch_size)
+            r_sample = reward_objective.rewards(reward_model, tokenizer, every, samples, policy_for_reward, batch_size)
         r_demo = demonstration_rewards
-        accuracy, ties = pair_accuracy(r_demo, r_sample, [s.strip() == d.strip() for s, d in zip(samples, demos)])
+        accuracy, ties = pair_accuracy(r_demo.repeat_interleave(n), r_sample,
+                                       [s.strip() == d.strip() for s, d in zip(samples, [d for d in demos for _ in range(n)])])
         metrics |= {"reward_accuracy": accuracy, "reward_ties": ties}
         r_demo, r_sample = r_demo.tolist(), r_sample.tolist()
     metrics["mean_length"] = float(np.mean([len(ids) for ids in sample_ids]))
     metrics["distinct_2"] = distinct_2(sample_ids)
-    metrics |= task.metrics(prompts, samples)
+    metrics |= task.metrics(every, samples)
     metrics["num_samples"] = len(samples)
-    records = [{"prompt": p, "sample": s, "demonstration": d, "score": None if scores is None else scores[i],
-                **({} if r_sample is None else {"reward": r_sample[i], "demonstration_reward": r_demo[i]}),
-                "demonstration_nll": float(nll[i]), "demonstration_tokens": int(tokens[i])}
-               for i, (p, s, d) in enumerate(zip(prompts, samples, demos))]
+    metrics["temperature"] = float(temperature)
+    if n > 1:
+        metrics["samples_per_prompt"] = n
+    records = [{"prompt": p, "sample": samples[i * n], "demonstration": d,
+                "score": None if scores is None else float(scores[i].mean()),
+                **({} if r_sample is None else {"reward": r_sample[i * n], "demonstration_reward": r_demo[i]}),
+                "demonstration_nll": float(nll[i]), "demonstration_tokens": int(tokens[i]),
+                **({} if greedy_scores is None else {"greedy_score": greedy_scores[i]}),
+                **({} if n == 1 else {"samples": samples[i * n : (i + 1) * n],
+                                      "scores": None if scores is None else scores[i].tolist()})}
+               for i, (p, d) in enumerate(zip(prompts, demos))]
     return metrics, records
 
 
@@ -196,6 +240,8 @@ def intervals(records: dict[str, list[dict]], seed: int = 0) -> dict:
                      f"{seed}); null: undefined (a value), unbounded (an interval)"}
     if all(r["score"] is not None for arm in arms for r in records[arm]):
         out["success_rate"] = compare_arms({a: [r["score"] for r in records[a]] for a in arms}, seed=seed)
+    if all("greedy_score" in r for arm in arms for r in records[arm]):
+        out["success_greedy"] = compare_arms({a: [r["greedy_score"] for r in records[a]] for a in arms}, seed=seed)
     out["demo_nll_per_token"] = compare_arms({a: [r["demonstration_nll"] for r in records[a]] for a in arms},
                                              {a: [r["demonstration_tokens"] for r in records[a]] for a in arms},
                                              seed=seed)
@@ -257,7 +303,7 @@ def print_table(metrics: dict, console=None):
     def row(label: str, cells: list[str], demos: str = ""):
         table.add_row(label, *cells, *([demos] if reference else []))
 
-    for key in dict.fromkeys(k for values in arms.values() for k in values):
+    for key in dict.fromkeys(k for values in arms.values() for k, v in values.items() if not isinstance(v, dict)):
         row(key, [_cell(arms[a].get(key)) for a in arms], _cell(reference[key]) if key in reference else "")
     spans = metrics.get("intervals", {})
     for key, label in (("success_rate", "success_rate"), ("demo_nll_per_token", "demo_nll")):
@@ -279,7 +325,7 @@ def print_table(metrics: dict, console=None):
 def table_notes(metrics: dict) -> list[str]:
     """What the table cannot say by itself: where its intervals come from, and how ``gap_closed`` reads."""
     lines = []
-    samples = [values.get("num_samples") for values in metrics["arms"].values()]
+    samples = [values.get("num_samples", 0) // values.get("samples_per_prompt", 1) for values in metrics["arms"].values()]
     if metrics.get("intervals") and samples and samples[0]:
         lines.append(f"[low, high]: 95% paired bootstrap interval over the {samples[0]} held-out prompts; [-]: "
                      "unbounded (where the oracle does not beat BC in over 2.5% of the draws)")

@@ -97,6 +97,8 @@ def verifier_reward(score, rows: list[dict]):
     return verifier
 
 
+BC_BEST = "bc@T*"  # the evaluation's arm: BC at the sampling temperature that does best on validation rows
+
 # the IRLRewardConfig fields the adapter-role pretraining loop honours (OnlineRewardUpdater's settings)
 ROLE_PRETRAIN_KEYS = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_grad_norm")
 
@@ -657,7 +659,7 @@ class Pipeline:
         """Every arm on one sample per held-out prompt, its KL measured to the BC policy ``bc`` and scored by the
         online-IRL reward as that arm left it (where one ran): (metrics, records) per arm, the records also in
         ``samples_<arm>.jsonl`` (UTF-8) beside metrics.json."""
-        from .evaluation import evaluate_arm
+        from .evaluation import evaluate_arm, samples_file
 
         reward_dir = self.out / self.algo / "final_reward"
         reward_dir = reward_dir if self.algo in self.arms and reward_dir.exists() else None
@@ -669,20 +671,52 @@ class Pipeline:
                 demo_rewards = self.objective.rewards(reward, self.tokenizer, [r["prompt"] for r in self.data.heldout],
                                                       [r["completion"] for r in self.data.heldout], None,
                                                       self.cfg["eval"]["batch_size"])
-        for arm in self.arms:
+        e = self.cfg["eval"]
+        best_temperature = self.best_bc_temperature(reference) if "bc" in self.arms else None
+        for arm in self.arms + ([BC_BEST] if best_temperature is not None else []):
             start = time.perf_counter()
-            policy = reference if arm == "bc" else self.roles.load_policy(str(self.final_dir(arm)))
+            policy = reference if arm in ("bc", BC_BEST) else self.roles.load_policy(str(self.final_dir(arm)))
             arms[arm], records[arm] = evaluate_arm(
                 policy, self.tokenizer, self.task, self.data.heldout, max_new_tokens=self.data.max_completion_length,
                 reference=reference, reward_objective=self.objective if reward is not None else None,
-                reward_model=reward, batch_size=self.cfg["eval"]["batch_size"], seed=5000 + self.cfg["seed"], name=arm,
-                bf16=self.sample_bf16, demonstration_rewards=demo_rewards)
+                reward_model=reward, batch_size=e["batch_size"], seed=5000 + self.cfg["seed"], name=arm,
+                bf16=self.sample_bf16, demonstration_rewards=demo_rewards, num_samples=e["num_samples"],
+                temperature=best_temperature["temperature"] if arm == BC_BEST else 1.0)
+            if arm == BC_BEST:
+                arms[arm] |= best_temperature
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[arm])
-            self.on_main(atomic_write_text, self.out / f"samples_{arm}.jsonl", text)
-            del policy
+            self.on_main(atomic_write_text, self.out / samples_file(arm), text)
+            if policy is not reference:
+                del policy
             release_memory()
             self.timings[f"eval_{arm}"] = round(time.perf_counter() - start, 2)
+        if BC_BEST in arms:  # beside bc in the table
+            order = [a for a in arms if a != BC_BEST]
+            order.insert(order.index("bc") + 1, BC_BEST)
+            arms, records = {a: arms[a] for a in order}, {a: records[a] for a in order}
         return arms, records
+
+    def best_bc_temperature(self, bc_policy) -> dict | None:
+        """BC's sampling temperature for the ``bc@T*`` arm: of ``eval.temperatures`` (0: greedy), the one whose
+        success on the validation rows (never the held-out ones) is highest, the lowest of a tie. None without a
+        verifier or temperatures. Returns ``{"temperature", "validation_success": {T: success}}``."""
+        from .evaluation import sample_completions
+
+        temperatures, verifier = self.cfg["eval"]["temperatures"], self.task.verifier
+        if not temperatures or verifier is None:
+            return None
+        rows, n = self.data.validation, self.cfg["eval"]["num_samples"]
+        prompts = [r["prompt"] for r in rows for _ in range(n)]
+        found = {}
+        for t in sorted({float(t) for t in temperatures}):
+            samples = sample_completions(bc_policy, self.tokenizer, prompts, self.data.max_completion_length,
+                                         self.cfg["eval"]["batch_size"], 8000 + self.cfg["seed"],
+                                         desc=f"BC at T={t:g} (validation)", bf16=self.sample_bf16, temperature=t)
+            found[t] = sum(verifier(p, s, r) for p, s, r in zip(prompts, samples, [r for r in rows for _ in range(n)])) \
+                / len(prompts)
+        best = max(found.values())
+        return {"temperature": min(t for t, v in found.items() if v == best),
+                "validation_success": {f"{t:g}": v for t, v in found.items()}}
 
     def reward_diagnostics(self, bc: str) -> dict:
         """The learned reward as a reranker of ``eval.rerank_samples`` BC samples per held-out prompt

@@ -201,6 +201,9 @@ RANGES = [
     ("threads", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("eval.rerank_samples", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    ("eval.num_samples", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("eval.temperatures", "a list of numbers >= 0 ([] for no bc@T* arm)",
+     lambda v: isinstance(v, (list, tuple)) and all(_number(t) and t >= 0 for t in v)),
     ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
       for s in ("bc", "spin", "algo", "reward.pretrain")],
