@@ -124,6 +124,9 @@ BAD_INPUTS = [
     ((*DATA, "task.verifier=python:{yes}:score"), "returned 'yes' (str), not a number in [0, 1]"),
     ((*DATA, "task.verifier=exact", "min_demo_success=1.5"), "min_demo_success=1.5: must be a number in [0, 1]"),
     ((*DATA, "arms=[bc,oracle]"), "this task has none: set task.verifier"),
+    (("arms=[bc,sdft]", "peft=lora"), "arms: sdft trains full models only (peft=none)"),
+    (("arms=[bc,sdft]", "sdft.max_steps=0"), "sdft.max_steps=0: must be an integer >= 1 (null: the algo's)"),
+    (("arms=[bc,sdft]", "+sdft.extra.distilation_topk=8"), "distilation_topk"),
     (("peft=lora", "+reward.pretrain.lr_scheduler_type=cosine"), "cannot apply with peft=lora"),
     # the studies' jobs: their recipe is their schema
     (("recipe=prompt_oirl", "+data.datset=svamp"), "unknown config key data.datset (on the command line: +data.datset=svamp): did you mean data.dataset?"),

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,6 +154,30 @@ def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipe
 
     assert len(keep) > len(prompts) // 2
     assert margin(spin) > margin(bc) + 1.0
+
+
+def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipeline, monkeypatch):
+    """SDFT (TRL's SDFTTrainer) from BC: the teacher reads the prompt, a blank line and the demonstration; the
+    distillation loss on the policy's own completions falls over training (from TRL's logged
+    ``sdft/distillation_loss``), and the saved policy is not BC. On a model trained from scratch the teacher barely
+    reads the demonstration (BC never saw one in its prompt), so the loss starts near 0."""
+    from trl.experimental.sdft import sdft_trainer
+
+    p, bc_path = dataset_pipeline
+    seen = []
+    compose = sdft_trainer.DemonstrationTeacherContextBuilder._compose_teacher_prompt
+    monkeypatch.setattr(sdft_trainer.DemonstrationTeacherContextBuilder, "_compose_teacher_prompt",
+                        lambda self, prompt, context: seen.append((prompt, context)) or compose(self, prompt, context))
+    p.cfg["sdft"] |= {"max_steps": 40, "learning_rate": 3e-4, "per_device_train_batch_size": 8, "num_generations": 4}
+    p.sdft_training(bc_path)
+    assert (p.final_dir("sdft") / "DONE").exists()
+    demonstration = {r["prompt"]: r["completion"] for r in p.data.train}
+    assert seen and all(demonstration[prompt] == context for prompt, context in seen)
+    events = [json.loads(line) for line in (p.out / "train.log").read_text().splitlines()]
+    losses = [e["sdft/distillation_loss"] for e in events if "sdft/distillation_loss" in e]
+    assert len(losses) == 8 and np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2]), losses
+    bc, sdft = p.roles.load_policy(bc_path).state_dict(), p.roles.load_policy(str(p.final_dir("sdft"))).state_dict()
+    assert any(not torch.equal(bc[k], sdft[k]) for k in bc)
 
 
 @pytest.mark.parametrize("overrides, message", [

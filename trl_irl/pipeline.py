@@ -10,6 +10,8 @@ The arms (``arms``; default ``[bc, <algo>, oracle]``, the oracle where the task 
     oracle   the same algorithm from the same BC policy, rewarded by the task's verifier: the RL ceiling
     spin     SPIN (Chen et al. 2024): ``spin.rounds`` rounds of TRL's DPOTrainer, the demonstration chosen over the
              current policy's own sample
+    sdft     SDFT (Shenfeld et al. 2026): TRL's experimental SDFTTrainer, the policy's own samples distilled toward
+             the BC policy prompted with the demonstration (the privileged context)
 
 The constructor is the run's whole check (config, trainer configs, the task's rows and the verifier on them, the run
 folder), and writes nothing. Each stage writes its final model under ``output_dir/<stage>/final`` and the config
@@ -97,6 +99,7 @@ def verifier_reward(score, rows: list[dict]):
     return verifier
 
 
+SDFT_FROM_ALGO = ("max_steps", "learning_rate", "per_device_train_batch_size", "num_generations")  # sdft.* null: algo's
 BC_BEST = "bc@T*"  # the evaluation's arm: BC at the sampling temperature that does best on validation rows
 
 # the IRLRewardConfig fields the adapter-role pretraining loop honours (OnlineRewardUpdater's settings)
@@ -161,12 +164,15 @@ class Pipeline:
         if arms is None:
             return ["bc", self.algo] + (["oracle"] if has_verifier else [])
         arms = [str(a) for a in arms]
-        choices = ["bc", self.algo, "oracle", "spin"]
+        choices = ["bc", self.algo, "oracle", "spin", "sdft"]
         unknown = [a for a in arms if a not in choices]
         if unknown:
             raise ValueError(f"arms: {unknown} unknown; choose from {choices} (online IRL is named after algo={self.algo})")
         if len(set(arms)) != len(arms):
             raise ValueError(f"arms: {arms} names an arm twice")
+        if "sdft" in arms and self.lora:
+            raise ValueError("arms: sdft trains full models only (peft=none): TRL's SDFTTrainer takes a LoRA student's "
+                             "adapter-free base as its teacher, not the BC adapter. Drop sdft, or set peft=none")
         if "oracle" in arms and not has_verifier:
             raise ValueError("arms: oracle is rewarded by the task's verifier, and this task has none: set "
                              "task.verifier (exact, numeric, regex:<pattern>, python:<module>:<function>) or drop oracle")
@@ -179,7 +185,7 @@ class Pipeline:
         if value is None:
             return None
         match = re.fullmatch(r"(?:([\w.-]+)/)?(checkpoint-\d+)", str(value))
-        trained = [a for a in self.arms if a not in ("bc", "spin")]
+        trained = [a for a in self.arms if a not in ("bc", "spin", "sdft")]
         if not match:
             raise ValueError(f"resume_from={value!r}: give checkpoint-N (the {self.algo} arm's) or <arm>/checkpoint-N "
                              f"with <arm> one of {trained}")
@@ -278,6 +284,17 @@ class Pipeline:
             **self.common_args(stage), "max_completion_length": max_completion_length, "save_strategy": "steps",
             **a, **shared, **extra, **overrides}, "algo / credit / reward.online", section_paths("algo", self.cfg["algo"]))
 
+    def sdft_config(self):
+        from trl.experimental.sdft import SDFTConfig
+
+        c = dict(self.cfg["sdft"])
+        extra = c.pop("extra")
+        c = {k: self.cfg["algo"][k] if k in SDFT_FROM_ALGO and v is None else v for k, v in c.items()}
+        return build_config(SDFTConfig, {
+            **self.common_args("sdft"), "max_completion_length": self.cfg["task"].get("max_completion_length") or 1,
+            "save_strategy": "no", "logging_steps": 5, "teacher_model_kind": "base", **c, **extra}, "sdft / sdft.extra",
+            section_paths("sdft", self.cfg["sdft"]))
+
     def spin_config(self, round_: int):
         from trl import DPOConfig
 
@@ -301,6 +318,8 @@ class Pipeline:
         for arm in self.arms:
             if arm == "spin":
                 self.spin_config(1)
+            elif arm == "sdft":
+                self.sdft_config()
             elif arm != "bc":
                 trainer_cls = ALGORITHMS[self.algo][1]
                 config = self.policy_config(arm, length)
@@ -655,6 +674,27 @@ class Pipeline:
         self.mark_done(stage, functools.partial(self.roles.save_policy, self.roles.load_policy(path)))
         release_memory()
 
+    def sdft_training(self, bc: str):
+        """SDFT from the BC policy ``bc`` (TRL's SDFTTrainer): the policy samples the training prompts, and each
+        completion is distilled toward the BC policy (the teacher, ``teacher_model_kind=base``) shown the prompt with
+        its demonstration (``teacher_prompt_template``: the prompt, a blank line, the demonstration)."""
+        from datasets import Dataset
+        from trl.experimental.sdft import SDFTTrainer
+
+        if self.done("sdft"):
+            return
+        self.begin("sdft")
+        args = self.sdft_config()
+        args.max_completion_length = self.data.max_completion_length
+        args.distillation_topk = min(args.distillation_topk, len(self.tokenizer))  # TRL's 100 > a tiny vocabulary
+        rows = Dataset.from_list([{"prompt": r["prompt"], "privileged_context": r["completion"]} for r in self.data.train])
+        trainer = SDFTTrainer(model=self.roles.load_policy(bc, trainable=True).train(), args=args, train_dataset=rows,
+                              processing_class=self.tokenizer)
+        self.progress(trainer, "sdft").train()
+        self.mark_done("sdft", functools.partial(self.roles.save_policy, trainer.model.eval()))
+        del trainer
+        release_memory()
+
     def evaluation(self, bc: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
         """Every arm on one sample per held-out prompt, its KL measured to the BC policy ``bc`` and scored by the
         online-IRL reward as that arm left it (where one ran): (metrics, records) per arm, the records also in
@@ -773,6 +813,8 @@ class Pipeline:
         for arm in self.arms:
             if arm == "spin":
                 self.timed("spin", self.spin_training, bc)
+            elif arm == "sdft":
+                self.timed("sdft", self.sdft_training, bc)
             elif arm != "bc":
                 history = self.timed(arm, self.policy_training, arm, bc)
                 log_history = history if arm == self.algo else log_history

@@ -9,9 +9,10 @@ a change upstream makes every stage after it differ too):
     bc                seed, task (but its verifier), model, quant, peft, bc
     reward_pretrain   + reward.objective, reward.prefix_weight, reward.pretrain, eval.batch_size (BC samples are
                       drawn in batches of that size)
-    <algo>            + all of reward, algo, credit, shared_base
-    oracle            + task.verifier, task.answer_column, algo, credit, shared_base
+    <algo>            + all of reward, algo, credit, shared_base, the rollout prompts (task.rollout_*)
+    oracle            + task.verifier, task.answer_column, the rollout prompts, algo, credit, shared_base
     spin              + spin, eval.batch_size
+    sdft              + sdft, the algo's steps, learning rate, batch and group size
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ LOCK = ".trl_irl.lock"
 STAGE_CONFIG = "stage_config.json"
 BASE = ("seed", "task", "model", "quant", "peft", "bc")
 VERIFIER_KEYS = ("verifier", "answer_column")  # task keys that shape the oracle alone
+ROLLOUT = ("task.rollout_path", "task.num_rollout_prompts", "task.rollout_pool")  # shape the RL arms alone
 
 
 def stage_sections(stage: str, algo: str) -> tuple[str, ...]:
@@ -40,11 +42,14 @@ def stage_sections(stage: str, algo: str) -> tuple[str, ...]:
     if stage == "reward_pretrain":
         return pretrain
     if stage == algo:
-        return (*pretrain, "reward", "algo", "credit", "shared_base")
+        return (*pretrain, *ROLLOUT, "reward", "algo", "credit", "shared_base")
     if stage == "oracle":
-        return (*BASE, "task.verifier", "task.answer_column", "algo", "credit", "shared_base")
+        return (*BASE, "task.verifier", "task.answer_column", *ROLLOUT, "algo", "credit", "shared_base")
     if stage == "spin":
         return (*BASE, "spin", "eval.batch_size")
+    if stage == "sdft":  # its budget is the algo's where sdft.* leaves it null
+        return (*BASE, "sdft", "algo.max_steps", "algo.learning_rate", "algo.per_device_train_batch_size",
+                "algo.num_generations")
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -53,8 +58,9 @@ def stage_config(cfg: dict, stage: str, algo: str) -> dict:
     out = {}
     for section in stage_sections(stage, algo):
         out[section] = lookup(cfg, section)
-    if isinstance(out.get("task"), dict):  # the verifier only scores, and trains the oracle alone (its own sections)
-        out["task"] = {k: v for k, v in out["task"].items() if k not in VERIFIER_KEYS}
+    if isinstance(out.get("task"), dict):  # the verifier and the rollout prompts shape the RL arms alone (their own
+        skip = {*VERIFIER_KEYS, *(key.removeprefix("task.") for key in ROLLOUT)}  # sections)
+        out["task"] = {k: v for k, v in out["task"].items() if k not in skip}
     return json.loads(json.dumps(out))
 
 

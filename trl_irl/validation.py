@@ -144,7 +144,8 @@ def check_pad_id(model, tokenizer, name: str = "reward_model"):
 
 # --- the job's config: every key known, every value in range, before anything runs ------------------------------
 # sections whose keys are checked against a dataclass (the trainer configs, the task's factory): not the schema's
-OPEN_SECTIONS = ("algo", "credit", "reward.pretrain", "reward.online", "bc.extra", "spin.extra", "task", "hydra")
+OPEN_SECTIONS = ("algo", "credit", "reward.pretrain", "reward.online", "bc.extra", "spin.extra", "sdft.extra", "task",
+                 "hydra")
 # the studies' jobs: their schema is their recipe; these sections hold names or fields checked by the job itself
 JOB_OPEN_SECTIONS = {"prompt_oirl": ("rm.candidates", "hydra"),
                      "compounding_error": ("compounding.rl", "compounding.hidden", "compounding.demos", "hydra")}
@@ -206,11 +207,13 @@ RANGES = [
      lambda v: isinstance(v, (list, tuple)) and all(_number(t) and t >= 0 for t in v)),
     ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
-      for s in ("bc", "spin", "algo", "reward.pretrain")],
+      for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")],
+    *[(f"sdft.{k}", "an integer >= 1 (null: the algo's)", lambda v: isinstance(v, int) and not isinstance(v, bool)
+       and v >= 1) for k in ("max_steps", "num_generations")],
     ("algo.critic_learning_rate", "a number > 0", lambda v: _number(v) and v > 0),
     *[(f"{s}.per_device_train_batch_size", "an integer >= 1",
        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-      for s in ("bc", "spin", "algo", "reward.pretrain")],
+      for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")],
     *[(f"{s}.num_train_epochs", "a number > 0", lambda v: _number(v) and v > 0)
       for s in ("bc", "spin", "reward.pretrain")],
     ("bc.early_stopping_patience", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
