@@ -18,7 +18,8 @@ folder), and writes nothing. Each stage writes its final model under ``output_di
 that shaped it in ``<stage>/stage_config.json``. One run holds the folder at a time (``run_folder.RunLock``). With
 ``resume=true`` finished stages are reused, and policy training continues from its newest complete checkpoint (or
 ``resume_from``), once every stage's config matches this run's (``run_folder.check_resume``). The evaluation reads
-every arm from disk.
+every arm from disk, adds ``bc@T*`` (BC at the sampling temperature its validation rows like best) and, with a
+verifier, the learned reward's diagnostics (``reward_diagnostics``: how well it reranks BC's samples).
 
 Each stage takes what it starts from and returns what it made (``bc = behaviour_cloning()``,
 ``reward = reward_pretraining(bc)``, ``policy_training(arm, bc)``, ``evaluation(bc)``); the models come from one
