@@ -64,6 +64,21 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return (texts, ids_out) if with_ids else texts
 
 
+def sample_and_score(model, tokenizer, verifier, rows: list[dict], n: int, *, max_new_tokens: int, batch_size: int,
+                     seed: int, desc: str, bf16: bool = False, temperature: float = 1.0, with_ids: bool = False):
+    """``n`` completions of each row's prompt (``sample_completions``), each prompt's side by side, and the
+    verifier's score of each as a (rows, n) array (None without a verifier). Returns (prompts, samples, scores),
+    ``prompts`` repeated as the samples are; with ``with_ids`` also the samples' token ids, last."""
+    prompts = [r["prompt"] for r in rows for _ in range(n)]
+    out = sample_completions(model, tokenizer, prompts, max_new_tokens, batch_size, seed, desc=desc, with_ids=with_ids,
+                             bf16=bf16, temperature=temperature)
+    samples = out[0] if with_ids else out
+    scores = None if verifier is None else np.array(
+        [verifier(p, s, row) for p, s, row in zip(prompts, samples, [r for r in rows for _ in range(n)])],
+        dtype=float).reshape(len(rows), n)
+    return (prompts, samples, scores, out[1]) if with_ids else (prompts, samples, scores)
+
+
 @torch.no_grad()
 def kl_to_reference(model, reference, tokenizer, prompts: list[str], completions: list[str], batch_size: int) -> float:
     """Exact KL(pi(.|s) || ref(.|s)) summed over the vocabulary, averaged over the states the samples visit (0 without
@@ -132,13 +147,10 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
     also ``success_greedy``, the greedy completion's success."""
     prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
     n = num_samples
-    every = [p for p in prompts for _ in range(n)]  # each prompt's samples side by side
-    samples, sample_ids = sample_completions(policy, tokenizer, every, max_new_tokens, batch_size, seed,
-                                             desc=f"eval {name}", with_ids=True, bf16=bf16, temperature=temperature)
-    rows = [row for row in heldout for _ in range(n)]
-    verifier = task.verifier
-    scores = np.array([verifier(p, s, row) for p, s, row in zip(every, samples, rows)]).reshape(len(prompts), n) \
-        if verifier else None
+    common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, bf16=bf16)
+    every, samples, scores, sample_ids = sample_and_score(policy, tokenizer, task.verifier, heldout, n,
+                                                          desc=f"eval {name}", temperature=temperature, with_ids=True,
+                                                          **common)
     metrics = {}
     greedy_scores = None
     if scores is not None:
@@ -146,9 +158,8 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
         for k in [2 ** i for i in range(1, n.bit_length()) if 2 ** i <= n]:
             metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, int((row > 0.5).sum()), k) for row in scores]))
         if greedy:
-            greedy_samples = sample_completions(policy, tokenizer, prompts, max_new_tokens, batch_size, seed,
-                                                desc=f"greedy {name}", bf16=bf16, temperature=0.0)
-            greedy_scores = [verifier(p, s, row) for p, s, row in zip(prompts, greedy_samples, heldout)]
+            greedy_scores = sample_and_score(policy, tokenizer, task.verifier, heldout, 1, desc=f"greedy {name}",
+                                             temperature=0.0, **common)[2][:, 0].tolist()
             metrics["success_greedy"] = float(np.mean(greedy_scores))
     nll, tokens = demonstration_nlls(policy, tokenizer, prompts, demos, batch_size)
     metrics["demo_nll_per_token"] = float(nll.sum() / max(tokens.sum(), 1))

@@ -696,10 +696,11 @@ class Pipeline:
         del trainer
         release_memory()
 
-    def evaluation(self, bc: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    def evaluation(self, bc: str) -> tuple[dict[str, dict], dict[str, list[dict]], dict]:
         """Every arm on one sample per held-out prompt, its KL measured to the BC policy ``bc`` and scored by the
-        online-IRL reward as that arm left it (where one ran): (metrics, records) per arm, the records also in
-        ``samples_<arm>.jsonl`` (UTF-8) beside metrics.json."""
+        online-IRL reward as that arm left it (where one ran), then the learned reward's diagnostics (reusing the BC
+        policy and the reward loaded here): (metrics, records) per arm, the records also in ``samples_<arm>.jsonl``
+        (UTF-8) beside metrics.json, and ``reward_diagnostics``."""
         from .evaluation import evaluate_arm, samples_file
 
         reward_dir = self.out / self.algo / "final_reward"
@@ -714,7 +715,8 @@ class Pipeline:
                                                       self.cfg["eval"]["batch_size"])
         e = self.cfg["eval"]
         best_temperature = self.best_bc_temperature(reference) if "bc" in self.arms else None
-        for arm in self.arms + ([BC_BEST] if best_temperature is not None else []):
+        with_best = [a for arm in self.arms for a in ([arm, BC_BEST] if arm == "bc" and best_temperature else [arm])]
+        for arm in with_best:  # bc@T* beside bc in the table
             start = time.perf_counter()
             policy = reference if arm in ("bc", BC_BEST) else self.roles.load_policy(str(self.final_dir(arm)))
             arms[arm], records[arm] = evaluate_arm(
@@ -731,41 +733,35 @@ class Pipeline:
                 del policy
             release_memory()
             self.timings[f"eval_{arm}"] = round(time.perf_counter() - start, 2)
-        if BC_BEST in arms:  # beside bc in the table
-            order = [a for a in arms if a != BC_BEST]
-            order.insert(order.index("bc") + 1, BC_BEST)
-            arms, records = {a: arms[a] for a in order}, {a: records[a] for a in order}
-        return arms, records
+        diagnostics = self.timed("reward_diagnostics", self.reward_diagnostics, bc, reference, reward, header=False)
+        return arms, records, diagnostics
 
     def best_bc_temperature(self, bc_policy) -> dict | None:
         """BC's sampling temperature for the ``bc@T*`` arm: of ``eval.temperatures`` (0: greedy), the one whose
         success on the validation rows (never the held-out ones) is highest, the lowest of a tie. None without a
         verifier or temperatures. Returns ``{"temperature", "validation_success": {T: success}}``."""
-        from .evaluation import sample_completions
+        from .evaluation import sample_and_score
 
         temperatures, verifier = self.cfg["eval"]["temperatures"], self.task.verifier
         if not temperatures or verifier is None:
             return None
-        rows, n = self.data.validation, self.cfg["eval"]["num_samples"]
-        prompts = [r["prompt"] for r in rows for _ in range(n)]
         found = {}
         for t in sorted({float(t) for t in temperatures}):
-            samples = sample_completions(bc_policy, self.tokenizer, prompts, self.data.max_completion_length,
-                                         self.cfg["eval"]["batch_size"], 8000 + self.cfg["seed"],
-                                         desc=f"BC at T={t:g} (validation)", bf16=self.sample_bf16, temperature=t)
-            found[t] = sum(verifier(p, s, r) for p, s, r in zip(prompts, samples, [r for r in rows for _ in range(n)])) \
-                / len(prompts)
+            scores = sample_and_score(bc_policy, self.tokenizer, verifier, self.data.validation,
+                                      self.cfg["eval"]["num_samples"], max_new_tokens=self.data.max_completion_length,
+                                      batch_size=self.cfg["eval"]["batch_size"], seed=8000 + self.cfg["seed"],
+                                      desc=f"BC at T={t:g} (validation)", bf16=self.sample_bf16, temperature=t)[2]
+            found[t] = float(scores.mean())
         best = max(found.values())
         return {"temperature": min(t for t, v in found.items() if v == best),
                 "validation_success": {f"{t:g}": v for t, v in found.items()}}
 
-    def reward_diagnostics(self, bc: str) -> dict:
-        """The learned reward as a reranker of ``eval.rerank_samples`` BC samples per held-out prompt
+    def reward_diagnostics(self, bc: str, bc_policy, final_reward) -> dict:
+        """The learned reward as a reranker of ``eval.rerank_samples`` samples of ``bc_policy`` per held-out prompt
         (``evaluation.rerank``: best-of-n success against a random pick, AUC against the verifier), as reward
-        pretraining left it and as the online-IRL arm left it. Empty without a verifier or an online-IRL arm."""
-        import numpy as np
-
-        from .evaluation import rerank, sample_completions
+        pretraining left it (loaded here) and as the online-IRL arm left it (``final_reward``, the evaluation's).
+        Empty without a verifier or an online-IRL arm."""
+        from .evaluation import rerank, sample_and_score
 
         n = self.cfg["eval"]["rerank_samples"]
         rewards_at = {"reward_pretrain": self.final_dir("reward_pretrain"), self.algo: self.out / self.algo / "final_reward"}
@@ -773,23 +769,19 @@ class Pipeline:
         if not n or self.task.verifier is None or self.algo not in self.arms or not rewards_at:
             return {}
         heldout, batch, seed = self.data.heldout, self.cfg["eval"]["batch_size"], self.cfg["seed"]
-        prompts = [r["prompt"] for r in heldout for _ in range(n)]
-        samples = scores = None
+        prompts, samples, scores = sample_and_score(bc_policy, self.tokenizer, self.task.verifier, heldout, n,
+                                                    max_new_tokens=self.data.max_completion_length, batch_size=batch,
+                                                    seed=7000 + seed, desc="BC samples to rerank", bf16=self.sample_bf16)
         out = {}
         for name, folder in rewards_at.items():
-            policy, reward = self.roles.evaluation_models(bc, folder, self.objective.model_kind)
-            if samples is None:  # the same BC samples for both rewards
-                samples = sample_completions(policy, self.tokenizer, prompts, self.data.max_completion_length, batch,
-                                             7000 + seed, desc="BC samples to rerank", bf16=self.sample_bf16)
-                scores = np.array([self.task.verifier(p, s, row) for p, s, row in
-                                   zip(prompts, samples, [r for r in heldout for _ in range(n)])], dtype=float)
+            policy, reward = (None, final_reward) if name == self.algo else \
+                self.roles.evaluation_models(bc, folder, self.objective.model_kind)
             reads = None  # AIRL's reward reads log pi of the policy it was trained beside
             if self.objective.needs_policy:
                 reads = policy if name == "reward_pretrain" else self.roles.load_policy(str(self.final_dir(self.algo)))
             with cpu_autocast(self.sample_bf16):
                 rewards = self.objective.rewards(reward, self.tokenizer, prompts, samples, reads, batch)
-            out[name] = rerank(scores.reshape(len(heldout), n), rewards.float().cpu().numpy().reshape(len(heldout), n),
-                               seed=seed)
+            out[name] = rerank(scores, rewards.float().cpu().numpy().reshape(len(heldout), n), seed=seed)
             del policy, reward, reads
             release_memory()
         return out
@@ -825,8 +817,7 @@ class Pipeline:
                           "samples_bc.jsonl)", flush=True)
         if self.state.is_main_process:
             stage_header("evaluation")
-        arms, records = self.evaluation(bc)
-        diagnostics = self.timed("reward_diagnostics", self.reward_diagnostics, bc, header=False)
+        arms, records, diagnostics = self.evaluation(bc)
         spans = intervals(records, seed=self.cfg["seed"])
         gaps = spans.get("success_rate", {}).get("gap_closed", {})
         metrics = {

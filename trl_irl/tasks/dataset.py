@@ -294,7 +294,9 @@ class DatasetTask(Task):
         """The rollout prompts' rows (the training split's rows without a demonstration, then ``rollout_path``'s),
         one per distinct prompt, none held out (refused) and none with a demonstration (dropped, counted in
         ``self.report``); validation prompts and the ``num_rollout_prompts`` cap are applied in ``data``."""
-        rows = [(r, "rows of task.path without a completion") for r in self.prompt_only_train]
+        main_answer = (lambda r: r.get(self.answer_column)) if self.answer_column else (lambda r: None)
+        rows = [({**r, ROLLOUT_ANSWER: main_answer(r)}, "rows of task.path without a completion")
+                for r in self.prompt_only_train]
         if self.rollout_path is not None:
             file_rows = [r for part in read_table(self.rollout_path, "task.rollout_path").values() for r in part]
             columns = sorted({c for r in file_rows[:1] for c in r})
@@ -325,20 +327,19 @@ class DatasetTask(Task):
                              "(task.rollout_path, or rows of task.path without a completion)")
         demonstrated = {prompt_key(r[self.prompt_column]) for r in self.train_rows}
         kept: dict[str, dict] = {}
+        with_demonstration = 0
         for r, _ in rows:
             key = prompt_key(r[self.prompt_column])
-            if key in kept and kept[key].get(ROLLOUT_ANSWER) is None:  # a repeat: its answer, where the first had none
-                kept[key] = {**kept[key], ROLLOUT_ANSWER: r.get(ROLLOUT_ANSWER)}
-            elif key not in demonstrated and key not in kept:
-                kept[key] = {**r, ROLLOUT_ANSWER: r.get(ROLLOUT_ANSWER, r.get(self.answer_column) if self.answer_column
-                                                        else None)}
+            if key in demonstrated:
+                with_demonstration += 1
+            elif key not in kept:
+                kept[key] = r
+            elif kept[key][ROLLOUT_ANSWER] is None:  # a repeat: its answer, where the first had none
+                kept[key] = {**kept[key], ROLLOUT_ANSWER: r[ROLLOUT_ANSWER]}
         kept = list(kept.values())
         if rows:
-            self.report |= {"rollout_prompts_read": len(rows),
-                            "rollout_prompts_with_demonstration": sum(prompt_key(r[self.prompt_column]) in demonstrated
-                                                                      for r, _ in rows),
-                            "rollout_prompts_repeated": len(rows) - len(kept) - sum(
-                                prompt_key(r[self.prompt_column]) in demonstrated for r, _ in rows)}
+            self.report |= {"rollout_prompts_read": len(rows), "rollout_prompts_with_demonstration": with_demonstration,
+                            "rollout_prompts_repeated": len(rows) - len(kept) - with_demonstration}
         random.Random(self.seed + 2).shuffle(kept)
         return kept
 
