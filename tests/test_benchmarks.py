@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,17 +100,44 @@ def test_prompt_oirl(tmp_path):
 
 
 def test_real_lm_on_the_tiny_model(tmp_path):
-    bench("real_lm.py", "--seeds", 0, "--arms", "bc", "oracle", "irl_bt", "--workers", 1, "--draws", 200, "--override",
-          "model=tiny", "reward.online.trainable_layers=1", "algo.max_steps=2", "bc.num_train_epochs=1",
-          "reward.pretrain.num_train_epochs=1", "--work",
-          tmp_path / "work", "--out", tmp_path / "real_lm.json")
-    report = json.loads((tmp_path / "real_lm.json").read_text())["report"]
-    assert set(report["success_rate"]) == {"bc", "oracle", "irl_bt"} and "irl_bt" in report["gap_closed"]
+    bench("real_lm.py", "--tasks", "spiral_matrix", "--seeds", 0, "--arms", "bc", "bc_best", "oracle", "irl_bt",
+          "--workers", 1, "--draws", 200, "--override", "model=tiny", "reward.online.trainable_layers=1",
+          "algo.max_steps=2", "bc.num_train_epochs=1", "reward.pretrain.num_train_epochs=1", "eval.rerank_samples=2",
+          "task.num_heldout=16", "--work", tmp_path / "work", "--out", tmp_path / "real_lm.json", timeout=600)
+    results = json.loads((tmp_path / "real_lm.json").read_text())
+    task = results["tasks"]["spiral_matrix"]
+    report = task["report"]
+    assert set(report["success_rate"]) == {"bc", "bc_best", "oracle", "irl_bt"}
+    # every difference is [estimate, low, high]: the means' difference, inside its interval
+    scores = {a: np.array(task["scores"][a]["0"]) for a in report["success_rate"]}
+    estimate, low, high = report["vs_bc_best"]["irl_bt"]
+    assert estimate == pytest.approx(scores["irl_bt"].mean() - scores["bc_best"].mean()) and low <= estimate <= high
+    assert report["vs_bc"]["oracle"][0] == pytest.approx(scores["oracle"].mean() - scores["bc"].mean())
+    assert "irl_bt" in report["gap_closed"] and set(report["goals"]["irl_bt"]) == set(results_goals())
+    # the reward's lift: from the per-prompt picks in the run's metrics.json, as over several seeds
+    picks = task["diagnostics"]["irl_bt"]["0"]["grpo"]["per_prompt"]
+    lift = np.mean(picks["reward_pick"]) - np.mean(picks["random_pick"])
+    assert report["reward_lift"]["irl_bt"]["final"]["lift"][0] == pytest.approx(lift)
+    # the trained arms' weights are removed once their run is scored; BC's are kept for the next arm
+    assert not (tmp_path / "work" / "spiral_matrix" / "seed0" / "oracle" / "oracle").exists()
+    assert (tmp_path / "work" / "spiral_matrix" / "seed0" / "bc" / "bc" / "final").exists()
+
+
+def results_goals():
+    spec = importlib.util.spec_from_file_location("real_lm", ROOT / "benchmarks" / "real_lm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.GOALS
 
 
 def test_real_lm_data(tmp_path):
     if importlib.util.find_spec("reasoning_gym") is None:
         pytest.skip("needs reasoning-gym (pip install -e '.[data]')")
-    bench("real_lm_data.py", "--size", 20, "--out", tmp_path / "rows.jsonl")
-    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    bench("real_lm_data.py", "--task", "spiral_matrix", "--size", 20, "--rollout", "--rollout-size", 30, "--out-dir",
+          tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "spiral_matrix.jsonl").read_text().splitlines()]
+    prompts = [json.loads(line) for line in (tmp_path / "spiral_matrix_prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and rows[0]["completion"] == rows[0]["answer"]
+    # the rollout prompts: the requested count, no demonstration, none of the demonstration file's prompts
+    assert len(prompts) == 30 and set(prompts[0]) == {"prompt", "answer"}
+    assert not {r["prompt"] for r in rows} & {p["prompt"] for p in prompts}

@@ -157,8 +157,8 @@ def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipe
 
 
 def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipeline, monkeypatch):
-    """SDFT (TRL's SDFTTrainer) from BC: the teacher reads the prompt, a blank line and the demonstration; the
-    distillation loss on the policy's own completions falls over training (from TRL's logged
+    """SDFT (TRL's SDFTTrainer) from BC: the teacher reads the demonstration, a blank line and the prompt (TRL's
+    prompt-first default made a plain-text policy's teacher predict EOS where the answer goes); the distillation loss on the policy's own completions falls over training (from TRL's logged
     ``sdft/distillation_loss``), and the saved policy is not BC. On a model trained from scratch the teacher barely
     reads the demonstration (BC never saw one in its prompt), so the loss starts near 0."""
     from trl.experimental.sdft import sdft_trainer
@@ -166,13 +166,18 @@ def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipel
     p, bc_path = dataset_pipeline
     seen = []
     compose = sdft_trainer.DemonstrationTeacherContextBuilder._compose_teacher_prompt
-    monkeypatch.setattr(sdft_trainer.DemonstrationTeacherContextBuilder, "_compose_teacher_prompt",
-                        lambda self, prompt, context: seen.append((prompt, context)) or compose(self, prompt, context))
+
+    def spy(self, prompt, context):
+        seen.append((prompt, context, compose(self, prompt, context)))
+        return seen[-1][2]
+
+    monkeypatch.setattr(sdft_trainer.DemonstrationTeacherContextBuilder, "_compose_teacher_prompt", spy)
     p.cfg["sdft"] |= {"max_steps": 40, "learning_rate": 3e-4, "per_device_train_batch_size": 8, "num_generations": 4}
     p.sdft_training(bc_path)
     assert (p.final_dir("sdft") / "DONE").exists()
     demonstration = {r["prompt"]: r["completion"] for r in p.data.train}
-    assert seen and all(demonstration[prompt] == context for prompt, context in seen)
+    assert seen and all(demonstration[prompt] == context for prompt, context, _ in seen)
+    assert all(teacher == f"{context}\n\n{prompt}" for prompt, context, teacher in seen)
     events = [json.loads(line) for line in (p.out / "train.log").read_text().splitlines()]
     losses = [e["sdft/distillation_loss"] for e in events if "sdft/distillation_loss" in e]
     assert len(losses) == 8 and np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2]), losses

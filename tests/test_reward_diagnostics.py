@@ -38,6 +38,7 @@ def test_rerank_on_a_toy_batch_worked_by_hand():
     assert (one["reward_pick"], one["random_pick"], one["lift"]["value"]) == (0.5, 0.5, 0.0)
     assert (four["reward_pick"], four["random_pick"]) == (0.75, 0.375)
     assert four["lift"]["value"] == pytest.approx(0.375)
+    assert found["per_prompt"] == {"reward_pick": [1.0, 0.5], "random_pick": [0.25, 0.5]}
     low, high = four["lift"]["ci95"]
     assert low <= 0.375 <= high
     assert found["auc"] == pytest.approx(loop_auc(rewards.ravel(), scores.ravel() > 0.5))

@@ -217,11 +217,12 @@ def rerank(scores: np.ndarray, rewards: np.ndarray, sizes=(1, 4, 8), seed: int =
         sizes: the best-of-n sizes, those up to N (N itself is added).
 
     Returns:
-        ``{"best_of": {n: {"reward_pick", "random_pick", "lift": {"value", "ci95"}}}, "auc", "samples_per_prompt",
-        "prompts"}``. ``reward_pick``: the success of the sample the reward ranks first among each prompt's first n
+        ``{"best_of": {n: {"reward_pick", "random_pick", "lift": {"value", "ci95"}}}, "per_prompt": {"reward_pick",
+        "random_pick"}, "auc", "samples_per_prompt", "prompts"}``. ``reward_pick``: the success of the sample the reward ranks first among each prompt's first n
         (a tie for first: the mean of the tied, a random pick's expectation); ``random_pick``: the mean of the first
         n (a uniform pick's expectation); ``lift``: their difference with its paired bootstrap 95% interval over
-        prompts (``statistics.compare_arms``). ``auc``: the reward against the verifier over all samples pooled.
+        prompts (``statistics.compare_arms``). ``per_prompt``: both picks per prompt at n = N, so that runs over seeds
+        can be pooled (``benchmarks/real_lm.py``). ``auc``: the reward against the verifier over all samples pooled.
     """
     from .statistics import compare_arms
 
@@ -236,6 +237,7 @@ def rerank(scores: np.ndarray, rewards: np.ndarray, sizes=(1, 4, 8), seed: int =
         stats = compare_arms({"reward_pick": picked, "random_pick": random}, reference="random_pick", seed=seed)
         out["best_of"][str(n)] = {"reward_pick": float(picked.mean()), "random_pick": float(random.mean()),
                                   "lift": stats["minus_random_pick"]["reward_pick"]}
+    out["per_prompt"] = {"reward_pick": picked.tolist(), "random_pick": random.tolist()}  # n = N, the loop's last
     out["auc"] = auc(rewards, scores > 0.5)
     return out
 
