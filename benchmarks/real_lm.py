@@ -60,7 +60,9 @@ IRL = ("irl_bt", "irl_airl")
 TASKS = {task: [f"task.path={DATA / f'{task}.jsonl'}", f"task.rollout_path={DATA / f'{task}_prompts.jsonl'}"]
          for task in ("word_reversal", "spiral_matrix")}
 SETTINGS = ["task.rollout_pool=rollout", "algo.max_steps=60"]  # the RL arms roll out on prompts BC never saw
-ARM_SETTINGS = {"oracle": ["algo.learning_rate=2e-5"]}  # the IRL arms and SDFT keep the recipe's 1e-5
+# the oracle climbs the verifier faster at 2e-5; a learned reward is exploited at 1e-5 (KL 0.74 on the spiral matrix)
+ARM_SETTINGS = {"oracle": ["algo.learning_rate=2e-5"], "irl_bt": ["algo.learning_rate=5e-6"],
+                "irl_airl": ["algo.learning_rate=5e-6"]}  # SDFT keeps the recipe's 1e-5
 GOALS = {"irl_beats_bc_best": "interval of irl - bc@T* above 0", "gap_closed_ge_0.3": "gap closed >= 0.3",
          "irl_beats_spin": "irl - spin above 0 (estimate)", "irl_beats_sdft": "irl - sdft above 0 (estimate)",
          "oracle_beats_bc": "interval of oracle - bc above 0",
