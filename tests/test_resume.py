@@ -282,3 +282,31 @@ def test_a_diverging_reward_update_stops_before_its_step(tmp_path, policy_path, 
         updater.update()
     after = updater.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the step never ran
+
+
+def test_a_sigterm_swallowed_by_library_code_still_ends_the_run(tmp_path):
+    """The handler's ``Terminated`` can be lost (raised inside a finaliser, or caught by library code): the next
+    stage's start, or the next training step, raises it again instead of training on to the end."""
+    import signal
+    import time
+
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from trl_irl.run_folder import Terminated, raise_if_terminated, resumable, termination_check
+
+    def swallowed_sigterm():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here, at once
+        except Terminated:
+            return True  # ...and library code swallows it
+        return False
+
+    step_end = termination_check().on_step_end
+    args = TrainingArguments(str(tmp_path), report_to=[])
+    for next_check in (raise_if_terminated, lambda: step_end(args, TrainerState(), TrainerControl())):
+        with pytest.raises(Terminated), resumable(tmp_path):
+            assert swallowed_sigterm()
+            next_check()  # a stage starting, a training step ending: raised again
+    with resumable(tmp_path):  # a new run starts clean: nothing raised
+        raise_if_terminated()

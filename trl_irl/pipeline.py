@@ -41,7 +41,7 @@ import torch
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
 from .console import never_rewarded, quiet_progress, stage_header
 from .jobs import finish
-from .run_folder import RunLock, check_resume, stage_config, write_stage_config
+from .run_folder import RunLock, check_resume, raise_if_terminated, stage_config, termination_check, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
 from .precision import cpu_autocast, resolve_bf16
@@ -352,6 +352,7 @@ class Pipeline:
 
     def begin(self, stage: str):
         """A stage starts training: its folder records the config that shapes it (``resume`` compares it)."""
+        raise_if_terminated()
         self.on_main(write_stage_config, self.out / stage, stage_config(self.cfg, stage, self.algo))
 
     def mark_done(self, stage: str, save):
@@ -449,6 +450,7 @@ class Pipeline:
         merged = self.lora and stage not in ("bc", "reward_pretrain")  # a LoRA arm is also saved merged, for inference
         saved = self.out / stage.split(" ")[0] / ("merged" if merged else "final")
         trainer.add_callback(model_card_callback(base_model_name(self.cfg["model"]), saved))
+        trainer.add_callback(termination_check())
         if any(isinstance(c, WandbCallback) for c in trainer.callback_handler.callbacks):
             trainer.remove_callback(WandbCallback)
             trainer.add_callback(stage_wandb(stage.replace(" ", "_")))

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 
 from .checkpoints import atomic_write_text, read_json
@@ -132,8 +133,10 @@ def resumable(out: Path):
     from .validation import resume_command
 
     def terminate(signum, frame):
+        TERMINATING.set()
         raise Terminated()
 
+    TERMINATING.clear()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
     try:
@@ -155,6 +158,28 @@ def resumable(out: Path):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised as an interrupt (``resumable``)."""
+
+
+TERMINATING = threading.Event()  # set by ``resumable``'s SIGTERM handler, for ``raise_if_terminated``
+
+
+def raise_if_terminated():
+    """Raise ``Terminated`` again if a SIGTERM came: its first one can be lost (raised inside a finaliser, where Python
+    only prints it, or caught by library code), and the run would go on to the end. Called as each stage begins and
+    after every training step (``termination_check``)."""
+    if TERMINATING.is_set():
+        raise Terminated()
+
+
+def termination_check():
+    """A trainer callback: ``raise_if_terminated`` after every step."""
+    from transformers import TrainerCallback
+
+    class TerminationCheck(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise_if_terminated()
+
+    return TerminationCheck()
 
 
 def write_stage_config(stage_dir: Path, config: dict):
