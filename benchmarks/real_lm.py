@@ -118,14 +118,14 @@ def run_all(tasks: list[str], seeds: list[int], arms: list[str], work: Path, wor
 
 def collect(task: str, seeds: list[int], arms: list[str], work: Path) -> dict:
     """A task's per-(arm, seed) held-out scores, timings, metrics and reward diagnostics from its run folders."""
+    from trl_irl.evaluation import samples_file
+
     out = {"scores": {}, "greedy": {}, "timings_s": {}, "metrics": {}, "diagnostics": {}}
     prompts = None
     for arm in arms:
         name = ARMS[arm][0]
         for seed in seeds:
             folder = work / task / f"seed{seed}" / ("bc" if ARMS[arm][1] is None else arm)
-            from trl_irl.evaluation import samples_file
-
             records = [json.loads(line) for line in (folder / samples_file(name)).read_text().splitlines()]
             if prompts is not None and [r["prompt"] for r in records] != prompts:
                 raise RuntimeError(f"{task} seed {seed} {arm}: held-out prompts differ from the other runs'")
