@@ -29,10 +29,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from transformers import TrainerCallback  # noqa: E402
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,10 +44,19 @@ ALGOS = ["grpo", "rloo", "rloo_token", "remax", "reinforce_pp", "ppo"]
 CREDITS = ["sequence", "redistribution", "redistribution_prefix", "attention", "implicit", "airl"]
 # benchmark arm -> (credit, reward model, its overrides): redistribution_prefix is redistribution on a BT model that
 # also learns the score of every prefix pair (reward.prefix_weight), so the prefix scores it reads are trained
-BT, BT_PREFIX, AIRL = ("bt", ["reward=bt"]), ("bt_prefix", ["reward=bt", "reward.prefix_weight=1.0"]), ("airl", ["reward=airl"])
-ARM = {"sequence": ("sequence", *BT), "redistribution": ("redistribution", *BT),
-       "redistribution_prefix": ("redistribution", *BT_PREFIX), "attention": ("attention", *BT),
-       "implicit": ("implicit", *AIRL), "airl": ("airl", *AIRL)}
+BT, BT_PREFIX, AIRL = (
+    ("bt", ["reward=bt"]),
+    ("bt_prefix", ["reward=bt", "reward.prefix_weight=1.0"]),
+    ("airl", ["reward=airl"]),
+)
+ARM = {
+    "sequence": ("sequence", *BT),
+    "redistribution": ("redistribution", *BT),
+    "redistribution_prefix": ("redistribution", *BT_PREFIX),
+    "attention": ("attention", *BT),
+    "implicit": ("implicit", *AIRL),
+    "airl": ("airl", *AIRL),
+}
 
 
 class SuccessTracker(TrainerCallback):
@@ -82,16 +91,33 @@ def compose_cfg(overrides: list[str], out: Path) -> dict:
 
 def run_arm(algo: str, arm: str, seed: int, args, out: Path) -> dict:
     credit, reward_name, reward = ARM[arm]
-    cfg = compose_cfg([f"algo={algo}", f"credit={credit}", *reward, f"seed={seed}", f"task.num_heldout={args.n_eval}",
-                       f"algo.max_steps={args.steps}", f"algo.learning_rate={args.learning_rate}", "algo.save_steps=100000",
-                       *args.override],
-                      out / f"seed{seed}_{reward_name}")  # BC and reward pretraining shared by arms with this reward
+    cfg = compose_cfg(
+        [
+            f"algo={algo}",
+            f"credit={credit}",
+            *reward,
+            f"seed={seed}",
+            f"task.num_heldout={args.n_eval}",
+            f"algo.max_steps={args.steps}",
+            f"algo.learning_rate={args.learning_rate}",
+            "algo.save_steps=100000",
+            *args.override,
+        ],
+        out / f"seed{seed}_{reward_name}",
+    )  # BC and reward pretraining shared by arms with this reward
     p = Pipeline(cfg)
     p.setup()
     bc = p.behaviour_cloning()  # reused from disk after the first arm of this seed (resume=true)
     reward = p.reward_pretraining(bc)  # likewise: each arm starts from a fresh copy of the same pretrained reward model
-    trainer = p.build_policy_trainer(p.algo, bc, reward, output_dir=str(out / "runs" / f"{algo}_{credit}_{seed}"), save_strategy="no",
-                                     logging_steps=max(args.steps, 1), disable_tqdm=True)
+    trainer = p.build_policy_trainer(
+        p.algo,
+        bc,
+        reward,
+        output_dir=str(out / "runs" / f"{algo}_{credit}_{seed}"),
+        save_strategy="no",
+        logging_steps=max(args.steps, 1),
+        disable_tqdm=True,
+    )
     tracker = SuccessTracker(p, args.eval_every, args.n_eval)
     tracker.measure(trainer.model, 0)
     trainer.add_callback(tracker)
@@ -100,9 +126,14 @@ def run_arm(algo: str, arm: str, seed: int, args, out: Path) -> dict:
     train_seconds = time.perf_counter() - start - tracker.eval_seconds
     target = args.target if args.target is not None else tracker.curve[0][1] + args.target_gain
     reached = next((step for step, rate in tracker.curve if rate >= target - 1e-9), None)
-    return {"updates_to_target": reached, "target": round(target, 4), "sec_per_update": train_seconds / args.steps,
-            "final_success_rate": tracker.curve[-1][1], "initial_success_rate": tracker.curve[0][1],
-            "curve": tracker.curve}
+    return {
+        "updates_to_target": reached,
+        "target": round(target, 4),
+        "sec_per_update": train_seconds / args.steps,
+        "final_success_rate": tracker.curve[-1][1],
+        "initial_success_rate": tracker.curve[0][1],
+        "curve": tracker.curve,
+    }
 
 
 def median_or_none(values):
@@ -118,9 +149,15 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None, help="policy updates per arm")
     parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--n-eval", type=int, default=1024, help="held-out prompts (task.num_heldout) for the success rate")
-    parser.add_argument("--target-gain", type=float, default=0.1,
-                        help="target = this seed's initial (BC) success rate + gain: seeds start at different levels")
+    parser.add_argument(
+        "--n-eval", type=int, default=1024, help="held-out prompts (task.num_heldout) for the success rate"
+    )
+    parser.add_argument(
+        "--target-gain",
+        type=float,
+        default=0.1,
+        help="target = this seed's initial (BC) success rate + gain: seeds start at different levels",
+    )
     parser.add_argument("--target", type=float, default=None, help="an absolute success-rate target instead")
     parser.add_argument("--learning-rate", type=float, default=3e-4, help="policy learning rate of every arm")
     parser.add_argument("--algos", nargs="+", default=ALGOS, choices=ALGOS)
@@ -143,14 +180,23 @@ def main():
             for seed in args.seeds:
                 result = run_arm(algo, credit, seed, args, work)
                 runs.append(result)
-                print(f"{algo:>12} {credit:>14} seed {seed}: to target {result['updates_to_target']}, "
-                      f"{result['sec_per_update']:.3f} s/update, success {result['initial_success_rate']:.3f} -> "
-                      f"{result['final_success_rate']:.3f}", flush=True)
-            rows.append({"algo": algo, "credit": credit,
-                         "updates_to_target": median_or_none([r["updates_to_target"] for r in runs]),
-                         "sec_per_update": round(statistics.median(r["sec_per_update"] for r in runs), 4),
-                         "final_success_rate": round(statistics.median(r["final_success_rate"] for r in runs), 4),
-                         "seeds": args.seeds, "per_seed": runs})
+                print(
+                    f"{algo:>12} {credit:>14} seed {seed}: to target {result['updates_to_target']}, "
+                    f"{result['sec_per_update']:.3f} s/update, success {result['initial_success_rate']:.3f} -> "
+                    f"{result['final_success_rate']:.3f}",
+                    flush=True,
+                )
+            rows.append(
+                {
+                    "algo": algo,
+                    "credit": credit,
+                    "updates_to_target": median_or_none([r["updates_to_target"] for r in runs]),
+                    "sec_per_update": round(statistics.median(r["sec_per_update"] for r in runs), 4),
+                    "final_success_rate": round(statistics.median(r["final_success_rate"] for r in runs), 4),
+                    "seeds": args.seeds,
+                    "per_seed": runs,
+                }
+            )
     base = next((r for r in rows if r["algo"] == "grpo" and r["credit"] == "sequence"), None)
     for r in rows:
         if base:
@@ -159,8 +205,17 @@ def main():
                 r["updates_ratio_vs_grpo_sequence"] = round(r["updates_to_target"] / base["updates_to_target"], 3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"target": args.target, "target_gain": args.target_gain, "steps": args.steps, "learning_rate": args.learning_rate, "eval_every": args.eval_every, "n_eval": args.n_eval,
-            "overrides": args.override, "threads": 1, "torch": torch.__version__}
+    meta = {
+        "target": args.target,
+        "target_gain": args.target_gain,
+        "steps": args.steps,
+        "learning_rate": args.learning_rate,
+        "eval_every": args.eval_every,
+        "n_eval": args.n_eval,
+        "overrides": args.override,
+        "threads": 1,
+        "torch": torch.__version__,
+    }
     out.write_text(json.dumps({"rows": rows, "settings": meta}, indent=2))
     report(rows, out.with_suffix(".png"), f"{args.target}" if args.target is not None else f"BC + {args.target_gain}")
     print(out)
@@ -174,9 +229,15 @@ def report(rows, png: Path, target: str):
     for col in ("algo", "credit", "updates_to_target", "vs grpo/seq", "sec/update", "time vs grpo/seq", "final"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(r["algo"], r["credit"], str(r["updates_to_target"]), str(r.get("updates_ratio_vs_grpo_sequence", "")),
-                      f"{r['sec_per_update']:.3f}", str(r.get("time_ratio_vs_grpo_sequence", "")),
-                      f"{r['final_success_rate']:.3f}")
+        table.add_row(
+            r["algo"],
+            r["credit"],
+            str(r["updates_to_target"]),
+            str(r.get("updates_ratio_vs_grpo_sequence", "")),
+            f"{r['sec_per_update']:.3f}",
+            str(r.get("time_ratio_vs_grpo_sequence", "")),
+            f"{r['final_success_rate']:.3f}",
+        )
     Console().print(table)
     import matplotlib
 

@@ -32,14 +32,21 @@ TRL_IRL = str(Path(sys.executable).parent / "trl-irl")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 # 16 prompts, 4 per step: 4 steps an epoch, so resumes cross epoch boundaries; a checkpoint every 2 steps
 MAX_STEPS, SAVE_STEPS = 12, 2
-ARGS = ["recipe=toy", "arms=[bc,grpo]", "task.num_demonstrations=16", f"algo.max_steps={MAX_STEPS}",
-        f"algo.save_steps={SAVE_STEPS}", "algo.save_total_limit=2"]
+ARGS = [
+    "recipe=toy",
+    "arms=[bc,grpo]",
+    "task.num_demonstrations=16",
+    f"algo.max_steps={MAX_STEPS}",
+    f"algo.save_steps={SAVE_STEPS}",
+    "algo.save_total_limit=2",
+]
 
 
 def trl_irl(out: Path, *extra: str) -> subprocess.Popen:
     log = open(out.parent / f"{out.name}.log", "a")
-    return subprocess.Popen([TRL_IRL, *ARGS, f"hydra.run.dir={out}", *extra], env=ENV, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [TRL_IRL, *ARGS, f"hydra.run.dir={out}", *extra], env=ENV, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def writing_checkpoint(stage_dir: Path, at_least: int) -> str | None:
@@ -63,8 +70,9 @@ def kill_once(out: Path, kind: str, rng: random.Random, window_s: float) -> dict
         landed = f"{time.perf_counter() - start:.1f}s in"
     else:  # during the write of a checkpoint drawn from those still to come
         done = [checkpoint_step(c) for c in list_checkpoints(stage_dir) if (c / COMPLETE).exists()]
-        target = rng.choice([k for k in range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS) if k > max(done, default=0)]
-                            or [MAX_STEPS])
+        target = rng.choice(
+            [k for k in range(SAVE_STEPS, MAX_STEPS + 1, SAVE_STEPS) if k > max(done, default=0)] or [MAX_STEPS]
+        )
         while proc.poll() is None:
             name = writing_checkpoint(stage_dir, target)
             if name:
@@ -147,9 +155,11 @@ def main():
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"{result['trials_identical']}/{result['trials']} trials bit-identical after {result['kills_landed']} kills "
-          f"({result['kills_landed_during_checkpoint_write']} during checkpoint writes, "
-          f"{result['kills_leaving_a_torn_checkpoint']} left a torn checkpoint)")
+    print(
+        f"{result['trials_identical']}/{result['trials']} trials bit-identical after {result['kills_landed']} kills "
+        f"({result['kills_landed_during_checkpoint_write']} during checkpoint writes, "
+        f"{result['kills_leaving_a_torn_checkpoint']} left a torn checkpoint)"
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ on a lent machine.
 tokens_per_s: completion tokens of a step (batch x completion length) per second of step time, median over the
 measured steps (the first step, a warm-up, is not counted). A setup that runs out of GPU memory gets ``"oom": true``
 (its peak, and so its ratio, is then a lower bound).
-With ``--repeats`` > 1 every figure is the median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate >= 4x; a 7B step <= 20 GB at seq 1024.
+With ``--repeats`` > 1 every figure is the median over repeats. Goal: shared_base <= 1.3x policy_only's peak; separate
+>= 4x; a 7B step <= 20 GB at seq 1024.
 """
 
 from __future__ import annotations
@@ -69,14 +70,42 @@ QUANT = {"mode": "4bit", "quant_type": "nf4", "double_quant": True, "compute_dty
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"}
 # Qwen2.5 shapes (config.json of the released models); "random-tiny" takes the same path at test size
 QWEN = {
-    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                         num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "random-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+    "qwen2.5-0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "qwen2.5-7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "random-tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    ),
 }
 # CPU allocator settings per --cpu-malloc (read by glibc when a process starts, so set for the child processes)
 CPU_MALLOC = {"live": {"MALLOC_MMAP_THRESHOLD_": str(2**20)}, "default": {}}
@@ -95,7 +124,8 @@ def recipe_batches(model: str) -> tuple[int, int]:
 
 # --- models (built once per run, by a process of their own) -----------------------------------------------------
 def word_tokenizer(vocab_size: int):
-    """A word-level tokenizer with ``vocab_size`` entries (``t3``, ``t4``, ...): any sampled id decodes and re-encodes."""
+    """A word-level tokenizer with ``vocab_size`` entries (``t3``, ``t4``, ...): any sampled id decodes and
+    re-encodes."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -125,8 +155,13 @@ def prepare(name: str, directory: Path, layers: int | None = None) -> str:
         raise ValueError(f"unknown model {name!r}: choose from tiny, smollm2_135m, {', '.join(QWEN)}")
     tokenizer = word_tokenizer(QWEN[name]["vocab_size"])
     shape = QWEN[name] | ({"num_hidden_layers": layers} if layers else {})
-    config = Qwen2Config(**shape, max_position_embeddings=4096, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = Qwen2Config(
+        **shape,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
@@ -183,9 +218,8 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerFast, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from trl_irl.pipeline import load_tokenizer
-
     from trl_irl.models import compute_dtype, contiguous_lm_head_input
+    from trl_irl.pipeline import load_tokenizer
     from trl_irl.shared_base import CRITIC, REWARD, SharedBase
     from trl_irl.trainers import PPOConfig, PPOTrainer
 
@@ -204,34 +238,66 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     generator = torch.Generator().manual_seed(0)
 
     def text(n):  # random tokens, decoded: the prompt and demonstration texts
-        return tokenizer.decode(torch.randint(special, len(tokenizer), (n,), generator=generator),
-                                skip_special_tokens=True)
+        return tokenizer.decode(
+            torch.randint(special, len(tokenizer), (n,), generator=generator), skip_special_tokens=True
+        )
 
     B, C = opts.batch, opts.completion_len
     dataset = Dataset.from_list([{"prompt": text(opts.prompt_len), "demonstration": text(C)} for _ in range(64)])
     out = tempfile.mkdtemp()
-    common = dict(output_dir=out, per_device_train_batch_size=B, num_generations=min(B, 4), max_completion_length=C,
-                  generation_batch_size=opts.generation_batch or B,
-                  max_steps=1 + opts.steps, learning_rate=1e-5, beta=0.05, gradient_checkpointing=True, use_cpu=not cuda,
-                  bf16=bf16, report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
-                  generation_kwargs={"min_new_tokens": C})
+    common = dict(
+        output_dir=out,
+        per_device_train_batch_size=B,
+        num_generations=min(B, 4),
+        max_completion_length=C,
+        generation_batch_size=opts.generation_batch or B,
+        max_steps=1 + opts.steps,
+        learning_rate=1e-5,
+        beta=0.05,
+        gradient_checkpointing=True,
+        use_cpu=not cuda,
+        bf16=bf16,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=10**6,
+        disable_tqdm=True,
+        seed=0,
+        generation_kwargs={"min_new_tokens": C},
+    )
     online = dict(reward_update_every=1, reward_update_steps=1, reward_batch_size=opts.reward_batch, objective="bt")
 
     def build():
         if setup == "policy_only":
             shared = SharedBase(path, LORA, quant, roles=())
-            return GRPOTrainer(model=shared.model, reward_funcs=[lambda completions, **_: [float(len(c)) for c in completions]],
-                               args=GRPOConfig(**common), train_dataset=dataset, processing_class=tokenizer)
+            return GRPOTrainer(
+                model=shared.model,
+                reward_funcs=[lambda completions, **_: [float(len(c)) for c in completions]],
+                args=GRPOConfig(**common),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+            )
         if setup == "shared_base":
             shared = SharedBase(path, LORA, quant, roles=(REWARD, CRITIC))
-            return PPOTrainer(model=shared.model, reward_model=shared.role(REWARD, "classifier"),
-                              critic=shared.role(CRITIC, "token"), args=PPOConfig(**common, **online),
-                              train_dataset=dataset, processing_class=tokenizer)
+            return PPOTrainer(
+                model=shared.model,
+                reward_model=shared.role(REWARD, "classifier"),
+                critic=shared.role(CRITIC, "token"),
+                args=PPOConfig(**common, **online),
+                train_dataset=dataset,
+                processing_class=tokenizer,
+            )
         dtype = compute_dtype(quant)  # separate: full models in the compute dtype
-        reward = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype, trust_remote_code=False)
+        reward = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype, trust_remote_code=False
+        )
         reward.config.pad_token_id = tokenizer.pad_token_id
-        return PPOTrainer(model=path, reward_model=reward, train_dataset=dataset, processing_class=tokenizer,
-                          args=PPOConfig(**common, **online, model_init_kwargs={"dtype": dtype}))
+        return PPOTrainer(
+            model=path,
+            reward_model=reward,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            args=PPOConfig(**common, **online, model_init_kwargs={"dtype": dtype}),
+        )
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -246,9 +312,14 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
             self.times.append(time.perf_counter() - self.start)
 
     mb = lambda n: round((n - baseline) / 2**20, 1)  # noqa: E731
-    row = {"model": model, "setup": setup, "layers": json.loads(Path(path, "config.json").read_text())["num_hidden_layers"],
-           "compute_dtype": str(compute_dtype(quant)).split(".")[-1],
-           "oom": False, "policy_trainable_parameters": None}
+    row = {
+        "model": model,
+        "setup": setup,
+        "layers": json.loads(Path(path, "config.json").read_text())["num_hidden_layers"],
+        "compute_dtype": str(compute_dtype(quant)).split(".")[-1],
+        "oom": False,
+        "policy_trainable_parameters": None,
+    }
     timer = StepTimer()
     try:
         trainer = build()
@@ -267,8 +338,9 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     if cuda:  # what a smaller card must hold: allocated bytes plus the caching allocator's slack
         row["reserved_peak_mem_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
     # on CPU loading peaks on the mapped file and full-precision weights before quantisation: not the step's need
-    row["peak_mem_mb"] = row["train_peak_mem_mb"] if not cuda else max(row.get("load_peak_mem_mb", 0.0),
-                                                                        row["train_peak_mem_mb"])
+    row["peak_mem_mb"] = (
+        row["train_peak_mem_mb"] if not cuda else max(row.get("load_peak_mem_mb", 0.0), row["train_peak_mem_mb"])
+    )
     measured = timer.times[1:]
     # a generation batch of several micro-batches: only the first step generates, so a step's time is not comparable
     timed = measured and not row["oom"] and (opts.generation_batch or B) == B
@@ -280,9 +352,10 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
 # --- the run ----------------------------------------------------------------------------------------------------
 def child(args: list[str], env: dict | None = None) -> dict:
     """Run this file again in a fresh process; returns the row it printed (raises with its stderr on failure)."""
-    result = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT,
-                            env={**os.environ, **(env or {})})
-    rows = [json.loads(line[len(ROW_TAG):]) for line in result.stdout.splitlines() if line.startswith(ROW_TAG)]
+    result = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+    rows = [json.loads(line[len(ROW_TAG) :]) for line in result.stdout.splitlines() if line.startswith(ROW_TAG)]
     if result.returncode != 0 or not rows:
         raise RuntimeError(f"benchmarks/memory.py {' '.join(args)} failed:\n{result.stderr[-4000:]}")
     return rows[0]
@@ -290,8 +363,15 @@ def child(args: list[str], env: dict | None = None) -> dict:
 
 def median_row(rows: list[dict]) -> dict:
     row = dict(rows[0])
-    for key in ("peak_mem_mb", "load_peak_mem_mb", "loaded_mem_mb", "train_peak_mem_mb", "reserved_peak_mem_mb",
-                "tokens_per_s", "seconds_per_step"):
+    for key in (
+        "peak_mem_mb",
+        "load_peak_mem_mb",
+        "loaded_mem_mb",
+        "train_peak_mem_mb",
+        "reserved_peak_mem_mb",
+        "tokens_per_s",
+        "seconds_per_step",
+    ):
         values = [r.get(key) for r in rows if r.get(key) is not None]
         row[key] = round(statistics.median(values), 2) if values else None
     row["oom"] = any(r["oom"] for r in rows)
@@ -311,29 +391,46 @@ def extrapolate(rows: list[dict]) -> list[dict]:
     logits, one layer's recomputed activations), so the peak is ``a + b * layers``: a least-squares line through the
     measured depths, read at the full depth. ``max_residual_mb`` is how far the measured points are off the line (the
     check that the peak stays in the same phase across depths; it needs three depths). A full-depth row, when measured
-    too, is not fitted but set beside the prediction (``measured_peak_mem_mb``): the method's check on a model that fits.
+    too, is not fitted but set beside the prediction (``measured_peak_mem_mb``): the method's check on a model that
+    fits.
     """
     fits = []
     for model, setup in dict.fromkeys((r["model"], r["setup"]) for r in rows):
         full = full_depth(model)
-        points = sorted((r["layers"], r["peak_mem_mb"]) for r in rows if (r["model"], r["setup"]) == (model, setup)
-                        and r.get("layers") is not None and r["peak_mem_mb"] is not None and not r["oom"])
+        points = sorted(
+            (r["layers"], r["peak_mem_mb"])
+            for r in rows
+            if (r["model"], r["setup"]) == (model, setup)
+            and r.get("layers") is not None
+            and r["peak_mem_mb"] is not None
+            and not r["oom"]
+        )
         measured = next((y for x, y in points if x == full), None)
         points = [(x, y) for x, y in points if x != full]
         if len({x for x, _ in points}) < 2 or full is None:
             continue
         slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
-        fits.append({"model": model, "setup": setup, "layers_measured": [x for x, _ in points], "full_layers": full,
-                     "mb_per_layer": round(slope, 1), "mb_at_0_layers": round(intercept, 1),
-                     "peak_mem_mb": round(intercept + slope * full, 1),
-                     "max_residual_mb": round(max(abs(y - intercept - slope * x) for x, y in points), 1)}
-                    | ({"measured_peak_mem_mb": measured} if measured is not None else {}))
+        fits.append(
+            {
+                "model": model,
+                "setup": setup,
+                "layers_measured": [x for x, _ in points],
+                "full_layers": full,
+                "mb_per_layer": round(slope, 1),
+                "mb_at_0_layers": round(intercept, 1),
+                "peak_mem_mb": round(intercept + slope * full, 1),
+                "max_residual_mb": round(max(abs(y - intercept - slope * x) for x, y in points), 1),
+            }
+            | ({"measured_peak_mem_mb": measured} if measured is not None else {})
+        )
     return fits
 
 
 # the ratio goals: setup -> (goal name, test of its peak over policy_only's)
-RATIO_GOALS = {"shared_base": ("shared_base_le_1.3x", lambda ratio: ratio <= 1.3),
-               "separate": ("separate_ge_4x", lambda ratio: ratio >= 4.0)}
+RATIO_GOALS = {
+    "shared_base": ("shared_base_le_1.3x", lambda ratio: ratio <= 1.3),
+    "separate": ("separate_ge_4x", lambda ratio: ratio >= 4.0),
+}
 
 
 def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
@@ -348,12 +445,20 @@ def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
     goals = {}
     for model, layers in base:
         name = model if layers in (None, full_depth(model)) else f"{model}/{layers}-layers"
-        goals[name] = {goal: None if (r := ratio.get((model, layers, setup))) is None else passes(r)
-                       for setup, (goal, passes) in RATIO_GOALS.items()}
+        goals[name] = {
+            goal: None if (r := ratio.get((model, layers, setup))) is None else passes(r)
+            for setup, (goal, passes) in RATIO_GOALS.items()
+        }
     for model in dict.fromkeys(r["model"] for r in rows):
         if model.endswith("7b"):  # the 7B-shaped PPO step within 20 GB (on a GPU, at the default 512 + 512 tokens)
-            row = next((r for r in rows if r["model"] == model and r["setup"] == "shared_base"
-                        and r.get("layers") == full_depth(model)), None)
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if r["model"] == model and r["setup"] == "shared_base" and r.get("layers") == full_depth(model)
+                ),
+                None,
+            )
             fit = next((f for f in fits if f["model"] == model and f["setup"] == "shared_base"), None)
             goal = goals.setdefault(model, {})
             if row is not None:
@@ -373,8 +478,17 @@ def add_ratios(rows: list[dict], fits: list[dict] = ()) -> dict:
 
 
 # what must agree between rows measured in different runs for their peaks to be compared (--combine)
-SETTINGS = ("prompt_len", "completion_len", "batch", "generation_batch", "reward_batch_pairs", "steps", "compute_dtype",
-            "device", "cpu_malloc")
+SETTINGS = (
+    "prompt_len",
+    "completion_len",
+    "batch",
+    "generation_batch",
+    "reward_batch_pairs",
+    "steps",
+    "compute_dtype",
+    "device",
+    "cpu_malloc",
+)
 
 
 def combine(paths: list[str]) -> list[dict]:
@@ -390,8 +504,10 @@ def combine(paths: list[str]) -> list[dict]:
             first = first or settings
             if settings != first:
                 diff = {k: (first[k], settings[k]) for k in SETTINGS if first[k] != settings[k]}
-                raise ValueError(f"--combine: {path} was measured with other settings than {paths[0]}: {diff}; "
-                                 "combine only runs made with the same flags")
+                raise ValueError(
+                    f"--combine: {path} was measured with other settings than {paths[0]}: {diff}; "
+                    "combine only runs made with the same flags"
+                )
             key = (r["model"], r["setup"], r.get("layers"))
             if key in seen:
                 raise ValueError(f"--combine: {key} is in both {seen[key]} and {path}; keep one of them")
@@ -404,34 +520,61 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 measured step, short sequences, 1 repeat")
     parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
-    parser.add_argument("--models", default=None, help="comma-separated; default tiny,smollm2_135m (CPU) or the "
-                                                       "Qwen2.5 shapes (GPU)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated; default tiny,smollm2_135m (CPU) or the Qwen2.5 shapes (GPU)"
+    )
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (CPU 32, GPU 512; quick 16)")
     parser.add_argument("--completion-len", type=int, default=None, help="new tokens (CPU 96, GPU 512; quick 32)")
-    parser.add_argument("--batch", type=int, default=None, help="completions per step (CPU models 4; Qwen2.5 shapes as "
-                        "their qlora recipes); the online reward step takes half as many (demonstration, sample) pairs")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="completions per step (CPU models 4; Qwen2.5 shapes as "
+        "their qlora recipes); the online reward step takes half as many (demonstration, sample) pairs",
+    )
     parser.add_argument("--reward-batch", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--generation-batch", type=int, default=None,
-                        help="completions generated at once (then scored --batch at a time), a multiple of --batch "
-                             "(default: --batch); the qlora recipes generate per_device_train_batch_size x "
-                             "gradient_accumulation_steps (4) at once. Then only the first step generates: tokens/s "
-                             "is not reported")
+    parser.add_argument(
+        "--generation-batch",
+        type=int,
+        default=None,
+        help="completions generated at once (then scored --batch at a time), a multiple of --batch "
+        "(default: --batch); the qlora recipes generate per_device_train_batch_size x "
+        "gradient_accumulation_steps (4) at once. Then only the first step generates: tokens/s "
+        "is not reported",
+    )
     parser.add_argument("--steps", type=int, default=None, help="measured steps after one warm-up (quick 1, else 3)")
     parser.add_argument("--repeats", type=int, default=None, help="fresh processes per setup (quick or GPU 1, else 3)")
-    parser.add_argument("--cpu-malloc", choices=CPU_MALLOC, default="live",
-                        help="CPU only. live: glibc's mmap threshold fixed at 1 MiB, so a freed tensor leaves the "
-                             "resident size and its peak follows live memory (as max_memory_allocated on a GPU), at "
-                             "some speed; default: glibc as it comes, whose heap also keeps freed memory")
-    parser.add_argument("--layers", default=None, help="comma-separated decoder-layer counts for the Qwen2.5 shapes "
-                        "(default: the shape's own): the peak at full depth is then extrapolated from a line through "
-                        "them, for a 7B-shaped step on a machine too small or slow for 28 layers")
-    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
-                        help="compute dtype (auto: bfloat16 on a GPU, float32 on CPU); bfloat16 also turns on bf16 "
-                             "mixed precision, as on a GPU")
-    parser.add_argument("--combine", nargs="+", metavar="FILE", default=None,
-                        help="no run: the rows of these --out files (same flags, different setups or depths) as one "
-                             "run's, with ratios, lines and goals over all of them, written to --out")
+    parser.add_argument(
+        "--cpu-malloc",
+        choices=CPU_MALLOC,
+        default="live",
+        help="CPU only. live: glibc's mmap threshold fixed at 1 MiB, so a freed tensor leaves the "
+        "resident size and its peak follows live memory (as max_memory_allocated on a GPU), at "
+        "some speed; default: glibc as it comes, whose heap also keeps freed memory",
+    )
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated decoder-layer counts for the Qwen2.5 shapes "
+        "(default: the shape's own): the peak at full depth is then extrapolated from a line through "
+        "them, for a 7B-shaped step on a machine too small or slow for 28 layers",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float32"),
+        default="auto",
+        help="compute dtype (auto: bfloat16 on a GPU, float32 on CPU); bfloat16 also turns on bf16 "
+        "mixed precision, as on a GPU",
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="FILE",
+        default=None,
+        help="no run: the rows of these --out files (same flags, different setups or depths) as one "
+        "run's, with ratios, lines and goals over all of them, written to --out",
+    )
     parser.add_argument("--workdir", default=None, help="where model folders are built (default: a temporary one)")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "SETUP", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--prepare", nargs=3, metavar=("MODEL", "DIR", "LAYERS"), help=argparse.SUPPRESS)
@@ -467,9 +610,11 @@ def main(argv=None):
         parser.error(f"--layers: {opts.layers!r} is not a comma-separated list of layer counts, e.g. --layers 1,2,4")
     if opts.layers and (min(depths) < 1 or any(m not in QWEN for m in models)):
         parser.error("--layers: counts >= 1, for the Qwen2.5 shapes only (the other models have real weights)")
-    sizes = {"prompt_len": opts.prompt_len or (16 if opts.quick else 512 if gpu else 32),
-             "completion_len": opts.completion_len or (32 if opts.quick else 512 if gpu else 96),
-             "steps": opts.steps or (1 if opts.quick else 3)}
+    sizes = {
+        "prompt_len": opts.prompt_len or (16 if opts.quick else 512 if gpu else 32),
+        "completion_len": opts.completion_len or (32 if opts.quick else 512 if gpu else 96),
+        "steps": opts.steps or (1 if opts.quick else 3),
+    }
     repeats = opts.repeats or (1 if opts.quick or gpu else 3)  # a GPU's allocated bytes do not vary between runs
     workdir = Path(opts.workdir or tempfile.mkdtemp(prefix="trl_irl_memory_"))
     env = None if gpu else CPU_MALLOC[opts.cpu_malloc]
@@ -483,24 +628,38 @@ def main(argv=None):
     batches = {m: (opts.batch, max(1, opts.batch // 2)) if opts.batch else recipe_batches(m) for m in models}
     for m, (batch, _) in batches.items():
         if opts.generation_batch and opts.generation_batch % batch:
-            parser.error(f"--generation-batch: {opts.generation_batch} is not a multiple of {m}'s micro-batch "
-                         f"({batch}); use e.g. {4 * batch}, as the qlora recipes (4 micro-batches per generation)")
+            parser.error(
+                f"--generation-batch: {opts.generation_batch} is not a multiple of {m}'s micro-batch "
+                f"({batch}); use e.g. {4 * batch}, as the qlora recipes (4 micro-batches per generation)"
+            )
     for model in models:
         batch, reward_batch = batches[model]
         for layers in depths:
             folder = workdir / (model if not layers else f"{model}-{layers}-layers")
             path = child(["--prepare", model, str(folder), str(layers)])["path"]
-            flags = [f"--prompt-len={sizes['prompt_len']}", f"--completion-len={sizes['completion_len']}",
-                     f"--batch={batch}", f"--reward-batch={reward_batch}", f"--steps={sizes['steps']}",
-                     f"--dtype={opts.dtype}"] + ([f"--generation-batch={opts.generation_batch}"]
-                                                 if opts.generation_batch else [])
+            flags = [
+                f"--prompt-len={sizes['prompt_len']}",
+                f"--completion-len={sizes['completion_len']}",
+                f"--batch={batch}",
+                f"--reward-batch={reward_batch}",
+                f"--steps={sizes['steps']}",
+                f"--dtype={opts.dtype}",
+            ] + ([f"--generation-batch={opts.generation_batch}"] if opts.generation_batch else [])
             for setup in setups:
                 row = median_row([child(["--child", model, setup, path, *flags], env) for _ in range(repeats)])
-                row |= {"batch": batch, "generation_batch": opts.generation_batch or batch,
-                        "reward_batch_pairs": reward_batch, **sizes, **device}
+                row |= {
+                    "batch": batch,
+                    "generation_batch": opts.generation_batch or batch,
+                    "reward_batch_pairs": reward_batch,
+                    **sizes,
+                    **device,
+                }
                 rows.append(row)
-                print(f"{model:>14} {row['layers']:>3} layers {setup:>12}: peak {row['peak_mem_mb']} MB, "
-                      f"{row['tokens_per_s']} tokens/s" + (" (out of memory)" if row["oom"] else ""), flush=True)
+                print(
+                    f"{model:>14} {row['layers']:>3} layers {setup:>12}: peak {row['peak_mem_mb']} MB, "
+                    f"{row['tokens_per_s']} tokens/s" + (" (out of memory)" if row["oom"] else ""),
+                    flush=True,
+                )
                 write(final=False)
     return write(final=True)
 
@@ -508,20 +667,28 @@ def main(argv=None):
 def report(rows: list[dict], out: str | None, command: str, final: bool, quiet: bool = False) -> dict:
     """Ratios, lines and goals over ``rows``; written to ``out`` (when given) and, unless ``quiet``, printed."""
     fits = extrapolate(rows)
-    result = {"rows": rows, "extrapolated": fits, "goals": add_ratios(rows, fits), "command": command,
-              "complete": final}
+    result = {
+        "rows": rows,
+        "extrapolated": fits,
+        "goals": add_ratios(rows, fits),
+        "command": command,
+        "complete": final,
+    }
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))
     if quiet:
         return result
     for r in (r for r in rows if r.get("peak_vs_policy_only") is not None):
-        print(f"{r['model']:>14} {r['layers']:>3} layers {r['setup']:>12}: {r['peak_vs_policy_only']}x "
-              "policy_only's peak")
+        print(
+            f"{r['model']:>14} {r['layers']:>3} layers {r['setup']:>12}: {r['peak_vs_policy_only']}x policy_only's peak"
+        )
     for f in fits:
         ratio = f" = {f['peak_vs_policy_only']}x policy_only's" if "peak_vs_policy_only" in f else ""
-        print(f"{f['model']:>14} {f['full_layers']:>3} layers {f['setup']:>12}: {f['peak_mem_mb']} MB extrapolated "
-              f"from {f['layers_measured']} layers ({f['mb_per_layer']} MB per layer){ratio}")
+        print(
+            f"{f['model']:>14} {f['full_layers']:>3} layers {f['setup']:>12}: {f['peak_mem_mb']} MB extrapolated "
+            f"from {f['layers_measured']} layers ({f['mb_per_layer']} MB per layer){ratio}"
+        )
     if out:
         if final and rows:
             plot(rows, Path(out).with_suffix(".png"))
@@ -547,8 +714,13 @@ def plot(rows: list[dict], png: Path):
             x = g + (k - (len(SETUPS) - 1) / 2) * width
             ax.bar(x, row["peak_mem_mb"] / 1024, width, color=f"C{k}", label=setup if g == 0 else None)
             if row.get("peak_vs_policy_only") is not None:
-                ax.annotate(f"{row['peak_vs_policy_only']}x", (x, row["peak_mem_mb"] / 1024), ha="center", va="bottom",
-                            fontsize=8)
+                ax.annotate(
+                    f"{row['peak_vs_policy_only']}x",
+                    (x, row["peak_mem_mb"] / 1024),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
     ax.set_xticks(range(len(groups)), [f"{m}\n{n} layers, {rows[0]['device']}" for m, n in groups])
     ax.set_ylabel("peak memory of a step (GB)")
     handles, labels = ax.get_legend_handles_labels()

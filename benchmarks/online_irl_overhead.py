@@ -24,7 +24,8 @@ Parts, in the order they run (one torch thread; every ratio is a median over rou
 Decision rule (fixed before the run): the recipe's ``reward.online.trainable_layers`` is the smallest k in SETTINGS
 whose held-out pair accuracy after pretraining and after the online updates is within 0.03 of full depth's.
 The held-out prompts are the recipe's held-out split (``task.seed=0``, every held-out row: 200 of the file's
-2,000), the split the recipe's other settings were calibrated on; ``benchmarks/real_lm.py`` reports ``task.seed=1``'s. Quickest: ``--model tiny --rounds 1 --steps 2 --bc-steps 2 --online-updates 1``.
+2,000), the split the recipe's other settings were calibrated on; ``benchmarks/real_lm.py`` reports ``task.seed=1``'s.
+Quickest: ``--model tiny --rounds 1 --steps 2 --bc-steps 2 --online-updates 1``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 torch.set_num_threads(1)
@@ -97,12 +97,23 @@ def behaviour_cloning(cfg, pipe, work: Path, steps: int, default_bf16: bool) -> 
     runs = {}
     for name, bf16 in (("fp32", False), ("bf16", True)):
         timer = StepTimes()
-        args = SFTConfig(output_dir=str(work / f"bc_{name}"), learning_rate=c["learning_rate"], max_steps=steps,
-                         per_device_train_batch_size=c["per_device_train_batch_size"], bf16=bf16, use_cpu=True,
-                         seed=cfg["seed"], save_strategy="no", logging_steps=1, report_to="none", disable_tqdm=True,
-                         **c["extra"])
-        trainer = SFTTrainer(model=pipe.init_path, args=args, train_dataset=train, processing_class=pipe.tokenizer,
-                             callbacks=[timer])
+        args = SFTConfig(
+            output_dir=str(work / f"bc_{name}"),
+            learning_rate=c["learning_rate"],
+            max_steps=steps,
+            per_device_train_batch_size=c["per_device_train_batch_size"],
+            bf16=bf16,
+            use_cpu=True,
+            seed=cfg["seed"],
+            save_strategy="no",
+            logging_steps=1,
+            report_to="none",
+            disable_tqdm=True,
+            **c["extra"],
+        )
+        trainer = SFTTrainer(
+            model=pipe.init_path, args=args, train_dataset=train, processing_class=pipe.tokenizer, callbacks=[timer]
+        )
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         runs[name] = {"seconds_per_step": timed_median(timer.times), "losses": losses}
@@ -112,9 +123,12 @@ def behaviour_cloning(cfg, pipe, work: Path, steps: int, default_bf16: bool) -> 
             pipe.tokenizer.save_pretrained(bc_path)
         del trainer
     difference = max(abs(a - b) / abs(a) for a, b in zip(runs["fp32"]["losses"], runs["bf16"]["losses"]))
-    return {"fp32": runs["fp32"], "bf16": runs["bf16"],
-            "speedup": runs["fp32"]["seconds_per_step"] / runs["bf16"]["seconds_per_step"],
-            "loss_max_relative_difference": difference}, bc_path
+    return {
+        "fp32": runs["fp32"],
+        "bf16": runs["bf16"],
+        "speedup": runs["fp32"]["seconds_per_step"] / runs["bf16"]["seconds_per_step"],
+        "loss_max_relative_difference": difference,
+    }, bc_path
 
 
 # --- 2. generation ---------------------------------------------------------------------------------------------------
@@ -126,12 +140,15 @@ def generation(policy, pipe, rounds: int) -> dict:
     for r in range(rounds + 1):  # round 0 warms up
         for name in times:
             start = time.perf_counter()
-            sample_completions(policy, pipe.tokenizer, prompts, pipe.data.max_completion_length, 16, seed=r,
-                               bf16=name == "bf16")
+            sample_completions(
+                policy, pipe.tokenizer, prompts, pipe.data.max_completion_length, 16, seed=r, bf16=name == "bf16"
+            )
             if r:
                 times[name].append(time.perf_counter() - start)
-    return {"seconds_per_batch": {k: statistics.median(v) for k, v in times.items()},
-            "speedup": statistics.median([a / b for a, b in zip(times["fp32"], times["bf16"])])}
+    return {
+        "seconds_per_batch": {k: statistics.median(v) for k, v in times.items()},
+        "speedup": statistics.median([a / b for a, b in zip(times["fp32"], times["bf16"])]),
+    }
 
 
 # --- 3. reward quality ----------------------------------------------------------------------------------------------
@@ -152,13 +169,23 @@ def reward_quality(cfg, pipe, bc_path: str, samples: dict, settings: dict, onlin
         model = reward_model(bc_path, tok, setting)
         steps = math.ceil(len(train) / pre["per_device_train_batch_size"]) * pre["num_train_epochs"]
         updater = OnlineRewardUpdater(
-            model, tok, objective, learning_rate=pre["learning_rate"], weight_decay=online["weight_decay"],
-            batch_size=pre["per_device_train_batch_size"], steps=steps, buffer_size=len(train),
-            max_grad_norm=online["max_grad_norm"], seed=cfg["seed"], scoring_batch_size=64,
-            trainable_layers=None if setting in (None, "lora") else setting, bf16=bf16)
+            model,
+            tok,
+            objective,
+            learning_rate=pre["learning_rate"],
+            weight_decay=online["weight_decay"],
+            batch_size=pre["per_device_train_batch_size"],
+            steps=steps,
+            buffer_size=len(train),
+            max_grad_norm=online["max_grad_norm"],
+            seed=cfg["seed"],
+            scoring_batch_size=64,
+            trainable_layers=None if setting in (None, "lora") else setting,
+            bf16=bf16,
+        )
         updater.add([r["prompt"] for r in train], [r["completion"] for r in train], samples["train"])
 
-        def accuracy(stage):
+        def accuracy(stage, updater=updater, name=name):  # bound now: the loop deletes updater
             r_demo, r_sample = updater.rewards(prompts, demos), updater.rewards(prompts, held_samples)
             outcome = ((r_demo > r_sample).float() + 0.5 * (r_demo == r_sample).float()).numpy()
             correct[f"{name}/{stage}"] = outcome
@@ -167,15 +194,22 @@ def reward_quality(cfg, pipe, bc_path: str, samples: dict, settings: dict, onlin
         start = time.perf_counter()
         updater.update()
         pretrain_seconds = time.perf_counter() - start
-        row = {"trainable_parameters": sum(p.numel() for p in updater.params), "pretrain_updates": steps,
-               "pretrain_seconds_per_update": pretrain_seconds / steps, "accuracy_after_pretraining": accuracy("pretrain")}
+        row = {
+            "trainable_parameters": sum(p.numel() for p in updater.params),
+            "pretrain_updates": steps,
+            "pretrain_seconds_per_update": pretrain_seconds / steps,
+            "accuracy_after_pretraining": accuracy("pretrain"),
+        }
         for group in updater.optimizer.param_groups:
             group["lr"] = online["learning_rate"]
         updater.batch_size, updater.steps = online["batch_size"], online_updates
         start = time.perf_counter()
         updater.update()
-        row |= {"online_updates": online_updates, "online_seconds_per_update": (time.perf_counter() - start) / online_updates,
-                "accuracy_after_online_updates": accuracy("online")}
+        row |= {
+            "online_updates": online_updates,
+            "online_seconds_per_update": (time.perf_counter() - start) / online_updates,
+            "accuracy_after_online_updates": accuracy("online"),
+        }
         rows[name] = row
         print(name, json.dumps(row), flush=True)
         del updater, model
@@ -188,8 +222,17 @@ def reward_quality(cfg, pipe, bc_path: str, samples: dict, settings: dict, onlin
 
 
 # --- 4. step time ----------------------------------------------------------------------------------------------------
-def step_times(cfg, pipe, bc_path: str, settings: dict, default: dict, rounds: int, steps: int, work: Path,
-               only: list[str] | None = None) -> dict:
+def step_times(
+    cfg,
+    pipe,
+    bc_path: str,
+    settings: dict,
+    default: dict,
+    rounds: int,
+    steps: int,
+    work: Path,
+    only: list[str] | None = None,
+) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
@@ -198,10 +241,22 @@ def step_times(cfg, pipe, bc_path: str, settings: dict, default: dict, rounds: i
     tok, algo, online = pipe.tokenizer, cfg["algo"], cfg["reward"]["online"]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "demonstration": r["completion"]} for r in pipe.data.train])
     objective = make_objective(cfg["reward"]["objective"])
-    common = dict(per_device_train_batch_size=16, num_generations=4, max_completion_length=pipe.data.max_completion_length,
-                  max_steps=steps, learning_rate=algo["learning_rate"], beta=algo["beta"], temperature=algo["temperature"],
-                  use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=10**6,
-                  seed=cfg["seed"], **algo["extra"])
+    common = dict(
+        per_device_train_batch_size=16,
+        num_generations=4,
+        max_completion_length=pipe.data.max_completion_length,
+        max_steps=steps,
+        learning_rate=algo["learning_rate"],
+        beta=algo["beta"],
+        temperature=algo["temperature"],
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=10**6,
+        seed=cfg["seed"],
+        **algo["extra"],
+    )
 
     def frozen(bf16):
         def build():
@@ -211,24 +266,43 @@ def step_times(cfg, pipe, bc_path: str, settings: dict, default: dict, rounds: i
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     return objective.rewards(model, tok, prompts, completions, batch_size=16).tolist()
 
-            return GRPOTrainer(model=bc_path, reward_funcs=[frozen_reward], train_dataset=dataset, processing_class=tok,
-                               args=GRPOConfig(output_dir=str(work / "grpo"), bf16=bf16, **common))
+            return GRPOTrainer(
+                model=bc_path,
+                reward_funcs=[frozen_reward],
+                train_dataset=dataset,
+                processing_class=tok,
+                args=GRPOConfig(output_dir=str(work / "grpo"), bf16=bf16, **common),
+            )
+
         return build
 
     def online_irl(setting, bf16):
         def build():
             return OnlineIRLTrainer(
-                model=bc_path, reward_model=reward_model(bc_path, tok, setting), train_dataset=dataset,
-                processing_class=tok, args=OnlineIRLConfig(
-                    output_dir=str(work / "irl"), bf16=bf16, reward_batch_size=online["batch_size"],
-                    reward_learning_rate=online["learning_rate"], reward_update_steps=online["update_steps"],
-                    reward_trainable_layers=None if setting in (None, "lora") else setting, **common))
+                model=bc_path,
+                reward_model=reward_model(bc_path, tok, setting),
+                train_dataset=dataset,
+                processing_class=tok,
+                args=OnlineIRLConfig(
+                    output_dir=str(work / "irl"),
+                    bf16=bf16,
+                    reward_batch_size=online["batch_size"],
+                    reward_learning_rate=online["learning_rate"],
+                    reward_update_steps=online["update_steps"],
+                    reward_trainable_layers=None if setting in (None, "lora") else setting,
+                    **common,
+                ),
+            )
+
         return build
 
     bf16 = default["bf16"]
     arms = {"grpo_frozen_reward": frozen(bf16), "online_irl": online_irl(default["trainable_layers"], bf16)}
-    arms |= {f"online_irl_{name}": online_irl(setting, bf16) for name, setting in settings.items()
-             if setting != default["trainable_layers"]}
+    arms |= {
+        f"online_irl_{name}": online_irl(setting, bf16)
+        for name, setting in settings.items()
+        if setting != default["trainable_layers"]
+    }
     if bf16:  # the same in fp32: the recipe before bf16 and a cheaper reward update
         arms |= {"grpo_frozen_reward_fp32": frozen(False), "online_irl_full_depth_fp32": online_irl(None, False)}
     else:  # the model's default is fp32: the frozen-reward step in bf16 is the comparison
@@ -246,10 +320,15 @@ def step_times(cfg, pipe, bc_path: str, settings: dict, default: dict, rounds: i
     if "grpo_frozen_reward" not in times:
         return {"seconds_per_step": {k: statistics.median(v) for k, v in times.items()}}
     base = times["grpo_frozen_reward"]
-    return {"seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
-            "ratio_median_of_rounds": {k: statistics.median([b / a for a, b in zip(base, v)])
-                                       for k, v in times.items() if k != "grpo_frozen_reward"},
-            "per_round": times}
+    return {
+        "seconds_per_step": {k: statistics.median(v) for k, v in times.items()},
+        "ratio_median_of_rounds": {
+            k: statistics.median([b / a for a, b in zip(base, v)])
+            for k, v in times.items()
+            if k != "grpo_frozen_reward"
+        },
+        "per_round": times,
+    }
 
 
 def main():
@@ -260,8 +339,11 @@ def main():
     parser.add_argument("--bc-steps", type=int, default=20)
     parser.add_argument("--online-updates", type=int, default=30)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/online_irl_overhead_<model>.json")
-    parser.add_argument("--bc", help="this BC folder (one an earlier run kept): parts 1-3 skipped, the step-time arms "
-                        "alone (--arms), written to --out when given")
+    parser.add_argument(
+        "--bc",
+        help="this BC folder (one an earlier run kept): parts 1-3 skipped, the step-time arms "
+        "alone (--arms), written to --out when given",
+    )
     parser.add_argument("--arms", nargs="+", help="with --bc: only these step-time arms")
     opts = parser.parse_args()
     out = Path(opts.out or ROOT / "benchmarks" / "results" / f"online_irl_overhead_{opts.model}.json")
@@ -277,10 +359,21 @@ def main():
     torch.set_num_threads(1)
     settings = SETTINGS[opts.model]
     default = {"bf16": bool(pipe.bf16), "trainable_layers": cfg["reward"]["online"]["trainable_layers"]}
-    result = {"setup": {"model": opts.model, "overrides": MODELS[opts.model], "rounds": opts.rounds,
-                        "steps": opts.steps, "bc_steps": opts.bc_steps, "online_updates": opts.online_updates,
-                        "batch": "16 completions (4 prompts x 4)", "completion_length": pipe.data.max_completion_length,
-                        "recipe_defaults": default, "threads": 1, "torch": torch.__version__}}
+    result = {
+        "setup": {
+            "model": opts.model,
+            "overrides": MODELS[opts.model],
+            "rounds": opts.rounds,
+            "steps": opts.steps,
+            "bc_steps": opts.bc_steps,
+            "online_updates": opts.online_updates,
+            "batch": "16 completions (4 prompts x 4)",
+            "completion_length": pipe.data.max_completion_length,
+            "recipe_defaults": default,
+            "threads": 1,
+            "torch": torch.__version__,
+        }
+    }
     if opts.bc:  # the step-time arms alone, from a kept BC (a profile's run; a rerun after a default changed)
         result |= step_times(cfg, pipe, opts.bc, settings, default, opts.rounds, opts.steps, work, opts.arms)
         print(json.dumps(result))
@@ -296,25 +389,47 @@ def main():
 
     policy = load_causal_lm(bc_path).eval()
     result["bf16"]["generation"] = generation(policy, pipe, opts.rounds)
-    samples = {split: sample_completions(policy, pipe.tokenizer, [r["prompt"] for r in getattr(pipe.data, split)],
-                                         pipe.data.max_completion_length, 64, seed=cfg["seed"], bf16=default["bf16"])
-               for split in ("train", "heldout")}
+    samples = {
+        split: sample_completions(
+            policy,
+            pipe.tokenizer,
+            [r["prompt"] for r in getattr(pipe.data, split)],
+            pipe.data.max_completion_length,
+            64,
+            seed=cfg["seed"],
+            bf16=default["bf16"],
+        )
+        for split in ("train", "heldout")
+    }
     del policy
-    result["reward_quality"] = reward_quality(cfg, pipe, bc_path, samples, settings, opts.online_updates,
-                                              default["bf16"])
+    result["reward_quality"] = reward_quality(
+        cfg, pipe, bc_path, samples, settings, opts.online_updates, default["bf16"]
+    )
     result |= step_times(cfg, pipe, bc_path, settings, default, opts.rounds, opts.steps, work)
     seconds = result["seconds_per_step"]
     fp32_frozen = seconds.get("grpo_frozen_reward_fp32")
     result["bf16"]["grpo_frozen_reward_speedup"] = (
-        fp32_frozen / seconds["grpo_frozen_reward"] if fp32_frozen else
-        seconds["grpo_frozen_reward"] / seconds["grpo_frozen_reward_bf16"])
+        fp32_frozen / seconds["grpo_frozen_reward"]
+        if fp32_frozen
+        else seconds["grpo_frozen_reward"] / seconds["grpo_frozen_reward_bf16"]
+    )
     result["setup"]["wall_seconds"] = round(time.perf_counter() - t0)
     result["setup"]["bc_kept_at"] = bc_path  # for --bc (a profile's run)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"ratio_median_of_rounds": result["ratio_median_of_rounds"], "bf16": {
-        "bc": result["bf16"]["bc"]["speedup"], "generation": result["bf16"]["generation"]["speedup"],
-        "grpo": result["bf16"]["grpo_frozen_reward_speedup"]}}, indent=2))
+    print(
+        json.dumps(
+            {
+                "ratio_median_of_rounds": result["ratio_median_of_rounds"],
+                "bf16": {
+                    "bc": result["bf16"]["bc"]["speedup"],
+                    "generation": result["bf16"]["generation"]["speedup"],
+                    "grpo": result["bf16"]["grpo_frozen_reward_speedup"],
+                },
+            },
+            indent=2,
+        )
+    )
     print(out)
 
 

@@ -57,16 +57,25 @@ IRL = ("irl_bt", "irl_airl")
 # The pre-registered design (docs/real_lm.md, "The second benchmark: pre-registration"), chosen on the calibration
 # split (task.seed=0) only, on top of recipe=smollm2_word_reversal: the task's files, the settings every run gets, and
 # the ones an arm adds.
-TASKS = {task: [f"task.path={DATA / f'{task}.jsonl'}", f"task.rollout_path={DATA / f'{task}_prompts.jsonl'}"]
-         for task in ("word_reversal", "spiral_matrix")}
+TASKS = {
+    task: [f"task.path={DATA / f'{task}.jsonl'}", f"task.rollout_path={DATA / f'{task}_prompts.jsonl'}"]
+    for task in ("word_reversal", "spiral_matrix")
+}
 SETTINGS = ["task.rollout_pool=rollout", "algo.max_steps=60"]  # the RL arms roll out on prompts BC never saw
 # the oracle climbs the verifier faster at 2e-5; a learned reward is exploited at 1e-5 (KL 0.74 on the spiral matrix)
-ARM_SETTINGS = {"oracle": ["algo.learning_rate=2e-5"], "irl_bt": ["algo.learning_rate=5e-6"],
-                "irl_airl": ["algo.learning_rate=5e-6"]}  # SDFT keeps the recipe's 1e-5
-GOALS = {"irl_beats_bc_best": "interval of irl - bc@T* above 0", "gap_closed_ge_0.3": "gap closed >= 0.3",
-         "irl_beats_spin": "irl - spin above 0 (estimate)", "irl_beats_sdft": "irl - sdft above 0 (estimate)",
-         "oracle_beats_bc": "interval of oracle - bc above 0",
-         "reward_lift": "interval of the final reward's best-of-8 lift over a random pick above 0"}
+ARM_SETTINGS = {
+    "oracle": ["algo.learning_rate=2e-5"],
+    "irl_bt": ["algo.learning_rate=5e-6"],
+    "irl_airl": ["algo.learning_rate=5e-6"],
+}  # SDFT keeps the recipe's 1e-5
+GOALS = {
+    "irl_beats_bc_best": "interval of irl - bc@T* above 0",
+    "gap_closed_ge_0.3": "gap closed >= 0.3",
+    "irl_beats_spin": "irl - spin above 0 (estimate)",
+    "irl_beats_sdft": "irl - sdft above 0 (estimate)",
+    "oracle_beats_bc": "interval of oracle - bc above 0",
+    "reward_lift": "interval of the final reward's best-of-8 lift over a random pick above 0",
+}
 
 
 def run_arm(task: str, arm: str, seed: int, work: Path, overrides: list[str]) -> Path:
@@ -82,13 +91,28 @@ def run_arm(task: str, arm: str, seed: int, work: Path, overrides: list[str]) ->
         shutil.copy(bc / "stage_config.json", out / "bc" / "stage_config.json")
     # no mid-run checkpoints: a stopped benchmark reruns the whole (seed, arm), and 135M in full precision with its
     # optimizer is 1.6 GB per checkpoint
-    cmd = [TRL_IRL, "recipe=smollm2_word_reversal", f"seed={seed}", *TASKS[task], *SETTINGS, *ARMS[arm][1],
-           *ARM_SETTINGS.get(arm, []), "resume=true",
-           f"hydra.run.dir={out}", "+algo.save_strategy=no", *overrides]
+    cmd = [
+        TRL_IRL,
+        "recipe=smollm2_word_reversal",
+        f"seed={seed}",
+        *TASKS[task],
+        *SETTINGS,
+        *ARMS[arm][1],
+        *ARM_SETTINGS.get(arm, []),
+        "resume=true",
+        f"hydra.run.dir={out}",
+        "+algo.save_strategy=no",
+        *overrides,
+    ]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "run.log", "w") as log:
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"})
+        result = subprocess.run(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"},
+        )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}); see {out / 'run.log'}")
     if arm != "bc":  # the policy and reward weights: 0.5 GB each per run, and nothing below reads them
@@ -97,8 +121,9 @@ def run_arm(task: str, arm: str, seed: int, work: Path, overrides: list[str]) ->
     return out
 
 
-def run_all(tasks: list[str], seeds: list[int], arms: list[str], work: Path, workers: int,
-            overrides: list[str]) -> dict:
+def run_all(
+    tasks: list[str], seeds: list[int], arms: list[str], work: Path, workers: int, overrides: list[str]
+) -> dict:
     """BC for every (task, seed) first, then its arms as soon as its BC is done; ``workers`` at a time."""
     trained = [a for a in arms if ARMS[a][1] is not None and a != "bc"]
     folders: dict[tuple[str, int, str], Path] = {}
@@ -136,7 +161,9 @@ def collect(task: str, seeds: list[int], arms: list[str], work: Path) -> dict:
             timings = metrics["timings_s"]
             out["timings_s"].setdefault(arm, {})[str(seed)] = {
                 "train": timings.get("bc" if arm in ("bc", "bc_best") else name, 0.0),  # IRL: reward pretraining in
-                "eval": timings.get(f"eval_{name}", 0.0), "run": timings["total"]}
+                "eval": timings.get(f"eval_{name}", 0.0),
+                "run": timings["total"],
+            }
             if arm in IRL:
                 out["diagnostics"].setdefault(arm, {})[str(seed)] = metrics.get("reward_diagnostics", {})
     out["num_heldout"] = len(prompts)
@@ -156,11 +183,15 @@ def report(res: dict, seeds: list[int], arms: list[str], draws: int) -> dict:
     key = [str(s) for s in seeds]
     table = {a: np.array([res["scores"][a][s] for s in key], dtype=float) for a in arms}
     stats = compare_arms(table, reference="bc", draws=draws)
-    out = {"success_rate": stats["value"], "success_rate_ci95": stats["ci95"],
-           "success_rate_by_seed": {a: [float(v) for v in table[a].mean(axis=1)] for a in arms},
-           "success_greedy": {a: float(np.mean([res["metrics"][a][s].get("success_greedy", np.nan) for s in key]))
-                              for a in arms},
-           "vs_bc": {a: triple(d) for a, d in stats.get("minus_bc", {}).items()}}
+    out = {
+        "success_rate": stats["value"],
+        "success_rate_ci95": stats["ci95"],
+        "success_rate_by_seed": {a: [float(v) for v in table[a].mean(axis=1)] for a in arms},
+        "success_greedy": {
+            a: float(np.mean([res["metrics"][a][s].get("success_greedy", np.nan) for s in key])) for a in arms
+        },
+        "vs_bc": {a: triple(d) for a, d in stats.get("minus_bc", {}).items()},
+    }
     for ref in ("bc_best", "spin", "sdft"):
         if ref in arms:
             diffs = compare_arms(table, reference=ref, draws=draws)[f"minus_{ref}"]
@@ -171,21 +202,28 @@ def report(res: dict, seeds: list[int], arms: list[str], draws: int) -> dict:
         for stage, name in (("pretrained", "reward_pretrain"), ("final", "grpo")):
             picks = [res["diagnostics"][arm][s].get(name, {}).get("per_prompt") for s in key]
             if all(picks):
-                lift = compare_arms({"reward_pick": np.array([p["reward_pick"] for p in picks]),
-                                     "random_pick": np.array([p["random_pick"] for p in picks])},
-                                    reference="random_pick", draws=draws)["minus_random_pick"]["reward_pick"]
+                lift = compare_arms(
+                    {
+                        "reward_pick": np.array([p["reward_pick"] for p in picks]),
+                        "random_pick": np.array([p["random_pick"] for p in picks]),
+                    },
+                    reference="random_pick",
+                    draws=draws,
+                )["minus_random_pick"]["reward_pick"]
                 aucs = [res["diagnostics"][arm][s][name]["auc"] for s in key]
                 out["reward_lift"].setdefault(arm, {})[stage] = {"lift": triple(lift), "auc_by_seed": aucs}
     out["goals"] = {}
     for a in [a for a in arms if a in IRL]:
         above = lambda d, arm: arm in d and d[arm][1] is not None and d[arm][1] > 0  # noqa: E731
         lift = out["reward_lift"].get(a, {}).get("final", {}).get("lift")
-        out["goals"][a] = {"irl_beats_bc_best": above(out.get("vs_bc_best", {}), a),
-                           "gap_closed_ge_0.3": (out["gap_closed"].get(a, [None])[0] or 0) >= 0.3,
-                           "irl_beats_spin": out.get("vs_spin", {}).get(a, [0])[0] > 0,
-                           "irl_beats_sdft": out.get("vs_sdft", {}).get(a, [0])[0] > 0,
-                           "oracle_beats_bc": above(out["vs_bc"], "oracle"),
-                           "reward_lift": lift is not None and lift[1] is not None and lift[1] > 0}
+        out["goals"][a] = {
+            "irl_beats_bc_best": above(out.get("vs_bc_best", {}), a),
+            "gap_closed_ge_0.3": (out["gap_closed"].get(a, [None])[0] or 0) >= 0.3,
+            "irl_beats_spin": out.get("vs_spin", {}).get(a, [0])[0] > 0,
+            "irl_beats_sdft": out.get("vs_sdft", {}).get(a, [0])[0] > 0,
+            "oracle_beats_bc": above(out["vs_bc"], "oracle"),
+            "reward_lift": lift is not None and lift[1] is not None and lift[1] > 0,
+        }
     out["goal_definitions"] = GOALS
     return out
 
@@ -238,13 +276,20 @@ def main():
         start = time.perf_counter()
         run_all(args.tasks, args.seeds, args.arms, work, args.workers, overrides)
         design = {"tasks": {t: TASKS[t] for t in args.tasks}, "settings": SETTINGS, "arm_settings": ARM_SETTINGS}
-        results = {"seeds": args.seeds, "arms": args.arms, "design": design,
-                   "overrides": overrides, "workers": args.workers, "wall_s": round(time.perf_counter() - start, 1),
-                   "tasks": {t: collect(t, args.seeds, args.arms, work) for t in args.tasks}}
+        results = {
+            "seeds": args.seeds,
+            "arms": args.arms,
+            "design": design,
+            "overrides": overrides,
+            "workers": args.workers,
+            "wall_s": round(time.perf_counter() - start, 1),
+            "tasks": {t: collect(t, args.seeds, args.arms, work) for t in args.tasks},
+        }
         out = Path(args.out)
-    for task, res in results["tasks"].items():
-        res["wall_s_per_arm_median"] = {a: statistics.median(t["train"] for t in res["timings_s"][a].values())
-                                        for a in results["arms"]}
+    for res in results["tasks"].values():
+        res["wall_s_per_arm_median"] = {
+            a: statistics.median(t["train"] for t in res["timings_s"][a].values()) for a in results["arms"]
+        }
         res["report"] = report(res, results["seeds"], results["arms"], args.draws)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
@@ -258,8 +303,10 @@ def main():
             vs = r.get("vs_bc_best", {}).get(a)
             gap = r["gap_closed"].get(a, [None])[0]
             vs_text = "" if vs is None else f"{vs[0]:+.3f} [{vs[1]:+.3f}, {vs[2]:+.3f}]"
-            print(f"{a:10s} {r['success_rate'][a]:8.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {vs_text:>24s} "
-                  f"{'' if gap is None else f'{gap:11.2f}':>11s} {res['wall_s_per_arm_median'][a]:8.0f}")
+            print(
+                f"{a:10s} {r['success_rate'][a]:8.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {vs_text:>24s} "
+                f"{'' if gap is None else f'{gap:11.2f}':>11s} {res['wall_s_per_arm_median'][a]:8.0f}"
+            )
         print(json.dumps(r["goals"]))
     print(out)
 

@@ -28,8 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "trl_irl" / "data"
 # our name -> (reasoning-gym's dataset, its options)
-TASKS = {"word_reversal": ("word_sequence_reversal", {"min_words": 3, "max_words": 5}),
-         "spiral_matrix": ("spiral_matrix", {"min_n": 3, "max_n": 3})}
+TASKS = {
+    "word_reversal": ("word_sequence_reversal", {"min_words": 3, "max_words": 5}),
+    "spiral_matrix": ("spiral_matrix", {"min_n": 3, "max_n": 3}),
+}
 
 
 def rows(task: str, size: int, seed: int) -> list[dict]:
@@ -62,7 +64,7 @@ def main():
     if args.rollout:
         seen = {r["prompt"] for r in demos}
         prompts = []
-        for r in rows(args.task, args.size + 2 * args.rollout_size, args.seed)[args.size:]:
+        for r in rows(args.task, args.size + 2 * args.rollout_size, args.seed)[args.size :]:
             if r["prompt"] not in seen and len(prompts) < args.rollout_size:
                 seen.add(r["prompt"])
                 prompts.append({"prompt": r["prompt"], "answer": r["answer"]})

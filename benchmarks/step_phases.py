@@ -30,7 +30,7 @@ INSIDE = {"_inner_training_loop"}
 
 
 def parse(frame: str) -> tuple[str, str]:
-    """"Class.method (path/file.py:line)" -> ("method", "path/file.py")."""
+    """ "Class.method (path/file.py:line)" -> ("method", "path/file.py")."""
     name, _, where = frame.partition(" (")
     return name.rsplit(".", 1)[-1], where.rsplit(":", 1)[0]
 
@@ -38,8 +38,9 @@ def parse(frame: str) -> tuple[str, str]:
 def phase_of(frames: list[tuple[str, str]]) -> str:
     in_update = any(name == "update" and "rewards/online" in path for name, path in frames)
     for phase, function, path_part in PHASES:
-        if phase.startswith("reward update") == in_update and \
-                any(name == function and path_part in path for name, path in frames):
+        if phase.startswith("reward update") == in_update and any(
+            name == function and path_part in path for name, path in frames
+        ):
             return phase
     return "reward update: other" if in_update else "other"
 

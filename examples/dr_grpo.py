@@ -4,8 +4,8 @@ group standard deviation and with the token losses summed over a constant instea
     A_{i,t} = G_{i,t} - mean_{j in group(i)} G_{j,t}
 
 Subclass ``OnlineIRLTrainer`` and override ``compute_advantages``, the one place every estimator is called from (on
-this process's token rewards (B, T), T = 1 with credit=sequence); ``SCALE_REWARDS`` names the TRL ``scale_rewards`` values the
-estimator honours. The config subclass sets TRL's matching defaults. From the folder holding this file:
+this process's token rewards (B, T), T = 1 with credit=sequence); ``SCALE_REWARDS`` names the TRL ``scale_rewards``
+values the estimator honours. The config subclass sets TRL's matching defaults. From the folder holding this file:
 
     trl-irl plugins=[dr_grpo] algo.name=dr_grpo
 """
@@ -27,8 +27,9 @@ class DrGRPOTrainer(OnlineIRLTrainer):
 
     def compute_advantages(self, rewards, mask, output, inputs):
         returns = self.returns_to_go(rewards, mask)  # G_t = sum_k gamma^(k-t) r_k
-        return self.across_processes(lambda g, m: grpo_advantages(g, m, self.num_generations, scale="none"),
-                                     returns, mask)
+        return self.across_processes(
+            lambda g, m: grpo_advantages(g, m, self.num_generations, scale="none"), returns, mask
+        )
 
 
 register_algorithm("dr_grpo", DrGRPOConfig, DrGRPOTrainer)

@@ -26,8 +26,9 @@ def tokenizer(task):
 @pytest.fixture(scope="session")
 def policy_path(task, tokenizer, tmp_path_factory):
     """A tiny policy saved to disk (TRL reloads policies and KL references by path)."""
-    model = build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                                 max_positions=32, seed=0)
+    model = build_tiny_causal_lm(
+        tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_positions=32, seed=0
+    )
     return save_model(model, tokenizer, tmp_path_factory.mktemp("policy"))
 
 
@@ -54,4 +55,3 @@ def bc_policy_path(task, tokenizer, policy_path, tmp_path_factory):
         loss.backward()
         optimizer.step()
     return save_model(model, tokenizer, tmp_path_factory.mktemp("bc_policy"))
-

@@ -28,8 +28,18 @@ def build(workdir):
 
     torch.manual_seed(0)  # the score head's initialisation: identical on every rank
     model = load_reward_model(path, "classifier")
-    updater = OnlineRewardUpdater(model, tokenizer, make_objective("bt"), learning_rate=1e-2, weight_decay=0.0,
-                                  batch_size=8, steps=3, buffer_size=64, max_grad_norm=1.0, seed=0)
+    updater = OnlineRewardUpdater(
+        model,
+        tokenizer,
+        make_objective("bt"),
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        batch_size=8,
+        steps=3,
+        buffer_size=64,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     return task, updater
 
 

@@ -42,18 +42,43 @@ def main(workdir: Path):
     before = weights(shared)
     demos = task.sample_demonstrations(64, seed=1)
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
-    args = PPOConfig(output_dir=str(workdir / "out"), per_device_train_batch_size=8, num_generations=4,
-                     max_completion_length=task.horizon, max_steps=2, learning_rate=1e-2, critic_learning_rate=1e-2,
-                     reward_learning_rate=1e-2, beta=0.05, reward_update_every=1, reward_update_steps=1,
-                     reward_batch_size=8, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-                     logging_steps=1, disable_tqdm=True, seed=0,
-                     # SGD: an update is the gradient itself, so DDP and DeepSpeed can be compared (Adam's first
-                     # steps are nearly sign(g)); no clipping: DeepSpeed clips all groups at once, DDP each apart
-                     optim="sgd", max_grad_norm=1e9, critic_max_grad_norm=1e9)
-    trainer = PPOTrainer(model=shared.model, reward_model=reward, critic=critic, args=args, train_dataset=dataset,
-                         processing_class=tokenizer)
+    args = PPOConfig(
+        output_dir=str(workdir / "out"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=task.horizon,
+        max_steps=2,
+        learning_rate=1e-2,
+        critic_learning_rate=1e-2,
+        reward_learning_rate=1e-2,
+        beta=0.05,
+        reward_update_every=1,
+        reward_update_steps=1,
+        reward_batch_size=8,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        # SGD: an update is the gradient itself, so DDP and DeepSpeed can be compared (Adam's first
+        # steps are nearly sign(g)); no clipping: DeepSpeed clips all groups at once, DDP each apart
+        optim="sgd",
+        max_grad_norm=1e9,
+        critic_max_grad_norm=1e9,
+    )
+    trainer = PPOTrainer(
+        model=shared.model,
+        reward_model=reward,
+        critic=critic,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     trainer.train()
-    # the (demonstration, sample) pairs this rank learnt from: they must differ between ranks, or the test proves nothing
+    # the (demonstration, sample) pairs this rank learnt from: they must differ between ranks, or the test proves
+    # nothing
     seen = sorted({(demo, sample) for _, demo, sample, _ in trainer.reward_updater.buffer.items})
     torch.save({"before": before, "after": weights(shared), "seen": seen}, workdir / f"rank{state.process_index}.pt")
 

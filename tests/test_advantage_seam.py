@@ -39,14 +39,29 @@ def tied_and_unscorable(prompts, completions, **_):
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_grpo_sequence_advantages_are_trls_bit_for_bit(scale, tmp_path, policy_path, tokenizer, demos):
-    args = OnlineIRLConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=16, num_generations=4,
-                           max_completion_length=6, max_steps=2, learning_rate=1e-3, beta=0.0, use_cpu=True,
-                           bf16=False, report_to="none", disable_tqdm=True, save_strategy="no", seed=0,
-                           scale_rewards=scale)
-    trainer = ComparingTrainer(model=policy_path, reward_funcs=[tied_and_unscorable, lambda completions, **_:
-                                                                [0.01 * len(c) for c in completions]],
-                               args=args, train_dataset=Dataset.from_list([{"prompt": d["prompt"]} for d in demos]),
-                               processing_class=tokenizer)
+    args = OnlineIRLConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=16,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-3,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
+        scale_rewards=scale,
+    )
+    trainer = ComparingTrainer(
+        model=policy_path,
+        reward_funcs=[tied_and_unscorable, lambda completions, **_: [0.01 * len(c) for c in completions]],
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": d["prompt"]} for d in demos]),
+        processing_class=tokenizer,
+    )
     trainer.train()
     assert len(trainer.pairs) == 2
     for trl_advantages, ours, calls in trainer.pairs:

@@ -11,18 +11,33 @@ from trl_irl.models import load_reward_model
 
 
 def make_args(algo, tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / algo), per_device_train_batch_size=16, num_generations=4,
-                  max_completion_length=6, max_steps=60, learning_rate=3e-3, beta=0.0, use_cpu=True, bf16=False,
-                  report_to="none", disable_tqdm=True, logging_steps=1, save_strategy="no", seed=0,
-                  reward_batch_size=8)
+    values = dict(
+        output_dir=str(tmp_path / algo),
+        per_device_train_batch_size=16,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=60,
+        learning_rate=3e-3,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        reward_batch_size=8,
+    )
     values.update(overrides)
     return ALGORITHMS[algo][0](**values)
 
 
 def prefix_reward(task):
     """A fixed reward function: the fraction of the completion's tokens before its first invalid one."""
+
     def valid_fraction(prompts, completions, **_):
         return [task.valid_prefix_length(p, c) / task.horizon for p, c in zip(prompts, completions)]
+
     return valid_fraction
 
 
@@ -39,8 +54,13 @@ def prompt_dataset(task, demos):
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_each_algorithm_raises_the_success_rate(algo, tmp_path, task, tokenizer, bc_policy_path, demos):
-    trainer = ALGORITHMS[algo][1](model=bc_policy_path, args=make_args(algo, tmp_path), train_dataset=prompt_dataset(task, demos),
-                                  processing_class=tokenizer, reward_funcs=[prefix_reward(task)])
+    trainer = ALGORITHMS[algo][1](
+        model=bc_policy_path,
+        args=make_args(algo, tmp_path),
+        train_dataset=prompt_dataset(task, demos),
+        processing_class=tokenizer,
+        reward_funcs=[prefix_reward(task)],
+    )
     before = success_rate(trainer.model, task, tokenizer)
     trainer.train()
     after = success_rate(trainer.model, task, tokenizer)
@@ -49,9 +69,13 @@ def test_each_algorithm_raises_the_success_rate(algo, tmp_path, task, tokenizer,
 
 def test_ppo_value_loss_falls(tmp_path, task, tokenizer, bc_policy_path, demos):
     args = make_args("ppo", tmp_path, max_steps=20, learning_rate=0.0, critic_learning_rate=3e-3)
-    trainer = ALGORITHMS["ppo"][1](model=bc_policy_path, args=args,
-                                   train_dataset=prompt_dataset(task, demos), processing_class=tokenizer,
-                                   reward_funcs=[prefix_reward(task)])
+    trainer = ALGORITHMS["ppo"][1](
+        model=bc_policy_path,
+        args=args,
+        train_dataset=prompt_dataset(task, demos),
+        processing_class=tokenizer,
+        reward_funcs=[prefix_reward(task)],
+    )
     trainer.train()  # a frozen policy: the critic's targets come from a fixed distribution
     losses = [h["value_loss"] for h in trainer.state.log_history if "value_loss" in h]
     assert len(losses) == 20
@@ -62,9 +86,13 @@ def test_ppo_value_loss_falls(tmp_path, task, tokenizer, bc_policy_path, demos):
 def test_ppo_critic_gradient_is_cleared_after_each_step(tmp_path, task, tokenizer, policy_path, demos):
     """Trainer zeroes only the model's gradients and the critic is outside the model: without our clearing, each
     critic step would take the sum of every earlier step's gradient."""
-    trainer = ALGORITHMS["ppo"][1](model=policy_path, args=make_args("ppo", tmp_path, max_steps=3),
-                                   train_dataset=prompt_dataset(task, demos), processing_class=tokenizer,
-                                   reward_funcs=[prefix_reward(task)])
+    trainer = ALGORITHMS["ppo"][1](
+        model=policy_path,
+        args=make_args("ppo", tmp_path, max_steps=3),
+        train_dataset=prompt_dataset(task, demos),
+        processing_class=tokenizer,
+        reward_funcs=[prefix_reward(task)],
+    )
     trainer.create_optimizer()
     params = list(trainer.critic.parameters())
     seen = []
@@ -84,9 +112,12 @@ def critic_state(trainer):
 
 
 def test_ppo_critic_and_its_optimizer_state_survive_resume(tmp_path, task, tokenizer, policy_path, demos):
-    kwargs = dict(train_dataset=prompt_dataset(task, demos), processing_class=tokenizer, reward_funcs=[prefix_reward(task)])
-    first = ALGORITHMS["ppo"][1](model=policy_path, args=make_args("ppo", tmp_path, max_steps=2, save_strategy="steps",
-                                                                     save_steps=2), **kwargs)
+    kwargs = dict(
+        train_dataset=prompt_dataset(task, demos), processing_class=tokenizer, reward_funcs=[prefix_reward(task)]
+    )
+    first = ALGORITHMS["ppo"][1](
+        model=policy_path, args=make_args("ppo", tmp_path, max_steps=2, save_strategy="steps", save_steps=2), **kwargs
+    )
     first.train()
     saved = critic_state(first)
     checkpoint = tmp_path / "ppo" / "checkpoint-2"
@@ -106,14 +137,18 @@ def test_ppo_critic_and_its_optimizer_state_survive_resume(tmp_path, task, token
     assert resumed.state.global_step == 3
 
 
-@pytest.mark.parametrize("credit,objective", [("redistribution", "bt"), ("attention", "gail"), ("implicit", "airl"),
-                                              ("airl", "airl")])
+@pytest.mark.parametrize(
+    "credit,objective", [("redistribution", "bt"), ("attention", "gail"), ("implicit", "airl"), ("airl", "airl")]
+)
 def test_token_credit_trains_with_an_online_reward(credit, objective, tmp_path, task, tokenizer, policy_path, demos):
     kind = "lm" if objective == "airl" else "classifier"
     trainer = ALGORITHMS["rloo_token"][1](
-        model=policy_path, reward_model=load_reward_model(policy_path, kind),
+        model=policy_path,
+        reward_model=load_reward_model(policy_path, kind),
         args=make_args("rloo_token", tmp_path, max_steps=2, credit=credit, objective=objective, beta=0.05),
-        train_dataset=prompt_dataset(task, demos), processing_class=tokenizer)
+        train_dataset=prompt_dataset(task, demos),
+        processing_class=tokenizer,
+    )
     seen = {}
 
     def spy(rewards, mask, output, inputs, original=trainer.compute_advantages):
@@ -130,12 +165,20 @@ def test_token_credit_trains_with_an_online_reward(credit, objective, tmp_path, 
 
 def test_credit_that_needs_another_reward_model_fails_before_loading(tmp_path, task, tokenizer, demos):
     with pytest.raises(ValueError, match="credit=airl needs a lm reward model.*reward=airl"):
-        ALGORITHMS["grpo"][1](model=str(tmp_path / "missing"), reward_model=torch.nn.Linear(1, 1),
-                              args=make_args("grpo", tmp_path, credit="airl", objective="bt"),
-                              train_dataset=prompt_dataset(task, demos), processing_class=tokenizer)
+        ALGORITHMS["grpo"][1](
+            model=str(tmp_path / "missing"),
+            reward_model=torch.nn.Linear(1, 1),
+            args=make_args("grpo", tmp_path, credit="airl", objective="bt"),
+            train_dataset=prompt_dataset(task, demos),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="credit=redistribution reads token-level scores from a reward model"):
-        ALGORITHMS["grpo"][1](model=str(tmp_path / "missing"), args=make_args("grpo", tmp_path, credit="redistribution"),
-                              train_dataset=prompt_dataset(task, demos), processing_class=tokenizer,
-                              reward_funcs=[prefix_reward(task)])
+        ALGORITHMS["grpo"][1](
+            model=str(tmp_path / "missing"),
+            args=make_args("grpo", tmp_path, credit="redistribution"),
+            train_dataset=prompt_dataset(task, demos),
+            processing_class=tokenizer,
+            reward_funcs=[prefix_reward(task)],
+        )
     with pytest.raises(ValueError, match="algo=rloo_token"):
         make_args("rloo", tmp_path, credit="attention")

@@ -12,8 +12,17 @@ from trl_irl.rewards.objectives import encode, pair_accuracy
 
 
 def args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=4,
-                  max_completion_length=4, max_steps=1, use_cpu=True, bf16=False, report_to="none", beta=0.0)
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        beta=0.0,
+    )
     return OnlineIRLConfig(**{**values, **overrides})
 
 
@@ -22,19 +31,29 @@ def dataset(demos):
 
 
 @pytest.mark.parametrize("objective, kind", [("airl", "classifier"), ("bt", "lm"), ("gail", "lm")])
-def test_a_reward_model_of_the_wrong_kind_is_refused_at_construction(objective, kind, tmp_path, policy_path,
-                                                                     tokenizer, demos):
+def test_a_reward_model_of_the_wrong_kind_is_refused_at_construction(
+    objective, kind, tmp_path, policy_path, tokenizer, demos
+):
     with pytest.raises(ValueError, match=f"objective='{objective}' scores with"):
-        OnlineIRLTrainer(model=str(tmp_path / "never_loaded"), reward_model=load_reward_model(policy_path, kind),
-                         args=args(tmp_path, objective=objective), train_dataset=dataset(demos),
-                         processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=str(tmp_path / "never_loaded"),
+            reward_model=load_reward_model(policy_path, kind),
+            args=args(tmp_path, objective=objective),
+            train_dataset=dataset(demos),
+            processing_class=tokenizer,
+        )
 
 
 def test_an_in_memory_policy_with_a_kl_term_is_refused(tmp_path, policy_path, tokenizer, demos):
     policy = load_causal_lm(policy_path)
     with pytest.raises(ValueError, match="TRL would load the KL reference from"):
-        OnlineIRLTrainer(model=policy, reward_model=load_reward_model(policy_path, "classifier"),
-                         args=args(tmp_path, beta=0.05), train_dataset=dataset(demos), processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=policy,
+            reward_model=load_reward_model(policy_path, "classifier"),
+            args=args(tmp_path, beta=0.05),
+            train_dataset=dataset(demos),
+            processing_class=tokenizer,
+        )
 
 
 def test_pair_accuracy_counts_ties_apart():
@@ -58,9 +77,13 @@ def test_reward_config_fields_the_irl_loss_would_drop_are_refused(tmp_path, poli
 
     with pytest.raises(ValueError, match="center_rewards_coefficient=0.01: the IRL objective's loss"):
         IRLRewardConfig(output_dir=str(tmp_path), center_rewards_coefficient=0.01, report_to="none")
-    pairs = Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": "a", "margin": 1.0}
-                               for d in demos])
+    pairs = Dataset.from_list(
+        [{"prompt": d["prompt"], "chosen": d["completion"], "rejected": "a", "margin": 1.0} for d in demos]
+    )
     with pytest.raises(ValueError, match="train_dataset has a 'margin' column"):
-        IRLRewardTrainer(model=load_reward_model(policy_path, "classifier"),
-                         args=IRLRewardConfig(output_dir=str(tmp_path), report_to="none"), train_dataset=pairs,
-                         processing_class=tokenizer)
+        IRLRewardTrainer(
+            model=load_reward_model(policy_path, "classifier"),
+            args=IRLRewardConfig(output_dir=str(tmp_path), report_to="none"),
+            train_dataset=pairs,
+            processing_class=tokenizer,
+        )

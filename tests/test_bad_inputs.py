@@ -29,10 +29,16 @@ DATA = ("task=dataset", "task.path={data}")
 BAD_INPUTS = [
     # (overrides, a fragment of the error)
     (("+sead=3",), "unknown config key sead (on the command line: +sead=3): did you mean seed?"),
-    (("algo.lerning_rate=1",), "unknown config key algo.lerning_rate (on the command line: algo.lerning_rate=1): did "
-                               "you mean algo.learning_rate?"),
+    (
+        ("algo.lerning_rate=1",),
+        "unknown config key algo.lerning_rate (on the command line: algo.lerning_rate=1): did "
+        "you mean algo.learning_rate?",
+    ),
     (("+taks.horizon=3",), "unknown config key taks"),
-    (("+eval.batchsize=3",), "unknown config key eval.batchsize (on the command line: +eval.batchsize=3): did you mean eval.batch_size?"),
+    (
+        ("+eval.batchsize=3",),
+        "unknown config key eval.batchsize (on the command line: +eval.batchsize=3): did you mean eval.batch_size?",
+    ),
     (("+reward.prefix_wieght=1",), "did you mean reward.prefix_weight?"),
     (("+bc.lerning_rate=1",), "did you mean bc.learning_rate?"),
     (("+spin.round=3",), "did you mean spin.rounds?"),
@@ -66,7 +72,10 @@ BAD_INPUTS = [
     (("algo=ppo", "algo.critic_learning_rate=0"), "algo.critic_learning_rate=0: must be a number > 0"),
     (("reward.online.learning_rate=0",), "reward.online.learning_rate must be > 0, got 0"),
     (("reward.online.batch_size=0",), "reward.online.batch_size must be >= 1, got 0"),
-    (("reward.online.trainable_layers=3",), "reward.online.trainable_layers=3: the reward model has 2 blocks; give 1 to 2"),
+    (
+        ("reward.online.trainable_layers=3",),
+        "reward.online.trainable_layers=3: the reward model has 2 blocks; give 1 to 2",
+    ),
     (("reward.online.trainable_layers=0",), "reward.online.trainable_layers must be a number of blocks >= 1"),
     (("model.bf16=yes",), "model.bf16='yes': choose auto, true or false"),
     (("reward.online.update_every=-1",), "reward.online.update_every must be >= 0 (0 freezes the reward model)"),
@@ -84,12 +93,20 @@ BAD_INPUTS = [
     (("model=local",), "model.path has no value"),
     (("model=local", "model.path=/no/such/model"), "model.path=/no/such/model: the folder does not exist"),
     (("task.name=jsonl",), "task.name='jsonl' is unknown"),
-    (("+task.horizn=3",), "unknown config key task.horizn (on the command line: +task.horizn=3): did you mean task.horizon?"),
-    (("recipe=toy", "task=dataset", "task.path={data}"), "task.horizon (from recipe=toy or a config file) is a key of "
-                                                         "task=automaton, not of task=dataset: recipe=toy is written "
-                                                         "for task=automaton: leave it out with task=dataset"),
-    (("task=dataset", "task.path={data}", "task.horizon=3"), "task.horizon (on the command line: task.horizon=3) is a "
-                                                             "key of task=automaton, not of task=dataset"),
+    (
+        ("+task.horizn=3",),
+        "unknown config key task.horizn (on the command line: +task.horizn=3): did you mean task.horizon?",
+    ),
+    (
+        ("recipe=toy", "task=dataset", "task.path={data}"),
+        "task.horizon (from recipe=toy or a config file) is a key of "
+        "task=automaton, not of task=dataset: recipe=toy is written "
+        "for task=automaton: leave it out with task=dataset",
+    ),
+    (
+        ("task=dataset", "task.path={data}", "task.horizon=3"),
+        "task.horizon (on the command line: task.horizon=3) is a key of task=automaton, not of task=dataset",
+    ),
     (("resume_from=checkpoint-2",), "resume_from=checkpoint-2 continues a run: add resume=true"),
     (("resume=true", "resume_from=step-2"), "resume_from='step-2': give checkpoint-N"),
     (("task=dataset",), "task.path has no value"),
@@ -99,28 +116,46 @@ BAD_INPUTS = [
     ((*DATA, "task.verifier=fuzzy"), "task.verifier"),
     ((*DATA, "task.verifier=python:no_such_module:score"), "no_such_module"),
     ((*DATA, "task.heldout_fraction=1.5"), "task.heldout_fraction"),
-    ((*DATA, "task.heldout_fraction=10%"), "task.heldout_fraction='10%': must be a number (a share is written as a "
-                                           "fraction: 0.1)"),
+    (
+        (*DATA, "task.heldout_fraction=10%"),
+        "task.heldout_fraction='10%': must be a number (a share is written as a fraction: 0.1)",
+    ),
     ((*DATA, "task.num_demonstrations=1.5"), "task.num_demonstrations=1.5: must be an integer"),
-    (("task=dataset", "task.path={blank}"), "task.path={blank}: none of its 1 row(s) has a demonstration in its "
-                                           "'completion' column. trl-irl learns from demonstrations"),
+    (
+        ("task=dataset", "task.path={blank}"),
+        "task.path={blank}: none of its 1 row(s) has a demonstration in its "
+        "'completion' column. trl-irl learns from demonstrations",
+    ),
     (("task=dataset", "task.path={empty}"), "task.path={empty} is empty: it holds no rows"),
-    (("task=dataset", "task.path={prompts}"), "task.path={prompts} holds prompts only (columns ['prompt']). "
-                                             "trl-irl learns from demonstrations"),
+    (
+        ("task=dataset", "task.path={prompts}"),
+        "task.path={prompts} holds prompts only (columns ['prompt']). trl-irl learns from demonstrations",
+    ),
     ((*DATA, "task.rollout_path={data}"), "rollout prompt(s) are also held-out prompts, which are only evaluated"),
     ((*DATA, "task.rollout_path={missing}"), "task.rollout_path={missing}: no such file or folder"),
-    ((*DATA, "task.rollout_pool=both"), "task.rollout_pool='both' is unknown: choose one of mixed, rollout, "
-                                        "demonstrations"),
+    (
+        (*DATA, "task.rollout_pool=both"),
+        "task.rollout_pool='both' is unknown: choose one of mixed, rollout, demonstrations",
+    ),
     ((*DATA, "task.rollout_pool=rollout"), "task.rollout_pool=rollout, but no rollout prompt is left"),
-    ((*DATA, "task.rollout_path={fresh}", "task.rollout_pool=rollout", "task.verifier=exact"),
-     "the oracle arm rolls out on prompts with an answer for the verifier, and task.rollout_pool=rollout leaves none"),
-    (("task=dataset", "task.path={long}"), "task.path={long}: 1 of the 13 demonstrations are far longer than the "
-                                          "rest (5000 tokens; 99% have at most"),
+    (
+        (*DATA, "task.rollout_path={fresh}", "task.rollout_pool=rollout", "task.verifier=exact"),
+        "the oracle arm rolls out on prompts with an answer for the verifier, and "
+        "task.rollout_pool=rollout leaves none",
+    ),
+    (
+        ("task=dataset", "task.path={long}"),
+        "task.path={long}: 1 of the 13 demonstrations are far longer than the rest (5000 tokens; 99% have at most",
+    ),
     ((*DATA, "task.verifier=regex:(\\d+)"), "Hydra's override parser cannot read this value"),
-    ((*DATA, "task.verifier='regex:#### (\\d+)'"), "task.verifier=regex:#### (\\d+) scores 0 of the 13 demonstrations "
-                                                  "correct (0%), below min_demo_success=0.9"),
-    ((*DATA, "task.verifier=python:{raises}:score"), "raised IndexError: string index out of range on an empty "
-                                                     "completion ('') of the prompt"),
+    (
+        (*DATA, "task.verifier='regex:#### (\\d+)'"),
+        "task.verifier=regex:#### (\\d+) scores 0 of the 13 demonstrations correct (0%), below min_demo_success=0.9",
+    ),
+    (
+        (*DATA, "task.verifier=python:{raises}:score"),
+        "raised IndexError: string index out of range on an empty completion ('') of the prompt",
+    ),
     ((*DATA, "task.verifier=python:{yes}:score"), "returned 'yes' (str), not a number in [0, 1]"),
     ((*DATA, "task.verifier=exact", "min_demo_success=1.5"), "min_demo_success=1.5: must be a number in [0, 1]"),
     ((*DATA, "arms=[bc,oracle]"), "this task has none: set task.verifier"),
@@ -129,7 +164,10 @@ BAD_INPUTS = [
     (("arms=[bc,sdft]", "+sdft.extra.distilation_topk=8"), "distilation_topk"),
     (("peft=lora", "+reward.pretrain.lr_scheduler_type=cosine"), "cannot apply with peft=lora"),
     # the studies' jobs: their recipe is their schema
-    (("recipe=prompt_oirl", "+data.datset=svamp"), "unknown config key data.datset (on the command line: +data.datset=svamp): did you mean data.dataset?"),
+    (
+        ("recipe=prompt_oirl", "+data.datset=svamp"),
+        "unknown config key data.datset (on the command line: +data.datset=svamp): did you mean data.dataset?",
+    ),
     (("recipe=compounding_error", "+compounding.seed=3"), "did you mean compounding.seeds?"),
 ]
 
@@ -137,11 +175,17 @@ BAD_INPUTS = [
 RUN_ARGS = ("recipe=toy", "arms=[bc]", "bc.num_train_epochs=1")  # the finished run in {run}
 # refusals that read the run folder: the folder of a finished run
 FOLDER_INPUTS = [
-    (RUN_ARGS, "{run} already holds trained stages ['bc']: `trl-irl resume=true hydra.run.dir={run}` continues that "
-               "run (under the config it was started with); for a new run choose another output folder "
-               "(hydra.run.dir=...)"),
-    (("resume=true", "bc.learning_rate=1e-2"), "resume=true: {run} was trained under another config, so reusing it "
-                                               "would mix two runs (bc: bc.learning_rate: 0.003 -> 0.01)"),
+    (
+        RUN_ARGS,
+        "{run} already holds trained stages ['bc']: `trl-irl resume=true hydra.run.dir={run}` continues that "
+        "run (under the config it was started with); for a new run choose another output folder "
+        "(hydra.run.dir=...)",
+    ),
+    (
+        ("resume=true", "bc.learning_rate=1e-2"),
+        "resume=true: {run} was trained under another config, so reusing it "
+        "would mix two runs (bc: bc.learning_rate: 0.003 -> 0.01)",
+    ),
 ]
 
 
@@ -156,12 +200,19 @@ def files(tmp: Path) -> dict[str, str]:
     (tmp / "fresh.jsonl").write_text("".join(json.dumps({"prompt": f"Reverse {w}{w}: "}) + "\n" for w in words))
     long = [*rows[:6], {"prompt": "Reverse this: ", "completion": "x" * 5000}, *rows[6:12]]
     (tmp / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long))
-    (tmp / "bad_input_raises.py").write_text("def score(prompt, completion, row):  # fails on an empty completion\n"
-                                             "    return float(completion.strip()[0] == row['completion'][0])\n")
+    (tmp / "bad_input_raises.py").write_text(
+        "def score(prompt, completion, row):  # fails on an empty completion\n"
+        "    return float(completion.strip()[0] == row['completion'][0])\n"
+    )
     (tmp / "bad_input_yes.py").write_text("def score(prompt, completion, row):\n    return 'yes'\n")
     paths = {name: str(tmp / f"{name}.jsonl") for name in ("data", "empty", "blank", "prompts", "fresh", "long")}
-    return {**paths, "missing": str(tmp / "nope.jsonl"), "text": str(tmp / "data.txt"), "raises": "bad_input_raises",
-            "yes": "bad_input_yes"}
+    return {
+        **paths,
+        "missing": str(tmp / "nope.jsonl"),
+        "text": str(tmp / "data.txt"),
+        "raises": "bad_input_raises",
+        "yes": "bad_input_yes",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +240,7 @@ def python_refusal(overrides, paths: dict, out: Path) -> str:
 
 def cli_refusal(overrides, paths: dict, out: Path, monkeypatch, capsys) -> str:
     """The one line ``trl-irl`` refuses with (exit status 2, before Hydra starts a job)."""
+
     def hydra_job():
         raise AssertionError("Hydra started the job: the command was not refused before it")
 
@@ -204,10 +256,12 @@ def cli_refusal(overrides, paths: dict, out: Path, monkeypatch, capsys) -> str:
 
 def as_cli(message: str) -> str:
     """A Python refusal in the command line's words: its fixes are the only difference allowed."""
-    message = re.sub(r"trl_irl\.run\(resume=True, output_dir='([^']*)'\)", r"trl-irl resume=true hydra.run.dir=\1",
-                     message)
-    return message.replace("in trl_irl.run's overrides", "on the command line").replace("output_dir=...",
-                                                                                        "hydra.run.dir=...")
+    message = re.sub(
+        r"trl_irl\.run\(resume=True, output_dir='([^']*)'\)", r"trl-irl resume=true hydra.run.dir=\1", message
+    )
+    return message.replace("in trl_irl.run's overrides", "on the command line").replace(
+        "output_dir=...", "hydra.run.dir=..."
+    )
 
 
 def digest(folder: Path) -> str:
@@ -256,18 +310,32 @@ def test_no_refusal_changes_a_byte_of_a_used_folder(paths, used, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     from trl_irl.sweeps import main as sweep
 
-    (tmp_path / "mine.yaml").write_text(f"program: trl-irl\nmethod: grid\nparameters:\n  recipe: {{value: toy}}\n"
-                                        f"  hydra.run.dir: {{value: {used}}}\n  seed: {{values: [0, 1]}}\n")
+    (tmp_path / "mine.yaml").write_text(
+        f"program: trl-irl\nmethod: grid\nparameters:\n  recipe: {{value: toy}}\n"
+        f"  hydra.run.dir: {{value: {used}}}\n  seed: {{values: [0, 1]}}\n"
+    )
     assert sweep([str(tmp_path / "mine.yaml"), "--out", str(tmp_path / "s.yaml")]) == 0
     assert digest(used) == before
 
 
-@pytest.mark.parametrize("overrides", [
-    ("recipe=prompt_oirl", "data.dataset=svamp", "rm.name=mlp", "+rm.candidates.mlp_wide={{kind: mlp, hidden: 256}}"),
-    ("recipe=prompt_oirl", "features.query_dims=0", "selection.ks=[1,2]"),
-    ("recipe=compounding_error", "compounding.seeds=3", "compounding.rl={{iterations: 10}}"),
-    ("recipe=compounding_error", "compounding.hidden={{realisable: 8, small: 4}}", "+compounding.demos={{small: 9}}"),
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        (
+            "recipe=prompt_oirl",
+            "data.dataset=svamp",
+            "rm.name=mlp",
+            "+rm.candidates.mlp_wide={{kind: mlp, hidden: 256}}",
+        ),
+        ("recipe=prompt_oirl", "features.query_dims=0", "selection.ks=[1,2]"),
+        ("recipe=compounding_error", "compounding.seeds=3", "compounding.rl={{iterations: 10}}"),
+        (
+            "recipe=compounding_error",
+            "compounding.hidden={{realisable: 8, small: 4}}",
+            "+compounding.demos={{small: 9}}",
+        ),
+    ],
+)
 def test_the_studies_valid_keys_pass_the_schema_check(overrides, paths, tmp_path):
     # the keys pass, so trl_irl.run reaches its own refusal: a study's job runs from the CLI ({{ }}: a literal brace)
     assert "runs from the CLI" in python_refusal(overrides, paths, tmp_path / "run")
@@ -275,15 +343,18 @@ def test_the_studies_valid_keys_pass_the_schema_check(overrides, paths, tmp_path
 
 def test_a_multirun_checks_every_job_before_the_first_trains(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "main", lambda: pytest.fail("Hydra started the multirun"))
-    monkeypatch.setattr(sys, "argv", ["trl-irl", "-m", "recipe=toy", "credit=sequence,airl",
-                                      f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    monkeypatch.setattr(
+        sys, "argv", ["trl-irl", "-m", "recipe=toy", "credit=sequence,airl", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    )
     with pytest.raises(SystemExit) as exit_:
         cli.entry()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1
-    assert err[0] == ("trl-irl: the multirun would start 2 jobs and 1 would be refused, so none starts. job 1 "
-                      "(credit=airl): credit=airl needs a lm reward model, but reward objective 'bt' uses a "
-                      "classifier: choose reward=airl")
+    assert err[0] == (
+        "trl-irl: the multirun would start 2 jobs and 1 would be refused, so none starts. job 1 "
+        "(credit=airl): credit=airl needs a lm reward model, but reward objective 'bt' uses a "
+        "classifier: choose reward=airl"
+    )
     assert not (tmp_path / "sweep").exists()
 
 
@@ -293,8 +364,10 @@ def test_a_sweeps_check_gives_the_same_message(paths, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError) as refused:
         sweep(["algorithms", "algo.lerning_rate=1"])
-    assert "would fail: unknown config key algo.lerning_rate (on the command line: algo.lerning_rate=1): did you mean " \
-           "algo.learning_rate?" in str(refused.value)
+    assert (
+        "would fail: unknown config key algo.lerning_rate (on the command line: algo.lerning_rate=1): did you mean "
+        "algo.learning_rate?" in str(refused.value)
+    )
 
 
 def test_the_docs_table_lists_every_bad_input():

@@ -17,36 +17,89 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "TRANSFOR
 
 
 def bench(script: str, *args, timeout: int = 300) -> str:
-    result = subprocess.run([sys.executable, f"benchmarks/{script}", *map(str, args)], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *map(str, args)],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     return result.stdout
 
 
 def test_every_benchmark_has_a_quick_run_here():
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
-    tested = {"compounding_error.py", "credit.py", "faults.py", "fingerprint.py", "memory.py", "online_irl_overhead.py",
-              "prompt_oirl.py", "real_lm.py", "real_lm_data.py", "step_phases.py"}
+    tested = {
+        "compounding_error.py",
+        "credit.py",
+        "faults.py",
+        "fingerprint.py",
+        "memory.py",
+        "online_irl_overhead.py",
+        "prompt_oirl.py",
+        "real_lm.py",
+        "real_lm_data.py",
+        "step_phases.py",
+    }
     assert scripts == tested  # a new benchmark gets its quick run below
 
 
 def test_compounding_error(tmp_path):
-    bench("compounding_error.py", "--quick", "--smoke", "--out", tmp_path / "c.json", "--report", tmp_path / "c.md",
-          "--jobs", tmp_path / "jobs")
+    bench(
+        "compounding_error.py",
+        "--quick",
+        "--smoke",
+        "--out",
+        tmp_path / "c.json",
+        "--report",
+        tmp_path / "c.md",
+        "--jobs",
+        tmp_path / "jobs",
+    )
     result = json.loads((tmp_path / "c.json").read_text())
     assert {r["horizon"] for r in result["rows"]} == {4, 8} and (tmp_path / "c.md").exists()
 
 
 def test_credit(tmp_path):
-    bench("credit.py", "--seeds", 0, "--steps", 2, "--eval-every", 1, "--n-eval", 8, "--algos", "grpo", "--credits",
-          "sequence", "--override", "recipe=toy", "--work", tmp_path / "work", "--out", tmp_path / "credit.json")
+    bench(
+        "credit.py",
+        "--seeds",
+        0,
+        "--steps",
+        2,
+        "--eval-every",
+        1,
+        "--n-eval",
+        8,
+        "--algos",
+        "grpo",
+        "--credits",
+        "sequence",
+        "--override",
+        "recipe=toy",
+        "--work",
+        tmp_path / "work",
+        "--out",
+        tmp_path / "credit.json",
+    )
     row = json.loads((tmp_path / "credit.json").read_text())["rows"][0]
     assert (row["algo"], row["credit"]) == ("grpo", "sequence") and len(row["per_seed"][0]["curve"]) == 3
 
 
 def test_faults(tmp_path):
-    bench("faults.py", "--trials", 1, "--kills-per-trial", 1, "--workdir", tmp_path / "work", "--out",
-          tmp_path / "faults.json")
+    bench(
+        "faults.py",
+        "--trials",
+        1,
+        "--kills-per-trial",
+        1,
+        "--workdir",
+        tmp_path / "work",
+        "--out",
+        tmp_path / "faults.json",
+    )
     result = json.loads((tmp_path / "faults.json").read_text())
     assert result["trials"] == result["trials_identical"] == 1
 
@@ -63,8 +116,21 @@ def test_memory(tmp_path):
 
 
 def test_online_irl_overhead(tmp_path):
-    bench("online_irl_overhead.py", "--model", "tiny", "--rounds", 1, "--steps", 2, "--bc-steps", 2,
-          "--online-updates", 1, "--out", tmp_path / "overhead.json")
+    bench(
+        "online_irl_overhead.py",
+        "--model",
+        "tiny",
+        "--rounds",
+        1,
+        "--steps",
+        2,
+        "--bc-steps",
+        2,
+        "--online-updates",
+        1,
+        "--out",
+        tmp_path / "overhead.json",
+    )
     result = json.loads((tmp_path / "overhead.json").read_text())
     assert {"online_irl", "online_irl_layers_1", "online_irl_lora"} <= set(result["ratio_median_of_rounds"])
     assert set(result["reward_quality"]["settings"]) == {"full_depth", "layers_1", "lora"}
@@ -76,13 +142,19 @@ def test_step_phases(tmp_path):
     loop = "Trainer._inner_training_loop (transformers/trainer.py:1)"
     update = "OnlineRewardUpdater.update (trl_irl/rewards/online.py:2)"
     backward = "backward (torch/autograd/__init__.py:3)"
-    lines = [f"{loop};{update};{backward} 3", f"{loop};training_step (transformers/trainer.py:4);{backward} 5",
-             f"{loop};GenerationMixin.generate (transformers/generation/utils.py:5) 2", "load (x.py:1) 40"]
+    lines = [
+        f"{loop};{update};{backward} 3",
+        f"{loop};training_step (transformers/trainer.py:4);{backward} 5",
+        f"{loop};GenerationMixin.generate (transformers/generation/utils.py:5) 2",
+        "load (x.py:1) 40",
+    ]
     (tmp_path / "raw.txt").write_text("\n".join(lines) + "\n")
     bench("step_phases.py", tmp_path / "raw.txt", "--out", tmp_path / "phases.json")
     result = json.loads((tmp_path / "phases.json").read_text())
-    assert result == {"samples": 10, "share": {"policy loss: backward": 0.5, "reward update: backward": 0.3,
-                                               "generation": 0.2}}
+    assert result == {
+        "samples": 10,
+        "share": {"policy loss: backward": 0.5, "reward update: backward": 0.3, "generation": 0.2},
+    }
 
 
 def test_prompt_oirl(tmp_path):
@@ -91,19 +163,58 @@ def test_prompt_oirl(tmp_path):
     if not (DATA / "labels_llama2_gsm8k.npz").exists() or importlib.util.find_spec("lightgbm") is None:
         pytest.skip("needs the prompting logs and the prompt-oirl extra")
     logs = slice_logs(tmp_path / "logs", n_train=200, n_test=80)
-    bench("prompt_oirl.py", "--runs", "gsm8k:split_paper", "--no-warm-up", "--work", tmp_path / "work", "--out",
-          tmp_path / "prompt_oirl.json", "--override", f"data.dir={logs}", f"features.cache_dir={tmp_path / 'cache'}",
-          "features.query_dims=8", "selection.ks=[1,6]", "selection.max_subsets=0",
-          "+rm.candidates.gbdt.n_estimators=30", "rm.candidates.mlp.epochs=3")
+    bench(
+        "prompt_oirl.py",
+        "--runs",
+        "gsm8k:split_paper",
+        "--no-warm-up",
+        "--work",
+        tmp_path / "work",
+        "--out",
+        tmp_path / "prompt_oirl.json",
+        "--override",
+        f"data.dir={logs}",
+        f"features.cache_dir={tmp_path / 'cache'}",
+        "features.query_dims=8",
+        "selection.ks=[1,6]",
+        "selection.max_subsets=0",
+        "+rm.candidates.gbdt.n_estimators=30",
+        "rm.candidates.mlp.epochs=3",
+    )
     result = json.loads((tmp_path / "prompt_oirl.json").read_text())
     assert [(r["dataset"], r["split"]) for r in result["rows"]] == [("gsm8k", "split_paper")] and result["goals"] == {}
 
 
 def test_real_lm_on_the_tiny_model(tmp_path):
-    bench("real_lm.py", "--tasks", "spiral_matrix", "--seeds", 0, "--arms", "bc", "bc_best", "oracle", "irl_bt",
-          "--workers", 1, "--draws", 200, "--override", "model=tiny", "reward.online.trainable_layers=1",
-          "algo.max_steps=2", "bc.num_train_epochs=1", "reward.pretrain.num_train_epochs=1", "eval.rerank_samples=2",
-          "task.num_heldout=16", "--work", tmp_path / "work", "--out", tmp_path / "real_lm.json", timeout=600)
+    bench(
+        "real_lm.py",
+        "--tasks",
+        "spiral_matrix",
+        "--seeds",
+        0,
+        "--arms",
+        "bc",
+        "bc_best",
+        "oracle",
+        "irl_bt",
+        "--workers",
+        1,
+        "--draws",
+        200,
+        "--override",
+        "model=tiny",
+        "reward.online.trainable_layers=1",
+        "algo.max_steps=2",
+        "bc.num_train_epochs=1",
+        "reward.pretrain.num_train_epochs=1",
+        "eval.rerank_samples=2",
+        "task.num_heldout=16",
+        "--work",
+        tmp_path / "work",
+        "--out",
+        tmp_path / "real_lm.json",
+        timeout=600,
+    )
     results = json.loads((tmp_path / "real_lm.json").read_text())
     task = results["tasks"]["spiral_matrix"]
     report = task["report"]
@@ -133,8 +244,18 @@ def results_goals():
 def test_real_lm_data(tmp_path):
     if importlib.util.find_spec("reasoning_gym") is None:
         pytest.skip("needs reasoning-gym (pip install -e '.[data]')")
-    bench("real_lm_data.py", "--task", "spiral_matrix", "--size", 20, "--rollout", "--rollout-size", 30, "--out-dir",
-          tmp_path)
+    bench(
+        "real_lm_data.py",
+        "--task",
+        "spiral_matrix",
+        "--size",
+        20,
+        "--rollout",
+        "--rollout-size",
+        30,
+        "--out-dir",
+        tmp_path,
+    )
     rows = [json.loads(line) for line in (tmp_path / "spiral_matrix.jsonl").read_text().splitlines()]
     prompts = [json.loads(line) for line in (tmp_path / "spiral_matrix_prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 20 and rows[0]["completion"] == rows[0]["answer"]

@@ -26,7 +26,12 @@ def test_toy_recipe_end_to_end(tmp_path):
     last_line = result.stdout.strip().splitlines()[-1]
     assert last_line == str((out / "metrics.json").resolve())  # the output contract
     metrics = json.loads(Path(last_line).read_text())
-    assert list(metrics["arms"]) == ["bc", "bc@T*", "grpo", "oracle"]  # the automaton's success check rewards the oracle
+    assert list(metrics["arms"]) == [
+        "bc",
+        "bc@T*",
+        "grpo",
+        "oracle",
+    ]  # the automaton's success check rewards the oracle
     for arm in metrics["arms"].values():
         assert 0.0 <= arm["success_rate"] <= 1.0
         assert arm["expert_logprob_per_token"] <= 0.0
@@ -41,10 +46,14 @@ def test_toy_recipe_end_to_end(tmp_path):
         assert "fine-tuned version of `trl-irl's tiny Llama" in card and f'model="{out / stage / "final"}"' in card
     # what ran, and how sure each figure is
     assert "BC vs online IRL: algo=grpo, credit=sequence, reward=bt" in result.stdout
-    assert "success_rate - bc" in result.stdout and "95% paired bootstrap interval over the 32 held-out" in result.stdout
+    assert (
+        "success_rate - bc" in result.stdout and "95% paired bootstrap interval over the 32 held-out" in result.stdout
+    )
     spans = metrics["intervals"]
     assert set(spans["success_rate"]["ci95"]) == {"bc", "bc@T*", "grpo", "oracle"}
-    assert set(spans["success_rate"]["minus_bc"]) == {"bc@T*", "grpo", "oracle"} and "gap_closed" in spans["success_rate"]
+    assert (
+        set(spans["success_rate"]["minus_bc"]) == {"bc@T*", "grpo", "oracle"} and "gap_closed" in spans["success_rate"]
+    )
     assert set(spans["success_greedy"]["ci95"]) == {"bc", "bc@T*", "grpo", "oracle"}
     assert metrics["gap_closed"]["grpo"] == spans["success_rate"]["gap_closed"]["grpo"]["value"]
     assert metrics["task"]["heldout"] == 32 and metrics["task"]["n_states"] == metrics["config"]["task"]["n_states"]
@@ -83,14 +92,27 @@ def test_automaton_figures_unchanged_by_the_task_interface(tmp_path):
     result = run("recipe=toy", "bc.num_train_epochs=12", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     arms = json.loads((out / "metrics.json").read_text())["arms"]
-    before = {"bc": {"success_rate": 0.0, "expert_logprob_per_token": -1.1013031009697916,
-                     "valid_token_rate": 0.24651162790697675, "kl_to_bc": 0.0},
-              "grpo": {"success_rate": 0.03125, "expert_logprob_per_token": -1.1192795086689487,
-                       "valid_token_rate": 0.26046511627906976, "kl_to_bc": 0.00238995682372738,
-                       "reward_accuracy": 0.84375}}
+    before = {
+        "bc": {
+            "success_rate": 0.0,
+            "expert_logprob_per_token": -1.1013031009697916,
+            "valid_token_rate": 0.24651162790697675,
+            "kl_to_bc": 0.0,
+        },
+        "grpo": {
+            "success_rate": 0.03125,
+            "expert_logprob_per_token": -1.1192795086689487,
+            "valid_token_rate": 0.26046511627906976,
+            "kl_to_bc": 0.00238995682372738,
+            "reward_accuracy": 0.84375,
+        },
+    }
     for arm, values in before.items():
         for key, value in values.items():  # within noise: a sample or two on another CPU's kernels
-            assert arms[arm][key] == pytest.approx(value, abs=0.07 if "rate" in key or "accuracy" in key else 0.05), (arm, key)
+            assert arms[arm][key] == pytest.approx(value, abs=0.07 if "rate" in key or "accuracy" in key else 0.05), (
+                arm,
+                key,
+            )
 
 
 def test_unknown_recipe_lists_the_available_ones():
@@ -107,13 +129,16 @@ def test_misspelt_trainer_key_fails_before_training(tmp_path):
     assert not (tmp_path / "bc").exists()  # nothing expensive ran
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["+sead=3"], "unknown config key sead"),                                     # the schema check, before the job
-    (["recipe=toy", "task=dataset", "task.path=my.jsonl"], "task.horizon (from recipe=toy"),
-    (["algo.beta=-1"], "algo.beta must be >= 0"),                                  # a trainer config's own check
-    (["job=nope"], "job='nope' is unknown"),
-    (["recipe=compounding_error", "compounding.mode=fast"], "compounding.mode must be quick or full, got 'fast'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["+sead=3"], "unknown config key sead"),  # the schema check, before the job
+        (["recipe=toy", "task=dataset", "task.path=my.jsonl"], "task.horizon (from recipe=toy"),
+        (["algo.beta=-1"], "algo.beta must be >= 0"),  # a trainer config's own check
+        (["job=nope"], "job='nope' is unknown"),
+        (["recipe=compounding_error", "compounding.mode=fast"], "compounding.mode must be quick or full, got 'fast'"),
+    ],
+)
 def test_a_refusal_is_one_line_on_the_console_and_writes_nothing(overrides, message, tmp_path):
     out = tmp_path / "run"
     result = run(*overrides, f"hydra.run.dir={out}", timeout=120)
@@ -121,8 +146,13 @@ def test_a_refusal_is_one_line_on_the_console_and_writes_nothing(overrides, mess
     assert result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]], result.stderr  # one line
     assert result.stderr.strip().startswith(f"trl-irl: {message}"), result.stderr
     assert not out.exists()  # refused before Hydra made the job's folder
-    traced = subprocess.run([TRL_IRL, *overrides, f"hydra.run.dir={out}"], env={**ENV, "HYDRA_FULL_ERROR": "1"},
-                            capture_output=True, text=True, timeout=120)  # for whoever debugs the check itself
+    traced = subprocess.run(
+        [TRL_IRL, *overrides, f"hydra.run.dir={out}"],
+        env={**ENV, "HYDRA_FULL_ERROR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # for whoever debugs the check itself
     assert traced.returncode == 2 and "Traceback" in traced.stderr and f"trl-irl: {message}" in traced.stderr
 
 
@@ -138,9 +168,11 @@ def test_hydras_own_commands_leave_a_run_folder_as_it_was(tmp_path):
 
 def test_an_error_while_running_keeps_its_traceback(tmp_path, monkeypatch):
     """Only a refusal (nothing ran yet) is shortened: a failure inside a stage shows where it happened."""
-    (tmp_path / "boom.py").write_text("import trl_irl.pipeline as p\n"
-                                      "def fail(self, *a, **k):\n    raise ValueError('boom inside a stage')\n"
-                                      "p.Pipeline.behaviour_cloning = fail\n")
+    (tmp_path / "boom.py").write_text(
+        "import trl_irl.pipeline as p\n"
+        "def fail(self, *a, **k):\n    raise ValueError('boom inside a stage')\n"
+        "p.Pipeline.behaviour_cloning = fail\n"
+    )
     monkeypatch.chdir(tmp_path)
     result = run("recipe=toy", "plugins=[boom]", f"hydra.run.dir={tmp_path / 'run'}", timeout=180)
     assert result.returncode == 1
@@ -158,22 +190,27 @@ def test_shared_base_4bit_ppo_end_to_end_and_resume(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     first = json.loads((out / "metrics.json").read_text())
     checkpoint = out / "ppo" / "checkpoint-4"
-    for part in ("adapter_model.safetensors", "critic/model.safetensors", "irl_reward/model/model.safetensors",
-                 "optimizer.pt"):
+    for part in (
+        "adapter_model.safetensors",
+        "critic/model.safetensors",
+        "irl_reward/model/model.safetensors",
+        "optimizer.pt",
+    ):
         assert (checkpoint / part).exists(), part
     merged = AutoModelForCausalLM.from_pretrained(out / "ppo" / "merged")  # a plain model, no adapters
     assert not any("lora" in name for name, _ in merged.named_parameters())
     import trl_irl  # the learnt reward, an adapter and head on the 4-bit base, scores as the evaluation did
 
     records = [json.loads(line) for line in (out / "samples_ppo.jsonl").read_text().splitlines()]
-    scores = trl_irl.load_reward(out / "ppo" / "final_reward").score([r["prompt"] for r in records],
-                                                                       [r["sample"] for r in records])
+    scores = trl_irl.load_reward(out / "ppo" / "final_reward").score(
+        [r["prompt"] for r in records], [r["sample"] for r in records]
+    )
     assert scores == pytest.approx([r["reward"] for r in records], abs=1e-4)
     result = run(*args, "resume=true")
     assert result.returncode == 0, result.stderr[-3000:]
     second = json.loads((out / "metrics.json").read_text())
     for arm, values in first["arms"].items():  # the loaded adapter is upcast from bf16 (TRL's QLoRA cast) to fp32,
-        for key, value in values.items():      # which moves the tiny KL in its 3rd digit
+        for key, value in values.items():  # which moves the tiny KL in its 3rd digit
             assert second["arms"][arm][key] == pytest.approx(value, rel=0.05 if key == "kl_to_bc" else 1e-9), key
     assert second["timings_s"]["bc"] < first["timings_s"]["bc"] / 2  # BC was loaded, not retrained
 
@@ -192,10 +229,22 @@ def test_a_qlora_recipe_end_to_end_on_the_tiny_model(policy_path, task, tmp_path
     data = tmp_path / "demos.jsonl"  # the tiny policy's alphabet: automaton rollouts, written as a user's file
     data.write_text("".join(json.dumps(d) + "\n" for d in task.sample_demonstrations(48, seed=0)))
     out = tmp_path / "run"
-    result = run("recipe=qlora/ppo_0.5b", f"model.path={policy_path}", f"task.path={data}", "task.verifier=exact",
-                 "bc.num_train_epochs=1", "reward.pretrain.num_train_epochs=1", "reward.online.batch_size=8",
-                 "algo.max_steps=2", "algo.per_device_train_batch_size=8", "algo.num_generations=4",
-                 "algo.gradient_accumulation_steps=2", "algo.save_steps=2", "eval.batch_size=16", f"hydra.run.dir={out}")
+    result = run(
+        "recipe=qlora/ppo_0.5b",
+        f"model.path={policy_path}",
+        f"task.path={data}",
+        "task.verifier=exact",
+        "bc.num_train_epochs=1",
+        "reward.pretrain.num_train_epochs=1",
+        "reward.online.batch_size=8",
+        "algo.max_steps=2",
+        "algo.per_device_train_batch_size=8",
+        "algo.num_generations=4",
+        "algo.gradient_accumulation_steps=2",
+        "algo.save_steps=2",
+        "eval.batch_size=16",
+        f"hydra.run.dir={out}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     cfg = metrics["config"]
@@ -214,19 +263,33 @@ def test_a_key_set_without_plus_that_is_not_in_the_config_names_the_key_meant():
     from trl_irl.cli import check_override_keys
     from trl_irl.validation import Refused
 
-    with pytest.raises(Refused, match=r"unknown config key algo.max_step \(on the command line: algo.max_step=5\): "
-                                      r"did you mean algo.max_steps\?"):
+    with pytest.raises(
+        Refused,
+        match=r"unknown config key algo.max_step \(on the command line: algo.max_step=5\): "
+        r"did you mean algo.max_steps\?",
+    ):
         check_override_keys(["algo.max_step=5"])
-    with pytest.raises(Refused, match=r"is set with a \+: \+algo.num_iterations=2$"):  # a GRPOConfig field grpo.yaml lacks
+    with pytest.raises(
+        Refused, match=r"is set with a \+: \+algo.num_iterations=2$"
+    ):  # a GRPOConfig field grpo.yaml lacks
         check_override_keys(["algo.num_iterations=2"])
     with pytest.raises(Refused, match="did you mean seed"):
         check_override_keys(["sead=3"])
     with pytest.raises(Refused, match="did you mean task.path"):  # the key list of the group chosen
         check_override_keys(["task=dataset", "task.pth=my.jsonl"])
     # what Hydra composes passes: keys the config has, + keys, group choices, a recipe's own keys, Hydra's
-    check_override_keys(["algo=ppo", "algo.gae_lambda=0.9", "+algo.num_iterations=2", "recipe=qlora/ppo_0.5b",
-                         "algo.gradient_accumulation_steps=8", "hydra.run.dir=out", "hydra/job_logging=disabled",
-                         "task.path=my.jsonl"])
+    check_override_keys(
+        [
+            "algo=ppo",
+            "algo.gae_lambda=0.9",
+            "+algo.num_iterations=2",
+            "recipe=qlora/ppo_0.5b",
+            "algo.gradient_accumulation_steps=8",
+            "hydra.run.dir=out",
+            "hydra/job_logging=disabled",
+            "task.path=my.jsonl",
+        ]
+    )
     check_override_keys(["-m", "algo=grpo,ppo", "algo.nope=1"])  # a multirun over groups: Hydra checks each job
 
 

@@ -13,21 +13,30 @@ from trl_irl.tasks.automaton import TOKEN_CHARS
 
 @pytest.mark.parametrize("recoverable", [False, True])
 def test_batched_run_equals_the_task(recoverable):
-    task = AutomatonTask(n_states=8, n_tokens=8, n_allowed=3, rare_states=2, rare_prob=0.2, horizon=10, seed=1,
-                         recoverable=recoverable)
+    task = AutomatonTask(
+        n_states=8, n_tokens=8, n_allowed=3, rare_states=2, rare_prob=0.2, horizon=10, seed=1, recoverable=recoverable
+    )
     env = Automaton(task)
     g = torch.Generator().manual_seed(0)
     starts, actions = torch.randint(env.n_starts, (64,), generator=g), torch.randint(8, (64, 10), generator=g)
     r = env.run(starts, actions)
     for i in range(64):
         prompt, completion = task.prompt(int(starts[i])), "".join(TOKEN_CHARS[a] for a in actions[i].tolist())
-        np.testing.assert_array_equal(r.expert_logps[i].numpy(), task.token_logprobs(prompt, completion).astype(np.float32))
+        np.testing.assert_array_equal(
+            r.expert_logps[i].numpy(), task.token_logprobs(prompt, completion).astype(np.float32)
+        )
         path = task.state_path(prompt, completion)
         assert r.states[i, : len(path)].tolist() == path
         assert (10 - int(r.valid[i].sum())) == task.invalid_count(prompt, completion)
     m = metrics(r, 10)
-    assert m["invalid_per_rollout"] == pytest.approx(np.mean([task.invalid_count(task.prompt(int(s)), "".join(
-        TOKEN_CHARS[a] for a in row.tolist())) for s, row in zip(starts, actions)]))
+    assert m["invalid_per_rollout"] == pytest.approx(
+        np.mean(
+            [
+                task.invalid_count(task.prompt(int(s)), "".join(TOKEN_CHARS[a] for a in row.tolist()))
+                for s, row in zip(starts, actions)
+            ]
+        )
+    )
 
 
 def test_demonstrations_are_valid_and_follow_the_expert():
@@ -140,8 +149,10 @@ def test_a_wider_reward_model_learning_online_beats_it_frozen_and_one_as_small_a
     wide = A.behaviour_cloning(GRUPolicy(1, env.n_actions, 32), demos, held, g)
 
     def airl(**kw):
-        return success(env, A.online_irl(bc, env, demos, held, 16, "airl", A.RLSettings(**IRL),
-                                         torch.Generator().manual_seed(3), **kw))
+        return success(
+            env,
+            A.online_irl(bc, env, demos, held, 16, "airl", A.RLSettings(**IRL), torch.Generator().manual_seed(3), **kw),
+        )
 
     learnt = airl(reward_init=wide)
     # measured over three generator seeds: learnt 0.77-0.81, frozen 0.68-0.69, policy-width 0.60-0.63 (3000 rollouts)

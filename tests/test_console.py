@@ -19,11 +19,17 @@ def test_a_log_event_becomes_one_compact_line_and_a_whole_json_line(tmp_path, ca
     state.global_step = 3  # a tenth of the steps has not passed since the line shown: kept in the file only
     callback.on_log(None, state, None, logs={"loss": 0.1})
     callback.on_log(None, state, None, logs={"eval_loss": 0.2})  # the first evaluation is shown
-    assert capsys.readouterr().out.splitlines() == ["  grpo step 3/10: loss 0.1235, reward -0.5, irl acc 0.75, kl 0.0012",
-                                                    "  grpo step 3/10: eval loss 0.2"]
+    assert capsys.readouterr().out.splitlines() == [
+        "  grpo step 3/10: loss 0.1235, reward -0.5, irl acc 0.75, kl 0.0012",
+        "  grpo step 3/10: eval loss 0.2",
+    ]
     rows = [json.loads(line) for line in (tmp_path / "train.log").read_text().splitlines()]
-    assert rows == [{"stage": "grpo", "step": 3, **logs}, {"stage": "grpo", "step": 3, "epoch": 0.2},
-                    {"stage": "grpo", "step": 3, "loss": 0.1}, {"stage": "grpo", "step": 3, "eval_loss": 0.2}]
+    assert rows == [
+        {"stage": "grpo", "step": 3, **logs},
+        {"stage": "grpo", "step": 3, "epoch": 0.2},
+        {"stage": "grpo", "step": 3, "loss": 0.1},
+        {"stage": "grpo", "step": 3, "eval_loss": 0.2},
+    ]
 
 
 def test_an_early_stopped_stage_shows_evaluations_1_2_4_8_and_its_best(tmp_path, capsys):
@@ -33,8 +39,9 @@ def test_an_early_stopped_stage_shows_evaluations_1_2_4_8_and_its_best(tmp_path,
         state.global_step = 13 * epoch
         callback.on_log(None, state, None, logs={"eval_loss": 2.0 - epoch / 10})
     state.best_metric = 1.1
-    callback.on_log(SimpleNamespace(metric_for_best_model="eval_loss"), state, None,
-                    logs={"train_loss": 1.4, "train_runtime": 4.5})
+    callback.on_log(
+        SimpleNamespace(metric_for_best_model="eval_loss"), state, None, logs={"train_loss": 1.4, "train_runtime": 4.5}
+    )
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [f"  bc step {13 * n}/1300" for n in (1, 2, 4, 8, 13)]
     assert lines[-1] == "  bc step 169/1300: train loss 1.4, 4.5 s, early-stopped, best eval loss 1.1"
@@ -52,7 +59,8 @@ def test_an_oracle_whose_verifier_never_rewarded_is_told_apart():
 
 def test_other_processes_write_nothing(tmp_path, capsys):
     stage_progress("bc", tmp_path / "train.log").on_log(
-        None, SimpleNamespace(is_world_process_zero=False, global_step=1, max_steps=1), None, logs={"loss": 1.0})
+        None, SimpleNamespace(is_world_process_zero=False, global_step=1, max_steps=1), None, logs={"loss": 1.0}
+    )
     assert capsys.readouterr().out == "" and not (tmp_path / "train.log").exists()
 
 
@@ -81,9 +89,14 @@ def test_a_multirun_summary_has_a_row_per_job(tmp_path, capsys):
         folder = tmp_path / str(job)
         (folder / ".hydra").mkdir(parents=True)
         (folder / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n- algo=grpo\n")
-        (folder / "metrics.json").write_text(json.dumps({"arms": {"bc": {"success_rate": bc, "kl": 0.0},
-                                                                  "grpo": {"success_rate": grpo}},
-                                                         "gap_closed": {"grpo": grpo - bc}}))
+        (folder / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "arms": {"bc": {"success_rate": bc, "kl": 0.0}, "grpo": {"success_rate": grpo}},
+                    "gap_closed": {"grpo": grpo - bc},
+                }
+            )
+        )
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result
     MultirunSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     out = capsys.readouterr().out
@@ -124,15 +137,21 @@ def test_the_results_table_gives_every_difference_and_gap_closed_with_its_interv
 
     arms = {"bc": [1, 0, 0, 0, 0, 0, 0, 0], "grpo": [1, 1, 0, 0, 0, 0, 0, 0], "oracle": [1, 0, 1, 0, 0, 0, 0, 0]}
     spans = intervals({arm: records(s) for arm, s in arms.items()})
-    metrics = {"arms": {a: {"success_rate": sum(s) / 8, "num_samples": 8} for a, s in arms.items()},
-               "gap_closed": {"grpo": 1.0}, "intervals": spans,
-               "config": {"algo": {"name": "ppo"}, "credit": {"name": "airl"}, "reward": {"objective": "airl"}}}
+    metrics = {
+        "arms": {a: {"success_rate": sum(s) / 8, "num_samples": 8} for a, s in arms.items()},
+        "gap_closed": {"grpo": 1.0},
+        "intervals": spans,
+        "config": {"algo": {"name": "ppo"}, "credit": {"name": "airl"}, "reward": {"objective": "airl"}},
+    }
     console = Console(record=True, width=160)
     print_table(metrics, console)
     text = console.export_text()
     assert "BC vs online IRL: algo=ppo, credit=airl, reward=airl" in text  # what ran
-    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]] for line in text.splitlines()
-             if line.startswith("│")}
+    lines = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("│")
+    }
     low, high = spans["success_rate"]["minus_bc"]["grpo"]["ci95"]
     assert lines["success_rate - bc"][1] == f"+0.125 [{low:+.3f}, {high:+.3f}]" and low == 0.0
     assert lines["gap_closed"][1] == "1.000 [-]"  # one success apart on 8 prompts: the gap may not be there at all

@@ -41,7 +41,9 @@ def test_discounted_returns_is_gae_with_zero_values_and_lambda_one():
     G = credit.discounted_returns(rewards, mask, gamma=0.7)
     for i, n in enumerate(lengths):
         r = rewards[i, :n].tolist()
-        assert G[i, :n].tolist() == pytest.approx([sum(0.7 ** (k - t) * r[k] for k in range(t, n)) for t in range(n)], abs=1e-5)
+        assert G[i, :n].tolist() == pytest.approx(
+            [sum(0.7 ** (k - t) * r[k] for k in range(t, n)) for t in range(n)], abs=1e-5
+        )
     assert torch.allclose(G, credit.gae(rewards, torch.zeros_like(rewards), mask, 0.7, 1.0)[0], atol=1e-6)
 
 
@@ -65,7 +67,9 @@ def test_grpo_sequence_level_equals_trl_formula():
     adv = credit.grpo_advantages(rewards[:, None], torch.ones(6, 1), group_size=3)[:, 0]
     grouped = rewards.view(2, 3)
     mean = grouped.mean(1, keepdim=True)
-    std = torch.tensor([math.sqrt(sum((x - m) ** 2 for x in row) / 2) for row, m in zip(grouped.tolist(), mean[:, 0].tolist())])
+    std = torch.tensor(
+        [math.sqrt(sum((x - m) ** 2 for x in row) / 2) for row, m in zip(grouped.tolist(), mean[:, 0].tolist())]
+    )
     assert torch.allclose(adv, ((grouped - mean) / (std[:, None] + 1e-4)).view(-1))
 
 
@@ -142,17 +146,25 @@ def test_match_sequence_reward_fixes_the_sum_on_the_last_token():
     assert torch.allclose(out.sum(1), target, atol=1e-5)
     for i, n in enumerate(lengths):  # only the last valid token changed
         assert torch.equal(out[i, : n - 1], rewards[i, : n - 1])
-    assert torch.equal(credit.terminal_rewards(torch.tensor([2.0]), torch.tensor([[1, 1, 0]])), torch.tensor([[0.0, 2.0, 0.0]]))
+    assert torch.equal(
+        credit.terminal_rewards(torch.tensor([2.0]), torch.tensor([[1, 1, 0]])), torch.tensor([[0.0, 2.0, 0.0]])
+    )
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_pp"])
 def test_padding_never_gets_credit(estimator):
     returns, _, mask, _ = random_batch(B=8, seed=random.Random(estimator).randint(0, 99))
     returns = returns + 50 * (1 - mask)  # garbage on padding
-    fn = {"grpo": lambda: credit.grpo_advantages(returns, mask, 4), "rloo": lambda: credit.rloo_advantages(returns, mask, 4),
-          "reinforce_pp": lambda: credit.reinforce_pp_advantages(returns, mask, 4)}[estimator]
+    fn = {
+        "grpo": lambda: credit.grpo_advantages(returns, mask, 4),
+        "rloo": lambda: credit.rloo_advantages(returns, mask, 4),
+        "reinforce_pp": lambda: credit.reinforce_pp_advantages(returns, mask, 4),
+    }[estimator]
     adv = fn()
     assert (adv[mask == 0] == 0).all()
-    clean = {"grpo": credit.grpo_advantages, "rloo": credit.rloo_advantages,
-             "reinforce_pp": credit.reinforce_pp_advantages}[estimator](returns * mask, mask, 4)
+    clean = {
+        "grpo": credit.grpo_advantages,
+        "rloo": credit.rloo_advantages,
+        "reinforce_pp": credit.reinforce_pp_advantages,
+    }[estimator](returns * mask, mask, 4)
     assert torch.allclose(adv, clean, atol=1e-5)

@@ -14,8 +14,15 @@ import torch
 
 TRL_IRL = shutil.which("trl-irl", path=str(Path(sys.executable).parent)) or "trl-irl"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-SMALL = ["bc.num_train_epochs=2", "reward.pretrain.num_train_epochs=1", "algo.max_steps=2",
-         "algo.per_device_train_batch_size=8", "algo.num_generations=4", "algo.save_steps=2", "eval.batch_size=32"]
+SMALL = [
+    "bc.num_train_epochs=2",
+    "reward.pretrain.num_train_epochs=1",
+    "algo.max_steps=2",
+    "algo.per_device_train_batch_size=8",
+    "algo.num_generations=4",
+    "algo.save_steps=2",
+    "eval.batch_size=32",
+]
 
 
 def reversal_file(path: Path, n=60, chat=False) -> Path:
@@ -24,8 +31,12 @@ def reversal_file(path: Path, n=60, chat=False) -> Path:
         items = [chr(97 + int(d)) for d in format(i + 8, "o")]  # distinct: i written in octal, as letters
         prompt, answer = "rev " + "".join(items) + "=", "".join(reversed(items))
         if chat:
-            rows.append({"prompt": [{"role": "user", "content": prompt}],
-                         "completion": [{"role": "assistant", "content": answer}]})
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": prompt}],
+                    "completion": [{"role": "assistant", "content": answer}],
+                }
+            )
         else:
             rows.append({"prompt": prompt, "completion": answer})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -51,8 +62,9 @@ def test_a_users_file_end_to_end(chat, tmp_path):
     gap closed, metrics a dataset supports (and not the automaton's), and samples a person can read."""
     reversal_file(tmp_path / "my.jsonl", chat=chat)
     out = tmp_path / "run"
-    result = run("task=dataset", "task.path=my.jsonl", "task.verifier=exact", *SMALL, f"hydra.run.dir={out}",
-                 cwd=tmp_path)
+    result = run(
+        "task=dataset", "task.path=my.jsonl", "task.verifier=exact", *SMALL, f"hydra.run.dir={out}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == str(out / "metrics.json")
     metrics = json.loads((out / "metrics.json").read_text())
@@ -66,14 +78,24 @@ def test_a_users_file_end_to_end(chat, tmp_path):
     assert metrics["gap_closed"]["grpo"] == (pytest.approx(expected) if expected is not None else None)
     best = metrics["arms"]["bc@T*"]  # BC at the temperature its validation rows liked best
     assert set(best["validation_success"]) == {"0", "0.25", "0.5", "0.75", "1"}
-    assert best["temperature"] == min(float(t) for t, v in best["validation_success"].items()
-                                      if v == max(best["validation_success"].values()))
+    assert best["temperature"] == min(
+        float(t) for t, v in best["validation_success"].items() if v == max(best["validation_success"].values())
+    )
     assert metrics["reference"]["success_rate"] == 1.0  # every demonstration passes its own verifier
     assert metrics["task"]["chat"] is chat and metrics["task"]["heldout"] == 6
     assert "gap_closed" in result.stdout and "oracle" in result.stdout
     records = [json.loads(line) for line in (out / "samples_oracle.jsonl").read_text().splitlines()]
-    assert len(records) == 6 and set(records[0]) == {"prompt", "sample", "demonstration", "score", "reward", "greedy_score",
-                                                     "demonstration_reward", "demonstration_nll", "demonstration_tokens"}
+    assert len(records) == 6 and set(records[0]) == {
+        "prompt",
+        "sample",
+        "demonstration",
+        "score",
+        "reward",
+        "greedy_score",
+        "demonstration_reward",
+        "demonstration_nll",
+        "demonstration_tokens",
+    }
     if chat:
         assert records[0]["prompt"].startswith("user: rev ") and records[0]["prompt"].endswith("\nassistant: ")
     assert all(r["score"] == float(r["sample"].strip() == r["demonstration"]) for r in records)
@@ -84,8 +106,16 @@ def dataset_pipeline(tmp_path):
     from trl_irl.pipeline import Pipeline
 
     path = reversal_file(tmp_path / "my.jsonl")
-    pipeline = Pipeline(composed("task=dataset", f"task.path={path}", "task.verifier=exact", *SMALL,
-                                 "bc.num_train_epochs=1", f"output_dir={tmp_path / 'run'}"))
+    pipeline = Pipeline(
+        composed(
+            "task=dataset",
+            f"task.path={path}",
+            "task.verifier=exact",
+            *SMALL,
+            "bc.num_train_epochs=1",
+            f"output_dir={tmp_path / 'run'}",
+        )
+    )
     pipeline.setup()
     return pipeline, pipeline.behaviour_cloning()
 
@@ -102,7 +132,9 @@ def test_the_oracles_reward_is_the_verifier(dataset_pipeline):
     rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], completions, ids)
     expected = [p.task.verifier(r["prompt"], c, p.data.train[r["row_index"]]) for r, c in zip(rows, completions)]
     assert rewards[:, 0].tolist() == expected == [1.0, 0.0] * 4
-    irl = p.build_policy_trainer("grpo", bc, p.reward_pretraining(bc), max_steps=1)  # online IRL: its one reward is the reward model's
+    irl = p.build_policy_trainer(
+        "grpo", bc, p.reward_pretraining(bc), max_steps=1
+    )  # online IRL: its one reward is the reward model's
     assert [f.__name__ for f in irl.reward_funcs] == ["irl_reward"] and irl.reward_updater is not None
 
 
@@ -112,9 +144,21 @@ def test_spin_on_a_4bit_lora_policy(tmp_path):
     from trl_irl.pipeline import Pipeline
 
     path = reversal_file(tmp_path / "my.jsonl")
-    p = Pipeline(composed("task=dataset", f"task.path={path}", "task.verifier=exact", "peft=lora", "quant=4bit",
-                          "bc.num_train_epochs=1", "arms=[bc,spin]", "spin.rounds=1", "spin.learning_rate=1e-3",
-                          "spin.per_device_train_batch_size=8", f"output_dir={tmp_path / 'run'}"))
+    p = Pipeline(
+        composed(
+            "task=dataset",
+            f"task.path={path}",
+            "task.verifier=exact",
+            "peft=lora",
+            "quant=4bit",
+            "bc.num_train_epochs=1",
+            "arms=[bc,spin]",
+            "spin.rounds=1",
+            "spin.learning_rate=1e-3",
+            "spin.per_device_train_batch_size=8",
+            f"output_dir={tmp_path / 'run'}",
+        )
+    )
     p.setup()
     bc_path = p.behaviour_cloning()
     p.spin_training(bc_path)
@@ -142,13 +186,22 @@ def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipe
     assert (p.final_dir("spin") / "DONE").exists()
     bc, spin = p.roles.load_policy(bc_path), p.roles.load_policy(str(p.final_dir("spin")))
     prompts, demos = [r["prompt"] for r in p.data.train], [r["completion"] for r in p.data.train]
-    samples = sample_completions(bc, p.tokenizer, prompts, p.data.max_completion_length, p.cfg["eval"]["batch_size"],
-                                 6000 + 100 * p.cfg["seed"] + 1)
+    samples = sample_completions(
+        bc,
+        p.tokenizer,
+        prompts,
+        p.data.max_completion_length,
+        p.cfg["eval"]["batch_size"],
+        6000 + 100 * p.cfg["seed"] + 1,
+    )
     keep = [i for i, (s, d) in enumerate(zip(samples, demos)) if s.strip() != d.strip()]
 
     def margin(model):
-        logp = lambda texts: completion_logps(model, encode(p.tokenizer, [prompts[i] for i in keep],  # noqa: E731
-                                                             [texts[i] for i in keep])).sum(-1)
+        def logp(texts):
+            return completion_logps(
+                model, encode(p.tokenizer, [prompts[i] for i in keep], [texts[i] for i in keep])
+            ).sum(-1)
+
         with torch.no_grad():
             return (logp(demos) - logp(samples)).mean().item()
 
@@ -158,9 +211,10 @@ def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipe
 
 def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipeline, monkeypatch):
     """SDFT (TRL's SDFTTrainer) from BC: the teacher reads the demonstration, a blank line and the prompt (TRL's
-    prompt-first default made a plain-text policy's teacher predict EOS where the answer goes); the distillation loss on the policy's own completions falls over training (from TRL's logged
-    ``sdft/distillation_loss``), and the saved policy is not BC. On a model trained from scratch the teacher barely
-    reads the demonstration (BC never saw one in its prompt), so the loss starts near 0."""
+    prompt-first default made a plain-text policy's teacher predict EOS where the answer goes); the distillation loss on
+    the policy's own completions falls over training (from TRL's logged ``sdft/distillation_loss``), and the saved
+    policy is not BC. On a model trained from scratch the teacher barely reads the demonstration (BC never saw one in
+    its prompt), so the loss starts near 0."""
     from trl.experimental.sdft import sdft_trainer
 
     p, bc_path = dataset_pipeline
@@ -185,15 +239,23 @@ def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipel
     assert any(not torch.equal(bc[k], sdft[k]) for k in bc)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["task=dataset", "task.path=nowhere.jsonl"], "task.path=nowhere.jsonl: no such file or folder"),
-    (["task=dataset", "task.path={file}", "task.prompt_column=question"],
-     r"task.prompt_column='question' is not a column of"),
-    (["task=dataset", "task.path={file}", "arms=[bc,oracle]"], "arms: oracle is rewarded by the task's verifier"),
-    (["task=dataset", "task.path={file}", "task.verifier=exact", "arms=[bc,ppo]"], r"arms: \['ppo'\] unknown"),
-    (["task=dataset", "task.path={file}", "task.verifier=fuzzy"], "task.verifier='fuzzy' is unknown"),
-    (["task=dataset", "task.path={file}", "arms=[bc,spin]", "+spin.extra.betta=1"], r"unknown key\(s\) \['betta'\] under spin"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["task=dataset", "task.path=nowhere.jsonl"], "task.path=nowhere.jsonl: no such file or folder"),
+        (
+            ["task=dataset", "task.path={file}", "task.prompt_column=question"],
+            r"task.prompt_column='question' is not a column of",
+        ),
+        (["task=dataset", "task.path={file}", "arms=[bc,oracle]"], "arms: oracle is rewarded by the task's verifier"),
+        (["task=dataset", "task.path={file}", "task.verifier=exact", "arms=[bc,ppo]"], r"arms: \['ppo'\] unknown"),
+        (["task=dataset", "task.path={file}", "task.verifier=fuzzy"], "task.verifier='fuzzy' is unknown"),
+        (
+            ["task=dataset", "task.path={file}", "arms=[bc,spin]", "+spin.extra.betta=1"],
+            r"unknown key\(s\) \['betta'\] under spin",
+        ),
+    ],
+)
 def test_bad_input_is_refused_before_any_model_loads(overrides, message, tmp_path):
     from trl_irl.pipeline import Pipeline
 
@@ -209,14 +271,22 @@ def test_filtering_that_leaves_no_rows_stops_before_the_model(tmp_path):
 
     file = reversal_file(tmp_path / "my.jsonl")
     with pytest.raises(ValueError, match="no training rows left with prompts of at most task.max_prompt_length=3"):
-        Pipeline(composed("task=dataset", f"task.path={file}", "task.max_prompt_length=3", f"output_dir={tmp_path / 'run'}"))
+        Pipeline(
+            composed("task=dataset", f"task.path={file}", "task.max_prompt_length=3", f"output_dir={tmp_path / 'run'}")
+        )
     assert not (tmp_path / "run" / "init").exists() and not (tmp_path / "run" / "bc").exists()
 
 
 def test_cli_error_names_the_key_before_training(tmp_path):
     reversal_file(tmp_path / "my.jsonl")
-    result = run("task=dataset", "task.path=my.jsonl", "task.completion_column=answer",
-                 f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, timeout=120)
+    result = run(
+        "task=dataset",
+        "task.path=my.jsonl",
+        "task.completion_column=answer",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "task.completion_column='answer' is not a column of my.jsonl" in result.stderr
     assert not (tmp_path / "run" / "bc").exists()
@@ -227,14 +297,20 @@ def test_a_registered_task_from_the_command_line(tmp_path):
     (tmp_path / "my_tasks.py").write_text(
         "from trl_irl.tasks import DatasetTask\n"
         "def reversal(path, **kwargs):\n"
-        "    return DatasetTask(path, verifier='exact', **kwargs)\n")
+        "    return DatasetTask(path, verifier='exact', **kwargs)\n"
+    )
     reversal_file(tmp_path / "my.jsonl")
     sys.path.insert(0, str(tmp_path))
     try:
         from trl_irl.pipeline import Pipeline
 
-        cfg = composed("task=dataset", "task.name=my_tasks:reversal", f"task.path={tmp_path / 'my.jsonl'}",
-                       "~task.verifier", f"output_dir={tmp_path / 'run'}")
+        cfg = composed(
+            "task=dataset",
+            "task.name=my_tasks:reversal",
+            f"task.path={tmp_path / 'my.jsonl'}",
+            "~task.verifier",
+            f"output_dir={tmp_path / 'run'}",
+        )
         pipeline = Pipeline(cfg)
         assert pipeline.arms == ["bc", "grpo", "oracle"]  # its verifier brings the oracle
     finally:
@@ -254,8 +330,15 @@ def test_a_python_function_as_the_verifier(tmp_path):
 
     path = reversal_file(tmp_path / "my.jsonl")
     path.write_text(path.read_text().replace('"rev ', '"r\\u00e9v '))  # "rév ...": a prompt that is not ASCII
-    metrics = trl_irl.run("task=dataset", f"task.path={path}", "arms=[bc]", "bc.num_train_epochs=1", "eval.batch_size=32",
-                          output_dir=tmp_path / "run", verifier=reversed_exactly)
+    metrics = trl_irl.run(
+        "task=dataset",
+        f"task.path={path}",
+        "arms=[bc]",
+        "bc.num_train_epochs=1",
+        "eval.batch_size=32",
+        output_dir=tmp_path / "run",
+        verifier=reversed_exactly,
+    )
     text = (tmp_path / "run" / "samples_bc.jsonl").read_text(encoding="utf-8")
     assert '"prompt": "rév ' in text  # written as it reads, not escaped
     records = [json.loads(line) for line in text.splitlines()]

@@ -14,9 +14,15 @@ def reversal_rows(n, repeats=1):
     rows = []
     for i in range(n):
         items = [words[(i + k) % 5] + str(i % 7) for k in range(2 + i % 3)]
-        for r in range(repeats):  # several demonstrations of one prompt
-            rows.append({"prompt": "rev " + " ".join(items) + ":", "completion": " ".join(reversed(items)),
-                         "answer": " ".join(reversed(items)), "split": "test" if i % 5 == 0 else "train"})
+        for _ in range(repeats):  # several demonstrations of one prompt
+            rows.append(
+                {
+                    "prompt": "rev " + " ".join(items) + ":",
+                    "completion": " ".join(reversed(items)),
+                    "answer": " ".join(reversed(items)),
+                    "split": "test" if i % 5 == 0 else "train",
+                }
+            )
     return rows
 
 
@@ -84,14 +90,22 @@ def test_split_column_and_the_shared_prompt_warning(tmp_path):
     assert {r["row"]["split"] for r in data.heldout} == {"test"}
     assert {r["row"]["split"] for r in data.train + data.validation} == {"train"}
     assert data.report["ignored_split_rows"] == 1 and data.report["heldout_prompts_in_train"] == 1
-    with pytest.raises(ValueError, match=r"no rows with task.split_column=split = 'dev' \(task.heldout_split\); the "
-                                         r"values found are \['test', 'train', 'validation'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"no rows with task.split_column=split = 'dev' \(task.heldout_split\); the "
+        r"values found are \['test', 'train', 'validation'\]",
+    ):
         DatasetTask(task.path, split_column="split", heldout_split="dev")
 
 
 def test_chat_rows_render_with_the_tokenizers_template(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"}],
-             "reply": [{"role": "assistant", "content": f"a{i}"}]} for i in range(20)]
+    rows = [
+        {
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"}],
+            "reply": [{"role": "assistant", "content": f"a{i}"}],
+        }
+        for i in range(20)
+    ]
     task = DatasetTask(write_jsonl(tmp_path / "chat.jsonl", rows), prompt_column="messages", completion_column="reply")
     assert task.chat and set(": \nassistant") <= set(task.alphabet)
     data = task_data(task)
@@ -116,23 +130,47 @@ def test_length_limits_are_applied_and_counted(tmp_path):
     assert data.report["truncated_completions"] == expected_cut > 0
     assert data.report["dropped_long_prompts"] == sum(len(r["prompt"]) > 5 for r in rows) == 15
     assert all(len(r["prompt"]) <= 5 for r in everything)
-    with pytest.raises(ValueError, match=r"no training rows left with prompts of at most task.max_prompt_length=2 "
-                                         r"tokens: raise it"):
+    with pytest.raises(
+        ValueError,
+        match=r"no training rows left with prompts of at most task.max_prompt_length=2 "
+        r"tokens: raise it",
+    ):
         task_data(DatasetTask(path, max_prompt_length=2))
 
 
-@pytest.mark.parametrize("rows, kwargs, message", [
-    ([{"question": "q", "completion": "c"}], {}, r"task.prompt_column='prompt' is not a column of .* \(it has "
-                                                 r"\['completion', 'question'\]\): set task.prompt_column=<one of them>"),
-    ([{"prompt": "q", "completion": "c"}], {"answer_column": "gold"}, r"task.answer_column='gold' is not a column"),
-    ([{"prompt": "q", "completion": "c"}] * 5 + [{"prompt": "  ", "completion": "c"}], {},
-     r"1 row\(s\) have no usable 'prompt' \(task.prompt_column\): row 5 \(empty\)"),
-    ([{"prompt": "q", "completion": "c"}] * 3 + [{"prompt": "q", "completion": {"text": "c"}}], {},
-     r"no usable 'completion' \(task.completion_column\): row 3 \(a dict, not text or chat messages\) \(rows "
-     r"counted from 0; a JSONL line is row \+ 1\)"),
-    ([{"prompt": "q", "completion": "c"}] * 3 + [{"prompt": "q", "completion": True}], {}, r"row 3 \(a bool, not text"),
-    ([{"prompt": [{"role": "user"}], "completion": "c"}], {}, r"row 0 \(not a list of \{'role': str, 'content': str\}"),
-])
+@pytest.mark.parametrize(
+    "rows, kwargs, message",
+    [
+        (
+            [{"question": "q", "completion": "c"}],
+            {},
+            r"task.prompt_column='prompt' is not a column of .* \(it has "
+            r"\['completion', 'question'\]\): set task.prompt_column=<one of them>",
+        ),
+        ([{"prompt": "q", "completion": "c"}], {"answer_column": "gold"}, r"task.answer_column='gold' is not a column"),
+        (
+            [{"prompt": "q", "completion": "c"}] * 5 + [{"prompt": "  ", "completion": "c"}],
+            {},
+            r"1 row\(s\) have no usable 'prompt' \(task.prompt_column\): row 5 \(empty\)",
+        ),
+        (
+            [{"prompt": "q", "completion": "c"}] * 3 + [{"prompt": "q", "completion": {"text": "c"}}],
+            {},
+            r"no usable 'completion' \(task.completion_column\): row 3 \(a dict, not text or chat messages\) \(rows "
+            r"counted from 0; a JSONL line is row \+ 1\)",
+        ),
+        (
+            [{"prompt": "q", "completion": "c"}] * 3 + [{"prompt": "q", "completion": True}],
+            {},
+            r"row 3 \(a bool, not text",
+        ),
+        (
+            [{"prompt": [{"role": "user"}], "completion": "c"}],
+            {},
+            r"row 0 \(not a list of \{'role': str, 'content': str\}",
+        ),
+    ],
+)
 def test_bad_rows_are_refused_naming_the_key(rows, kwargs, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         DatasetTask(write_jsonl(tmp_path / "d.jsonl", rows), **kwargs)
@@ -143,11 +181,18 @@ def test_numbers_in_a_csv_are_read_as_the_text_they_stand_for(tmp_path):
     text, so they come back as written. An empty completion cell makes its row a rollout prompt."""
     lines = ["question,answer,gold"] + [f'"Add: {i} + {i} =",{2 * i},{i}.5' for i in range(1, 9)]
     (tmp_path / "add.csv").write_text("\n".join(lines) + "\n")
-    task = DatasetTask(str(tmp_path / "add.csv"), prompt_column="question", completion_column="answer",
-                       answer_column="gold", verifier="exact")
+    task = DatasetTask(
+        str(tmp_path / "add.csv"),
+        prompt_column="question",
+        completion_column="answer",
+        answer_column="gold",
+        verifier="exact",
+    )
     rows = sorted(task.all_rows, key=lambda r: r["question"])
-    assert [(r["question"], r["answer"], r["gold"]) for r in rows][:2] == [("Add: 1 + 1 =", "2", "1.5"),
-                                                                           ("Add: 2 + 2 =", "4", "2.5")]
+    assert [(r["question"], r["answer"], r["gold"]) for r in rows][:2] == [
+        ("Add: 1 + 1 =", "2", "1.5"),
+        ("Add: 2 + 2 =", "4", "2.5"),
+    ]
     data = task_data(task)
     for row in data.train + data.heldout:  # the trainers' rows: the completion is the demonstration, as text
         assert isinstance(row["completion"], str) and task.verifier(row["prompt"], row["answer"], row) == 1.0
@@ -176,11 +221,15 @@ def test_fractions_and_sizes_are_checked(tmp_path):
     with pytest.raises(ValueError, match="task.num_demonstrations must be a positive integer or null, got 0"):
         DatasetTask(path, num_demonstrations=0)
     one_prompt = write_jsonl(tmp_path / "one.jsonl", [{"prompt": "q", "completion": "c"}] * 2)
-    with pytest.raises(ValueError, match=r"1 distinct prompt\(s\): holding out task.heldout_fraction=0.5 of them "
-                                         "leaves none for training"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 distinct prompt\(s\): holding out task.heldout_fraction=0.5 of them "
+        "leaves none for training",
+    ):
         DatasetTask(one_prompt, heldout_fraction=0.5)
-    two_prompts = write_jsonl(tmp_path / "two.jsonl", [{"prompt": "q", "completion": "c"}, {"prompt": "r",
-                                                                                          "completion": "c"}])
+    two_prompts = write_jsonl(
+        tmp_path / "two.jsonl", [{"prompt": "q", "completion": "c"}, {"prompt": "r", "completion": "c"}]
+    )
     with pytest.raises(ValueError, match="cannot give both training and validation rows"):
         task_data(DatasetTask(two_prompts, heldout_fraction=0.5))
 

@@ -11,7 +11,9 @@ import torch
 from trl_irl.evaluation import evaluate_arm, pass_at_k, sample_completions
 
 
-@pytest.mark.parametrize("n, c, k", [(5, 2, 1), (5, 2, 2), (5, 2, 4), (4, 0, 2), (4, 4, 3), (6, 3, 6), (8, 1, 8), (3, 1, 1)])
+@pytest.mark.parametrize(
+    "n, c, k", [(5, 2, 1), (5, 2, 2), (5, 2, 4), (4, 0, 2), (4, 4, 3), (6, 3, 6), (8, 1, 8), (3, 1, 1)]
+)
 def test_pass_at_k_is_the_share_of_k_subsets_with_a_right_sample(n, c, k):
     subsets = list(itertools.combinations(range(n), k))
     expected = sum(any(i < c for i in s) for s in subsets) / len(subsets)  # samples 0..c-1 are the right ones
@@ -39,12 +41,20 @@ def test_temperature_zero_is_greedy_and_one_is_todays_sampling(automaton_bc):
     assert greedy == sample_completions(policy, p.tokenizer, prompts, n, 6, seed=2, temperature=0.0)  # no draw
     enc = p.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     ids = policy.generate(**enc, do_sample=False, max_new_tokens=n, pad_token_id=p.tokenizer.pad_token_id)
-    assert greedy == p.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert greedy == p.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     torch.manual_seed(3)  # temperature 1 is the draw sampling made before temperatures existed
-    ids = policy.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n,
-                          pad_token_id=p.tokenizer.pad_token_id)
-    assert sample_completions(policy, p.tokenizer, prompts, n, 6, seed=3) == \
-        p.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    ids = policy.generate(
+        **enc,
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=n,
+        pad_token_id=p.tokenizer.pad_token_id,
+    )
+    assert sample_completions(policy, p.tokenizer, prompts, n, 6, seed=3) == p.tokenizer.batch_decode(
+        ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+    )
 
 
 def test_several_samples_a_prompt(automaton_bc):
@@ -52,8 +62,15 @@ def test_several_samples_a_prompt(automaton_bc):
     the samples; one sample a prompt gives exactly today's record."""
     p, policy = automaton_bc
     rows = p.data.heldout[:10]
-    common = dict(max_new_tokens=p.data.max_completion_length, reference=policy, reward_objective=None,
-                  reward_model=None, batch_size=64, seed=0, name="bc")
+    common = dict(
+        max_new_tokens=p.data.max_completion_length,
+        reference=policy,
+        reward_objective=None,
+        reward_model=None,
+        batch_size=64,
+        seed=0,
+        name="bc",
+    )
     metrics, records = evaluate_arm(policy, p.tokenizer, p.task, rows, num_samples=4, **common)
     scores = np.array([r["scores"] for r in records])
     assert scores.shape == (10, 4) and [r["sample"] for r in records] == [r["samples"][0] for r in records]
@@ -62,10 +79,12 @@ def test_several_samples_a_prompt(automaton_bc):
     for k in (2, 4):
         assert metrics[f"pass@{k}"] == pytest.approx(np.mean([pass_at_k(4, int(s.sum()), k) for s in scores]))
     assert metrics["num_samples"] == 40 and metrics["samples_per_prompt"] == 4 and "pass@8" not in metrics
-    greedy = sample_completions(policy, p.tokenizer, [r["prompt"] for r in rows], p.data.max_completion_length, 64,
-                                seed=0, temperature=0.0)
-    assert metrics["success_greedy"] == pytest.approx(np.mean([p.task.verifier(r["prompt"], g, r)
-                                                               for r, g in zip(rows, greedy)]))
+    greedy = sample_completions(
+        policy, p.tokenizer, [r["prompt"] for r in rows], p.data.max_completion_length, 64, seed=0, temperature=0.0
+    )
+    assert metrics["success_greedy"] == pytest.approx(
+        np.mean([p.task.verifier(r["prompt"], g, r) for r, g in zip(rows, greedy)])
+    )
     one, records = evaluate_arm(policy, p.tokenizer, p.task, rows, num_samples=1, **common)
     assert "samples" not in records[0] and "pass@2" not in one and "samples_per_prompt" not in one
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_reward_update import build, rank_data, save_policy  # noqa: E402
+from distributed_reward_update import build, rank_data, save_policy
 
-from trl_irl.rewards.objectives import encode  # noqa: E402
+from trl_irl.rewards.objectives import encode
 
 
 def reference_update(workdir):
@@ -41,8 +41,9 @@ def test_two_process_reward_update_is_synchronised(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     script = Path(__file__).parent / "distributed_reward_update.py"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561"]
-    result = subprocess.run([*torchrun, str(script), str(tmp_path)], env=env, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [*torchrun, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
@@ -61,9 +62,23 @@ ZERO2 = ["--use_deepspeed", "--zero_stage", "2"]  # DeepSpeed on CPU: its CPU ac
 def launch(script_args, tmp_path, port, backend=DDP):
     """Two CPU processes (gloo) under `accelerate launch`, as a user would start them."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    command = [sys.executable, "-m", "accelerate.commands.launch", *backend, "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-               str(port), *script_args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *backend,
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        *script_args,
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
@@ -112,8 +127,10 @@ def test_deepspeed_zero2_on_a_shared_base_matches_ddp(tmp_path, ddp_run):
     assert zero[0]["seen"] == ddp_run[0]["seen"]
     for role in ROLES:
         names = role_names(zero[0]["after"], role)
-        update = {name: torch.cat([(run[0]["after"][k] - run[0]["before"][k]).flatten() for k in names])
-                  for name, run in (("zero", zero), ("ddp", ddp_run))}
+        update = {
+            name: torch.cat([(run[0]["after"][k] - run[0]["before"][k]).flatten() for k in names])
+            for name, run in (("zero", zero), ("ddp", ddp_run))
+        }
         relative = (update["zero"] - update["ddp"]).norm() / update["ddp"].norm()
         assert relative < 0.01, (role, relative.item())
 
@@ -122,8 +139,21 @@ def test_deepspeed_zero2_on_a_shared_base_matches_ddp(tmp_path, ddp_run):
 def test_pipeline_runs_under_accelerate_launch(tmp_path, backend, port):
     """The shared-base PPO recipe, end to end, in two processes: one metrics.json, written once."""
     run = tmp_path / "run"
-    result = launch(["-m", "trl_irl.cli", "recipe=toy", "peft=lora", "quant=4bit", "shared_base=true", "algo=ppo",
-                     f"hydra.run.dir={run}"], tmp_path, port, backend)
+    result = launch(
+        [
+            "-m",
+            "trl_irl.cli",
+            "recipe=toy",
+            "peft=lora",
+            "quant=4bit",
+            "shared_base=true",
+            "algo=ppo",
+            f"hydra.run.dir={run}",
+        ],
+        tmp_path,
+        port,
+        backend,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert list(metrics["arms"]) == ["bc", "bc@T*", "ppo", "oracle"]

@@ -113,16 +113,28 @@ def test_rloo_group_of_one_has_no_baseline_and_ties_are_zero():
 
 
 def fake_trainer(cls, **args):
-    values = dict(scale_rewards="group", token_level=True, multi_objective_aggregation="sum_then_normalize",
-                  credit="sequence", beta=0.0)
+    values = dict(
+        scale_rewards="group",
+        token_level=True,
+        multi_objective_aggregation="sum_then_normalize",
+        credit="sequence",
+        beta=0.0,
+    )
     values.update(args)
     trainer = object.__new__(cls)
     return trainer, SimpleNamespace(**values)
 
 
-@pytest.mark.parametrize("cls, allowed", [(OnlineIRLTrainer, ["group", "batch", "none"]), (RLOOTokenTrainer, ["none"]),
-                                          (ReMaxTrainer, ["none"]), (ReinforcePPTrainer, ["batch"]),
-                                          (PPOTrainer, ["none"])])
+@pytest.mark.parametrize(
+    "cls, allowed",
+    [
+        (OnlineIRLTrainer, ["group", "batch", "none"]),
+        (RLOOTokenTrainer, ["none"]),
+        (ReMaxTrainer, ["none"]),
+        (ReinforcePPTrainer, ["batch"]),
+        (PPOTrainer, ["none"]),
+    ],
+)
 def test_scale_rewards_honoured_or_refused_by_each_estimator(cls, allowed):
     for scale in ["group", "batch", "none"]:
         trainer, args = fake_trainer(cls, scale_rewards=scale)

@@ -43,19 +43,34 @@ def test_the_hinge_objective_learns_through_the_one_reward_engine(examples, task
     examples("hinge_objective")
     objective = make_objective("hinge")
     policy = load_reward_model(policy_path, "lm").eval()
-    updater = OnlineRewardUpdater(load_reward_model(policy_path, "classifier"), tokenizer, objective,
-                                  learning_rate=3e-3, weight_decay=0.0, batch_size=32, steps=15, buffer_size=256,
-                                  max_grad_norm=1.0, seed=0)
+    updater = OnlineRewardUpdater(
+        load_reward_model(policy_path, "classifier"),
+        tokenizer,
+        objective,
+        learning_rate=3e-3,
+        weight_decay=0.0,
+        batch_size=32,
+        steps=15,
+        buffer_size=256,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     prompts = [d["prompt"] for d in demos]
-    updater.add(prompts, [d["completion"] for d in demos], sample_completions(policy, tokenizer, prompts, task.horizon,
-                                                                              64, seed=0))
+    updater.add(
+        prompts,
+        [d["completion"] for d in demos],
+        sample_completions(policy, tokenizer, prompts, task.horizon, 64, seed=0),
+    )
     heldout = task.sample_demonstrations(64, seed=99)
     h_prompts = [d["prompt"] for d in heldout]
     h_samples = sample_completions(policy, tokenizer, h_prompts, task.horizon, 64, seed=1)
 
     def margin():
-        return (updater.rewards(h_prompts, [d["completion"] for d in heldout]) -
-                updater.rewards(h_prompts, h_samples)).mean().item()
+        return (
+            (updater.rewards(h_prompts, [d["completion"] for d in heldout]) - updater.rewards(h_prompts, h_samples))
+            .mean()
+            .item()
+        )
 
     before = margin()
     updater.update()
@@ -64,8 +79,11 @@ def test_the_hinge_objective_learns_through_the_one_reward_engine(examples, task
 
 def test_dr_grpo_advantages_are_group_centred_returns_unscaled(examples):
     module = examples("dr_grpo")
-    fake = SimpleNamespace(num_generations=2, across_processes=lambda fn, returns, mask: fn(returns, mask),
-                           returns_to_go=lambda rewards, mask: rewards * mask)
+    fake = SimpleNamespace(
+        num_generations=2,
+        across_processes=lambda fn, returns, mask: fn(returns, mask),
+        returns_to_go=lambda rewards, mask: rewards * mask,
+    )
     returns = torch.tensor([[1.0], [3.0], [2.0], [2.0], [5.0], [-1.0]])
     got = module.DrGRPOTrainer.compute_advantages(fake, returns, torch.ones_like(returns), None, None)
     assert got[:, 0].tolist() == [-1.0, 1.0, 0.0, 0.0, 3.0, -3.0]  # G - group mean, no division
@@ -73,15 +91,23 @@ def test_dr_grpo_advantages_are_group_centred_returns_unscaled(examples):
     assert (args.scale_rewards, args.loss_type) == ("none", "dr_grpo")
     module.DrGRPOTrainer.check_advantage_settings(args)
     with pytest.raises(ValueError, match="take \\['none'\\] only"):
-        module.DrGRPOTrainer.check_advantage_settings(module.DrGRPOConfig(output_dir="/tmp/unused", use_cpu=True,
-                                                                          report_to="none", scale_rewards="group"))
+        module.DrGRPOTrainer.check_advantage_settings(
+            module.DrGRPOConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none", scale_rewards="group")
+        )
 
 
 def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, monkeypatch):
     monkeypatch.chdir(EXAMPLES)  # plugins are found in the current folder, as a user runs them
     sys.path.remove(str(EXAMPLES))  # ... and not because the fixture put the folder on the path
-    metrics = trl_irl.run("recipe=toy", "plugins=[hinge_objective,dr_grpo,uniform_credit]", "reward.objective=hinge",
-                          "algo.name=dr_grpo", "credit.name=uniform", "arms=[bc,dr_grpo]", output_dir=tmp_path / "run")
+    metrics = trl_irl.run(
+        "recipe=toy",
+        "plugins=[hinge_objective,dr_grpo,uniform_credit]",
+        "reward.objective=hinge",
+        "algo.name=dr_grpo",
+        "credit.name=uniform",
+        "arms=[bc,dr_grpo]",
+        output_dir=tmp_path / "run",
+    )
     assert metrics.path == tmp_path / "run" / "metrics.json" and json.loads(metrics.path.read_text()) == metrics
     assert set(metrics["arms"]) == {"bc", "bc@T*", "dr_grpo"}
     stage = json.loads((tmp_path / "run" / "dr_grpo" / "stage_config.json").read_text())
@@ -95,8 +121,10 @@ def test_uniform_credit_on_a_hand_worked_batch(examples):
     examples("uniform_credit")
     from trl_irl.trainers.token_rewards import token_rewards
 
-    output = {"completion_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]),
-              "prompt_ids": torch.zeros(3, 2, dtype=torch.long)}
+    output = {
+        "completion_mask": torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]),
+        "prompt_ids": torch.zeros(3, 2, dtype=torch.long),
+    }
     got = token_rewards("uniform", output, torch.tensor([3.0, -1.0, 5.0]))
     assert got.tolist() == [[1.0, 1.0, 1.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]  # an empty row: 0
 

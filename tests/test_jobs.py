@@ -31,8 +31,9 @@ def test_a_report_that_fails_leaves_the_result_whole(tmp_path):
 
 def test_the_three_jobs_and_an_unknown_one():
     assert set(JOBS) == {"pipeline", "prompt_oirl", "compounding_error"}
-    with pytest.raises(ValueError, match="job='train' is unknown: choose one of \\['compounding_error', 'pipeline', "
-                                         "'prompt_oirl'\\]"):
+    with pytest.raises(
+        ValueError, match="job='train' is unknown: choose one of \\['compounding_error', 'pipeline', 'prompt_oirl'\\]"
+    ):
         job("train")
 
 
@@ -54,7 +55,7 @@ def test_each_stage_logs_to_wandb_under_its_own_keys_and_step():
     logged, defined = [], []
 
     class FakeWandb:
-        class run:  # noqa: N801 - wandb.run
+        class run:
             summary: dict = {}
 
         def log(self, values):
@@ -68,5 +69,7 @@ def test_each_stage_logs_to_wandb_under_its_own_keys_and_step():
         callback._wandb, callback._initialized = FakeWandb(), True
         state = TrainerState(global_step=3)
         callback.on_log(None, state, None, logs=logs)
-    assert logged == [{"bc/eval/loss": 2.0, "bc/train/loss": 3.0, "bc/global_step": 3},
-                      {"reward_pretrain/eval/loss": 0.5, "reward_pretrain/global_step": 3}]
+    assert logged == [
+        {"bc/eval/loss": 2.0, "bc/train/loss": 3.0, "bc/global_step": 3},
+        {"reward_pretrain/eval/loss": 0.5, "reward_pretrain/global_step": 3},
+    ]

@@ -45,7 +45,9 @@ def test_quick_run_rows_and_setups(tmp_path):
     for r in rows.values():
         assert set(r) >= {"model", "setup", "peak_mem_mb", "tokens_per_s"}
         assert r["peak_mem_mb"] > 0 and r["tokens_per_s"] > 0 and not r["oom"]
-        assert r["peak_vs_policy_only"] == pytest.approx(r["peak_mem_mb"] / rows["policy_only"]["peak_mem_mb"], abs=0.01)
+        assert r["peak_vs_policy_only"] == pytest.approx(
+            r["peak_mem_mb"] / rows["policy_only"]["peak_mem_mb"], abs=0.01
+        )
     # the policy trains LoRA alone in both 4-bit setups (the roles' adapters are frozen outside their scope), and
     # every weight of its own full model in the separate setup
     shape = memory.QWEN["random-tiny"]
@@ -63,13 +65,20 @@ def test_quick_run_rows_and_setups(tmp_path):
 
 def test_a_run_cut_off_keeps_the_rows_it_measured(tmp_path, monkeypatch):
     """A GPU lease ends at a time limit: every finished setup is in --out before the next one starts."""
+
     def child(args, env=None):
         if args[0] == "--prepare":
             return {"path": str(tmp_path)}
         if args[2] == "shared_base":
             raise TimeoutError("the lease ended")
-        return {"model": args[1], "setup": args[2], "layers": 2, "peak_mem_mb": 100.0, "tokens_per_s": 1.0,
-                "oom": False}
+        return {
+            "model": args[1],
+            "setup": args[2],
+            "layers": 2,
+            "peak_mem_mb": 100.0,
+            "tokens_per_s": 1.0,
+            "oom": False,
+        }
 
     monkeypatch.setattr(memory, "child", child)
     out = tmp_path / "memory.json"
@@ -111,19 +120,40 @@ def test_a_7b_step_extrapolated_from_shallow_models(tmp_path, monkeypatch):
             return {"path": str(tmp_path / args[2])}
         flags.update(args[4:])
         layers = int(Path(args[3]).name.split("-")[-2])  # the folder made for that depth: qwen2.5-7b-<n>-layers
-        return {"model": args[1], "setup": args[2], "layers": layers, "oom": False, "tokens_per_s": 1.0,
-                "peak_mem_mb": fixed[args[2]] + per_layer[args[2]] * layers + (5.0 if layers == 2 else 0.0)}
+        return {
+            "model": args[1],
+            "setup": args[2],
+            "layers": layers,
+            "oom": False,
+            "tokens_per_s": 1.0,
+            "peak_mem_mb": fixed[args[2]] + per_layer[args[2]] * layers + (5.0 if layers == 2 else 0.0),
+        }
 
     monkeypatch.setattr(memory, "child", child)
     out = tmp_path / "memory.json"
-    memory.main(["--models", "qwen2.5-7b", "--layers", "1,2,4", "--setups", "policy_only,shared_base",
-                 "--generation-batch", "8", "--out", str(out)])
+    memory.main(
+        [
+            "--models",
+            "qwen2.5-7b",
+            "--layers",
+            "1,2,4",
+            "--setups",
+            "policy_only,shared_base",
+            "--generation-batch",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert prepared == [1, 2, 4]
     # the micro-batch and reward pairs of recipe=qlora/ppo_7b (recipes/qlora/parts/size_7b.yaml)
     size = yaml.safe_load((ROOT / "recipes" / "qlora" / "parts" / "size_7b.yaml").read_text())
-    assert {f"--batch={size['algo']['per_device_train_batch_size']}",
-            f"--reward-batch={size['reward']['online']['batch_size']}", "--generation-batch=8"} <= flags
+    assert {
+        f"--batch={size['algo']['per_device_train_batch_size']}",
+        f"--reward-batch={size['reward']['online']['batch_size']}",
+        "--generation-batch=8",
+    } <= flags
     assert {r["generation_batch"] for r in result["rows"]} == {8}
     fits = {f["setup"]: f for f in result["extrapolated"]}
     # least squares through (1, y1), (2, y2 + 5), (4, y4) by hand: x mean 7/3, Sxx = 14/3, the +5 moves
@@ -136,20 +166,43 @@ def test_a_7b_step_extrapolated_from_shallow_models(tmp_path, monkeypatch):
         assert fits[setup]["max_residual_mb"] == pytest.approx(5 - (5 / 3 - 5 / 14 * (2 - 7 / 3)), abs=0.1)  # at x = 2
     # 3500 + 420 * 28 = 15260 MB: within 20 GB, from the extrapolated peak (no 28-layer row was measured); both
     # lines read 5/3 - 5/14 * (28 - 7/3) = -7.5 MB off their true value at 28 layers
-    assert result["goals"]["qwen2.5-7b"] == {"shared_base_step_le_20gb_extrapolated": True,
-                                             "shared_base_le_1.3x_extrapolated": False}
-    assert fits["shared_base"]["peak_vs_policy_only"] == pytest.approx((15260 - 7.5) / (3000 + 300 * 28 - 7.5), abs=0.005)
+    assert result["goals"]["qwen2.5-7b"] == {
+        "shared_base_step_le_20gb_extrapolated": True,
+        "shared_base_le_1.3x_extrapolated": False,
+    }
+    assert fits["shared_base"]["peak_vs_policy_only"] == pytest.approx(
+        (15260 - 7.5) / (3000 + 300 * 28 - 7.5), abs=0.005
+    )
     assert result["goals"]["qwen2.5-7b/4-layers"]["shared_base_le_1.3x"] is True
 
 
 def test_runs_of_different_setups_combined_into_one(tmp_path, capsys):
     """--combine: a 7B depth takes an hour on CPU, so policy_only and shared_base come from separate runs."""
-    settings = {"prompt_len": 512, "completion_len": 512, "batch": 2, "reward_batch_pairs": 2, "steps": 1,
-                "compute_dtype": "float32", "device": "cpu", "cpu_malloc": "live"}
+    settings = {
+        "prompt_len": 512,
+        "completion_len": 512,
+        "batch": 2,
+        "reward_batch_pairs": 2,
+        "steps": 1,
+        "compute_dtype": "float32",
+        "device": "cpu",
+        "cpu_malloc": "live",
+    }
 
     def run_file(name, setup, peaks, **changed):
-        rows = [{"model": "qwen2.5-7b", "setup": setup, "layers": n, "peak_mem_mb": mb, "oom": False,
-                 "tokens_per_s": 1.0, **settings, **changed} for n, mb in peaks.items()]
+        rows = [
+            {
+                "model": "qwen2.5-7b",
+                "setup": setup,
+                "layers": n,
+                "peak_mem_mb": mb,
+                "oom": False,
+                "tokens_per_s": 1.0,
+                **settings,
+                **changed,
+            }
+            for n, mb in peaks.items()
+        ]
         (tmp_path / name).write_text(json.dumps({"rows": rows}))
         return str(tmp_path / name)
 
@@ -158,13 +211,18 @@ def test_runs_of_different_setups_combined_into_one(tmp_path, capsys):
     out = tmp_path / "both.json"
     result = memory.main(["--combine", policy, shared, "--out", str(out)])
     assert json.loads(out.read_text())["goals"] == result["goals"]
-    assert {r["layers"]: r.get("peak_vs_policy_only") for r in result["rows"] if r["setup"] == "shared_base"} == \
-        {1: 1.1, 2: round(5700 / 5100, 2), 3: None}  # no policy_only row at 3 layers
+    assert {r["layers"]: r.get("peak_vs_policy_only") for r in result["rows"] if r["setup"] == "shared_base"} == {
+        1: 1.1,
+        2: round(5700 / 5100, 2),
+        3: None,
+    }  # no policy_only row at 3 layers
     fits = {f["setup"]: f for f in result["extrapolated"]}
     assert (fits["policy_only"]["peak_mem_mb"], fits["shared_base"]["peak_mem_mb"]) == (7700.0, 10900.0)
     assert fits["shared_base"]["peak_vs_policy_only"] == round(10900 / 7700, 2)
-    assert result["goals"]["qwen2.5-7b"] == {"shared_base_step_le_20gb_extrapolated": True,
-                                             "shared_base_le_1.3x_extrapolated": False}  # 1.42x
+    assert result["goals"]["qwen2.5-7b"] == {
+        "shared_base_step_le_20gb_extrapolated": True,
+        "shared_base_le_1.3x_extrapolated": False,
+    }  # 1.42x
     assert "1.42x policy_only's" in capsys.readouterr().out
     # refused: other flags (the generation batch), or a row measured twice
     other = run_file("other.json", "shared_base", {4: 6100.0}, generation_batch=8)

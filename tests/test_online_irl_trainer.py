@@ -11,18 +11,39 @@ from trl_irl.models import build_char_tokenizer, load_reward_model
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "run"), per_device_train_batch_size=8, num_generations=4,
-                  max_completion_length=6, max_steps=2, learning_rate=1e-3, beta=0.0, use_cpu=True, bf16=False,
-                  report_to="none", disable_tqdm=True, logging_steps=1, save_strategy="steps", save_steps=1,
-                  reward_batch_size=8, reward_update_steps=2, reward_learning_rate=1e-3, seed=0)
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-3,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=1,
+        reward_batch_size=8,
+        reward_update_steps=2,
+        reward_learning_rate=1e-3,
+        seed=0,
+    )
     values.update(overrides)
     return OnlineIRLConfig(**values)
 
 
 def make_trainer(tmp_path, policy_path, tokenizer, demos, cls=OnlineIRLTrainer, **overrides):
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
-    return cls(model=policy_path, reward_model=load_reward_model(policy_path, "classifier"),
-                            args=make_args(tmp_path, **overrides), train_dataset=dataset, processing_class=tokenizer)
+    return cls(
+        model=policy_path,
+        reward_model=load_reward_model(policy_path, "classifier"),
+        args=make_args(tmp_path, **overrides),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
 
 
 def reward_state(trainer):
@@ -81,21 +102,35 @@ def test_missing_column_stops_before_any_model_is_loaded(tmp_path, tokenizer):
     dataset = Dataset.from_list([{"prompt": "A", "answer": "abc"}])
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['demonstration'\]"):
         # the model path does not exist: validation comes first (a learning reward model needs demonstrations)
-        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=torch.nn.Linear(1, 1), args=make_args(tmp_path),
-                         train_dataset=dataset, processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=str(tmp_path / "missing"),
+            reward_model=torch.nn.Linear(1, 1),
+            args=make_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
 
 
 def test_no_reward_at_all_is_refused(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="no reward"):
-        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=None, args=make_args(tmp_path),
-                         train_dataset=Dataset.from_list([{"prompt": "A"}]), processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=str(tmp_path / "missing"),
+            reward_model=None,
+            args=make_args(tmp_path),
+            train_dataset=Dataset.from_list([{"prompt": "A"}]),
+            processing_class=tokenizer,
+        )
 
 
 def test_empty_dataset_names_the_problem(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="train_dataset is empty"):
-        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=None, args=make_args(tmp_path),
-                         train_dataset=Dataset.from_dict({"prompt": [], "demonstration": []}),
-                         processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=str(tmp_path / "missing"),
+            reward_model=None,
+            args=make_args(tmp_path),
+            train_dataset=Dataset.from_dict({"prompt": [], "demonstration": []}),
+            processing_class=tokenizer,
+        )
 
 
 def test_tokenizer_without_pad_token_names_the_fix(tmp_path, task, demos):
@@ -103,8 +138,13 @@ def test_tokenizer_without_pad_token_names_the_fix(tmp_path, task, demos):
     tokenizer.pad_token = None
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match="no pad token.*add_special_tokens"):
-        OnlineIRLTrainer(model=str(tmp_path / "missing"), reward_model=None, args=make_args(tmp_path),
-                         train_dataset=dataset, processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=str(tmp_path / "missing"),
+            reward_model=None,
+            args=make_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
 
 
 def test_unknown_objective_is_rejected_by_the_config(tmp_path):
@@ -117,16 +157,36 @@ def test_reward_trainer_learns_and_checks_its_columns(tmp_path, policy_path, tok
 
     policy = load_reward_model(policy_path, "lm")
     samples = sample_completions(policy, tokenizer, [d["prompt"] for d in demos], task.horizon, 64, seed=0)
-    pairs = Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": s}
-                               for d, s in zip(demos, samples)])
-    args = IRLRewardConfig(output_dir=str(tmp_path / "rm"), objective="gail", num_train_epochs=4, learning_rate=3e-3,
-                           per_device_train_batch_size=16, use_cpu=True, bf16=False, report_to="none",
-                           save_strategy="no", disable_tqdm=True, logging_steps=1)
+    pairs = Dataset.from_list(
+        [{"prompt": d["prompt"], "chosen": d["completion"], "rejected": s} for d, s in zip(demos, samples)]
+    )
+    args = IRLRewardConfig(
+        output_dir=str(tmp_path / "rm"),
+        objective="gail",
+        num_train_epochs=4,
+        learning_rate=3e-3,
+        per_device_train_batch_size=16,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+    )
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['rejected'\]"):
-        IRLRewardTrainer(model=load_reward_model(policy_path, "classifier"), args=args,
-                         train_dataset=pairs.remove_columns("rejected"), processing_class=tokenizer)
-    trainer = IRLRewardTrainer(model=load_reward_model(policy_path, "classifier"), args=args, train_dataset=pairs,
-                               eval_dataset=pairs, processing_class=tokenizer)
+        IRLRewardTrainer(
+            model=load_reward_model(policy_path, "classifier"),
+            args=args,
+            train_dataset=pairs.remove_columns("rejected"),
+            processing_class=tokenizer,
+        )
+    trainer = IRLRewardTrainer(
+        model=load_reward_model(policy_path, "classifier"),
+        args=args,
+        train_dataset=pairs,
+        eval_dataset=pairs,
+        processing_class=tokenizer,
+    )
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     after = trainer.evaluate()
@@ -140,8 +200,13 @@ def test_vllm_with_a_4bit_policy_is_refused_before_any_engine_starts(tmp_path, p
     shared = SharedBase(policy_path, {"r": 4, "alpha": 8}, {"mode": "4bit"}, roles=(REWARD,))
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match=r"use_vllm=true and a bitsandbytes-quantised policy .*trl#4973"):
-        OnlineIRLTrainer(model=shared.model, reward_model=shared.role(REWARD, "classifier"),
-                         args=make_args(tmp_path, use_vllm=True), train_dataset=dataset, processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=shared.model,
+            reward_model=shared.role(REWARD, "classifier"),
+            args=make_args(tmp_path, use_vllm=True),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
 
 
 def test_deepspeed_zero3_is_refused_with_the_alternatives(policy_path):

@@ -17,9 +17,13 @@ BLOCK = textwrap.dedent("""
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code), *args], capture_output=True,
-                          text=True, timeout=300, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
-                                                       "HOME": "/tmp", "WANDB_MODE": "disabled"})
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK + textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp", "WANDB_MODE": "disabled"},
+    )
 
 
 def test_the_library_imports_without_the_prompt_oirl_extra():
@@ -32,11 +36,15 @@ def test_the_library_imports_without_the_prompt_oirl_extra():
 
 
 def test_recipe_prompt_oirl_without_the_extra_names_the_install_line(tmp_path):
-    result = run_python("""
+    result = run_python(
+        """
         sys.argv = ["trl-irl", *sys.argv[1:]]
         from trl_irl.cli import main
         main()
-    """, "recipe=prompt_oirl", f"hydra.run.dir={tmp_path / 'run'}")
+    """,
+        "recipe=prompt_oirl",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert result.returncode != 0
     assert "recipe=prompt_oirl needs ['lightgbm', 'scikit-learn', 'sentence-transformers']" in result.stderr
     assert 'pip install "trl-irl[prompt-oirl]"' in result.stderr
@@ -81,11 +89,19 @@ def test_an_installed_wheel_finds_its_configs_recipes_and_data_from_any_folder(t
 
     root = Path(__file__).resolve().parent.parent
     pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", str(root), "-w", str(tmp_path / "wheel")],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", str(root), "-w", str(tmp_path / "wheel")],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next((tmp_path / "wheel").glob("trl_irl-*.whl"))
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     code = textwrap.dedent("""
         import sys
         import trl_irl, trl_irl.cli
@@ -98,18 +114,34 @@ def test_an_installed_wheel_finds_its_configs_recipes_and_data_from_any_folder(t
         print(toy.job, toy.task.name, Path(oirl.data.dir, "labels_llama2_gsm8k.npz").exists())
         print(len(trl_irl.cli.recipes()), "recipes")
     """)
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "HOME": str(tmp_path),
-                                                            "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={
+            "PYTHONPATH": str(tmp_path / "site"),
+            "HOME": str(tmp_path),
+            "PATH": "/usr/bin:/bin",
+            "OMP_NUM_THREADS": "1",
+        },
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines()[0] == "pipeline automaton True"
     assert int(result.stdout.splitlines()[1].split()[0]) >= 20
 
 
-@pytest.mark.parametrize("base, link", [
-    ("Qwen/Qwen2.5-0.5B-Instruct", "[Qwen/Qwen2.5-0.5B-Instruct](https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct)"),
-    ("{folder}", "`{folder}`"),  # a local folder: named, not linked to the hub, not in the card's metadata
-])
+@pytest.mark.parametrize(
+    "base, link",
+    [
+        (
+            "Qwen/Qwen2.5-0.5B-Instruct",
+            "[Qwen/Qwen2.5-0.5B-Instruct](https://huggingface.co/Qwen/Qwen2.5-0.5B-Instruct)",
+        ),
+        ("{folder}", "`{folder}`"),  # a local folder: named, not linked to the hub, not in the card's metadata
+    ],
+)
 def test_model_cards_name_the_base_model(base, link, tmp_path):
     """TRL's card for a model loaded from a folder reads "fine-tuned version of [None]"; ours names the base."""
     from huggingface_hub import ModelCard
@@ -118,8 +150,16 @@ def test_model_cards_name_the_base_model(base, link, tmp_path):
     from trl_irl.models import name_base_model
 
     base, link = base.format(folder=tmp_path), link.format(folder=tmp_path)
-    card = generate_model_card(base_model=None, model_name="grpo", hub_model_id=None, dataset_name=None, tags=["trl"],
-                               wandb_url=None, trackio_url=None, trainer_name="GRPO")
+    card = generate_model_card(
+        base_model=None,
+        model_name="grpo",
+        hub_model_id=None,
+        dataset_name=None,
+        tags=["trl"],
+        wandb_url=None,
+        trackio_url=None,
+        trainer_name="GRPO",
+    )
     card.save(tmp_path / "README.md")
     assert "fine-tuned version of [None](https://huggingface.co/None)" in (tmp_path / "README.md").read_text()
     assert name_base_model(tmp_path / "README.md", base)

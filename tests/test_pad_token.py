@@ -71,19 +71,37 @@ def test_use_distinct_pad_without_a_spare_token_names_the_fix():
 
 
 def online_args(tmp_path):
-    return OnlineIRLConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=4,
-                           max_completion_length=4, max_steps=1, use_cpu=True, bf16=False, report_to="none", beta=0.0)
+    return OnlineIRLConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        max_steps=1,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        beta=0.0,
+    )
 
 
 def test_the_trainers_refuse_a_tokenizer_that_pads_with_eos(tmp_path, policy_path, tokenizer, demos, classifier):
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match="processing_class pads with '<eos>'.*use_distinct_pad"):
-        OnlineIRLTrainer(model=str(tmp_path / "never_loaded"), reward_model=classifier, args=online_args(tmp_path),
-                         train_dataset=data, processing_class=padding_with_eos(tokenizer))
+        OnlineIRLTrainer(
+            model=str(tmp_path / "never_loaded"),
+            reward_model=classifier,
+            args=online_args(tmp_path),
+            train_dataset=data,
+            processing_class=padding_with_eos(tokenizer),
+        )
     pairs = Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": "a"} for d in demos])
     with pytest.raises(ValueError, match="processing_class pads with '<eos>'"):
-        IRLRewardTrainer(model=classifier, args=IRLRewardConfig(output_dir=str(tmp_path / "rm"), report_to="none"),
-                         train_dataset=pairs, processing_class=padding_with_eos(tokenizer))
+        IRLRewardTrainer(
+            model=classifier,
+            args=IRLRewardConfig(output_dir=str(tmp_path / "rm"), report_to="none"),
+            train_dataset=pairs,
+            processing_class=padding_with_eos(tokenizer),
+        )
 
 
 def test_a_pad_among_the_generation_configs_eos_ids_is_refused(tmp_path, policy_path, tokenizer, demos, classifier):
@@ -93,17 +111,26 @@ def test_a_pad_among_the_generation_configs_eos_ids_is_refused(tmp_path, policy_
     policy.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match=r"one of its EOS ids \[0, 1\]"):
-        OnlineIRLTrainer(model=policy, reward_model=classifier, args=online_args(tmp_path), train_dataset=data,
-                         processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=policy,
+            reward_model=classifier,
+            args=online_args(tmp_path),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
 
 
-def test_a_classifier_pooling_at_another_id_is_refused_and_an_unset_one_is_set(tmp_path, tokenizer, demos,
-                                                                                 classifier):
+def test_a_classifier_pooling_at_another_id_is_refused_and_an_unset_one_is_set(tmp_path, tokenizer, demos, classifier):
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     classifier.config.pad_token_id = tokenizer.eos_token_id
     with pytest.raises(ValueError, match="reward_model.config.pad_token_id is 1 but its tokenizer pads with id 0"):
-        OnlineIRLTrainer(model=str(tmp_path / "never_loaded"), reward_model=classifier, args=online_args(tmp_path),
-                         train_dataset=data, processing_class=tokenizer)
+        OnlineIRLTrainer(
+            model=str(tmp_path / "never_loaded"),
+            reward_model=classifier,
+            args=online_args(tmp_path),
+            train_dataset=data,
+            processing_class=tokenizer,
+        )
     classifier.config.pad_token_id = None
     from trl_irl.validation import check_pad_id
 

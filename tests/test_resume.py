@@ -12,13 +12,18 @@ import pytest
 import torch
 
 from tests.test_cli import run
-from trl_irl.checkpoints import (COMPLETE, mark_complete, read_json, read_safetensors, select_checkpoint,
-                                 torn_reason)
+from trl_irl.checkpoints import COMPLETE, mark_complete, read_json, read_safetensors, select_checkpoint, torn_reason
 from trl_irl.run_folder import LOCK, RunLock, config_changes, stage_config
 
 # 16 training prompts, 4 per step: an epoch is 4 steps, so resuming from checkpoint-6 crosses the boundary at 4 and 8
-ARGS = ["recipe=toy", "arms=[bc,grpo]", "task.num_demonstrations=16", "algo.max_steps=10", "algo.save_steps=2",
-        "algo.save_total_limit=null"]
+ARGS = [
+    "recipe=toy",
+    "arms=[bc,grpo]",
+    "task.num_demonstrations=16",
+    "algo.max_steps=10",
+    "algo.save_steps=2",
+    "algo.save_total_limit=null",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +74,14 @@ def test_ctrl_c_says_how_to_resume_and_the_folder_alone_resumes_exactly(referenc
     from tests.test_cli import ENV, TRL_IRL
 
     out = tmp_path / "run"
-    process = subprocess.Popen([TRL_IRL, *ARGS, f"hydra.run.dir={out}"], env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,  # Ctrl-C reaches it even where the suite itself
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # runs in background
+    process = subprocess.Popen(
+        [TRL_IRL, *ARGS, f"hydra.run.dir={out}"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,  # Ctrl-C reaches it even where the suite itself
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # runs in background
     deadline = time.time() + 300
     while not (out / "grpo" / "checkpoint-6" / COMPLETE).exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -95,17 +105,24 @@ def test_sigterm_is_an_interrupt_too(tmp_path):
     from tests.test_cli import ENV, TRL_IRL
 
     out = tmp_path / "run"
-    process = subprocess.Popen([TRL_IRL, "recipe=toy", "bc.num_train_epochs=1000", f"hydra.run.dir={out}"], env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [TRL_IRL, "recipe=toy", "bc.num_train_epochs=1000", f"hydra.run.dir={out}"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while not (out / "bc" / "stage_config.json").exists() and time.time() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 143 and "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1] == (f"trl-irl: interrupted (SIGTERM); what was trained up to the last "
-                                              f"complete checkpoint is kept. Resume with: trl-irl resume=true "
-                                              f"hydra.run.dir={out}")
+    assert stderr.strip().splitlines()[-1] == (
+        f"trl-irl: interrupted (SIGTERM); what was trained up to the last "
+        f"complete checkpoint is kept. Resume with: trl-irl resume=true "
+        f"hydra.run.dir={out}"
+    )
     assert not (out / LOCK).exists()
 
 
@@ -114,11 +131,22 @@ def test_a_resume_composes_the_recorded_overrides_with_the_given_ones(tmp_path):
 
     write_record(tmp_path, ["recipe=toy", "algo=ppo", "+algo.num_iterations=2", "seed=3", "output_dir=/old"], {"a": 1})
     assert (tmp_path / RECORD).read_text() == "- recipe=toy\n- algo=ppo\n- +algo.num_iterations=2\n- seed=3\n"
-    assert resume_overrides(tmp_path, ["resume=true"]) == ["recipe=toy", "algo=ppo", "+algo.num_iterations=2", "seed=3",
-                                                           "resume=true"]
+    assert resume_overrides(tmp_path, ["resume=true"]) == [
+        "recipe=toy",
+        "algo=ppo",
+        "+algo.num_iterations=2",
+        "seed=3",
+        "resume=true",
+    ]
     # a given key replaces the recorded one (a key added with + keeps its +); resume's own keys are never recorded ones
-    assert resume_overrides(tmp_path, ["resume=true", "algo.num_iterations=4", "seed=1", "retrain_changed=true"]) == \
-        ["recipe=toy", "algo=ppo", "resume=true", "+algo.num_iterations=4", "seed=1", "retrain_changed=true"]
+    assert resume_overrides(tmp_path, ["resume=true", "algo.num_iterations=4", "seed=1", "retrain_changed=true"]) == [
+        "recipe=toy",
+        "algo=ppo",
+        "resume=true",
+        "+algo.num_iterations=4",
+        "seed=1",
+        "retrain_changed=true",
+    ]
     assert resume_overrides(tmp_path / "elsewhere", ["resume=true", "seed=1"]) == ["resume=true", "seed=1"]  # no record
 
 
@@ -241,19 +269,34 @@ def test_damaged_files_are_named():
 
 
 def test_stage_configs_differ_where_the_stage_depends_on_the_change():
-    cfg = {"seed": 0, "task": {"name": "dataset", "path": "a.jsonl", "verifier": "exact", "answer_column": None},
-           "model": {}, "quant": {}, "peft": {}, "bc": {"learning_rate": 1e-3},
-           "reward": {"objective": "bt", "prefix_weight": 0.0, "pretrain": {}, "online": {"learning_rate": 1e-4}},
-           "eval": {"batch_size": 8}, "algo": {"name": "grpo"}, "credit": {"name": "sequence"}, "shared_base": False,
-           "spin": {}}
+    cfg = {
+        "seed": 0,
+        "task": {"name": "dataset", "path": "a.jsonl", "verifier": "exact", "answer_column": None},
+        "model": {},
+        "quant": {},
+        "peft": {},
+        "bc": {"learning_rate": 1e-3},
+        "reward": {"objective": "bt", "prefix_weight": 0.0, "pretrain": {}, "online": {"learning_rate": 1e-4}},
+        "eval": {"batch_size": 8},
+        "algo": {"name": "grpo"},
+        "credit": {"name": "sequence"},
+        "shared_base": False,
+        "spin": {},
+    }
     changed = json.loads(json.dumps(cfg))
     changed["task"]["verifier"] = "numeric"
     changed["reward"]["online"]["learning_rate"] = 1e-5
-    diffs = {s: config_changes(stage_config(cfg, s, "grpo"), stage_config(changed, s, "grpo"))
-             for s in ("bc", "reward_pretrain", "grpo", "oracle", "spin")}
-    assert diffs == {"bc": [], "reward_pretrain": [], "spin": [],
-                     "grpo": ["reward.online.learning_rate: 0.0001 -> 1e-05"],
-                     "oracle": ["task.verifier: 'exact' -> 'numeric'"]}
+    diffs = {
+        s: config_changes(stage_config(cfg, s, "grpo"), stage_config(changed, s, "grpo"))
+        for s in ("bc", "reward_pretrain", "grpo", "oracle", "spin")
+    }
+    assert diffs == {
+        "bc": [],
+        "reward_pretrain": [],
+        "spin": [],
+        "grpo": ["reward.online.learning_rate: 0.0001 -> 1e-05"],
+        "oracle": ["task.verifier: 'exact' -> 'numeric'"],
+    }
 
 
 def test_nan_in_a_trained_model_is_never_saved(tmp_path, policy_path, tokenizer, demos):
@@ -272,12 +315,18 @@ def test_a_diverging_reward_update_stops_before_its_step(tmp_path, policy_path, 
 
     trainer = make_trainer(tmp_path, policy_path, tokenizer, demos, reward_learning_rate=1e-3)
     updater = trainer.reward_updater
-    updater.add([d["prompt"] for d in demos[:8]], [d["completion"] for d in demos[:8]],
-                [d["completion"][::-1] for d in demos[:8]])
+    updater.add(
+        [d["prompt"] for d in demos[:8]],
+        [d["completion"] for d in demos[:8]],
+        [d["completion"][::-1] for d in demos[:8]],
+    )
     before = {k: v.clone() for k, v in updater.model.state_dict().items()}
     from trl_irl.batching import model_inputs
 
-    updater.objective.pair_loss = lambda model, batch, policy: (model(**model_inputs(batch)).logits.sum() * float("nan"), {})
+    updater.objective.pair_loss = lambda model, batch, policy: (
+        model(**model_inputs(batch)).logits.sum() * float("nan"),
+        {},
+    )
     with pytest.raises(FloatingPointError, match="not finite"):
         updater.update()
     after = updater.model.state_dict()

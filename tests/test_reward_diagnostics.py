@@ -57,8 +57,15 @@ def finished_run(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("run")
     path = reversal_file(folder / "my.jsonl")
-    metrics = trl_irl.run("task=dataset", f"task.path={path}", "task.verifier=exact", "arms=[bc,grpo]", *SMALL,
-                          "eval.rerank_samples=4", output_dir=folder / "out")
+    metrics = trl_irl.run(
+        "task=dataset",
+        f"task.path={path}",
+        "task.verifier=exact",
+        "arms=[bc,grpo]",
+        *SMALL,
+        "eval.rerank_samples=4",
+        output_dir=folder / "out",
+    )
     return folder / "out", metrics
 
 
@@ -66,7 +73,7 @@ def test_the_job_reports_both_rewards_as_rerankers(finished_run):
     out, metrics = finished_run
     found = metrics["reward_diagnostics"]
     assert set(found) == {"reward_pretrain", "grpo"}
-    for name, values in found.items():
+    for values in found.values():
         assert values["samples_per_prompt"] == 4 and values["prompts"] == metrics["task"]["heldout"]
         assert set(values["best_of"]) == {"1", "4"} and values["best_of"]["1"]["lift"]["value"] == 0.0
         assert 0 <= values["best_of"]["4"]["reward_pick"] <= 1 and (values["auc"] is None or 0 <= values["auc"] <= 1)
@@ -82,11 +89,20 @@ def test_no_diagnostics_when_turned_off_or_without_a_verifier(tmp_path):
     import trl_irl
 
     path = reversal_file(tmp_path / "my.jsonl", n=30)
-    off = trl_irl.run("task=dataset", f"task.path={path}", "task.verifier=exact", "arms=[bc,grpo]", *SMALL,
-                      "eval.rerank_samples=0", "algo.max_steps=1", output_dir=tmp_path / "off")
+    off = trl_irl.run(
+        "task=dataset",
+        f"task.path={path}",
+        "task.verifier=exact",
+        "arms=[bc,grpo]",
+        *SMALL,
+        "eval.rerank_samples=0",
+        "algo.max_steps=1",
+        output_dir=tmp_path / "off",
+    )
     assert "reward_diagnostics" not in off
-    none = trl_irl.run("task=dataset", f"task.path={path}", "arms=[bc,grpo]", *SMALL, "algo.max_steps=1",
-                       output_dir=tmp_path / "none")
+    none = trl_irl.run(
+        "task=dataset", f"task.path={path}", "arms=[bc,grpo]", *SMALL, "algo.max_steps=1", output_dir=tmp_path / "none"
+    )
     assert "reward_diagnostics" not in none
 
 
@@ -104,10 +120,20 @@ def test_trl_loads_the_saved_reward_as_it_is_and_scores_what_we_score(finished_r
     saved = trl_irl.load_reward(folder)
     rows = [json.loads(line) for line in (out / "samples_bc.jsonl").read_text().splitlines()][:6]
     prompts, completions = [r["prompt"] for r in rows], [r["sample"] for r in rows]
-    trainer = GRPOTrainer(model=str(out / "bc" / "final"), reward_funcs=str(folder),
-                          args=GRPOConfig(output_dir=str(out / "trl"), per_device_train_batch_size=2, num_generations=2,
-                                          max_completion_length=8, use_cpu=True, bf16=False, report_to=[]),
-                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
+    trainer = GRPOTrainer(
+        model=str(out / "bc" / "final"),
+        reward_funcs=str(folder),
+        args=GRPOConfig(
+            output_dir=str(out / "trl"),
+            per_device_train_batch_size=2,
+            num_generations=2,
+            max_completion_length=8,
+            use_cpu=True,
+            bf16=False,
+            report_to=[],
+        ),
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+    )
     eos = saved.tokenizer.eos_token
     ids = [saved.tokenizer(c + eos, add_special_tokens=False)["input_ids"] for c in completions]
     theirs = trainer._calculate_rewards([{"prompt": p} for p in prompts], prompts, [c + eos for c in completions], ids)

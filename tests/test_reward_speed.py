@@ -7,8 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
-from trl_irl import precision
+from trl_irl import OnlineIRLConfig, OnlineIRLTrainer, precision
 from trl_irl.models import build_tiny_causal_lm, limit_trainable_layers, load_reward_model, save_model
 from trl_irl.rewards import OnlineRewardUpdater, make_objective
 from trl_irl.rewards.objectives import encode
@@ -18,8 +17,9 @@ from trl_irl.shared_base import REWARD, SharedBase, adapter_scope, trainable_par
 @pytest.fixture(scope="module")
 def deep_path(task, tokenizer, tmp_path_factory):
     """A 4-block policy: enough blocks to freeze some and train others."""
-    model = build_tiny_causal_lm(tokenizer, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64,
-                                 max_positions=32, seed=0)
+    model = build_tiny_causal_lm(
+        tokenizer, hidden_size=32, num_layers=4, num_heads=2, intermediate_size=64, max_positions=32, seed=0
+    )
     return save_model(model, tokenizer, tmp_path_factory.mktemp("deep"))
 
 
@@ -69,8 +69,19 @@ def test_frozen_blocks_get_no_gradient_and_the_top_blocks_lose_none(deep_path, t
 
 def test_the_updater_holds_and_moves_only_the_top_blocks(deep_path, tokenizer, demos):
     model = load_reward_model(deep_path, "classifier", tokenizer.pad_token_id)
-    updater = OnlineRewardUpdater(model, tokenizer, make_objective("bt"), learning_rate=1e-2, weight_decay=0.0,
-                                  batch_size=8, steps=3, buffer_size=64, max_grad_norm=1.0, seed=0, trainable_layers=1)
+    updater = OnlineRewardUpdater(
+        model,
+        tokenizer,
+        make_objective("bt"),
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        batch_size=8,
+        steps=3,
+        buffer_size=64,
+        max_grad_norm=1.0,
+        seed=0,
+        trainable_layers=1,
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     updater.add([d["prompt"] for d in demos], [d["completion"] for d in demos], samples_for(demos))
     updater.update()
@@ -122,12 +133,28 @@ def test_the_cli_refuses_more_blocks_than_the_model_has_before_any_training(tmp_
 def test_online_irl_trains_only_the_rewards_top_blocks(deep_path, tokenizer, demos, tmp_path):
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     trainer = OnlineIRLTrainer(
-        model=deep_path, reward_model=load_reward_model(deep_path, "classifier", tokenizer.pad_token_id),
-        train_dataset=dataset, processing_class=tokenizer,
-        args=OnlineIRLConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
-                             max_completion_length=6, max_steps=2, learning_rate=1e-3, beta=0.0, use_cpu=True,
-                             bf16=False, report_to="none", save_strategy="no", reward_batch_size=8,
-                             reward_learning_rate=1e-2, reward_trainable_layers=2, seed=0))
+        model=deep_path,
+        reward_model=load_reward_model(deep_path, "classifier", tokenizer.pad_token_id),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        args=OnlineIRLConfig(
+            output_dir=str(tmp_path),
+            per_device_train_batch_size=8,
+            num_generations=4,
+            max_completion_length=6,
+            max_steps=2,
+            learning_rate=1e-3,
+            beta=0.0,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            reward_batch_size=8,
+            reward_learning_rate=1e-2,
+            reward_trainable_layers=2,
+            seed=0,
+        ),
+    )
     reward = trainer.reward_updater.model
     before = {n: p.detach().clone() for n, p in reward.named_parameters()}
     trainer.train()
@@ -141,20 +168,39 @@ def test_reward_pretraining_honours_the_trainable_blocks(deep_path, tokenizer, d
 
     model = load_reward_model(deep_path, "classifier", tokenizer.pad_token_id)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    pairs = Dataset.from_list([{"prompt": d["prompt"], "chosen": d["completion"], "rejected": s}
-                               for d, s in zip(demos, samples_for(demos))])
-    IRLRewardTrainer(model=model, args=IRLRewardConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none",
-                                                       max_steps=2, per_device_train_batch_size=8, learning_rate=1e-2,
-                                                       save_strategy="no", trainable_layers=1),
-                     train_dataset=pairs, processing_class=tokenizer).train()
+    pairs = Dataset.from_list(
+        [{"prompt": d["prompt"], "chosen": d["completion"], "rejected": s} for d, s in zip(demos, samples_for(demos))]
+    )
+    IRLRewardTrainer(
+        model=model,
+        args=IRLRewardConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to="none",
+            max_steps=2,
+            per_device_train_batch_size=8,
+            learning_rate=1e-2,
+            save_strategy="no",
+            trainable_layers=1,
+        ),
+        train_dataset=pairs,
+        processing_class=tokenizer,
+    ).train()
     for name, p in model.named_parameters():
         assert (not torch.equal(p, before[name])) is above(name, 3), name
 
 
-# --- bf16 autocast -----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("setting, has_bf16, expected, noted", [
-    ("auto", True, False, False), ("auto", False, False, False), (True, True, True, False), (True, False, False, True),
-    (False, True, False, False)])
+# --- bf16 autocast ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "setting, has_bf16, expected, noted",
+    [
+        ("auto", True, False, False),
+        ("auto", False, False, False),
+        (True, True, True, False),
+        (True, False, False, True),
+        (False, True, False, False),
+    ],
+)
 def test_bf16_setting_on_cpu(monkeypatch, setting, has_bf16, expected, noted):
     """On CPU bf16 is opt-in (true); a CPU without bf16 instructions runs fp32 and says so."""
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
@@ -203,15 +249,34 @@ def test_bc_losses_in_bf16_autocast_agree_with_fp32_for_20_steps(task, tokenizer
     perturbation of that run would: docs/online_irl_speed.md."""
     from trl import SFTConfig, SFTTrainer
 
-    path = save_model(build_tiny_causal_lm(tokenizer, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-                                           max_positions=32, seed=0), tokenizer, tmp_path / "init")
+    path = save_model(
+        build_tiny_causal_lm(
+            tokenizer, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_positions=32, seed=0
+        ),
+        tokenizer,
+        tmp_path / "init",
+    )
     demos = task.sample_demonstrations(160, seed=2)
     data = Dataset.from_list([{"prompt": d["prompt"], "completion": d["completion"]} for d in demos])
     losses = {}
     for bf16 in (False, True):
-        trainer = SFTTrainer(model=path, train_dataset=data, processing_class=tokenizer, args=SFTConfig(
-            output_dir=str(tmp_path / str(bf16)), max_steps=20, per_device_train_batch_size=8, learning_rate=3e-3,
-            bf16=bf16, use_cpu=True, logging_steps=1, save_strategy="no", report_to="none", seed=0))
+        trainer = SFTTrainer(
+            model=path,
+            train_dataset=data,
+            processing_class=tokenizer,
+            args=SFTConfig(
+                output_dir=str(tmp_path / str(bf16)),
+                max_steps=20,
+                per_device_train_batch_size=8,
+                learning_rate=3e-3,
+                bf16=bf16,
+                use_cpu=True,
+                logging_steps=1,
+                save_strategy="no",
+                report_to="none",
+                seed=0,
+            ),
+        )
         trainer.train()
         losses[bf16] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses[True]) == 20 and losses[True][-1] < 0.8 * losses[True][0]  # it trained
@@ -225,8 +290,19 @@ def test_the_reward_scores_and_learns_under_autocast(deep_path, tokenizer, demos
     prompts, completions = [d["prompt"] for d in demos], [d["completion"] for d in demos]
 
     def updater(bf16):
-        return OnlineRewardUpdater(model, tokenizer, make_objective("bt"), learning_rate=1e-2, weight_decay=0.0,
-                                   batch_size=8, steps=1, buffer_size=64, max_grad_norm=1.0, seed=0, bf16=bf16)
+        return OnlineRewardUpdater(
+            model,
+            tokenizer,
+            make_objective("bt"),
+            learning_rate=1e-2,
+            weight_decay=0.0,
+            batch_size=8,
+            steps=1,
+            buffer_size=64,
+            max_grad_norm=1.0,
+            seed=0,
+            bf16=bf16,
+        )
 
     fp32, bf16 = updater(False).rewards(prompts, completions), updater(True).rewards(prompts, completions)
     assert bf16.dtype == torch.float32 and not torch.equal(fp32, bf16)
@@ -247,10 +323,21 @@ def test_policy_generation_runs_under_autocast_only_when_bf16(policy_path, token
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     for bf16 in (True, False):
         trainer = OnlineIRLTrainer(
-            model=policy_path, reward_model=load_reward_model(policy_path, "classifier"), train_dataset=dataset,
-            processing_class=tokenizer, args=OnlineIRLConfig(
-                output_dir=str(tmp_path / str(bf16)), per_device_train_batch_size=8, num_generations=4,
-                max_completion_length=6, max_steps=1, use_cpu=True, bf16=bf16, report_to="none"))
+            model=policy_path,
+            reward_model=load_reward_model(policy_path, "classifier"),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            args=OnlineIRLConfig(
+                output_dir=str(tmp_path / str(bf16)),
+                per_device_train_batch_size=8,
+                num_generations=4,
+                max_completion_length=6,
+                max_steps=1,
+                use_cpu=True,
+                bf16=bf16,
+                report_to="none",
+            ),
+        )
         trainer._generate(["a"])
     assert seen == [True, False]
 
@@ -268,8 +355,15 @@ def test_evaluation_scores_the_demonstrations_once_and_skips_bcs_own_kl(policy_p
     reference = AutoModelForCausalLM.from_pretrained(policy_path).eval()
     reward = load_reward_model(policy_path, "classifier", tokenizer.pad_token_id).eval()
     objective = make_objective("bt")
-    kwargs = dict(max_new_tokens=6, reference=reference, reward_objective=objective, reward_model=reward,
-                  batch_size=5, seed=0, name="grpo")
+    kwargs = dict(
+        max_new_tokens=6,
+        reference=reference,
+        reward_objective=objective,
+        reward_model=reward,
+        batch_size=5,
+        seed=0,
+        name="grpo",
+    )
     alone = evaluate_arm(policy, tokenizer, task, heldout, **kwargs)
     demos = objective.rewards(reward, tokenizer, [d["prompt"] for d in heldout], [d["completion"] for d in heldout])
     given = evaluate_arm(policy, tokenizer, task, heldout, demonstration_rewards=demos, **kwargs)

@@ -73,8 +73,18 @@ def test_online_update_raises_demo_reward_relative_to_samples(objective, policy_
     obj = make_objective(objective)
     policy = load_reward_model(policy_path, "lm").eval()  # the (untrained) policy; its samples are the negatives
     model = load_reward_model(policy_path, obj.model_kind)
-    updater = OnlineRewardUpdater(model, tokenizer, obj, learning_rate=3e-3, weight_decay=0.0, batch_size=32,
-                                  steps=15, buffer_size=256, max_grad_norm=1.0, seed=0)
+    updater = OnlineRewardUpdater(
+        model,
+        tokenizer,
+        obj,
+        learning_rate=3e-3,
+        weight_decay=0.0,
+        batch_size=32,
+        steps=15,
+        buffer_size=256,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     prompts = [d["prompt"] for d in demos]
     samples = sample_completions(policy, tokenizer, prompts, task.horizon, 64, seed=0)
     updater.add(prompts, [d["completion"] for d in demos], samples)
@@ -117,7 +127,10 @@ def test_prefix_pair_loss_matches_scoring_each_prefix_alone(policy_path, tokeniz
         got = objective.prefix_pair_loss(objective.scores_with_prefixes(model, batch)[1], batch).item()
     terms = []  # reference: every prefix scored alone (no padding), over offsets where both exist and differ
     for p, d, s in zip(prompts, demos, samples):
-        [(ids_d, start)], [(ids_s, _)] = tokenize_completions(tokenizer, [p], [d]), tokenize_completions(tokenizer, [p], [s])
+        [(ids_d, start)], [(ids_s, _)] = (
+            tokenize_completions(tokenizer, [p], [d]),
+            tokenize_completions(tokenizer, [p], [s]),
+        )
         for t in range(start, min(len(ids_d), len(ids_s))):
             if ids_d[: t + 1] == ids_s[: t + 1]:
                 continue  # identical prefixes (all of the third pair) carry nothing
@@ -140,8 +153,18 @@ def test_prefix_loss_trains_the_scores_of_cut_off_sequences(policy_path, tokeniz
     for weight in (0.0, 1.0):
         objective = make_objective("bt", prefix_weight=weight)
         model = load_reward_model(policy_path, "classifier")
-        updater = OnlineRewardUpdater(model, tokenizer, objective, learning_rate=3e-3, weight_decay=0.0, batch_size=32,
-                                      steps=15, buffer_size=256, max_grad_norm=1.0, seed=0)
+        updater = OnlineRewardUpdater(
+            model,
+            tokenizer,
+            objective,
+            learning_rate=3e-3,
+            weight_decay=0.0,
+            batch_size=32,
+            steps=15,
+            buffer_size=256,
+            max_grad_norm=1.0,
+            seed=0,
+        )
         updater.add(prompts, [d["completion"] for d in demos], samples)
         before = _first_divergence_gap(objective, model, tokenizer, h_prompts, h_demos, h_samples)
         metrics = updater.update()

@@ -32,10 +32,15 @@ def data_of(task):
 def files(tmp_path):
     """40 demonstrations and 4 rows without one (one a repeat, one the prompt of a demonstration); a rollout file of
     10 prompts with answers (one a repeat of a row above) and a new character ('z')."""
-    main = demo_rows(40) + [{"prompt": f"rev {word(i)}=", "completion": ""} for i in (100, 101, 101)] + \
-        [{"prompt": "rev " + word(3) + "=", "completion": None}]
-    rollout = [{"prompt": f"rev {word(i)}=", "answer": word(i)[::-1]} for i in range(200, 209)] + \
-        [{"prompt": f"rev {word(100)}=", "answer": word(100)[::-1]}, {"prompt": "rev zz=", "answer": "zz"}]
+    main = (
+        demo_rows(40)
+        + [{"prompt": f"rev {word(i)}=", "completion": ""} for i in (100, 101, 101)]
+        + [{"prompt": "rev " + word(3) + "=", "completion": None}]
+    )
+    rollout = [{"prompt": f"rev {word(i)}=", "answer": word(i)[::-1]} for i in range(200, 209)] + [
+        {"prompt": f"rev {word(100)}=", "answer": word(100)[::-1]},
+        {"prompt": "rev zz=", "answer": "zz"},
+    ]
     return write_jsonl(tmp_path / "main.jsonl", main), write_jsonl(tmp_path / "rollout.jsonl", rollout)
 
 
@@ -53,9 +58,15 @@ def test_pools_hold_every_rollout_prompt_once_and_no_heldout_prompt(files):
     assert set(answered) == expected - {f"rev {word(101)}="}
     assert answered["rev zz="] == "zz" and answered[f"rev {word(100)}="] == word(100)[::-1]
     r = data.report
-    assert (r["rollout_prompts_read"], r["rollout_prompts_with_demonstration"], r["rollout_prompts_repeated"]) == (15, 1, 2)
+    assert (r["rollout_prompts_read"], r["rollout_prompts_with_demonstration"], r["rollout_prompts_repeated"]) == (
+        15,
+        1,
+        2,
+    )
     assert (r["rollout_prompts"], r["rollout_prompts_with_answer"], r["heldout_prompts_in_rollout"]) == (12, 11, 0)
-    assert r["rows_without_demonstration"] == 4 and r["rows_read"] == 44 and r["demonstration_prompts"] == len(data.train)
+    assert (
+        r["rows_without_demonstration"] == 4 and r["rows_read"] == 44 and r["demonstration_prompts"] == len(data.train)
+    )
     heldout = prompts(data.heldout)
     for pool in ("mixed", "rollout", "demonstrations"):
         data.rollout_pool = pool
@@ -75,7 +86,9 @@ def test_the_cap_draws_rollout_prompts_by_the_task_seed(files):
     main, rollout = files
     full = data_of(DatasetTask(main, rollout_path=rollout)).rollout
     capped = data_of(DatasetTask(main, rollout_path=rollout, num_rollout_prompts=5)).rollout
-    assert capped == full[:5] and data_of(DatasetTask(main, rollout_path=rollout, num_rollout_prompts=5)).rollout == capped
+    assert (
+        capped == full[:5] and data_of(DatasetTask(main, rollout_path=rollout, num_rollout_prompts=5)).rollout == capped
+    )
     other = data_of(DatasetTask(main, rollout_path=rollout, num_rollout_prompts=5, seed=1)).rollout
     assert {r["prompt"] for r in other} != {r["prompt"] for r in capped}
     assert data_of(DatasetTask(main, rollout_path=rollout, num_rollout_prompts=500)).report["rollout_prompts"] == 12
@@ -96,29 +109,69 @@ def test_a_split_column_keeps_rows_without_demonstration_out_of_the_heldout_rows
     assert [r["prompt"] for r in task.rollout_rows] == ["rev q="]
     assert task.report["ignored_split_rows"] == 1 and len(task.heldout_rows) == 5 and len(task.train_rows) == 15
     rows.append({"prompt": "rev s=", "completion": None, "split": "test"})
-    with pytest.raises(ValueError, match=r"1 held-out row\(s\) \(task.split_column=split = 'test'\) have no "
-                                         r"demonstration in task.completion_column.*move them to the training split"):
+    with pytest.raises(
+        ValueError,
+        match=r"1 held-out row\(s\) \(task.split_column=split = 'test'\) have no "
+        r"demonstration in task.completion_column.*move them to the training split",
+    ):
         DatasetTask(write_jsonl(tmp_path / "s2.jsonl", rows), split_column="split")
 
 
-@pytest.mark.parametrize("rows, rollout, kwargs, message", [
-    (None, [{"prompt": "rev {heldout}="}], {"split_column": "split"},
-     r"1 rollout prompt\(s\) are also held-out prompts, which are only evaluated: 'rev .*=' \(task.rollout_path\)\. "
-     r"Remove them from the rollout prompts"),
-    (None, [{"question": "rev zz="}], {}, r"task.prompt_column='prompt' is not a column of task.rollout_path=.*"
-                                         r"\(it has \['question'\]\)"),
-    (None, [{"prompt": "rev zz=", "answer": "zz"}, {"prompt": "rev zy=", "answer": ""}], {"answer_column": "answer"},
-     r"task.rollout_path=.*: row 1 \(its line 2\) is unusable: no answer in its 'answer' column, which the verifier "
-     r"reads"),
-    (None, [{"prompt": ""}], {}, r"task.rollout_path=.*: row 0 \(its line 1\) is unusable: prompt empty"),
-    (None, None, {"rollout_pool": "rollout"}, r"task.rollout_pool=rollout, but no rollout prompt is left: give prompts "
-                                               r"without demonstrations"),
-    (None, [{"prompt": "rev zz="}], {"rollout_pool": "both"}, r"task.rollout_pool='both' is unknown: choose one of "
-                                                               r"mixed, rollout, demonstrations"),
-    (None, [{"prompt": "rev zz="}], {"num_rollout_prompts": 0}, r"task.num_rollout_prompts must be a positive integer"),
-    ([{"prompt": "rev a=", "completion": ""}, {"prompt": "rev b="}], None, {},
-     r"none of its 2 row\(s\) has a demonstration in its 'completion' column\. .*task.rollout_path"),
-])
+@pytest.mark.parametrize(
+    "rows, rollout, kwargs, message",
+    [
+        (
+            None,
+            [{"prompt": "rev {heldout}="}],
+            {"split_column": "split"},
+            r"1 rollout prompt\(s\) are also held-out prompts, which are only evaluated: 'rev .*=' "
+            r"\(task.rollout_path\)\. "
+            r"Remove them from the rollout prompts",
+        ),
+        (
+            None,
+            [{"question": "rev zz="}],
+            {},
+            r"task.prompt_column='prompt' is not a column of task.rollout_path=.*"
+            r"\(it has \['question'\]\)",
+        ),
+        (
+            None,
+            [{"prompt": "rev zz=", "answer": "zz"}, {"prompt": "rev zy=", "answer": ""}],
+            {"answer_column": "answer"},
+            r"task.rollout_path=.*: row 1 \(its line 2\) is unusable: no answer in its 'answer' column, "
+            r"which the verifier "
+            r"reads",
+        ),
+        (None, [{"prompt": ""}], {}, r"task.rollout_path=.*: row 0 \(its line 1\) is unusable: prompt empty"),
+        (
+            None,
+            None,
+            {"rollout_pool": "rollout"},
+            r"task.rollout_pool=rollout, but no rollout prompt is left: give prompts "
+            r"without demonstrations",
+        ),
+        (
+            None,
+            [{"prompt": "rev zz="}],
+            {"rollout_pool": "both"},
+            r"task.rollout_pool='both' is unknown: choose one of "
+            r"mixed, rollout, demonstrations",
+        ),
+        (
+            None,
+            [{"prompt": "rev zz="}],
+            {"num_rollout_prompts": 0},
+            r"task.num_rollout_prompts must be a positive integer",
+        ),
+        (
+            [{"prompt": "rev a=", "completion": ""}, {"prompt": "rev b="}],
+            None,
+            {},
+            r"none of its 2 row\(s\) has a demonstration in its 'completion' column\. .*task.rollout_path",
+        ),
+    ],
+)
 def test_bad_rollout_inputs_are_refused(rows, rollout, kwargs, message, tmp_path):
     rows = rows or [dict(r, split="test" if i < 5 else "train") for i, r in enumerate(demo_rows(20))]
     if rollout and "{heldout}" in rollout[0].get("prompt", ""):
@@ -131,6 +184,7 @@ def test_bad_rollout_inputs_are_refused(rows, rollout, kwargs, message, tmp_path
 
 
 # --- the pairing of a sample without a demonstration -----------------------------------------------------------------
+
 
 def tiny_reward(tokenizer):
     import tempfile
@@ -150,9 +204,19 @@ def test_a_sample_without_demonstration_is_paired_with_a_drawn_demonstration_and
 
     tokenizer = build_char_tokenizer(list("abcdefghrv =xyz"))
     pool = [("rev ab=", "ba"), ("rev cd=", "dc"), ("rev ef=", "fe")]
-    updater = OnlineRewardUpdater(tiny_reward(tokenizer), tokenizer, make_objective("bt"), learning_rate=1e-3,
-                                  weight_decay=0.0, batch_size=1, steps=1, buffer_size=8, max_grad_norm=1.0, seed=7,
-                                  demonstrations=pool)
+    updater = OnlineRewardUpdater(
+        tiny_reward(tokenizer),
+        tokenizer,
+        make_objective("bt"),
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        batch_size=1,
+        steps=1,
+        buffer_size=8,
+        max_grad_norm=1.0,
+        seed=7,
+        demonstrations=pool,
+    )
     expected_draw = torch.randint(3, (1,), generator=torch.Generator().manual_seed(7)).item()
     updater.add(["rev xy=", "rev gh="], [None, "hg"], ["xy", "gh"])
     (unpaired, paired) = list(updater.buffer.items)
@@ -163,21 +227,45 @@ def test_a_sample_without_demonstration_is_paired_with_a_drawn_demonstration_and
     r_demo = updater.rewards([demo_prompt], [demo]).item()
     r_sample = updater.rewards(["rev xy="], ["xy"]).item()
     metrics = updater.update()
-    assert metrics["loss"] == pytest.approx(torch.nn.functional.softplus(torch.tensor(r_sample - r_demo)).item(), rel=1e-4)
+    assert metrics["loss"] == pytest.approx(
+        torch.nn.functional.softplus(torch.tensor(r_sample - r_demo)).item(), rel=1e-4
+    )
     assert metrics["ties"] == 0.0  # another prompt's demonstration is never the sample itself
 
     with pytest.raises(ValueError, match=r"1 sample\(s\) have no demonstration .* pass demonstrations="):
-        OnlineRewardUpdater(updater.model, tokenizer, make_objective("bt"), learning_rate=1e-3, weight_decay=0.0,
-                            batch_size=1, steps=1, buffer_size=8, max_grad_norm=1.0, seed=7).add(["p"], [None], ["s"])
+        OnlineRewardUpdater(
+            updater.model,
+            tokenizer,
+            make_objective("bt"),
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            batch_size=1,
+            steps=1,
+            buffer_size=8,
+            max_grad_norm=1.0,
+            seed=7,
+        ).add(["p"], [None], ["s"])
 
 
 def test_a_buffer_saved_before_pairing_loads_with_each_row_its_own_demonstrations_prompt(tmp_path):
     from trl_irl.rewards import OnlineRewardUpdater, make_objective
 
     tokenizer = build_char_tokenizer(list("abcdefghrv =xyz"))
-    make = lambda: OnlineRewardUpdater(tiny_reward(tokenizer), tokenizer, make_objective("bt"),  # noqa: E731
-                                       learning_rate=1e-3, weight_decay=0.0, batch_size=1, steps=1, buffer_size=8,
-                                       max_grad_norm=1.0, seed=7)
+
+    def make():
+        return OnlineRewardUpdater(
+            tiny_reward(tokenizer),
+            tokenizer,
+            make_objective("bt"),
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            batch_size=1,
+            steps=1,
+            buffer_size=8,
+            max_grad_norm=1.0,
+            seed=7,
+        )
+
     updater = make()
     updater.add(["rev ab="], ["ba"], ["ab"])
     updater.save(tmp_path / "state")
@@ -191,6 +279,7 @@ def test_a_buffer_saved_before_pairing_loads_with_each_row_its_own_demonstration
 
 # --- the job -----------------------------------------------------------------------------------------------------
 
+
 def test_the_rl_arms_roll_out_on_the_rollout_prompts(files, tmp_path):
     """Online IRL trains on demonstration and rollout prompts (``mixed``), its buffer pairing each rollout sample with
     a demonstration of another prompt; the oracle rolls out only where there is an answer; the counts reach
@@ -200,8 +289,18 @@ def test_the_rl_arms_roll_out_on_the_rollout_prompts(files, tmp_path):
     from trl_irl.pipeline import Pipeline
 
     main, rollout = files
-    p = Pipeline(composed("task=dataset", f"task.path={main}", f"task.rollout_path={rollout}", "task.verifier=exact",
-                          "task.rollout_pool=rollout", *SMALL, "bc.num_train_epochs=1", f"output_dir={tmp_path / 'run'}"))
+    p = Pipeline(
+        composed(
+            "task=dataset",
+            f"task.path={main}",
+            f"task.rollout_path={rollout}",
+            "task.verifier=exact",
+            "task.rollout_pool=rollout",
+            *SMALL,
+            "bc.num_train_epochs=1",
+            f"output_dir={tmp_path / 'run'}",
+        )
+    )
     p.setup()
     bc = p.behaviour_cloning()
     oracle = p.build_policy_trainer("oracle", bc, max_steps=1)
@@ -212,8 +311,9 @@ def test_the_rl_arms_roll_out_on_the_rollout_prompts(files, tmp_path):
     irl.train()
     items = list(irl.reward_updater.buffer.items)
     demonstrations = {(r["prompt"], r["completion"]) for r in p.data.train}
-    assert len(items) == 16 and all((demo_prompt, demo) in demonstrations and prompt != demo_prompt
-                                    for prompt, demo, _, demo_prompt in items)
+    assert len(items) == 16 and all(
+        (demo_prompt, demo) in demonstrations and prompt != demo_prompt for prompt, demo, _, demo_prompt in items
+    )
     assert {prompt for prompt, *_ in items} <= {r["prompt"] for r in p.data.rollout}
     assert p.data.report["rollout_pool"] == "rollout" and p.data.report["rollout_prompts"] == 12
 
@@ -224,8 +324,18 @@ def test_an_oracle_without_answered_rollout_prompts_is_refused_before_any_model(
     from trl_irl.pipeline import Pipeline
 
     main = write_jsonl(tmp_path / "m.jsonl", demo_rows(30) + [{"prompt": "rev zz=", "completion": ""}])
-    with pytest.raises(ValueError, match=r"the oracle arm rolls out on prompts with an answer for the verifier, and "
-                                         r"task.rollout_pool=rollout leaves none"):
-        Pipeline(composed("task=dataset", f"task.path={main}", "task.verifier=exact", "task.rollout_pool=rollout",
-                          f"output_dir={tmp_path / 'run'}"))
+    with pytest.raises(
+        ValueError,
+        match=r"the oracle arm rolls out on prompts with an answer for the verifier, and "
+        r"task.rollout_pool=rollout leaves none",
+    ):
+        Pipeline(
+            composed(
+                "task=dataset",
+                f"task.path={main}",
+                "task.verifier=exact",
+                "task.rollout_pool=rollout",
+                f"output_dir={tmp_path / 'run'}",
+            )
+        )
     assert not (tmp_path / "run").exists()

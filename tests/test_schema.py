@@ -27,7 +27,9 @@ def test_every_shared_key_is_a_field_and_every_path_is_in_the_config():
     present = set()
     for credit, reward in CREDIT_GROUPS.items():
         cfg = composed("default", f"credit={credit}", f"reward={reward}")
-        written = {f"credit.{p}" for p in keys(cfg["credit"])} | {f"reward.online.{p}" for p in keys(cfg["reward"]["online"])}
+        written = {f"credit.{p}" for p in keys(cfg["credit"])} | {
+            f"reward.online.{p}" for p in keys(cfg["reward"]["online"])
+        }
         assert written <= paths, credit  # every key the groups write feeds a field
         present |= set(keys(cfg))
     assert paths <= present  # every declared path is written by some group: no dangling metadata
@@ -44,9 +46,18 @@ def test_a_field_has_one_name_for_one_setting():
 
 
 def test_the_policy_config_takes_each_value_from_its_path():
-    cfg = composed("toy", "algo=ppo", "credit=attention", "credit.attention_mix=0.3", "credit.credit_gamma=0.9",
-                   "reward.online.learning_rate=0.0123", "reward.online.standardize=false", "reward.prefix_weight=0.5",
-                   "reward=gail", "algo.gae_lambda=0.7")
+    cfg = composed(
+        "toy",
+        "algo=ppo",
+        "credit=attention",
+        "credit.attention_mix=0.3",
+        "credit.credit_gamma=0.9",
+        "reward.online.learning_rate=0.0123",
+        "reward.online.standardize=false",
+        "reward.prefix_weight=0.5",
+        "reward=gail",
+        "algo.gae_lambda=0.7",
+    )
     pipeline = Pipeline(cfg)
     args = pipeline.policy_config("ppo", 6)
     assert isinstance(args, PPOConfig)
@@ -70,8 +81,10 @@ def test_errors_name_the_path_written_and_leave_the_prose():
         build_config(OnlineIRLConfig, {**base, "token_kl_coef": 0.1}, "algo")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lerning_rate'\] under reward.online: valid keys are"):
         check_section({"reward": {"online": {"lerning_rate": 1}}}, "reward.online", [OnlineIRLConfig])
-    assert section_paths("algo", {"name": "ppo", "beta": 0, "extra": {"loss_type": "bnpo"}}) == \
-        {"beta": "algo.beta", "loss_type": "algo.extra.loss_type"}
+    assert section_paths("algo", {"name": "ppo", "beta": 0, "extra": {"loss_type": "bnpo"}}) == {
+        "beta": "algo.beta",
+        "loss_type": "algo.extra.loss_type",
+    }
 
 
 def test_every_config_path_points_at_a_field_of_its_class():

@@ -8,11 +8,11 @@ import torch
 from datasets import Dataset
 
 from trl_irl import ALGORITHMS
+from trl_irl.batching import by_rows
 from trl_irl.models import load_reward_model
 from trl_irl.rewards import make_objective
-from trl_irl.batching import by_rows
-from trl_irl.trainers.token_rewards import token_rewards
 from trl_irl.trainers.ppo import PPOTrainer, build_critic
+from trl_irl.trainers.token_rewards import token_rewards
 
 
 class RowCounter:
@@ -43,9 +43,12 @@ def trl_batch(tokenizer, prompts, completions):
     pad = tokenizer.pad_token_id
     prompt_ids = torch.tensor([[pad] * (P - len(p)) + p for p in enc[0]])
     completion_ids = torch.tensor([c + [pad] * (T - len(c)) for c in enc[1]])
-    return {"prompt_ids": prompt_ids, "prompt_mask": (torch.arange(P) >= P - torch.tensor([len(p) for p in enc[0]])[:, None]).long(),
-            "completion_ids": completion_ids,
-            "completion_mask": (torch.arange(T) < torch.tensor([len(c) for c in enc[1]])[:, None]).long()}
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": (torch.arange(P) >= P - torch.tensor([len(p) for p in enc[0]])[:, None]).long(),
+        "completion_ids": completion_ids,
+        "completion_mask": (torch.arange(T) < torch.tensor([len(c) for c in enc[1]])[:, None]).long(),
+    }
 
 
 PROMPTS = ["A", "BC", "D", "A", "CB", "B", "DA"]
@@ -86,8 +89,9 @@ def test_rewards_in_chunks_equal_one_call(objective, policy_path, tokenizer):
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("credit,objective", [("redistribution", "bt"), ("attention", "gail"), ("implicit", "airl"),
-                                              ("airl", "airl")])
+@pytest.mark.parametrize(
+    "credit,objective", [("redistribution", "bt"), ("attention", "gail"), ("implicit", "airl"), ("airl", "airl")]
+)
 def test_token_credit_in_chunks_equals_one_call(credit, objective, policy_path, tokenizer):
     model = randomised(load_reward_model(policy_path, "lm" if objective == "airl" else "classifier"))
     if credit == "attention":
@@ -96,8 +100,13 @@ def test_token_credit_in_chunks_equals_one_call(credit, objective, policy_path, 
     output = trl_batch(tokenizer, PROMPTS, COMPLETIONS)
     torch.manual_seed(1)
     B, T = output["completion_ids"].shape
-    kwargs = dict(scale=0.7, shift=0.1, policy_logps=-torch.rand(B, T), ref_logps=-torch.rand(B, T),
-                  args=SimpleNamespace(attention_mix=0.5, implicit_beta=1.0))
+    kwargs = dict(
+        scale=0.7,
+        shift=0.1,
+        policy_logps=-torch.rand(B, T),
+        ref_logps=-torch.rand(B, T),
+        args=SimpleNamespace(attention_mix=0.5, implicit_beta=1.0),
+    )
     sequence_rewards = torch.randn(B)
 
     def updater(scoring_batch_size):
@@ -123,7 +132,10 @@ def test_ppo_values_in_chunks_equal_one_call(policy_path, tokenizer):
         counter.rows.clear()
         chunked = PPOTrainer.values(None, critic, output, batch_size=4)
     assert counter.rows == [4, 3]
-    assert whole[output["completion_mask"].bool()].abs().min() > 1e-4 and (whole[output["completion_mask"] == 0] == 0).all()
+    assert (
+        whole[output["completion_mask"].bool()].abs().min() > 1e-4
+        and (whole[output["completion_mask"] == 0] == 0).all()
+    )
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
 
 
@@ -131,13 +143,31 @@ def test_ppo_scores_its_generation_batch_a_micro_batch_at_a_time(tmp_path, task,
     """4 completions per micro-batch, 2 micro-batches per generation: the reward model (sequence reward and prefix
     scores) and the critic never see the 8 rows of the generation batch in one forward."""
     args = ALGORITHMS["ppo"][0](
-        output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=4, gradient_accumulation_steps=2,
-        num_generations=4, max_completion_length=6, max_steps=2, learning_rate=1e-3, beta=0.0, use_cpu=True,
-        bf16=False, report_to="none", disable_tqdm=True, save_strategy="no", seed=0, reward_batch_size=2,
-        credit="redistribution")
+        output_dir=str(tmp_path / "ppo"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        learning_rate=1e-3,
+        beta=0.0,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
+        reward_batch_size=2,
+        credit="redistribution",
+    )
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
-    trainer = ALGORITHMS["ppo"][1](model=policy_path, reward_model=load_reward_model(policy_path, "classifier"),
-                                   args=args, train_dataset=dataset, processing_class=tokenizer)
+    trainer = ALGORITHMS["ppo"][1](
+        model=policy_path,
+        reward_model=load_reward_model(policy_path, "classifier"),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     reward_rows, critic_rows = RowCounter(trainer.reward_updater.model), RowCounter(trainer.critic)
     trainer.train()
     # 2 generation batches of 8 rows: the sequence rewards, the prefix scores and the critic's values, 4 rows each time

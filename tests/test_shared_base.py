@@ -2,6 +2,7 @@
 base, every adapter and head survives save/load, the merged export equals the adapter model, and the 4-bit CPU path
 trains through an eval forward (bitsandbytes' repacking pitfall)."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,18 @@ def perturb(*roles, scale=0.1):
 
 def reward_updater(shared, tokenizer, demos, samples, objective="bt"):
     kind = "lm" if objective == "airl" else "classifier"
-    updater = OnlineRewardUpdater(shared.role(REWARD, kind), tokenizer, make_objective(objective), learning_rate=1e-2,
-                                  weight_decay=0.0, batch_size=16, steps=5, buffer_size=256, max_grad_norm=1.0, seed=0)
+    updater = OnlineRewardUpdater(
+        shared.role(REWARD, kind),
+        tokenizer,
+        make_objective(objective),
+        learning_rate=1e-2,
+        weight_decay=0.0,
+        batch_size=16,
+        steps=5,
+        buffer_size=256,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     updater.add([d["prompt"] for d in demos], [d["completion"] for d in demos], samples)
     return updater
 
@@ -93,8 +104,9 @@ def test_policy_update_leaves_reward_and_critic_unchanged(shared, task, tokenize
     assert all(p.grad is None for p in [*reward.parameters(), *critic.parameters()])
     assert all(torch.equal(a, b) for a, b in zip([*reward.parameters(), *critic.parameters()], before))
     with torch.no_grad():
-        torch.testing.assert_close(reward(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits,
-                                   reward_before, rtol=0, atol=0)
+        torch.testing.assert_close(
+            reward(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits, reward_before, rtol=0, atol=0
+        )
 
 
 def test_critic_scores_match_a_plain_trunk_plus_head(shared, task, tokenizer, demos):
@@ -178,8 +190,9 @@ def test_updater_checkpoint_of_a_reward_role(shared, policy_path, task, tokenize
     for a, b in zip(updater.model.state_dict().values(), other.model.state_dict().values()):
         assert torch.equal(a, b)
     assert other.optimizer.state_dict()["state"].keys() == updater.optimizer.state_dict()["state"].keys()
-    torch.testing.assert_close(other.rewards(["A"], [demos[0]["completion"]]),
-                               updater.rewards(["A"], [demos[0]["completion"]]))
+    torch.testing.assert_close(
+        other.rewards(["A"], [demos[0]["completion"]]), updater.rewards(["A"], [demos[0]["completion"]])
+    )
 
 
 def test_merged_export_equals_the_adapter_model(shared, policy_path, task, tokenizer, demos, tmp_path):
@@ -192,8 +205,9 @@ def test_merged_export_equals_the_adapter_model(shared, policy_path, task, token
     out = export_merged_policy(policy_path, str(tmp_path / "adapter"), tmp_path / "merged", tokenizer)
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert not any("lora" in n for n, _ in merged.named_parameters())
-    torch.testing.assert_close(completion_logps(merged, batch).detach(), policy_logps(shared, batch),
-                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        completion_logps(merged, batch).detach(), policy_logps(shared, batch), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_merged_export_keeps_the_checkpoints_dtype(policy_path, task, tokenizer, demos, tmp_path):
@@ -218,7 +232,9 @@ def test_merged_export_keeps_the_checkpoints_dtype(policy_path, task, tokenizer,
     assert files(out) == pytest.approx(files(bf16_path), rel=0.05)
     batch = batch_for(task, tokenizer, demos[:8])
     with torch.no_grad():
-        torch.testing.assert_close(completion_logps(merged, batch), completion_logps(adapted, batch), rtol=0.05, atol=0.05)
+        torch.testing.assert_close(
+            completion_logps(merged, batch), completion_logps(adapted, batch), rtol=0.05, atol=0.05
+        )
 
 
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
@@ -230,19 +246,48 @@ def test_4bit_shared_base_trains_through_eval_forwards(policy_path, task, tokeni
     from trl_irl.evaluation import sample_completions
 
     torch.manual_seed(0)
-    quant = {"mode": "4bit", "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16" if bf16 else "float32"}
+    quant = {
+        "mode": "4bit",
+        "quant_type": "nf4",
+        "double_quant": True,
+        "compute_dtype": "bfloat16" if bf16 else "float32",
+    }
     shared = SharedBase(policy_path, LORA, quant=quant)
     assert shared.model.get_base_model().is_loaded_in_4bit
     reward, critic = shared.role(REWARD, "classifier"), shared.role(CRITIC, "token")
-    args = PPOConfig(output_dir=str(tmp_path / "ppo"), per_device_train_batch_size=8, num_generations=4,
-                     max_completion_length=task.horizon, max_steps=4, learning_rate=1e-3, beta=0.01, use_cpu=True,
-                     bf16=bf16, report_to="none", disable_tqdm=True, logging_steps=1, save_strategy="steps",
-                     save_steps=2, seed=0, reward_batch_size=8, critic_learning_rate=1e-2)
+    args = PPOConfig(
+        output_dir=str(tmp_path / "ppo"),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=task.horizon,
+        max_steps=4,
+        learning_rate=1e-3,
+        beta=0.01,
+        use_cpu=True,
+        bf16=bf16,
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        seed=0,
+        reward_batch_size=8,
+        critic_learning_rate=1e-2,
+    )
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
-    trainer = PPOTrainer(model=shared.model, reward_model=reward, critic=critic, args=args, train_dataset=data,
-                         processing_class=tokenizer)
-    tracked = {"policy": [p for p in shared.model.parameters() if p.requires_grad],
-               "reward": list(reward.parameters()), "critic": list(critic.parameters())}
+    trainer = PPOTrainer(
+        model=shared.model,
+        reward_model=reward,
+        critic=critic,
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+    )
+    tracked = {
+        "policy": [p for p in shared.model.parameters() if p.requires_grad],
+        "reward": list(reward.parameters()),
+        "critic": list(critic.parameters()),
+    }
     assert shared.model.get_input_embeddings().weight.dtype == (torch.bfloat16 if bf16 else torch.float32)
     assert {p.dtype for p in tracked["policy"]} == {torch.bfloat16}  # TRL casts a quantised model's adapter
     assert {p.dtype for p in [*tracked["reward"], *tracked["critic"]]} == {torch.float32}
@@ -261,8 +306,9 @@ def lm_head_input_is_contiguous(model) -> bool:
     seen = []  # pre-hooks run in order, each on the arguments the one before returned: this one runs last
     handle = model.get_output_embeddings().register_forward_pre_hook(lambda _, a: seen.append(a[0].is_contiguous()))
     prompt = torch.randint(5, 10, (3, 4))
-    model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False,
-                   pad_token_id=0)
+    model.generate(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=2, do_sample=False, pad_token_id=0
+    )
     handle.remove()
     return seen[0]
 
@@ -279,11 +325,22 @@ def test_cpu_generation_hands_the_lm_head_a_contiguous_input(policy_path, tokeni
     assert lm_head_input_is_contiguous(model)
     contiguous_lm_head_input(model)
     assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
-    args = OnlineIRLConfig(output_dir=str(tmp_path / "run"), per_device_train_batch_size=4, num_generations=4,
-                           max_completion_length=4, use_cpu=True, bf16=False, report_to="none")
-    trainer = OnlineIRLTrainer(model=policy_path, args=args, processing_class=tokenizer,
-                               train_dataset=Dataset.from_list([{"prompt": d["prompt"]} for d in demos]),
-                               reward_funcs=[lambda completions, **_: [0.0] * len(completions)])
+    args = OnlineIRLConfig(
+        output_dir=str(tmp_path / "run"),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+    )
+    trainer = OnlineIRLTrainer(
+        model=policy_path,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list([{"prompt": d["prompt"]} for d in demos]),
+        reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+    )
     assert lm_head_input_is_contiguous(trainer.model)
 
 
@@ -338,9 +395,20 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
     from trl_irl.pipeline import Pipeline
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = config_dict(compose("config", overrides=[
-            "recipe=toy", "peft=lora", "quant=4bit", "algo=ppo", f"shared_base={str(shared_base).lower()}",
-            "bc.num_train_epochs=1", f"output_dir={tmp_path}"]))
+        cfg = config_dict(
+            compose(
+                "config",
+                overrides=[
+                    "recipe=toy",
+                    "peft=lora",
+                    "quant=4bit",
+                    "algo=ppo",
+                    f"shared_base={str(shared_base).lower()}",
+                    "bc.num_train_epochs=1",
+                    f"output_dir={tmp_path}",
+                ],
+            )
+        )
     pipeline = Pipeline(cfg)
     pipeline.setup()
     bc = pipeline.behaviour_cloning()
@@ -350,6 +418,7 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
     bases = {id(policy), id(critic.peft_model), id(reward.peft_model)}
     assert len(bases) == (1 if shared_base else 3)
     assert sorted(policy.peft_config) == (["critic", "default", "ref", "reward"] if shared_base else ["default", "ref"])
+
     def weights():
         policy_adapter = [p for n, p in policy.named_parameters() if ".default." in n]
         return [snapshot(params) for params in (policy_adapter, list(critic.parameters()), list(reward.parameters()))]
@@ -388,23 +457,35 @@ def test_value_loss_backward_is_the_same_with_gradient_checkpointing(policy_path
                 shared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
                 shared.model.enable_input_require_grads()
             shared.model.train()
-            fake = SimpleNamespace(model=shared.model, critic=critic, current_gradient_accumulation_steps=1,
-                                   is_deepspeed_enabled=False, _metrics=defaultdict(lambda: defaultdict(list)),
-                                   args=SimpleNamespace(cliprange_value=10.0, vf_coef=1.0),
-                                   accelerator=SimpleNamespace(backward=lambda loss: loss.backward()))
-            fake.values = lambda model, out, batch_size=None: PPOTrainer.values(fake, model, out, batch_size)
-            policy_loss = lambda: -completion_logps(policy, prompt_completion_batch(output)).mean()  # noqa: E731
+            fake = SimpleNamespace(
+                model=shared.model,
+                critic=critic,
+                current_gradient_accumulation_steps=1,
+                is_deepspeed_enabled=False,
+                _metrics=defaultdict(lambda: defaultdict(list)),
+                args=SimpleNamespace(cliprange_value=10.0, vf_coef=1.0),
+                accelerator=SimpleNamespace(backward=lambda loss: loss.backward()),
+            )
+            fake.values = functools.partial(PPOTrainer.values, fake)
+
+            def policy_loss(policy=policy, output=output):
+                return -completion_logps(policy, prompt_completion_batch(output)).mean()
+
             if combined:  # the alternative: value loss + policy loss, one backward outside the critic's scope
                 with adapter_scope(critic):
                     values = fake.values(critic, output)
-                value_loss = 0.5 * ((values - output["returns"]) ** 2 * output["completion_mask"]).sum() \
+                value_loss = (
+                    0.5
+                    * ((values - output["returns"]) ** 2 * output["completion_mask"]).sum()
                     / output["completion_mask"].sum()
+                )
                 (value_loss + policy_loss()).backward()
             else:  # PPOTrainer._compute_loss: the critic's backward first, then the policy's
                 PPOTrainer._value_loss_backward(fake, output)
                 policy_loss().backward()
-            grads[checkpointing, combined] = [torch.zeros_like(p) if p.grad is None else p.grad.clone()
-                                              for p in critic.parameters()]
+            grads[checkpointing, combined] = [
+                torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in critic.parameters()
+            ]
     for a, b in zip(grads[False, False], grads[True, False]):
         torch.testing.assert_close(a, b)
     assert all(a.abs().sum() > 0 for a in grads[False, False][:-1])  # every adapter weight of the critic learns

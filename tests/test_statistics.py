@@ -11,7 +11,8 @@ from trl_irl.statistics import bootstrap_means, compare_arms, interval, over_see
 
 
 def test_the_bootstrap_is_the_hand_computed_one_on_a_fixed_seed():
-    """Three draws worked by hand: the same generator, the prompts drawn with replacement, the same draw for each arm."""
+    """Three draws worked by hand: the same generator, the prompts drawn with replacement, the same draw for each
+    arm."""
     bc, irl = np.array([0.0, 1.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.0, 1.0])
     rng = np.random.default_rng(7)
     draws = [rng.integers(4, size=4) for _ in range(3)]  # e.g. [1 0 3 3]: prompts 1, 0, 3 and 3
@@ -69,15 +70,20 @@ def test_gap_closed_is_unbounded_where_the_oracle_may_not_beat_bc():
 
 
 def test_a_per_token_mean_is_a_ratio_of_sums():
-    nll, tokens = {"bc": np.array([2.0, 9.0]), "irl": np.array([1.0, 3.0])}, {"bc": np.array([1, 3]), "irl": np.array([1, 3])}
+    nll, tokens = (
+        {"bc": np.array([2.0, 9.0]), "irl": np.array([1.0, 3.0])},
+        {"bc": np.array([1, 3]), "irl": np.array([1, 3])},
+    )
     result = compare_arms(nll, tokens, draws=200)
     assert result["value"] == {"bc": pytest.approx(11 / 4), "irl": pytest.approx(1.0)}
     assert result["minus_bc"]["irl"]["value"] == pytest.approx(1.0 - 11 / 4)
 
 
 def test_degenerate_inputs():
-    assert compare_arms({"bc": np.ones(5), "oracle": np.ones(5)}, draws=50)["ci95"] == {"bc": [1.0, 1.0],
-                                                                                        "oracle": [1.0, 1.0]}
+    assert compare_arms({"bc": np.ones(5), "oracle": np.ones(5)}, draws=50)["ci95"] == {
+        "bc": [1.0, 1.0],
+        "oracle": [1.0, 1.0],
+    }
     one = compare_arms({"bc": np.array([1.0]), "x": np.array([0.0])}, draws=20)  # a single prompt
     assert one["minus_bc"]["x"] == {"value": -1.0, "ci95": [-1.0, -1.0]}
     assert interval(np.array([np.nan] * 10)) is None

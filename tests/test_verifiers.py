@@ -16,13 +16,16 @@ def test_none_is_no_verifier():
     assert make_verifier(None) is None
 
 
-@pytest.mark.parametrize("completion, answer, expected", [
-    ("Paris", "Paris", 1.0),
-    ("  Paris\n", "Paris ", 1.0),   # stripped on both sides
-    ("paris", "Paris", 0.0),        # case matters
-    ("Paris.", "Paris", 0.0),
-    ("", "Paris", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, answer, expected",
+    [
+        ("Paris", "Paris", 1.0),
+        ("  Paris\n", "Paris ", 1.0),  # stripped on both sides
+        ("paris", "Paris", 0.0),  # case matters
+        ("Paris.", "Paris", 0.0),
+        ("", "Paris", 0.0),
+    ],
+)
 def test_exact(completion, answer, expected):
     assert make_verifier("exact")("q", completion, row(answer)) == expected
 
@@ -33,26 +36,32 @@ def test_exact_without_an_answer_column_compares_with_the_demonstration():
     assert verify("q", "c, a, b", row("c, b, a")) == 0.0
 
 
-@pytest.mark.parametrize("text, number", [
-    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72", 72.0),
-    ("The answer is 1,000.", 1000.0),
-    ("It costs $18.50 in total", 18.5),
-    ("from 5 down to -3", -3.0),
-    ("no digits here", None),
-    ("version 2. then 7", 7.0),
-])
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May. ... #### 72", 72.0),
+        ("The answer is 1,000.", 1000.0),
+        ("It costs $18.50 in total", 18.5),
+        ("from 5 down to -3", -3.0),
+        ("no digits here", None),
+        ("version 2. then 7", 7.0),
+    ],
+)
 def test_last_number(text, number):
     assert last_number(text) == number
 
 
-@pytest.mark.parametrize("completion, answer, expected", [
-    ("so she has 72 left", "72", 1.0),
-    ("so she has 72 left", "#### 72", 1.0),        # GSM8K's answer column
-    ("72.0", 72, 1.0),                              # a number in the answer column
-    ("she has 1,000 dollars", "1000", 1.0),
-    ("first 72, then 73", "72", 0.0),               # the last number counts
-    ("I do not know", "72", 0.0),
-])
+@pytest.mark.parametrize(
+    "completion, answer, expected",
+    [
+        ("so she has 72 left", "72", 1.0),
+        ("so she has 72 left", "#### 72", 1.0),  # GSM8K's answer column
+        ("72.0", 72, 1.0),  # a number in the answer column
+        ("she has 1,000 dollars", "1000", 1.0),
+        ("first 72, then 73", "72", 0.0),  # the last number counts
+        ("I do not know", "72", 0.0),
+    ],
+)
 def test_numeric(completion, answer, expected):
     assert make_verifier("numeric")("q", completion, row(answer)) == expected
 
@@ -89,7 +98,8 @@ def test_bad_regex_and_unknown_names_are_refused():
 
 def test_python_verifier_gets_the_files_row(tmp_path, monkeypatch):
     (tmp_path / "my_checks.py").write_text(
-        "def score(prompt, completion, row):\n    return float(completion.strip() == row['gold'].upper())\n")
+        "def score(prompt, completion, row):\n    return float(completion.strip() == row['gold'].upper())\n"
+    )
     monkeypatch.chdir(tmp_path)  # a checker next to the data, in the folder the user runs from
     monkeypatch.syspath_prepend(str(tmp_path))
     verify = make_verifier("python:my_checks:score")
@@ -137,8 +147,11 @@ def test_a_verifier_is_checked_on_every_demonstration_before_anything_loads():
     check_on_demonstrations(exact, [dict(r, answer=r["completion"]) for r in rows], 1.0, "task.verifier=exact")
     half = lambda p, c, row: float(int(row["completion"]) % 2 == 0)  # noqa: E731 - passes 5 of the 10
     check_on_demonstrations(half, rows, 0.5, "mine")
-    with pytest.raises(ValueError, match=r"mine scores 5 of the 10 demonstrations correct \(50%\), below "
-                                         r"min_demo_success=0.6.*lower min_demo_success \(e.g. min_demo_success=0.5\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"mine scores 5 of the 10 demonstrations correct \(50%\), below "
+        r"min_demo_success=0.6.*lower min_demo_success \(e.g. min_demo_success=0.5\)",
+    ):
         check_on_demonstrations(half, rows, 0.6, "mine")
     with pytest.raises(ValueError, match=r"mine scores 0 .*; 3 of them were cut to task.max_completion_length"):
         check_on_demonstrations(lambda p, c, row: 0.0, rows, 0.9, "mine", truncated=3)

@@ -35,9 +35,11 @@ def prompt_completion_batch(output: dict) -> dict[str, torch.Tensor]:
     """Prompt + completion ids of a TRL generation batch (left-padded prompts, right-padded completions) as one
     batch for another model (reward model, critic), with a completion mask."""
     prompt_mask, completion_mask = output["prompt_mask"], output["completion_mask"]
-    return {"input_ids": torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
-            "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
-            "completion_mask": torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1)}
+    return {
+        "input_ids": torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1),
+        "attention_mask": torch.cat([prompt_mask, completion_mask], dim=1),
+        "completion_mask": torch.cat([torch.zeros_like(prompt_mask), completion_mask], dim=1),
+    }
 
 
 def all_reduce_mean_(tensors: list[torch.Tensor]):

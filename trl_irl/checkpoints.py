@@ -72,8 +72,10 @@ def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
         try:
             weights.update(load_file(f))
         except Exception as error:  # safetensors raises its own error type, without the path
-            raise OSError(f"{f} cannot be read ({type(error).__name__}: {error}): the file is damaged or was cut "
-                          "short; resume from another checkpoint (resume_from=checkpoint-N) or retrain that stage") from None
+            raise OSError(
+                f"{f} cannot be read ({type(error).__name__}: {error}): the file is damaged or was cut "
+                "short; resume from another checkpoint (resume_from=checkpoint-N) or retrain that stage"
+            ) from None
     return weights
 
 
@@ -90,8 +92,11 @@ def read_json(path: str | Path) -> dict:
 def mark_complete(checkpoint: str | Path):
     """Write ``COMPLETE`` into ``checkpoint``: every file below it with its size. Call it last."""
     checkpoint = Path(checkpoint)
-    files = {str(p.relative_to(checkpoint)): p.stat().st_size for p in sorted(checkpoint.rglob("*"))
-             if p.is_file() and p.name != COMPLETE}
+    files = {
+        str(p.relative_to(checkpoint)): p.stat().st_size
+        for p in sorted(checkpoint.rglob("*"))
+        if p.is_file() and p.name != COMPLETE
+    }
     atomic_write_text(checkpoint / COMPLETE, json.dumps({"files": files}, indent=0))
 
 
@@ -150,13 +155,16 @@ def check_requested(stage_dir: str | Path, requested: str, label: str | None = N
         raise ValueError(f"resume_from={label}: no such checkpoint in {stage_dir} (there: {names})")
     reason = torn_reason(chosen)
     if reason:
-        raise ValueError(f"resume_from={label}: {chosen} is not complete ({reason}); pick another: "
-                         f"{[p.name for p in checkpoints if not torn_reason(p)] or 'none is complete'}")
+        raise ValueError(
+            f"resume_from={label}: {chosen} is not complete ({reason}); pick another: "
+            f"{[p.name for p in checkpoints if not torn_reason(p)] or 'none is complete'}"
+        )
     return chosen
 
 
-def select_checkpoint(stage_dir: str | Path, requested: str | None = None, log=print,
-                      label: str | None = None) -> Path | None:
+def select_checkpoint(
+    stage_dir: str | Path, requested: str | None = None, log=print, label: str | None = None
+) -> Path | None:
     """The checkpoint a resumed stage continues from: ``requested`` (a name ``checkpoint-N``) or the newest complete
     one. Torn checkpoints newer than it are set aside as ``.torn``; with ``requested``, complete ones newer than it
     as ``.unused`` (training will write those steps again). None: nothing to resume from. ``label``: ``requested``
@@ -171,8 +179,10 @@ def select_checkpoint(stage_dir: str | Path, requested: str | None = None, log=p
             break
         reason = torn_reason(p)
         moved = set_aside(p, "torn" if reason else "unused")
-        log(f"resume: {p} {'is torn (' + reason + ')' if reason else 'is newer than resume_from'}; set aside as "
-            f"{moved.name}")
+        log(
+            f"resume: {p} {'is torn (' + reason + ')' if reason else 'is newer than resume_from'}; set aside as "
+            f"{moved.name}"
+        )
     return chosen
 
 

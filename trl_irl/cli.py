@@ -49,8 +49,10 @@ def load_plugins(container: dict):
         except ModuleNotFoundError as error:
             if error.name is None or not (str(name) == error.name or str(name).startswith(error.name + ".")):
                 raise  # the plugin was found, and something it imports is missing: Python's own message says what
-            raise ValueError(f"plugins: no module named {name!r} on the Python path or in {os.getcwd()}: run from "
-                             "the folder that holds it, add its folder to PYTHONPATH, or install it") from None
+            raise ValueError(
+                f"plugins: no module named {name!r} on the Python path or in {os.getcwd()}: run from "
+                "the folder that holds it, add its folder to PYTHONPATH, or install it"
+            ) from None
 
 
 GROUPS = ("task", "model", "quant", "peft", "reward", "algo", "credit", "logger")
@@ -76,7 +78,9 @@ def check_keys_known(container: dict, choices: dict, overrides: list[str]):
     if job == "pipeline":
         base_recipe, open_sections = "default", OPEN_SECTIONS
         if container["task"].get("name") == choices.get("task"):  # the group's own task: its file lists every key
-            open_sections = tuple(s for s in OPEN_SECTIONS if s != "task")  # (recipe=toy's task.horizon with task=dataset)
+            open_sections = tuple(
+                s for s in OPEN_SECTIONS if s != "task"
+            )  # (recipe=toy's task.horizon with task=dataset)
     elif job in JOB_OPEN_SECTIONS:
         base_recipe, open_sections = recipe, JOB_OPEN_SECTIONS[job]
     else:
@@ -100,14 +104,22 @@ def check_task_keys(task: dict, chosen: str, known: dict, source, recipe: str):
     for key in task:
         if key in known:
             continue
-        owners = sorted(p.stem for p in (CONF_DIR / "task").glob("*.yaml")
-                        if p.stem != chosen and key in (yaml.safe_load(p.read_text()) or {}))
+        owners = sorted(
+            p.stem
+            for p in (CONF_DIR / "task").glob("*.yaml")
+            if p.stem != chosen and key in (yaml.safe_load(p.read_text()) or {})
+        )
         if not owners:
             continue  # a misspelling: check_unknown_keys says which key was meant
         where = source(f"task.{key}")
-        fix = (f"recipe={recipe} is written for task={owners[0]}: leave it out with task={chosen} (for a first, quick "
-               "run on your file: algo.max_steps=20)") if "from recipe=" in where else \
-            f"remove task.{key}, or choose task={owners[0]}"
+        fix = (
+            (
+                f"recipe={recipe} is written for task={owners[0]}: leave it out with task={chosen} (for a first, quick "
+                "run on your file: algo.max_steps=20)"
+            )
+            if "from recipe=" in where
+            else f"remove task.{key}, or choose task={owners[0]}"
+        )
         raise ValueError(f"task.{key}{where} is a key of task={owners[0]}, not of task={chosen}: {fix}")
 
 
@@ -115,7 +127,8 @@ def compose(*overrides: str, output_dir: str | os.PathLike | None = None) -> dic
     """The job's config as the CLI composes it from ``overrides``, its plugins imported and its keys checked (a
     misspelt key is refused here, as is anything Hydra cannot compose); nothing runs, nothing is written.
     ``output_dir``: the run's folder (None: the folder the CLI would run in, ``hydra.run.dir`` resolved)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -153,9 +166,11 @@ def hydra_message(error: Exception, overrides: list[str]) -> str:
             except HydraException as bad:
                 key, _, value = override.partition("=")
                 quoted = f"{key}=" + "'" + value.replace("'", "\\'") + "'"
-                return (f"{override}: Hydra's override parser cannot read this value ({str(bad).splitlines()[0]}): "
-                        f'( ) [ ] {{ }} , = and spaces are its syntax, so quote the value: "{quoted}" '
-                        "(https://hydra.cc/docs/advanced/override_grammar/basic)")
+                return (
+                    f"{override}: Hydra's override parser cannot read this value ({str(bad).splitlines()[0]}): "
+                    f'( ) [ ] {{ }} , = and spaces are its syntax, so quote the value: "{quoted}" '
+                    "(https://hydra.cc/docs/advanced/override_grammar/basic)"
+                )
     text = str(error).replace("In 'config': ", "").split("Config search path:")[0]
     head, _, options = text.partition("Available options in")
     if options:
@@ -211,8 +226,10 @@ def run(*overrides: str, output_dir: str | os.PathLike, resume: bool = False, ve
             overrides = resume_overrides(Path(output_dir), overrides)
         container = compose(*overrides, output_dir=output_dir)
         if container["job"] != "pipeline":
-            raise Refused(f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
-                          f"trl-irl {' '.join(overrides)}")
+            raise Refused(
+                f"trl_irl.run runs the pipeline job; job={container['job']!r} runs from the CLI: "
+                f"trl-irl {' '.join(overrides)}"
+            )
         runner = job(container["job"])
         checked = runner.check(container)
         out = Path(container["output_dir"])
@@ -266,14 +283,17 @@ def check_override_keys(args: list[str]):
 
     plain = {a.split("=", 1)[0]: a for a in args if "=" in a and not a.startswith(("-", "+", "~"))}
     choices = tuple(a for key, a in plain.items() if key in (*GROUPS, "recipe"))
-    written = {key: a for key, a in plain.items()  # not a group choice (algo=ppo, hydra/launcher=...), not Hydra's
-               if key not in (*GROUPS, "recipe") and "/" not in key and key.split(".")[0] != "hydra"}
+    written = {
+        key: a
+        for key, a in plain.items()  # not a group choice (algo=ppo, hydra/launcher=...), not Hydra's
+        if key not in (*GROUPS, "recipe") and "/" not in key and key.split(".")[0] != "hydra"
+    }
     if not written or any("," in c for c in choices):
         return
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             schema = _schema(choices)
-    except Exception:  # noqa: BLE001 - an unknown recipe or group option: Hydra's own message names the choices
+    except Exception:
         return
     with refusing():
         check_written_keys(written, schema, choices)
@@ -284,10 +304,18 @@ def check_written_keys(written: dict[str, str], schema: dict, choices: tuple[str
     from .validation import OPEN_SECTIONS, check_unknown_keys, given_where
 
     for key, arg in written.items():
-        source = lambda path: f" ({given_where()}: {arg})"  # noqa: E731
+
+        def source(path, arg=arg):  # where the key was given, for the error message
+            return f" ({given_where()}: {arg})"
+
         if key.startswith("task.") and key.count(".") == 1:  # another task option's key (task.horizon, task=dataset)
-            check_task_keys({key[5:]: None}, schema["task"]["name"], schema["task"], source,
-                            next((c.split("=", 1)[1] for c in choices if c.startswith("recipe=")), None))
+            check_task_keys(
+                {key[5:]: None},
+                schema["task"]["name"],
+                schema["task"],
+                source,
+                next((c.split("=", 1)[1] for c in choices if c.startswith("recipe=")), None),
+            )
         nested: dict = {}
         *parents, last = key.split(".")
         node = nested
@@ -298,8 +326,11 @@ def check_written_keys(written: dict[str, str], schema: dict, choices: tuple[str
             check_unknown_keys(nested, schema, source, open_sections=())
         except ValueError as error:
             section = key.rpartition(".")[0]
-            field = f" A field of the {section} section's config class that its file does not list is set with a +: " \
-                    f"+{arg}" if section in OPEN_SECTIONS else ""
+            field = (
+                f" A field of the {section} section's config class that its file does not list is set with a +: +{arg}"
+                if section in OPEN_SECTIONS
+                else ""
+            )
             raise ValueError(f"{error}.{field}") from None
 
 
@@ -344,8 +375,19 @@ def checked_command(argv: list[str]) -> list[str]:
     from .validation import Refused, override_value
 
     args = get_args_parser().parse_args(argv)
-    if any((args.cfg, args.info, args.hydra_help, args.help, args.shell_completion, args.experimental_rerun,
-            args.config_path, args.config_name, args.config_dir)):
+    if any(
+        (
+            args.cfg,
+            args.info,
+            args.hydra_help,
+            args.help,
+            args.shell_completion,
+            args.experimental_rerun,
+            args.config_path,
+            args.config_name,
+            args.config_dir,
+        )
+    ):
         return argv
     flags = list(argv)
     for override in args.overrides:
@@ -369,8 +411,10 @@ def checked_command(argv: list[str]) -> list[str]:
                     swept = " ".join(o for o in overrides if o not in args.overrides)
                     refused.append(f"job {number}{' (' + swept + ')' if swept else ''}: {error}")
         if refused:
-            raise Refused(f"the multirun would start {len(jobs)} jobs and {len(refused)} would be refused, so none "
-                          "starts. " + " | ".join(refused))
+            raise Refused(
+                f"the multirun would start {len(jobs)} jobs and {len(refused)} would be refused, so none "
+                "starts. " + " | ".join(refused)
+            )
         return argv
     overrides = [o for o in args.overrides if key_of(o) != "hydra.run.dir"]
     folder = [o for o in args.overrides if key_of(o) == "hydra.run.dir"][-1:]
@@ -378,8 +422,10 @@ def checked_command(argv: list[str]) -> list[str]:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         if not folder:
-            raise Refused("resume=true continues the run in a folder: add hydra.run.dir=<the run's folder> (the folder "
-                          "holding its metrics.json or its stage folders)")
+            raise Refused(
+                "resume=true continues the run in a folder: add hydra.run.dir=<the run's folder> (the folder "
+                "holding its metrics.json or its stage folders)"
+            )
         path = Path(str(OverridesParser.create().parse_override(folder[0]).value())).expanduser()
         overrides = resume_overrides(path, overrides)
     container = check(*overrides, *folder)  # the folder as Hydra resolves it (outputs/DATE/TIME without one)
@@ -393,8 +439,11 @@ def recipes() -> dict[str, str]:
     for path in sorted((CONF_DIR / "recipe").rglob("*.yaml")):
         if {"parts", "sweeps"} & set(path.relative_to(CONF_DIR / "recipe").parts):
             continue
-        comments = [line.lstrip("# ").strip() for line in path.read_text().splitlines()
-                    if line.startswith("#") and "@package" not in line]
+        comments = [
+            line.lstrip("# ").strip()
+            for line in path.read_text().splitlines()
+            if line.startswith("#") and "@package" not in line
+        ]
         found[str(path.relative_to(CONF_DIR / "recipe").with_suffix(""))] = comments[0] if comments else ""
     return found
 
@@ -403,20 +452,34 @@ def help_text() -> str:
     """What ``trl-irl --help`` prints: the app, its recipes (not their parts), the groups, examples."""
     import textwrap
 
-    groups = {p.name: sorted(q.stem for q in p.glob("*.yaml")) for p in sorted(CONF_DIR.iterdir())
-              if p.is_dir() and p.name not in ("recipe", "hydra")}
+    groups = {
+        p.name: sorted(q.stem for q in p.glob("*.yaml"))
+        for p in sorted(CONF_DIR.iterdir())
+        if p.is_dir() and p.name not in ("recipe", "hydra")
+    }
     width = max(map(len, recipes()))
-    lines = ["trl-irl: online inverse RL for LLMs on top of TRL. BC on your demonstrations, then RL on a reward that",
-             "keeps learning from demonstrations vs the policy's own samples; every arm evaluated on held-out rows.",
-             "", "usage: trl-irl [recipe=NAME] [group=option ...] [key=value ...]   (Hydra overrides; -m: multirun)", "",
-             "recipes:"]
-    lines += [f"  {name:<{width}}  {textwrap.shorten(text, 96, placeholder=' ...')}" for name, text in recipes().items()]
+    lines = [
+        "trl-irl: online inverse RL for LLMs on top of TRL. BC on your demonstrations, then RL on a reward that",
+        "keeps learning from demonstrations vs the policy's own samples; every arm evaluated on held-out rows.",
+        "",
+        "usage: trl-irl [recipe=NAME] [group=option ...] [key=value ...]   (Hydra overrides; -m: multirun)",
+        "",
+        "recipes:",
+    ]
+    lines += [
+        f"  {name:<{width}}  {textwrap.shorten(text, 96, placeholder=' ...')}" for name, text in recipes().items()
+    ]
     lines += ["", "groups (group=option):"] + [f"  {g:<8} {', '.join(options)}" for g, options in groups.items()]
-    lines += ["", "examples:", "  trl-irl                                              # the default run (1-3 min on CPU)",
-              "  trl-irl task=dataset task.path=my.jsonl task.verifier=exact algo=ppo",
-              "  trl-irl -m algo=grpo,ppo seed=0,1,2                  # a multirun",
-              "  trl-irl sweep qlora_lora_rank model.path=/models/m task.path=my.jsonl   # a wandb sweep, checked",
-              "", "The last line of a run is the path of its result (metrics.json). Hydra's own help: --hydra-help"]
+    lines += [
+        "",
+        "examples:",
+        "  trl-irl                                              # the default run (1-3 min on CPU)",
+        "  trl-irl task=dataset task.path=my.jsonl task.verifier=exact algo=ppo",
+        "  trl-irl -m algo=grpo,ppo seed=0,1,2                  # a multirun",
+        "  trl-irl sweep qlora_lora_rank model.path=/models/m task.path=my.jsonl   # a wandb sweep, checked",
+        "",
+        "The last line of a run is the path of its result (metrics.json). Hydra's own help: --hydra-help",
+    ]
     return "\n".join(lines)
 
 
@@ -432,7 +495,7 @@ def entry():
         print(help_text())
         return
     logging.basicConfig(format="%(name)s: %(message)s")  # until Hydra configures logging: a console handler that
-    quiet_console()                                      # keeps the stack's notices off, as in a job
+    quiet_console()  # keeps the stack's notices off, as in a job
     try:
         with stack_notices_off():
             if sys.argv[1:2] == ["sweep"]:  # a bare word: every Hydra override has an "="

@@ -15,14 +15,32 @@ import logging
 import os
 from pathlib import Path
 
-
 # (log key, label) shown in a compact line when the event has it, in this order
-SHOWN = (("loss", "loss"), ("eval_loss", "eval loss"), ("reward", "reward"), ("irl/accuracy", "irl acc"),
-         ("irl/loss", "irl loss"), ("kl", "kl"), ("value_loss", "value loss"), ("rewards/verifier/mean", "verifier"),
-         ("train_loss", "train loss"), ("train_runtime", "s"))
+SHOWN = (
+    ("loss", "loss"),
+    ("eval_loss", "eval loss"),
+    ("reward", "reward"),
+    ("irl/accuracy", "irl acc"),
+    ("irl/loss", "irl loss"),
+    ("kl", "kl"),
+    ("value_loss", "value loss"),
+    ("rewards/verifier/mean", "verifier"),
+    ("train_loss", "train loss"),
+    ("train_runtime", "s"),
+)
 # loggers whose warnings are notices about the stack, not about the run (kept in the log file)
-NOISY = ("bitsandbytes", "DeepSpeed", "deepspeed", "accelerate", "transformers", "datasets", "py.warnings", "torch",
-         "sentence_transformers", "lightgbm")
+NOISY = (
+    "bitsandbytes",
+    "DeepSpeed",
+    "deepspeed",
+    "accelerate",
+    "transformers",
+    "datasets",
+    "py.warnings",
+    "torch",
+    "sentence_transformers",
+    "lightgbm",
+)
 
 
 def compact(logs: dict) -> str:
@@ -75,7 +93,9 @@ def stage_progress(stage: str, train_log: Path | None):
             if "train_runtime" in logs and state.global_step < state.max_steps:
                 line += ", early-stopped"
             if "train_runtime" in logs and getattr(state, "best_metric", None) is not None:  # early stopping's best
-                line += f", best {(args.metric_for_best_model or 'eval_loss').replace('_', ' ')} {state.best_metric:.4g}"
+                line += (
+                    f", best {(args.metric_for_best_model or 'eval_loss').replace('_', ' ')} {state.best_metric:.4g}"
+                )
             if line and self.shows(logs, state.global_step, state.max_steps):
                 text = f"  {self.stage} step {state.global_step}/{state.max_steps}: {line}"
                 (self.training_bar.write if self.training_bar is not None else print)(text)
@@ -145,4 +165,3 @@ def _cuda() -> bool:
 
 def stage_header(stage: str):
     print(f"\n== {stage} ==", flush=True)
-

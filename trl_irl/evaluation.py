@@ -39,9 +39,18 @@ from .rewards.objectives import RewardObjective, completion_logps, encode, pair_
 
 
 @torch.no_grad()
-def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-                       seed: int, desc: str = "sampling", with_ids: bool = False, bf16: bool = False,
-                       temperature: float = 1.0):
+def sample_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    desc: str = "sampling",
+    with_ids: bool = False,
+    bf16: bool = False,
+    temperature: float = 1.0,
+):
     """One completion per prompt at ``temperature`` (1: the policy's own distribution; 0: greedy) with no truncation
     of the distribution (top-k/top-p off). ``with_ids``: also the generated token ids of each (EOS and padding
     removed); ``bf16``: sampled under bf16 autocast on CPU (``precision.py``; what is scored stays fp32)."""
@@ -50,10 +59,18 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     device = next(model.parameters()).device
     texts, ids_out = [], []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False).to(device)
-        decoding = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
-            dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        enc = tokenizer(
+            prompts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            padding_side="left",
+            add_special_tokens=False,
+        ).to(device)
+        decoding = (
+            dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+            if temperature > 0
+            else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        )
         with cpu_autocast(bf16, device):
             ids = model.generate(**enc, **decoding, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
         generated = ids[:, enc["input_ids"].shape[1] :]
@@ -64,18 +81,46 @@ def sample_completions(model, tokenizer, prompts: list[str], max_new_tokens: int
     return (texts, ids_out) if with_ids else texts
 
 
-def sample_and_score(model, tokenizer, verifier, rows: list[dict], n: int, *, max_new_tokens: int, batch_size: int,
-                     seed: int, desc: str, bf16: bool = False, temperature: float = 1.0, with_ids: bool = False):
+def sample_and_score(
+    model,
+    tokenizer,
+    verifier,
+    rows: list[dict],
+    n: int,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    bf16: bool = False,
+    temperature: float = 1.0,
+    with_ids: bool = False,
+):
     """``n`` completions of each row's prompt (``sample_completions``), each prompt's side by side, and the
     verifier's score of each as a (rows, n) array (None without a verifier). Returns (prompts, samples, scores),
     ``prompts`` repeated as the samples are; with ``with_ids`` also the samples' token ids, last."""
     prompts = [r["prompt"] for r in rows for _ in range(n)]
-    out = sample_completions(model, tokenizer, prompts, max_new_tokens, batch_size, seed, desc=desc, with_ids=with_ids,
-                             bf16=bf16, temperature=temperature)
+    out = sample_completions(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size,
+        seed,
+        desc=desc,
+        with_ids=with_ids,
+        bf16=bf16,
+        temperature=temperature,
+    )
     samples = out[0] if with_ids else out
-    scores = None if verifier is None else np.array(
-        [verifier(p, s, row) for p, s, row in zip(prompts, samples, [r for r in rows for _ in range(n)])],
-        dtype=float).reshape(len(rows), n)
+    scores = (
+        None
+        if verifier is None
+        else np.array(
+            [verifier(p, s, row) for p, s, row in zip(prompts, samples, [r for r in rows for _ in range(n)])],
+            dtype=float,
+        ).reshape(len(rows), n)
+    )
     return (prompts, samples, scores, out[1]) if with_ids else (prompts, samples, scores)
 
 
@@ -88,8 +133,10 @@ def kl_to_reference(model, reference, tokenizer, prompts: list[str], completions
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(prompts), batch_size):
-        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + batch_size],
-                                                      completions[i : i + batch_size]).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in encode(tokenizer, prompts[i : i + batch_size], completions[i : i + batch_size]).items()
+        }
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
         mask = batch["completion_mask"][:, 1:].bool()  # the states before each completion token
         logp = torch.log_softmax(model(**kwargs).logits[:, :-1][mask].float(), -1)  # (N, V)
@@ -105,8 +152,10 @@ def demonstration_nlls(model, tokenizer, prompts: list[str], completions: list[s
     device = next(model.parameters()).device
     sums, counts = [], []
     for i in range(0, len(prompts), batch_size):
-        batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + batch_size],
-                                                      completions[i : i + batch_size]).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in encode(tokenizer, prompts[i : i + batch_size], completions[i : i + batch_size]).items()
+        }
         sums += (-completion_logps(model, batch).sum(-1)).tolist()
         counts += batch["completion_mask"].sum(-1).tolist()
     return np.array(sums, dtype=float), np.array(counts, dtype=float)
@@ -131,10 +180,25 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens: int, reference,
-                 reward_objective: RewardObjective | None, reward_model, batch_size: int, seed: int,
-                 name: str, bf16: bool = False, demonstration_rewards: torch.Tensor | None = None,
-                 num_samples: int = 1, temperature: float = 1.0, greedy: bool = True) -> tuple[dict, list[dict]]:
+def evaluate_arm(
+    policy,
+    tokenizer,
+    task,
+    heldout: list[dict],
+    *,
+    max_new_tokens: int,
+    reference,
+    reward_objective: RewardObjective | None,
+    reward_model,
+    batch_size: int,
+    seed: int,
+    name: str,
+    bf16: bool = False,
+    demonstration_rewards: torch.Tensor | None = None,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    greedy: bool = True,
+) -> tuple[dict, list[dict]]:
     """The metrics of one arm (module docstring) and a record per held-out prompt, for a person to read and for the
     intervals (``intervals``): ``{prompt, sample, demonstration, score}`` (``score``: the verifier's mean over the
     prompt's samples, None without one), the reward model's ``reward`` of the sample and ``demonstration_reward``
@@ -148,18 +212,27 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
     prompts, demos = [d["prompt"] for d in heldout], [d["completion"] for d in heldout]
     n = num_samples
     common = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, bf16=bf16)
-    every, samples, scores, sample_ids = sample_and_score(policy, tokenizer, task.verifier, heldout, n,
-                                                          desc=f"eval {name}", temperature=temperature, with_ids=True,
-                                                          **common)
+    every, samples, scores, sample_ids = sample_and_score(
+        policy,
+        tokenizer,
+        task.verifier,
+        heldout,
+        n,
+        desc=f"eval {name}",
+        temperature=temperature,
+        with_ids=True,
+        **common,
+    )
     metrics = {}
     greedy_scores = None
     if scores is not None:
         metrics["success_rate"] = float(scores.mean())
-        for k in [2 ** i for i in range(1, n.bit_length()) if 2 ** i <= n]:
+        for k in [2**i for i in range(1, n.bit_length()) if 2**i <= n]:
             metrics[f"pass@{k}"] = float(np.mean([pass_at_k(n, int((row > 0.5).sum()), k) for row in scores]))
         if greedy:
-            greedy_scores = sample_and_score(policy, tokenizer, task.verifier, heldout, 1, desc=f"greedy {name}",
-                                             temperature=0.0, **common)[2][:, 0].tolist()
+            greedy_scores = sample_and_score(
+                policy, tokenizer, task.verifier, heldout, 1, desc=f"greedy {name}", temperature=0.0, **common
+            )[2][:, 0].tolist()
             metrics["success_greedy"] = float(np.mean(greedy_scores))
     nll, tokens = demonstration_nlls(policy, tokenizer, prompts, demos, batch_size)
     metrics["demo_nll_per_token"] = float(nll.sum() / max(tokens.sum(), 1))
@@ -169,12 +242,16 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
         policy_for_reward = policy if reward_objective.needs_policy else None
         with cpu_autocast(bf16):  # the reward is scored as it was trained and used
             if demonstration_rewards is None:
-                demonstration_rewards = reward_objective.rewards(reward_model, tokenizer, prompts, demos,
-                                                                 policy_for_reward, batch_size)
+                demonstration_rewards = reward_objective.rewards(
+                    reward_model, tokenizer, prompts, demos, policy_for_reward, batch_size
+                )
             r_sample = reward_objective.rewards(reward_model, tokenizer, every, samples, policy_for_reward, batch_size)
         r_demo = demonstration_rewards
-        accuracy, ties = pair_accuracy(r_demo.repeat_interleave(n), r_sample,
-                                       [s.strip() == d.strip() for s, d in zip(samples, [d for d in demos for _ in range(n)])])
+        accuracy, ties = pair_accuracy(
+            r_demo.repeat_interleave(n),
+            r_sample,
+            [s.strip() == d.strip() for s, d in zip(samples, [d for d in demos for _ in range(n)])],
+        )
         metrics |= {"reward_accuracy": accuracy, "reward_ties": ties}
         r_demo, r_sample = r_demo.tolist(), r_sample.tolist()
     metrics["mean_length"] = float(np.mean([len(ids) for ids in sample_ids]))
@@ -184,14 +261,24 @@ def evaluate_arm(policy, tokenizer, task, heldout: list[dict], *, max_new_tokens
     metrics["temperature"] = float(temperature)
     if n > 1:
         metrics["samples_per_prompt"] = n
-    records = [{"prompt": p, "sample": samples[i * n], "demonstration": d,
-                "score": None if scores is None else float(scores[i].mean()),
-                **({} if r_sample is None else {"reward": r_sample[i * n], "demonstration_reward": r_demo[i]}),
-                "demonstration_nll": float(nll[i]), "demonstration_tokens": int(tokens[i]),
-                **({} if greedy_scores is None else {"greedy_score": greedy_scores[i]}),
-                **({} if n == 1 else {"samples": samples[i * n : (i + 1) * n],
-                                      "scores": None if scores is None else scores[i].tolist()})}
-               for i, (p, d) in enumerate(zip(prompts, demos))]
+    records = [
+        {
+            "prompt": p,
+            "sample": samples[i * n],
+            "demonstration": d,
+            "score": None if scores is None else float(scores[i].mean()),
+            **({} if r_sample is None else {"reward": r_sample[i * n], "demonstration_reward": r_demo[i]}),
+            "demonstration_nll": float(nll[i]),
+            "demonstration_tokens": int(tokens[i]),
+            **({} if greedy_scores is None else {"greedy_score": greedy_scores[i]}),
+            **(
+                {}
+                if n == 1
+                else {"samples": samples[i * n : (i + 1) * n], "scores": None if scores is None else scores[i].tolist()}
+            ),
+        }
+        for i, (p, d) in enumerate(zip(prompts, demos))
+    ]
     return metrics, records
 
 
@@ -218,11 +305,12 @@ def rerank(scores: np.ndarray, rewards: np.ndarray, sizes=(1, 4, 8), seed: int =
 
     Returns:
         ``{"best_of": {n: {"reward_pick", "random_pick", "lift": {"value", "ci95"}}}, "per_prompt": {"reward_pick",
-        "random_pick"}, "auc", "samples_per_prompt", "prompts"}``. ``reward_pick``: the success of the sample the reward ranks first among each prompt's first n
-        (a tie for first: the mean of the tied, a random pick's expectation); ``random_pick``: the mean of the first
-        n (a uniform pick's expectation); ``lift``: their difference with its paired bootstrap 95% interval over
-        prompts (``statistics.compare_arms``). ``per_prompt``: both picks per prompt at n = N, so that runs over seeds
-        can be pooled (``benchmarks/real_lm.py``). ``auc``: the reward against the verifier over all samples pooled.
+        "random_pick"}, "auc", "samples_per_prompt", "prompts"}``. ``reward_pick``: the success of the sample the reward
+        ranks first among each prompt's first n (a tie for first: the mean of the tied, a random pick's expectation);
+        ``random_pick``: the mean of the first n (a uniform pick's expectation); ``lift``: their difference with its
+        paired bootstrap 95% interval over prompts (``statistics.compare_arms``). ``per_prompt``: both picks per prompt
+        at n = N, so that runs over seeds can be pooled (``benchmarks/real_lm.py``). ``auc``: the reward against the
+        verifier over all samples pooled.
     """
     from .statistics import compare_arms
 
@@ -235,8 +323,11 @@ def rerank(scores: np.ndarray, rewards: np.ndarray, sizes=(1, 4, 8), seed: int =
         picked = (s * first).sum(axis=1) / first.sum(axis=1)
         random = s.mean(axis=1)
         stats = compare_arms({"reward_pick": picked, "random_pick": random}, reference="random_pick", seed=seed)
-        out["best_of"][str(n)] = {"reward_pick": float(picked.mean()), "random_pick": float(random.mean()),
-                                  "lift": stats["minus_random_pick"]["reward_pick"]}
+        out["best_of"][str(n)] = {
+            "reward_pick": float(picked.mean()),
+            "random_pick": float(random.mean()),
+            "lift": stats["minus_random_pick"]["reward_pick"],
+        }
     out["per_prompt"] = {"reward_pick": picked.tolist(), "random_pick": random.tolist()}  # n = N, the loop's last
     out["auc"] = auc(rewards, scores > 0.5)
     return out
@@ -249,15 +340,19 @@ def intervals(records: dict[str, list[dict]], seed: int = 0) -> dict:
     from .statistics import DRAWS, compare_arms
 
     arms = list(records)
-    out = {"method": f"95% paired bootstrap over the {len(records[arms[0]])} held-out prompts ({DRAWS} draws, seed "
-                     f"{seed}); null: undefined (a value), unbounded (an interval)"}
+    out = {
+        "method": f"95% paired bootstrap over the {len(records[arms[0]])} held-out prompts ({DRAWS} draws, seed "
+        f"{seed}); null: undefined (a value), unbounded (an interval)"
+    }
     if all(r["score"] is not None for arm in arms for r in records[arm]):
         out["success_rate"] = compare_arms({a: [r["score"] for r in records[a]] for a in arms}, seed=seed)
     if all("greedy_score" in r for arm in arms for r in records[arm]):
         out["success_greedy"] = compare_arms({a: [r["greedy_score"] for r in records[a]] for a in arms}, seed=seed)
-    out["demo_nll_per_token"] = compare_arms({a: [r["demonstration_nll"] for r in records[a]] for a in arms},
-                                             {a: [r["demonstration_tokens"] for r in records[a]] for a in arms},
-                                             seed=seed)
+    out["demo_nll_per_token"] = compare_arms(
+        {a: [r["demonstration_nll"] for r in records[a]] for a in arms},
+        {a: [r["demonstration_tokens"] for r in records[a]] for a in arms},
+        seed=seed,
+    )
     return out
 
 
@@ -291,8 +386,10 @@ def title(cfg: dict | None) -> str:
     """The table's title: what ran (the algorithm, its credit and the reward objective)."""
     if not cfg or "algo" not in cfg:
         return "BC vs online IRL"
-    return (f"BC vs online IRL: algo={cfg['algo']['name']}, credit={cfg['credit']['name']}, "
-            f"reward={cfg['reward']['objective']}")
+    return (
+        f"BC vs online IRL: algo={cfg['algo']['name']}, credit={cfg['credit']['name']}, "
+        f"reward={cfg['reward']['objective']}"
+    )
 
 
 def print_table(metrics: dict, console=None):
@@ -326,8 +423,9 @@ def print_table(metrics: dict, console=None):
             diffs = spans[key].get("minus_bc", {})
             if diffs:
                 row(f"{label} - bc", [_with_interval(diffs[a], signed=True) if a in diffs else "" for a in arms])
-    gaps = spans.get("success_rate", {}).get("gap_closed") or \
-        {a: {"value": v, "ci95": None} for a, v in metrics.get("gap_closed", {}).items()}
+    gaps = spans.get("success_rate", {}).get("gap_closed") or {
+        a: {"value": v, "ci95": None} for a, v in metrics.get("gap_closed", {}).items()
+    }
     if gaps:
         row("gap_closed", [_with_interval(gaps[a]) if a in gaps else "" for a in arms])
     console.print(table)
@@ -338,18 +436,24 @@ def print_table(metrics: dict, console=None):
 def table_notes(metrics: dict) -> list[str]:
     """What the table cannot say by itself: where its intervals come from, and how ``gap_closed`` reads."""
     lines = []
-    samples = [values.get("num_samples", 0) // values.get("samples_per_prompt", 1) for values in metrics["arms"].values()]
+    samples = [
+        values.get("num_samples", 0) // values.get("samples_per_prompt", 1) for values in metrics["arms"].values()
+    ]
     if metrics.get("intervals") and samples and samples[0]:
-        lines.append(f"[low, high]: 95% paired bootstrap interval over the {samples[0]} held-out prompts; [-]: "
-                     "unbounded (where the oracle does not beat BC in over 2.5% of the draws)")
+        lines.append(
+            f"[low, high]: 95% paired bootstrap interval over the {samples[0]} held-out prompts; [-]: "
+            "unbounded (where the oracle does not beat BC in over 2.5% of the draws)"
+        )
     if metrics.get("gap_closed"):
         lines.append("gap_closed = (arm - bc) / (oracle - bc) on success; - where oracle <= bc")
     for name, found in metrics.get("reward_diagnostics", {}).items():
         n = found["samples_per_prompt"]
         best = found["best_of"][str(n)]
-        lines.append(f"reward as {name} left it: picks among {n} BC samples a prompt succeed {best['reward_pick']:.3f} "
-                     f"vs a random pick's {best['random_pick']:.3f} (lift {_with_interval(best['lift'], signed=True)}); "
-                     f"AUC against the verifier {_cell(found['auc'])}")
+        lines.append(
+            f"reward as {name} left it: picks among {n} BC samples a prompt succeed {best['reward_pick']:.3f} "
+            f"vs a random pick's {best['random_pick']:.3f} (lift {_with_interval(best['lift'], signed=True)}); "
+            f"AUC against the verifier {_cell(found['auc'])}"
+        )
     return lines
 
 
@@ -375,7 +479,9 @@ def plot(metrics: dict, log_history: list[dict], path: Path):
     steps = [h["step"] for h in log_history if "irl/accuracy" in h]
     ax = axes[2]
     if steps:
-        ax.plot(steps, [h["irl/accuracy"] for h in log_history if "irl/accuracy" in h], label="reward accuracy (buffer)")
+        ax.plot(
+            steps, [h["irl/accuracy"] for h in log_history if "irl/accuracy" in h], label="reward accuracy (buffer)"
+        )
         ax.plot(steps, [h["irl/loss"] for h in log_history if "irl/accuracy" in h], label="reward loss")
         ax.set_xlabel("policy step")
         ax.legend()

@@ -16,9 +16,9 @@ compounding_error  BC vs online IRL across horizons (a study)    compounding_err
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .checkpoints import atomic_write_text
 from .validation import Refused, refusing
@@ -144,9 +144,11 @@ class Job:
     run: Callable[[object], Path | None]
 
 
-JOBS: dict[str, Job] = {"pipeline": Job(_check_pipeline, _pipeline),
-                        "prompt_oirl": Job(_check_prompt_oirl, _prompt_oirl),
-                        "compounding_error": Job(_check_compounding_error, _compounding_error)}
+JOBS: dict[str, Job] = {
+    "pipeline": Job(_check_pipeline, _pipeline),
+    "prompt_oirl": Job(_check_prompt_oirl, _prompt_oirl),
+    "compounding_error": Job(_check_compounding_error, _compounding_error),
+}
 
 
 def job(name: str) -> Job:

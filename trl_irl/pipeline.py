@@ -41,10 +41,10 @@ import torch
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
 from .console import never_rewarded, quiet_progress, stage_header
 from .jobs import finish
+from .precision import cpu_autocast, resolve_bf16
 from .run_folder import RunLock, check_resume, raise_if_terminated, stage_config, termination_check, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
-from .precision import cpu_autocast, resolve_bf16
 from .validation import refusing
 
 
@@ -66,17 +66,26 @@ def load_tokenizer(model_cfg: dict):
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as error:  # no tokenizer files, or ones transformers cannot read
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"model.path={model_cfg['path']}: no tokenizer could be loaded from it ({first}): give the "
-                         "folder of a saved model, with its config.json, weights and tokenizer files") from None
+        raise ValueError(
+            f"model.path={model_cfg['path']}: no tokenizer could be loaded from it ({first}): give the "
+            "folder of a saved model, with its config.json, weights and tokenizer files"
+        ) from None
     try:
         eos_ids = GenerationConfig.from_pretrained(path).eos_token_id
     except OSError:  # no generation_config.json
         eos_ids = None
     was = tokenizer.pad_token
     chosen = use_distinct_pad(tokenizer, id_list(eos_ids))
-    note = None if chosen is None else (f"model: the tokenizer's pad token {was!r} is " + ("unset" if was is None else
-                                        "its EOS") + f"; padding with {chosen!r} (id {tokenizer.pad_token_id}) so "
-                                        "reward models score the EOS")
+    note = (
+        None
+        if chosen is None
+        else (
+            f"model: the tokenizer's pad token {was!r} is "
+            + ("unset" if was is None else "its EOS")
+            + f"; padding with {chosen!r} (id {tokenizer.pad_token_id}) so "
+            "reward models score the EOS"
+        )
+    )
     return path, tokenizer, note
 
 
@@ -109,7 +118,13 @@ SDFT_FROM_ALGO = ("max_steps", "learning_rate", "per_device_train_batch_size", "
 BC_BEST = "bc@T*"  # the evaluation's arm: BC at the sampling temperature that does best on validation rows
 
 # the IRLRewardConfig fields the adapter-role pretraining loop honours (OnlineRewardUpdater's settings)
-ROLE_PRETRAIN_KEYS = ("learning_rate", "weight_decay", "per_device_train_batch_size", "num_train_epochs", "max_grad_norm")
+ROLE_PRETRAIN_KEYS = (
+    "learning_rate",
+    "weight_decay",
+    "per_device_train_batch_size",
+    "num_train_epochs",
+    "max_grad_norm",
+)
 
 
 class Pipeline:
@@ -144,8 +159,10 @@ class Pipeline:
             raise ValueError(f"algo.name={cfg['algo']['name']!r} is unknown: choose one of {sorted(ALGORITHMS)}")
         self.algo = cfg["algo"]["name"]
         config_cls = ALGORITHMS[self.algo][0]
-        for section, values, cls in (("algo", cfg["algo"], config_cls),
-                                     ("reward.pretrain", cfg["reward"]["pretrain"], IRLRewardConfig)):
+        for section, values, cls in (
+            ("algo", cfg["algo"], config_cls),
+            ("reward.pretrain", cfg["reward"]["pretrain"], IRLRewardConfig),
+        ):
             keys = [k for k in [*values, *values.get("extra", {})] if k not in ("name", "extra")]
             check_fields(cls, keys, section)
             shared = {k: config_paths(cls)[k] for k in keys if k in config_paths(cls)}
@@ -173,15 +190,21 @@ class Pipeline:
         choices = ["bc", self.algo, "oracle", "spin", "sdft"]
         unknown = [a for a in arms if a not in choices]
         if unknown:
-            raise ValueError(f"arms: {unknown} unknown; choose from {choices} (online IRL is named after algo={self.algo})")
+            raise ValueError(
+                f"arms: {unknown} unknown; choose from {choices} (online IRL is named after algo={self.algo})"
+            )
         if len(set(arms)) != len(arms):
             raise ValueError(f"arms: {arms} names an arm twice")
         if "sdft" in arms and self.lora:
-            raise ValueError("arms: sdft trains full models only (peft=none): TRL's SDFTTrainer takes a LoRA student's "
-                             "adapter-free base as its teacher, not the BC adapter. Drop sdft, or set peft=none")
+            raise ValueError(
+                "arms: sdft trains full models only (peft=none): TRL's SDFTTrainer takes a LoRA student's "
+                "adapter-free base as its teacher, not the BC adapter. Drop sdft, or set peft=none"
+            )
         if "oracle" in arms and not has_verifier:
-            raise ValueError("arms: oracle is rewarded by the task's verifier, and this task has none: set "
-                             "task.verifier (exact, numeric, regex:<pattern>, python:<module>:<function>) or drop oracle")
+            raise ValueError(
+                "arms: oracle is rewarded by the task's verifier, and this task has none: set "
+                "task.verifier (exact, numeric, regex:<pattern>, python:<module>:<function>) or drop oracle"
+            )
         return arms
 
     def resolve_resume_from(self) -> tuple[str, str, str] | None:
@@ -193,12 +216,15 @@ class Pipeline:
         match = re.fullmatch(r"(?:([\w.-]+)/)?(checkpoint-\d+)", str(value))
         trained = [a for a in self.arms if a not in ("bc", "spin", "sdft")]
         if not match:
-            raise ValueError(f"resume_from={value!r}: give checkpoint-N (the {self.algo} arm's) or <arm>/checkpoint-N "
-                             f"with <arm> one of {trained}")
+            raise ValueError(
+                f"resume_from={value!r}: give checkpoint-N (the {self.algo} arm's) or <arm>/checkpoint-N "
+                f"with <arm> one of {trained}"
+            )
         arm = match.group(1) or self.algo
         if arm not in trained:
-            raise ValueError(f"resume_from={value!r}: {arm} is not a policy-trained arm of this run; choose one of "
-                             f"{trained}")
+            raise ValueError(
+                f"resume_from={value!r}: {arm} is not a policy-trained arm of this run; choose one of {trained}"
+            )
         if not self.cfg["resume"]:
             raise ValueError(f"resume_from={value} continues a run: add resume=true")
         return arm, match.group(2), str(value)
@@ -217,60 +243,103 @@ class Pipeline:
         if lora:
             lora_config(cfg["peft"])  # validates r, alpha, dropout
         if cfg["quant"]["mode"] != "none" and not lora:
-            raise ValueError(f"quant={cfg['quant']['mode']} freezes the base weights, so only adapters can train: "
-                             "add peft=lora")
+            raise ValueError(
+                f"quant={cfg['quant']['mode']} freezes the base weights, so only adapters can train: add peft=lora"
+            )
         if shared_base and not lora:
-            raise ValueError("shared_base=true puts the critic and the reward as LoRA adapters on the policy's base: "
-                             "add peft=lora")
+            raise ValueError(
+                "shared_base=true puts the critic and the reward as LoRA adapters on the policy's base: add peft=lora"
+            )
         if cfg["model"].get("path") is None and cfg["model"]["name"] != "tiny":
-            raise ValueError(f"model.path is missing for model={cfg['model']['name']}: give a local folder "
-                             "(model.path=/path/to/model)")
+            raise ValueError(
+                f"model.path is missing for model={cfg['model']['name']}: give a local folder "
+                "(model.path=/path/to/model)"
+            )
         path = cfg["model"].get("path")
         if path is not None and not cfg["model"].get("export_from") and not Path(str(path)).expanduser().exists():
             hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not str(path).startswith((".", "~"))
             if not hub_id:
-                raise ValueError(f"model.path={path}: the folder does not exist. Give the folder of a saved model "
-                                 "(config.json, weights, tokenizer), or a hub id org/name where you have network")
+                raise ValueError(
+                    f"model.path={path}: the folder does not exist. Give the folder of a saved model "
+                    "(config.json, weights, tokenizer), or a hub id org/name where you have network"
+                )
         if cfg["model"].get("path") is None and self.task.alphabet is None:
-            raise ValueError(f"task.name={cfg['task']['name']} gives no alphabet for the tiny model's character "
-                             "tokenizer: give a model (model=local model.path=...)")
+            raise ValueError(
+                f"task.name={cfg['task']['name']} gives no alphabet for the tiny model's character "
+                "tokenizer: give a model (model=local model.path=...)"
+            )
         if lora and self.algo == "rloo":
-            raise ValueError("algo=rloo is TRL's RLOOTrainer, which we run with full models only: with peft=lora use "
-                             "algo=rloo_token")
+            raise ValueError(
+                "algo=rloo is TRL's RLOOTrainer, which we run with full models only: with peft=lora use algo=rloo_token"
+            )
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def common_args(self, stage: str) -> dict:
-        args = {"output_dir": str(self.out / stage), "seed": self.cfg["seed"], "use_cpu": self.use_cpu,
-                "report_to": self.cfg["logger"]["report_to"], "disable_tqdm": False, "logging_strategy": "steps"}
+        args = {
+            "output_dir": str(self.out / stage),
+            "seed": self.cfg["seed"],
+            "use_cpu": self.use_cpu,
+            "report_to": self.cfg["logger"]["report_to"],
+            "disable_tqdm": False,
+            "logging_strategy": "steps",
+        }
         if self.bf16 is not None:  # None: TRL's default on a GPU (which sets bf16 when unset)
             args["bf16"] = self.bf16
         return args
 
     def spin_args(self, stage: str) -> dict:
         c = self.cfg["spin"]
-        return {**self.common_args(stage), "beta": c["beta"], "learning_rate": c["learning_rate"],
-                "num_train_epochs": c["num_train_epochs"], "per_device_train_batch_size": c["per_device_train_batch_size"],
-                "save_strategy": "no", "logging_steps": 10, **c["extra"]}
+        return {
+            **self.common_args(stage),
+            "beta": c["beta"],
+            "learning_rate": c["learning_rate"],
+            "num_train_epochs": c["num_train_epochs"],
+            "per_device_train_batch_size": c["per_device_train_batch_size"],
+            "save_strategy": "no",
+            "logging_steps": 10,
+            **c["extra"],
+        }
 
     # --- every trainer config of the run: built at start-up (so their checks fire first) and by each stage ---------
     def bc_config(self):
         from trl import SFTConfig
 
         c = self.cfg["bc"]
-        return build_config(SFTConfig, {
-            **self.common_args("bc"), "learning_rate": c["learning_rate"], "num_train_epochs": c["num_train_epochs"],
-            "per_device_train_batch_size": c["per_device_train_batch_size"], "eval_strategy": "epoch",
-            "save_strategy": "epoch", "save_total_limit": 1, "load_best_model_at_end": True,
-            "metric_for_best_model": "eval_loss", "logging_steps": 10, **c["extra"]}, "bc / bc.extra",
-            section_paths("bc", c))
+        return build_config(
+            SFTConfig,
+            {
+                **self.common_args("bc"),
+                "learning_rate": c["learning_rate"],
+                "num_train_epochs": c["num_train_epochs"],
+                "per_device_train_batch_size": c["per_device_train_batch_size"],
+                "eval_strategy": "epoch",
+                "save_strategy": "epoch",
+                "save_total_limit": 1,
+                "load_best_model_at_end": True,
+                "metric_for_best_model": "eval_loss",
+                "logging_steps": 10,
+                **c["extra"],
+            },
+            "bc / bc.extra",
+            section_paths("bc", c),
+        )
 
     def reward_pretrain_config(self):
         from .trainers import IRLRewardConfig
 
-        return build_config(IRLRewardConfig, {
-            **self.common_args("reward_pretrain"), **config_values(IRLRewardConfig, self.cfg), "eval_strategy": "epoch",
-            "save_strategy": "no", "logging_steps": 5, **self.cfg["reward"]["pretrain"]}, "reward.pretrain",
-            section_paths("reward.pretrain", self.cfg["reward"]["pretrain"]))
+        return build_config(
+            IRLRewardConfig,
+            {
+                **self.common_args("reward_pretrain"),
+                **config_values(IRLRewardConfig, self.cfg),
+                "eval_strategy": "epoch",
+                "save_strategy": "no",
+                "logging_steps": 5,
+                **self.cfg["reward"]["pretrain"],
+            },
+            "reward.pretrain",
+            section_paths("reward.pretrain", self.cfg["reward"]["pretrain"]),
+        )
 
     def policy_config(self, stage: str, max_completion_length: int, **overrides):
         """The algorithm's config for an RL arm: online IRL (``stage`` = the algo), or the oracle."""
@@ -286,9 +355,20 @@ class Pipeline:
             shared = {k: v for k, v in shared.items() if not config_paths(cls)[k].startswith("reward.online.")}
             if "credit" in shared and CREDITS[shared["credit"]].reward_model is not None:
                 shared["credit"] = "sequence"
-        return build_config(cls, {
-            **self.common_args(stage), "max_completion_length": max_completion_length, "save_strategy": "steps",
-            **a, **shared, **extra, **overrides}, "algo / credit / reward.online", section_paths("algo", self.cfg["algo"]))
+        return build_config(
+            cls,
+            {
+                **self.common_args(stage),
+                "max_completion_length": max_completion_length,
+                "save_strategy": "steps",
+                **a,
+                **shared,
+                **extra,
+                **overrides,
+            },
+            "algo / credit / reward.online",
+            section_paths("algo", self.cfg["algo"]),
+        )
 
     def sdft_config(self):
         from trl.experimental.sdft import SDFTConfig
@@ -296,17 +376,31 @@ class Pipeline:
         c = dict(self.cfg["sdft"])
         extra = c.pop("extra")
         c = {k: self.cfg["algo"][k] if k in SDFT_FROM_ALGO and v is None else v for k, v in c.items()}
-        return build_config(SDFTConfig, {
-            **self.common_args("sdft"), "max_completion_length": self.cfg["task"].get("max_completion_length") or 1,
-            "save_strategy": "no", "logging_steps": 5, "teacher_model_kind": "base",
-            "teacher_prompt_template": SDFT_TEACHER_PROMPT, **c, **extra}, "sdft / sdft.extra",
-            section_paths("sdft", self.cfg["sdft"]))
+        return build_config(
+            SDFTConfig,
+            {
+                **self.common_args("sdft"),
+                "max_completion_length": self.cfg["task"].get("max_completion_length") or 1,
+                "save_strategy": "no",
+                "logging_steps": 5,
+                "teacher_model_kind": "base",
+                "teacher_prompt_template": SDFT_TEACHER_PROMPT,
+                **c,
+                **extra,
+            },
+            "sdft / sdft.extra",
+            section_paths("sdft", self.cfg["sdft"]),
+        )
 
     def spin_config(self, round_: int):
         from trl import DPOConfig
 
-        return build_config(DPOConfig, self.spin_args(f"spin/round_{round_}"), "spin / spin.extra",
-                            section_paths("spin", self.cfg["spin"]))
+        return build_config(
+            DPOConfig,
+            self.spin_args(f"spin/round_{round_}"),
+            "spin / spin.extra",
+            section_paths("spin", self.cfg["spin"]),
+        )
 
     def check_trainer_configs(self):
         """Build each trainer config this run will use, so that TRL's checks (and ours) stop a bad value before any
@@ -319,9 +413,11 @@ class Pipeline:
             self.reward_pretrain_config()
             unhonoured = sorted(set(self.cfg["reward"]["pretrain"]) - set(ROLE_PRETRAIN_KEYS)) if self.lora else []
             if unhonoured:
-                raise ValueError(f"reward.pretrain: {unhonoured} cannot apply with peft=lora: the reward adapter is "
-                                 f"pretrained by the online updater's own loop (the one reward-learning engine), which "
-                                 f"takes {list(ROLE_PRETRAIN_KEYS)} only. Remove them, or train full models (peft=none)")
+                raise ValueError(
+                    f"reward.pretrain: {unhonoured} cannot apply with peft=lora: the reward adapter is "
+                    f"pretrained by the online updater's own loop (the one reward-learning engine), which "
+                    f"takes {list(ROLE_PRETRAIN_KEYS)} only. Remove them, or train full models (peft=none)"
+                )
         for arm in self.arms:
             if arm == "spin":
                 self.spin_config(1)
@@ -385,9 +481,11 @@ class Pipeline:
         present = [s for s in self.stages() if (self.out / s).exists()]
         if not self.cfg["resume"]:
             if present:
-                raise ValueError(f"{self.out} already holds trained stages {present}: `{resume_command(self.out)}` "
-                                 "continues that run (under the config it was started with); for a new run choose "
-                                 f"another output folder ({folder_option()})")
+                raise ValueError(
+                    f"{self.out} already holds trained stages {present}: `{resume_command(self.out)}` "
+                    "continues that run (under the config it was started with); for a new run choose "
+                    f"another output folder ({folder_option()})"
+                )
             return
         if not present:
             return
@@ -395,8 +493,10 @@ class Pipeline:
         if self.resume_from:
             arm, name, written = self.resume_from
             if (self.final_dir(arm) / "DONE").exists():
-                raise ValueError(f"resume_from={written}: {arm} has finished ({self.final_dir(arm)}); to train it again "
-                                 f"from {name}, delete {self.final_dir(arm)} first")
+                raise ValueError(
+                    f"resume_from={written}: {arm} has finished ({self.final_dir(arm)}); to train it again "
+                    f"from {name}, delete {self.final_dir(arm)} first"
+                )
             check_requested(self.out / arm, name, written)
 
     def prepare_folder(self):
@@ -405,8 +505,10 @@ class Pipeline:
         if not self.cfg["resume"]:
             return
         if not any((self.out / s).exists() for s in self.stages()):
-            print(f"resume=true: nothing to resume in {self.out} (no stage folders); starting from the beginning",
-                  flush=True)
+            print(
+                f"resume=true: nothing to resume in {self.out} (no stage folders); starting from the beginning",
+                flush=True,
+            )
             return
         for stage in check_resume(self.out, self.stages(), self.cfg, self.algo, True)[1]:
             print(f"resume: {stage} was trained under another config; retraining it (retrain_changed=true)", flush=True)
@@ -461,8 +563,9 @@ class Pipeline:
         row's index (the oracle's verifier reads the row)."""
         from datasets import Dataset
 
-        return Dataset.from_list([{"prompt": r["prompt"], "demonstration": r["completion"], "row_index": i}
-                                  for i, r in enumerate(rows)])
+        return Dataset.from_list(
+            [{"prompt": r["prompt"], "demonstration": r["completion"], "row_index": i} for i, r in enumerate(rows)]
+        )
 
     # --- stages: each takes what it trains from and returns what it made ------------------------------------------
     def prepare_data(self):
@@ -487,14 +590,20 @@ class Pipeline:
             blocks = m["num_layers"] if self.init_path is None else num_blocks(self.init_path)
             check_block_count(self.cfg["reward"]["online"].get("trainable_layers"), blocks)
         if "oracle" in self.arms and not self.data.policy_rows(verifier=True):
-            raise ValueError(f"the oracle arm rolls out on prompts with an answer for the verifier, and "
-                             f"task.rollout_pool={self.data.rollout_pool} leaves none (no rollout prompt has one): give "
-                             "the rollout prompts an answer column (task.answer_column), set task.rollout_pool=mixed, or "
-                             "leave oracle out of arms")
+            raise ValueError(
+                f"the oracle arm rolls out on prompts with an answer for the verifier, and "
+                f"task.rollout_pool={self.data.rollout_pool} leaves none (no rollout prompt has one): give "
+                "the rollout prompts an answer column (task.answer_column), set task.rollout_pool=mixed, or "
+                "leave oracle out of arms"
+            )
         if self.task.verifier is not None:
-            check_on_demonstrations(self.task.verifier, self.data.train + self.data.validation + self.data.heldout,
-                                    self.cfg["min_demo_success"], self.task.verifier_spec,
-                                    truncated=self.data.report.get("truncated_completions", 0))
+            check_on_demonstrations(
+                self.task.verifier,
+                self.data.train + self.data.validation + self.data.heldout,
+                self.cfg["min_demo_success"],
+                self.task.verifier_spec,
+                truncated=self.data.report.get("truncated_completions", 0),
+            )
 
     def setup(self):
         """The initial model (built from a config for ``model=tiny``) and the roles' provider (``self.roles``)."""
@@ -512,12 +621,26 @@ class Pipeline:
         m = self.cfg["model"]
         if m.get("path") is None:  # the tiny model, built from a config
             max_positions = 2 * (self.data.max_prompt_length + self.data.max_completion_length)
-            model = build_tiny_causal_lm(self.tokenizer, m["hidden_size"], m["num_layers"], m["num_heads"],
-                                         m["intermediate_size"], max_positions=max_positions, seed=self.cfg["seed"])
+            model = build_tiny_causal_lm(
+                self.tokenizer,
+                m["hidden_size"],
+                m["num_layers"],
+                m["num_heads"],
+                m["intermediate_size"],
+                max_positions=max_positions,
+                seed=self.cfg["seed"],
+            )
             self.init_path = str(self.out / "init")
             self.on_main(save_model, model, self.tokenizer, self.init_path)
-        self.roles = Roles(self.init_path, self.tokenizer, self.cfg["peft"], self.cfg["quant"],
-                           bool(self.cfg["shared_base"]), critic=self.algo == "ppo", device=self.state.device)
+        self.roles = Roles(
+            self.init_path,
+            self.tokenizer,
+            self.cfg["peft"],
+            self.cfg["quant"],
+            bool(self.cfg["shared_base"]),
+            critic=self.algo == "ppo",
+            device=self.state.device,
+        )
 
     def behaviour_cloning(self) -> str:
         """Returns the BC policy's folder, every other arm's start."""
@@ -529,10 +652,19 @@ class Pipeline:
             self.begin("bc")
             c, args = self.cfg["bc"], self.bc_config()
             model, peft = self.roles.bc_model()
-            pairs = lambda rows: Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])  # noqa: E731
-            trainer = SFTTrainer(model=model, args=args, train_dataset=pairs(self.data.train),
-                                 eval_dataset=pairs(self.data.validation), processing_class=self.tokenizer,
-                                 callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])], **peft)
+
+            def pairs(rows):
+                return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+            trainer = SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=pairs(self.data.train),
+                eval_dataset=pairs(self.data.validation),
+                processing_class=self.tokenizer,
+                callbacks=[EarlyStoppingCallback(c["early_stopping_patience"])],
+                **peft,
+            )
             self.progress(trainer, "bc").train()
             self.mark_done("bc", functools.partial(self.roles.save_model, trainer.model))
             # the epoch checkpoints served load_best_model_at_end; final/ is the best model (a 7B's would be GBs)
@@ -557,11 +689,19 @@ class Pipeline:
         bc_model = self.roles.load_policy(bc)
 
         def pairs(rows, seed):
-            samples = sample_completions(bc_model, self.tokenizer, [r["prompt"] for r in rows],
-                                         self.data.max_completion_length, self.cfg["eval"]["batch_size"], seed,
-                                         desc="BC samples", bf16=self.sample_bf16)
-            return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
-                                      for r, s in zip(rows, samples)])
+            samples = sample_completions(
+                bc_model,
+                self.tokenizer,
+                [r["prompt"] for r in rows],
+                self.data.max_completion_length,
+                self.cfg["eval"]["batch_size"],
+                seed,
+                desc="BC samples",
+                bf16=self.sample_bf16,
+            )
+            return Dataset.from_list(
+                [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s} for r, s in zip(rows, samples)]
+            )
 
         seed = self.cfg["seed"]
         train, validation = pairs(self.data.train, 3000 + seed), pairs(self.data.validation, 4000 + seed)
@@ -570,12 +710,19 @@ class Pipeline:
         if isinstance(reward, AdapterRole):  # a role trains only inside its scope: the updater's loop, not a Trainer
             self.pretrain_reward_role(reward, train, validation, self.roles.policy_role(bc, bc_model))
         else:
-            trainer = IRLRewardTrainer(model=reward, args=self.reward_pretrain_config(), train_dataset=train,
-                                       eval_dataset=validation, processing_class=self.tokenizer,
-                                       policy=bc_model if self.objective.needs_policy else None)
+            trainer = IRLRewardTrainer(
+                model=reward,
+                args=self.reward_pretrain_config(),
+                train_dataset=train,
+                eval_dataset=validation,
+                processing_class=self.tokenizer,
+                policy=bc_model if self.objective.needs_policy else None,
+            )
             self.progress(trainer, "reward_pretrain").train()
-        self.mark_done("reward_pretrain", functools.partial(self.roles.save_reward, reward, objective=self.objective,
-                                                            start=bc, policy=bc))
+        self.mark_done(
+            "reward_pretrain",
+            functools.partial(self.roles.save_reward, reward, objective=self.objective, start=bc, policy=bc),
+        )
         return reward
 
     def pretrain_reward_role(self, reward, train, validation, policy):
@@ -588,18 +735,31 @@ class Pipeline:
 
         c = self.reward_pretrain_config()  # the same IRLRewardConfig as a full model's: its values and defaults
         batch = c.per_device_train_batch_size
-        updater = OnlineRewardUpdater(reward, self.tokenizer, self.objective,
-                                      learning_rate=c.learning_rate, weight_decay=c.weight_decay, batch_size=batch,
-                                      steps=int(math.ceil(len(train) / batch) * c.num_train_epochs), buffer_size=len(train),
-                                      max_grad_norm=c.max_grad_norm, seed=self.cfg["seed"], scoring_batch_size=batch,
-                                      trainable_layers=c.trainable_layers, bf16=bool(c.bf16))
+        updater = OnlineRewardUpdater(
+            reward,
+            self.tokenizer,
+            self.objective,
+            learning_rate=c.learning_rate,
+            weight_decay=c.weight_decay,
+            batch_size=batch,
+            steps=int(math.ceil(len(train) / batch) * c.num_train_epochs),
+            buffer_size=len(train),
+            max_grad_norm=c.max_grad_norm,
+            seed=self.cfg["seed"],
+            scoring_batch_size=batch,
+            trainable_layers=c.trainable_layers,
+            bf16=bool(c.bf16),
+        )
         updater.add(train["prompt"], train["chosen"], train["rejected"])
         policy = policy if self.objective.needs_policy else None
         metrics = updater.update(policy)
         r_chosen = updater.rewards(validation["prompt"], validation["chosen"], policy)
         r_rejected = updater.rewards(validation["prompt"], validation["rejected"], policy)
-        print(f"reward pretraining: train loss {metrics['loss']:.4f}, validation accuracy "  # as the Trainer would log
-              f"{(r_chosen > r_rejected).float().mean().item():.3f}", flush=True)
+        print(
+            f"reward pretraining: train loss {metrics['loss']:.4f}, validation accuracy "  # as the Trainer would log
+            f"{(r_chosen > r_rejected).float().mean().item():.3f}",
+            flush=True,
+        )
 
     def policy_training(self, stage: str, bc: str) -> list[dict]:
         """An RL arm from the BC policy ``bc``: ``algo`` (ppo, grpo, rloo, ...) on the online-IRL reward with
@@ -616,12 +776,20 @@ class Pipeline:
         trainer.train(resume_from_checkpoint=checkpoint)
         bad = non_finite(trainer.trained_modules())  # the models about to be saved, as before every checkpoint
         if bad:
-            raise FloatingPointError(f"{stage}: NaN or inf in {bad[:5]}: training diverged and nothing is saved. Lower "
-                                     "its learning rates; resume=true continues from its last checkpoint, which was "
-                                     "checked the same way")
+            raise FloatingPointError(
+                f"{stage}: NaN or inf in {bad[:5]}: training diverged and nothing is saved. Lower "
+                "its learning rates; resume=true continues from its last checkpoint, which was "
+                "checked the same way"
+            )
         if not oracle:
-            self.on_main(self.roles.save_reward, reward, self.out / stage / "final_reward", self.objective, bc,
-                         self.final_dir(stage))
+            self.on_main(
+                self.roles.save_reward,
+                reward,
+                self.out / stage / "final_reward",
+                self.objective,
+                bc,
+                self.final_dir(stage),
+            )
         self.mark_done(stage, functools.partial(self.roles.save_policy, trainer.model.eval()))
         history = trainer.state.log_history
         del trainer, reward
@@ -642,9 +810,14 @@ class Pipeline:
         else:  # a sample on a rollout prompt is paired with one of these demonstrations (OnlineRewardUpdater.add)
             rewards = {"reward_model": reward, "demonstration_dataset": self.rows_dataset(self.data.train)}
         critic = self.roles.critic(bc) if self.algo == "ppo" else None
-        return ALGORITHMS[self.algo][1](model=self.roles.policy(bc, reward_model=not oracle), args=args,
-                                        train_dataset=self.rows_dataset(rows), processing_class=self.tokenizer,
-                                        **rewards, **({"critic": critic} if critic is not None else {}))
+        return ALGORITHMS[self.algo][1](
+            model=self.roles.policy(bc, reward_model=not oracle),
+            args=args,
+            train_dataset=self.rows_dataset(rows),
+            processing_class=self.tokenizer,
+            **rewards,
+            **({"critic": critic} if critic is not None else {}),
+        )
 
     def spin_training(self, bc: str):
         """SPIN from the BC policy ``bc``: each round samples the current policy on the training prompts, then DPO
@@ -664,17 +837,34 @@ class Pipeline:
         prompts = [r["prompt"] for r in demos]
         for k in range(1, rounds + 1):
             model = self.roles.load_policy(path, trainable=True)
-            samples = sample_completions(model, self.tokenizer, prompts, self.data.max_completion_length,
-                                         self.cfg["eval"]["batch_size"], 6000 + 100 * self.cfg["seed"] + k,
-                                         desc=f"SPIN round {k} samples", bf16=self.sample_bf16)
-            pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
-                     for r, s in zip(demos, samples) if s.strip() != r["completion"].strip()]
-            print(f"SPIN round {k}/{rounds}: {len(pairs)} pairs ({len(samples) - len(pairs)} samples equal to their "
-                  "demonstration dropped)", flush=True)
+            samples = sample_completions(
+                model,
+                self.tokenizer,
+                prompts,
+                self.data.max_completion_length,
+                self.cfg["eval"]["batch_size"],
+                6000 + 100 * self.cfg["seed"] + k,
+                desc=f"SPIN round {k} samples",
+                bf16=self.sample_bf16,
+            )
+            pairs = [
+                {"prompt": r["prompt"], "chosen": r["completion"], "rejected": s}
+                for r, s in zip(demos, samples)
+                if s.strip() != r["completion"].strip()
+            ]
+            print(
+                f"SPIN round {k}/{rounds}: {len(pairs)} pairs ({len(samples) - len(pairs)} samples equal to their "
+                "demonstration dropped)",
+                flush=True,
+            )
             if not pairs:  # the policy reproduces every demonstration: nothing left to prefer
                 break
-            trainer = DPOTrainer(model=model.train(), args=self.spin_config(k),
-                                 train_dataset=Dataset.from_list(pairs), processing_class=self.tokenizer)
+            trainer = DPOTrainer(
+                model=model.train(),
+                args=self.spin_config(k),
+                train_dataset=Dataset.from_list(pairs),
+                processing_class=self.tokenizer,
+            )
             self.progress(trainer, f"spin round {k}").train()
             path = str(self.out / stage / f"round_{k}" / "final")
             self.on_main(self.roles.save_policy_adapter, trainer.model, path)
@@ -696,9 +886,15 @@ class Pipeline:
         args = self.sdft_config()
         args.max_completion_length = self.data.max_completion_length
         args.distillation_topk = min(args.distillation_topk, len(self.tokenizer))  # TRL's 100 > a tiny vocabulary
-        rows = Dataset.from_list([{"prompt": r["prompt"], "privileged_context": r["completion"]} for r in self.data.train])
-        trainer = SDFTTrainer(model=self.roles.load_policy(bc, trainable=True).train(), args=args, train_dataset=rows,
-                              processing_class=self.tokenizer)
+        rows = Dataset.from_list(
+            [{"prompt": r["prompt"], "privileged_context": r["completion"]} for r in self.data.train]
+        )
+        trainer = SDFTTrainer(
+            model=self.roles.load_policy(bc, trainable=True).train(),
+            args=args,
+            train_dataset=rows,
+            processing_class=self.tokenizer,
+        )
         self.progress(trainer, "sdft").train()
         self.mark_done("sdft", functools.partial(self.roles.save_policy, trainer.model.eval()))
         del trainer
@@ -718,9 +914,14 @@ class Pipeline:
         demo_rewards = None  # the same for every arm unless the reward reads the policy (AIRL): scored once
         if reward is not None and not self.objective.needs_policy:
             with cpu_autocast(self.sample_bf16):
-                demo_rewards = self.objective.rewards(reward, self.tokenizer, [r["prompt"] for r in self.data.heldout],
-                                                      [r["completion"] for r in self.data.heldout], None,
-                                                      self.cfg["eval"]["batch_size"])
+                demo_rewards = self.objective.rewards(
+                    reward,
+                    self.tokenizer,
+                    [r["prompt"] for r in self.data.heldout],
+                    [r["completion"] for r in self.data.heldout],
+                    None,
+                    self.cfg["eval"]["batch_size"],
+                )
         e = self.cfg["eval"]
         best_temperature = self.best_bc_temperature(reference) if "bc" in self.arms else None
         with_best = [a for arm in self.arms for a in ([arm, BC_BEST] if arm == "bc" and best_temperature else [arm])]
@@ -728,11 +929,22 @@ class Pipeline:
             start = time.perf_counter()
             policy = reference if arm in ("bc", BC_BEST) else self.roles.load_policy(str(self.final_dir(arm)))
             arms[arm], records[arm] = evaluate_arm(
-                policy, self.tokenizer, self.task, self.data.heldout, max_new_tokens=self.data.max_completion_length,
-                reference=reference, reward_objective=self.objective if reward is not None else None,
-                reward_model=reward, batch_size=e["batch_size"], seed=5000 + self.cfg["seed"], name=arm,
-                bf16=self.sample_bf16, demonstration_rewards=demo_rewards, num_samples=e["num_samples"],
-                temperature=best_temperature["temperature"] if arm == BC_BEST else 1.0)
+                policy,
+                self.tokenizer,
+                self.task,
+                self.data.heldout,
+                max_new_tokens=self.data.max_completion_length,
+                reference=reference,
+                reward_objective=self.objective if reward is not None else None,
+                reward_model=reward,
+                batch_size=e["batch_size"],
+                seed=5000 + self.cfg["seed"],
+                name=arm,
+                bf16=self.sample_bf16,
+                demonstration_rewards=demo_rewards,
+                num_samples=e["num_samples"],
+                temperature=best_temperature["temperature"] if arm == BC_BEST else 1.0,
+            )
             if arm == BC_BEST:
                 arms[arm] |= best_temperature
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records[arm])
@@ -755,14 +967,25 @@ class Pipeline:
             return None
         found = {}
         for t in sorted({float(t) for t in temperatures}):
-            scores = sample_and_score(bc_policy, self.tokenizer, verifier, self.data.validation,
-                                      self.cfg["eval"]["num_samples"], max_new_tokens=self.data.max_completion_length,
-                                      batch_size=self.cfg["eval"]["batch_size"], seed=8000 + self.cfg["seed"],
-                                      desc=f"BC at T={t:g} (validation)", bf16=self.sample_bf16, temperature=t)[2]
+            scores = sample_and_score(
+                bc_policy,
+                self.tokenizer,
+                verifier,
+                self.data.validation,
+                self.cfg["eval"]["num_samples"],
+                max_new_tokens=self.data.max_completion_length,
+                batch_size=self.cfg["eval"]["batch_size"],
+                seed=8000 + self.cfg["seed"],
+                desc=f"BC at T={t:g} (validation)",
+                bf16=self.sample_bf16,
+                temperature=t,
+            )[2]
             found[t] = float(scores.mean())
         best = max(found.values())
-        return {"temperature": min(t for t, v in found.items() if v == best),
-                "validation_success": {f"{t:g}": v for t, v in found.items()}}
+        return {
+            "temperature": min(t for t, v in found.items() if v == best),
+            "validation_success": {f"{t:g}": v for t, v in found.items()},
+        }
 
     def reward_diagnostics(self, bc: str, bc_policy, final_reward) -> dict:
         """The learned reward as a reranker of ``eval.rerank_samples`` samples of ``bc_policy`` per held-out prompt
@@ -772,18 +995,33 @@ class Pipeline:
         from .evaluation import rerank, sample_and_score
 
         n = self.cfg["eval"]["rerank_samples"]
-        rewards_at = {"reward_pretrain": self.final_dir("reward_pretrain"), self.algo: self.out / self.algo / "final_reward"}
+        rewards_at = {
+            "reward_pretrain": self.final_dir("reward_pretrain"),
+            self.algo: self.out / self.algo / "final_reward",
+        }
         rewards_at = {name: folder for name, folder in rewards_at.items() if folder.exists()}
         if not n or self.task.verifier is None or self.algo not in self.arms or not rewards_at:
             return {}
         heldout, batch, seed = self.data.heldout, self.cfg["eval"]["batch_size"], self.cfg["seed"]
-        prompts, samples, scores = sample_and_score(bc_policy, self.tokenizer, self.task.verifier, heldout, n,
-                                                    max_new_tokens=self.data.max_completion_length, batch_size=batch,
-                                                    seed=7000 + seed, desc="BC samples to rerank", bf16=self.sample_bf16)
+        prompts, samples, scores = sample_and_score(
+            bc_policy,
+            self.tokenizer,
+            self.task.verifier,
+            heldout,
+            n,
+            max_new_tokens=self.data.max_completion_length,
+            batch_size=batch,
+            seed=7000 + seed,
+            desc="BC samples to rerank",
+            bf16=self.sample_bf16,
+        )
         out = {}
         for name, folder in rewards_at.items():
-            policy, reward = (None, final_reward) if name == self.algo else \
-                self.roles.evaluation_models(bc, folder, self.objective.model_kind)
+            policy, reward = (
+                (None, final_reward)
+                if name == self.algo
+                else self.roles.evaluation_models(bc, folder, self.objective.model_kind)
+            )
             reads = None  # AIRL's reward reads log pi of the policy it was trained beside
             if self.objective.needs_policy:
                 reads = policy if name == "reward_pretrain" else self.roles.load_policy(str(self.final_dir(self.algo)))
@@ -820,9 +1058,12 @@ class Pipeline:
                 history = self.timed(arm, self.policy_training, arm, bc)
                 log_history = history if arm == self.algo else log_history
                 if arm == "oracle" and never_rewarded(history) and self.state.is_main_process:
-                    print("  oracle: the verifier scored every training sample 0, so the oracle had nothing to learn "
-                          "from (a task too hard for BC's samples, or a verifier that never matches: see "
-                          "samples_bc.jsonl)", flush=True)
+                    print(
+                        "  oracle: the verifier scored every training sample 0, so the oracle had nothing to learn "
+                        "from (a task too hard for BC's samples, or a verifier that never matches: see "
+                        "samples_bc.jsonl)",
+                        flush=True,
+                    )
         if self.state.is_main_process:
             stage_header("evaluation")
         arms, records, diagnostics = self.evaluation(bc)

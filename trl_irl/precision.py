@@ -41,8 +41,10 @@ def resolve_bf16(setting, use_cpu: bool) -> tuple[bool | None, str | None]:
         return False, None
     if cpu_has_bf16():
         return True, None
-    return False, ("model.bf16=true: this CPU has no bf16 instructions (avx512_bf16 or AMX), so bf16 would be "
-                   "emulated and slower; running in fp32")
+    return False, (
+        "model.bf16=true: this CPU has no bf16 instructions (avx512_bf16 or AMX), so bf16 would be "
+        "emulated and slower; running in fp32"
+    )
 
 
 def cpu_autocast(enabled: bool, device: torch.device | str = "cpu"):

@@ -20,15 +20,17 @@ from .shared_base import CRITIC, POLICY, REWARD, AdapterRole, SharedBase, export
 
 class Roles:
     """Args:
-        init_path: the initial model's folder (the base of every adapter).
-        tokenizer: the run's tokenizer (saved beside every model; its pad id is every classifier's).
-        peft: the ``peft`` group (``enabled``, r, alpha, ...), quant: the ``quant`` group.
-        shared_base: every adapter on one base.
-        critic: the algorithm trains a critic (PPO).
-        device: where models loaded for sampling and evaluation go.
+    init_path: the initial model's folder (the base of every adapter).
+    tokenizer: the run's tokenizer (saved beside every model; its pad id is every classifier's).
+    peft: the ``peft`` group (``enabled``, r, alpha, ...), quant: the ``quant`` group.
+    shared_base: every adapter on one base.
+    critic: the algorithm trains a critic (PPO).
+    device: where models loaded for sampling and evaluation go.
     """
 
-    def __init__(self, init_path: str, tokenizer, peft: dict, quant: dict, shared_base: bool, critic: bool, device=None):
+    def __init__(
+        self, init_path: str, tokenizer, peft: dict, quant: dict, shared_base: bool, critic: bool, device=None
+    ):
         self.init_path, self.tokenizer, self.peft, self.quant = init_path, tokenizer, peft, quant
         self.lora, self.shared, self.has_critic, self.device = bool(peft.get("enabled")), shared_base, critic, device
         self.bases: dict[str, SharedBase] = {}  # the bases of the arm in training, by role or "shared"
@@ -47,8 +49,11 @@ class Roles:
         key = "shared" if self.shared else role
         if key not in self.bases:
             if roles is None:
-                roles = ((REWARD, CRITIC) if self.has_critic else (REWARD,)) if self.shared else \
-                    ((role,) if role != POLICY else ())
+                roles = (
+                    ((REWARD, CRITIC) if self.has_critic else (REWARD,))
+                    if self.shared
+                    else ((role,) if role != POLICY else ())
+                )
             self.bases[key] = SharedBase(self.init_path, self.peft, self.quant, policy_adapter=start, roles=roles)
         return self.bases[key]
 
@@ -114,8 +119,12 @@ class Roles:
             self.tokenizer.save_pretrained(directory)
         else:
             save_model(reward, self.tokenizer, directory)
-        write_card(directory, objective, policy,
-                   {"base": self.init_path, "start": start, "peft": self.peft, "quant": self.quant} if self.lora else None)
+        write_card(
+            directory,
+            objective,
+            policy,
+            {"base": self.init_path, "start": start, "peft": self.peft, "quant": self.quant} if self.lora else None,
+        )
 
     def load_policy(self, path: str, trainable: bool = False):
         """A trained policy for sampling and evaluation (``trainable``: to train on, as SPIN does): a full model, or

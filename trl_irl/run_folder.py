@@ -49,8 +49,14 @@ def stage_sections(stage: str, algo: str) -> tuple[str, ...]:
     if stage == "spin":
         return (*BASE, "spin", "eval.batch_size")
     if stage == "sdft":  # its budget is the algo's where sdft.* leaves it null
-        return (*BASE, "sdft", "algo.max_steps", "algo.learning_rate", "algo.per_device_train_batch_size",
-                "algo.num_generations")
+        return (
+            *BASE,
+            "sdft",
+            "algo.max_steps",
+            "algo.learning_rate",
+            "algo.per_device_train_batch_size",
+            "algo.num_generations",
+        )
     raise ValueError(f"unknown stage {stage!r}")
 
 
@@ -77,8 +83,11 @@ def flatten(value, prefix: str = "") -> dict:
 def config_changes(stored: dict, current: dict) -> list[str]:
     """``key: old -> new`` for every dotted key that differs."""
     old, new = flatten(stored), flatten(current)
-    return [f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
-            for key in sorted(set(old) | set(new)) if old.get(key, "(unset)") != new.get(key, "(unset)")]
+    return [
+        f"{key}: {old.get(key, '(unset)')!r} -> {new.get(key, '(unset)')!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, "(unset)") != new.get(key, "(unset)")
+    ]
 
 
 # --- the run's record: the overrides it was started with ------------------------------------------------------
@@ -148,8 +157,12 @@ def resumable(out: Path):
             bar.close()
         if os.environ.get("RANK", "0") == "0":
             how = "SIGTERM" if isinstance(interrupt, Terminated) else "Ctrl-C"
-            print(f"trl-irl: interrupted ({how}); what was trained up to the last complete checkpoint is kept. "
-                  f"Resume with: {resume_command(out)}", file=sys.stderr, flush=True)
+            print(
+                f"trl-irl: interrupted ({how}); what was trained up to the last complete checkpoint is kept. "
+                f"Resume with: {resume_command(out)}",
+                file=sys.stderr,
+                flush=True,
+            )
         raise
     finally:
         if main_thread:
@@ -209,10 +222,12 @@ def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, retrain_cha
             reused.append(stage)
     if changed and not retrain_changed:
         lines = "; ".join(f"{stage}: " + "; ".join(diff) for stage, diff in changed.items())
-        raise ValueError(f"resume=true: {out} was trained under another config, so reusing it would mix two runs "
-                         f"({lines}). Leave out the overrides that change a trained stage, choose a new output folder "
-                         f"({folder_option()}), or add retrain_changed=true to train these stages again (their "
-                         "folders are removed)")
+        raise ValueError(
+            f"resume=true: {out} was trained under another config, so reusing it would mix two runs "
+            f"({lines}). Leave out the overrides that change a trained stage, choose a new output folder "
+            f"({folder_option()}), or add retrain_changed=true to train these stages again (their "
+            "folders are removed)"
+        )
     return reused, list(changed)
 
 
@@ -257,8 +272,11 @@ class RunLock:
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -275,8 +293,10 @@ class RunLock:
         owner = self._owner()
         if not self._stale(owner):
             self._refuse(owner)
-        self.log(f"{self.path}: the run that held it (pid {owner['pid']}, started {owner.get('started')}) is gone; "
-                 "taking the folder over")
+        self.log(
+            f"{self.path}: the run that held it (pid {owner['pid']}, started {owner.get('started')}) is gone; "
+            "taking the folder over"
+        )
         self.path.unlink(missing_ok=True)
 
     def _refuse(self, owner: dict):
@@ -284,13 +304,17 @@ class RunLock:
 
         pid, host = owner.get("pid"), owner.get("host")
         if not owner:  # unreadable: a run is writing it this instant, or it is damaged
-            raise RuntimeError(f"{self.path.parent} is locked by {self.path}, which cannot be read: if no run uses "
-                               "the folder, delete the lock file")
+            raise RuntimeError(
+                f"{self.path.parent} is locked by {self.path}, which cannot be read: if no run uses "
+                "the folder, delete the lock file"
+            )
         where = "this host" if host == socket.gethostname() else f"host {host}"
-        raise RuntimeError(f"{self.path.parent} is in use by another run (pid {pid} on {where}, started "
-                           f"{owner.get('started')}): two runs in one folder overwrite each other's models. Choose "
-                           f"another output folder ({folder_option()}), or wait for that run to finish"
-                           + ("" if host == socket.gethostname() else "; if it is gone, delete " + str(self.path)))
+        raise RuntimeError(
+            f"{self.path.parent} is in use by another run (pid {pid} on {where}, started "
+            f"{owner.get('started')}): two runs in one folder overwrite each other's models. Choose "
+            f"another output folder ({folder_option()}), or wait for that run to finish"
+            + ("" if host == socket.gethostname() else "; if it is gone, delete " + str(self.path))
+        )
 
     def __exit__(self, *exc):
         if self.held:

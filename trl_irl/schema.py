@@ -32,23 +32,32 @@ def config_values(cls, cfg: dict) -> dict:
 
 
 def check_fields(cls, keys, where: str):
-    """Every key of an open section must be a field of the dataclass ``cls``; the error names the section and the fix."""
+    """Every key of an open section must be a field of the dataclass ``cls``; the error names the section and the
+    fix."""
     unknown = sorted(set(keys) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} under {where}: they are not fields of {cls.__name__}. "
-                         f"Fix the spelling or remove them (see the {cls.__name__} docs for valid fields)")
+        raise ValueError(
+            f"unknown key(s) {unknown} under {where}: they are not fields of {cls.__name__}. "
+            f"Fix the spelling or remove them (see the {cls.__name__} docs for valid fields)"
+        )
 
 
 def check_section(cfg: dict, section: str, classes):
     """Every key under ``section`` must be the config path of a field of one of ``classes``."""
     classes = list(dict.fromkeys(classes))
-    known = {path.rpartition(".")[2] for cls in classes for path in config_paths(cls).values()
-             if path.rpartition(".")[0] == section}
+    known = {
+        path.rpartition(".")[2]
+        for cls in classes
+        for path in config_paths(cls).values()
+        if path.rpartition(".")[0] == section
+    }
     keys = lookup(cfg, section)
     unknown = sorted(set(keys if isinstance(keys, dict) else ()) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} under {section}: valid keys are {sorted(known)} (the fields of "
-                         f"{', '.join(c.__name__ for c in classes)} set from {section}). Fix the spelling or remove them")
+        raise ValueError(
+            f"unknown key(s) {unknown} under {section}: valid keys are {sorted(known)} (the fields of "
+            f"{', '.join(c.__name__ for c in classes)} set from {section}). Fix the spelling or remove them"
+        )
 
 
 def section_paths(section: str, values: dict) -> dict[str, str]:
@@ -58,9 +67,10 @@ def section_paths(section: str, values: dict) -> dict[str, str]:
 
 
 def build_config(cls, values: dict, where: str, paths: dict[str, str] | None = None):
-    """``cls(**values)`` after ``check_fields`` and ``check_types`` (5.5 or "twenty" for an integer); the config's own checks (TRL's, ours) name the config path the user
-    wrote: a field set from a shared section by its path (``reward_learning_rate`` as ``reward.online.learning_rate``),
-    one from an open section by the path in ``paths`` (``section_paths``), else the message says ``where``."""
+    """``cls(**values)`` after ``check_fields`` and ``check_types`` (5.5 or "twenty" for an integer); the config's own
+    checks (TRL's, ours) name the config path the user wrote: a field set from a shared section by its path
+    (``reward_learning_rate`` as ``reward.online.learning_rate``), one from an open section by the path in ``paths``
+    (``section_paths``), else the message says ``where``."""
     import typing
 
     from .validation import check_types

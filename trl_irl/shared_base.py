@@ -91,8 +91,10 @@ class AdapterRole(torch.nn.Module):
         if kind not in ("classifier", "token", "lm"):
             raise ValueError(f"AdapterRole kind must be 'classifier', 'token' or 'lm', got {kind!r}")
         if adapter not in peft_model.peft_config:
-            raise ValueError(f"the shared model has no adapter {adapter!r} (it has {sorted(peft_model.peft_config)}): "
-                             "build it with SharedBase")
+            raise ValueError(
+                f"the shared model has no adapter {adapter!r} (it has {sorted(peft_model.peft_config)}): "
+                "build it with SharedBase"
+            )
         object.__setattr__(self, "peft_model", peft_model)  # not a submodule: the other roles' weights are not ours
         self.adapter, self.kind = adapter, kind
         self.config = peft_model.get_base_model().config
@@ -103,7 +105,9 @@ class AdapterRole(torch.nn.Module):
             base = peft_model.get_base_model()
             hidden = self.config.get_text_config().hidden_size
             head = torch.nn.Linear(hidden, 1, bias=False)
-            torch.nn.init.zeros_(head.weight) if kind == "token" else torch.nn.init.normal_(head.weight, std=hidden**-0.5)
+            torch.nn.init.zeros_(head.weight) if kind == "token" else torch.nn.init.normal_(
+                head.weight, std=hidden**-0.5
+            )
             self.score = head.to(device=base.device)
         self.frozen: set[str] = set()  # names of this role's parameters that never train (``limit_trainable_layers``)
         if adapter != POLICY:  # the policy's flags are TRL's (and PEFT's)
@@ -130,18 +134,32 @@ class AdapterRole(torch.nn.Module):
         kwargs.pop("use_cache", None)
         with self.active():
             if self.kind == "lm":
-                out = self.peft_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                      use_cache=False, output_attentions=output_attentions, **kwargs)
+                out = self.peft_model(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                    output_attentions=output_attentions,
+                    **kwargs,
+                )
                 return _Output(out.logits, getattr(out, "attentions", None))
             trunk = self.peft_model.get_base_model().base_model
-            out = trunk(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-                        output_attentions=output_attentions)
+            out = trunk(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+                output_attentions=output_attentions,
+            )
             hidden = out.last_hidden_state
             scores = self.score(hidden.to(self.score.weight.dtype))  # (B, L, 1)
         if self.kind == "token":
             return _Output(scores, out.attentions)
-        last = (attention_mask.long().cumsum(-1).argmax(-1) if attention_mask is not None
-                else torch.full((input_ids.size(0),), input_ids.size(1) - 1, device=input_ids.device))
+        last = (
+            attention_mask.long().cumsum(-1).argmax(-1)
+            if attention_mask is not None
+            else torch.full((input_ids.size(0),), input_ids.size(1) - 1, device=input_ids.device)
+        )
         return _Output(scores[torch.arange(scores.size(0), device=scores.device), last], out.attentions)
 
     def set_attn_implementation(self, implementation: str):
@@ -153,17 +171,27 @@ class AdapterRole(torch.nn.Module):
         from safetensors.torch import save_file
 
         Path(directory).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
-                  os.path.join(directory, "model.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+            os.path.join(directory, "model.safetensors"),
+        )
 
 
 class SharedBase:
     """Builds the shared PEFT model: the base (4-bit, 8-bit or full precision) with a policy adapter (fresh, or a
     pretrained one such as BC's) and ``reward`` / ``critic`` adapters (fresh, or copies of the pretrained policy
-    adapter); ``role(name, kind)`` gives each its module. Pass ``.model`` to a TRL trainer as the policy (not a path, not with ``peft_config``)."""
+    adapter); ``role(name, kind)`` gives each its module. Pass ``.model`` to a TRL trainer as the policy (not a path,
+    not with ``peft_config``)."""
 
-    def __init__(self, base_path: str, lora: dict, quant: dict | None = None, policy_adapter: str | None = None,
-                 roles: tuple[str, ...] = (REWARD, CRITIC), device=None):
+    def __init__(
+        self,
+        base_path: str,
+        lora: dict,
+        quant: dict | None = None,
+        policy_adapter: str | None = None,
+        roles: tuple[str, ...] = (REWARD, CRITIC),
+        device=None,
+    ):
         from peft import PeftModel, get_peft_model
 
         from .models import load_causal_lm, lora_config

@@ -10,7 +10,7 @@ unbounded, written None (``-`` in tables): the data cannot rule out that there i
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -54,8 +54,14 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), np.nan)
 
 
-def compare_arms(scores: dict[str, np.ndarray], tokens: dict[str, np.ndarray] | None = None, reference: str = "bc",
-                 ceiling: str = "oracle", draws: int = DRAWS, seed: int = 0) -> dict:
+def compare_arms(
+    scores: dict[str, np.ndarray],
+    tokens: dict[str, np.ndarray] | None = None,
+    reference: str = "bc",
+    ceiling: str = "oracle",
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> dict:
     """Each arm's mean, its difference from ``reference`` and its ``gap_closed`` (``(arm - reference) / (ceiling -
     reference)``), each with its paired 95% bootstrap interval.
 
@@ -82,22 +88,58 @@ def compare_arms(scores: dict[str, np.ndarray], tokens: dict[str, np.ndarray] | 
         boot = {arm: ratio(means[arm], means[f"{arm}\0tokens"]) for arm in arms}
     out = {"value": point, "ci95": {arm: interval(boot[arm]) for arm in arms}}
     if reference in arms:
-        out[f"minus_{reference}"] = {arm: {"value": point[arm] - point[reference],
-                                           "ci95": interval(boot[arm] - boot[reference])}
-                                     for arm in arms if arm != reference}
+        out[f"minus_{reference}"] = {
+            arm: {"value": point[arm] - point[reference], "ci95": interval(boot[arm] - boot[reference])}
+            for arm in arms
+            if arm != reference
+        }
     if {reference, ceiling} <= set(arms):
         gap = point[ceiling] - point[reference]
         boot_gap = boot[ceiling] - boot[reference]
-        out["gap_closed"] = {arm: {"value": (point[arm] - point[reference]) / gap if gap > 0 else None,
-                                   "ci95": interval(ratio(boot[arm] - boot[reference], boot_gap))}
-                             for arm in arms if arm not in (reference, ceiling)}
+        out["gap_closed"] = {
+            arm: {
+                "value": (point[arm] - point[reference]) / gap if gap > 0 else None,
+                "ci95": interval(ratio(boot[arm] - boot[reference], boot_gap)),
+            }
+            for arm in arms
+            if arm not in (reference, ceiling)
+        }
     return out
 
 
 # Student's t: the 97.5th percentile for 1..30 degrees of freedom (beyond, a Cornish-Fisher expansion)
-T_975 = [12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604,
-         2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555,
-         2.0518, 2.0484, 2.0452, 2.0423]
+T_975 = [
+    12.7062,
+    4.3027,
+    3.1824,
+    2.7764,
+    2.5706,
+    2.4469,
+    2.3646,
+    2.3060,
+    2.2622,
+    2.2281,
+    2.2010,
+    2.1788,
+    2.1604,
+    2.1448,
+    2.1314,
+    2.1199,
+    2.1098,
+    2.1009,
+    2.0930,
+    2.0860,
+    2.0796,
+    2.0739,
+    2.0687,
+    2.0639,
+    2.0595,
+    2.0555,
+    2.0518,
+    2.0484,
+    2.0452,
+    2.0423,
+]
 
 
 def t_975(df: int) -> float:
@@ -107,7 +149,7 @@ def t_975(df: int) -> float:
     if df <= len(T_975):
         return T_975[df - 1]
     z = 1.959963984540054
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
 def over_seeds(values: list[float]) -> dict:

@@ -76,8 +76,10 @@ def check_runs(spec: dict, name: str = "NAME") -> int:
     checked. A value left at ``???`` is named with the line that fills it in."""
     missing = [k for k, p in spec["parameters"].items() if p.get("value") == MISSING]
     if missing:
-        raise ValueError(f"sweep parameters {missing} have no value: give them, e.g. trl-irl sweep {name} "
-                         + " ".join(f"{k}=..." for k in missing))
+        raise ValueError(
+            f"sweep parameters {missing} have no value: give them, e.g. trl-irl sweep {name} "
+            + " ".join(f"{k}=..." for k in missing)
+        )
     all_runs = runs(spec)
     with tempfile.TemporaryDirectory() as folder:
         for overrides in all_runs:
@@ -102,7 +104,7 @@ def main(argv: list[str]) -> int:
         i = rest.index("--out")
         if i + 1 >= len(rest):
             raise ValueError("--out needs a file name")
-        out, rest = Path(rest[i + 1]), rest[:i] + rest[i + 2:]
+        out, rest = Path(rest[i + 1]), rest[:i] + rest[i + 2 :]
     spec = with_values(load(name), rest)
     count = check_runs(spec, name)
     out = out or Path(f"{Path(name).stem}.sweep.yaml")

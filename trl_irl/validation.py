@@ -81,16 +81,20 @@ def check_dataset(dataset, required: list[str], name: str):
     columns = list(getattr(dataset, "column_names", None) or [])
     missing = [c for c in required if c not in columns]
     if missing:
-        raise ValueError(f"{name} lacks the column(s) {missing} (it has {columns}); add them, e.g. "
-                         f"dataset.rename_column('<yours>', '{missing[0]}')")
+        raise ValueError(
+            f"{name} lacks the column(s) {missing} (it has {columns}); add them, e.g. "
+            f"dataset.rename_column('<yours>', '{missing[0]}')"
+        )
     if len(dataset) == 0:
         raise ValueError(f"{name} is empty: it needs at least one row with columns {required}")
     for column in required:  # the first value given: a row may lack a demonstration (a rollout prompt)
         first = next((v for v in dataset[column] if v is not None), "")
         if not isinstance(first, str):
-            raise ValueError(f"{name}['{column}'] must hold plain text (str); got {type(first).__name__}. "
-                             "The trainers take plain text: render chat messages with tokenizer.apply_chat_template "
-                             "first (the trl-irl job's task=dataset does this for you)")
+            raise ValueError(
+                f"{name}['{column}'] must hold plain text (str); got {type(first).__name__}. "
+                "The trainers take plain text: render chat messages with tokenizer.apply_chat_template "
+                "first (the trl-irl job's task=dataset does this for you)"
+            )
 
 
 def check_tokenizer(tokenizer, name: str = "processing_class", eos_token_ids=()):
@@ -100,16 +104,21 @@ def check_tokenizer(tokenizer, name: str = "processing_class", eos_token_ids=())
         raise ValueError(f"{name} is missing: pass the tokenizer of the model")
     if tokenizer.eos_token is None:
         raise ValueError(f"{name} has no eos token: set tokenizer.eos_token; completions are scored with EOS appended")
-    fix = ("trl_irl.models.use_distinct_pad(tokenizer) reuses a spare special token (no resize); or "
-           "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings")
+    fix = (
+        "trl_irl.models.use_distinct_pad(tokenizer) reuses a spare special token (no resize); or "
+        "tokenizer.add_special_tokens({'pad_token': '<pad>'}) and resize the model's embeddings"
+    )
     if tokenizer.pad_token is None:
-        raise ValueError(f"{name} has no pad token: {fix} (reusing EOS as pad makes a reward model score the wrong "
-                         "token)")
+        raise ValueError(
+            f"{name} has no pad token: {fix} (reusing EOS as pad makes a reward model score the wrong token)"
+        )
     eos = eos_ids(tokenizer, eos_token_ids)
     if tokenizer.pad_token_id in eos:
-        raise ValueError(f"{name} pads with {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), one of its EOS ids "
-                         f"{sorted(eos)}: a reward classifier would score the token before the EOS that ends each "
-                         f"scored completion instead of the EOS. Give it a distinct pad: {fix}")
+        raise ValueError(
+            f"{name} pads with {tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), one of its EOS ids "
+            f"{sorted(eos)}: a reward classifier would score the token before the EOS that ends each "
+            f"scored completion instead of the EOS. Give it a distinct pad: {fix}"
+        )
 
 
 def id_list(ids) -> list[int]:
@@ -136,19 +145,32 @@ def check_pad_id(model, tokenizer, name: str = "reward_model"):
     if config.pad_token_id is None:
         config.pad_token_id = tokenizer.pad_token_id
     elif config.pad_token_id != tokenizer.pad_token_id:
-        raise ValueError(f"{name}.config.pad_token_id is {config.pad_token_id} but its tokenizer pads with id "
-                         f"{tokenizer.pad_token_id}: it would pool at the wrong token. Set "
-                         f"{name}.config.pad_token_id = tokenizer.pad_token_id (trl_irl.models.load_reward_model(path, "
-                         "'classifier', tokenizer.pad_token_id) does)")
+        raise ValueError(
+            f"{name}.config.pad_token_id is {config.pad_token_id} but its tokenizer pads with id "
+            f"{tokenizer.pad_token_id}: it would pool at the wrong token. Set "
+            f"{name}.config.pad_token_id = tokenizer.pad_token_id (trl_irl.models.load_reward_model(path, "
+            "'classifier', tokenizer.pad_token_id) does)"
+        )
 
 
 # --- the job's config: every key known, every value in range, before anything runs ------------------------------
 # sections whose keys are checked against a dataclass (the trainer configs, the task's factory): not the schema's
-OPEN_SECTIONS = ("algo", "credit", "reward.pretrain", "reward.online", "bc.extra", "spin.extra", "sdft.extra", "task",
-                 "hydra")
+OPEN_SECTIONS = (
+    "algo",
+    "credit",
+    "reward.pretrain",
+    "reward.online",
+    "bc.extra",
+    "spin.extra",
+    "sdft.extra",
+    "task",
+    "hydra",
+)
 # the studies' jobs: their schema is their recipe; these sections hold names or fields checked by the job itself
-JOB_OPEN_SECTIONS = {"prompt_oirl": ("rm.candidates", "hydra"),
-                     "compounding_error": ("compounding.rl", "compounding.hidden", "compounding.demos", "hydra")}
+JOB_OPEN_SECTIONS = {
+    "prompt_oirl": ("rm.candidates", "hydra"),
+    "compounding_error": ("compounding.rl", "compounding.hidden", "compounding.demos", "hydra"),
+}
 
 
 def _paths(value, prefix=""):
@@ -173,12 +195,15 @@ def check_unknown_keys(cfg: dict, schema: dict, source=lambda path: "", open_sec
         if parent and parent not in known:
             continue  # reported at its parent
         siblings = sorted(p for p in known if p.rpartition(".")[0] == parent)
-        near = difflib.get_close_matches(path, siblings, n=1, cutoff=0.6) or \
-            difflib.get_close_matches(path.rpartition(".")[2], [p.rpartition(".")[2] for p in known], n=1, cutoff=0.7)
+        near = difflib.get_close_matches(path, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+            path.rpartition(".")[2], [p.rpartition(".")[2] for p in known], n=1, cutoff=0.7
+        )
         hint = f"did you mean {near[0]}? " if near else ""
-        raise ValueError(f"unknown config key {path}{source(path)}: {hint}valid keys "
-                         f"{'under ' + parent if parent else 'at the top level'}: "
-                         f"{[p.rpartition('.')[2] for p in siblings]}. Fix the spelling or remove it")
+        raise ValueError(
+            f"unknown config key {path}{source(path)}: {hint}valid keys "
+            f"{'under ' + parent if parent else 'at the top level'}: "
+            f"{[p.rpartition('.')[2] for p in siblings]}. Fix the spelling or remove it"
+        )
 
 
 def lookup(cfg: dict, path: str, default=None):
@@ -203,19 +228,37 @@ RANGES = [
     ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("eval.rerank_samples", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     ("eval.num_samples", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    ("eval.temperatures", "a list of numbers >= 0 ([] for no bc@T* arm)",
-     lambda v: isinstance(v, (list, tuple)) and all(_number(t) and t >= 0 for t in v)),
+    (
+        "eval.temperatures",
+        "a list of numbers >= 0 ([] for no bc@T* arm)",
+        lambda v: isinstance(v, (list, tuple)) and all(_number(t) and t >= 0 for t in v),
+    ),
     ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
-    *[(f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
-      for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")],
-    *[(f"sdft.{k}", "an integer >= 1 (null: the algo's)", lambda v: isinstance(v, int) and not isinstance(v, bool)
-       and v >= 1) for k in ("max_steps", "num_generations")],
+    *[
+        (f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
+        for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")
+    ],
+    *[
+        (
+            f"sdft.{k}",
+            "an integer >= 1 (null: the algo's)",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        )
+        for k in ("max_steps", "num_generations")
+    ],
     ("algo.critic_learning_rate", "a number > 0", lambda v: _number(v) and v > 0),
-    *[(f"{s}.per_device_train_batch_size", "an integer >= 1",
-       lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-      for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")],
-    *[(f"{s}.num_train_epochs", "a number > 0", lambda v: _number(v) and v > 0)
-      for s in ("bc", "spin", "reward.pretrain")],
+    *[
+        (
+            f"{s}.per_device_train_batch_size",
+            "an integer >= 1",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+        )
+        for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")
+    ],
+    *[
+        (f"{s}.num_train_epochs", "a number > 0", lambda v: _number(v) and v > 0)
+        for s in ("bc", "spin", "reward.pretrain")
+    ],
     ("bc.early_stopping_patience", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
     ("spin.rounds", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     ("spin.beta", "a number > 0", lambda v: _number(v) and v > 0),
@@ -223,8 +266,10 @@ RANGES = [
     ("algo.temperature", "a number > 0", lambda v: _number(v) and v > 0),
     ("algo.save_steps", "a number > 0", lambda v: _number(v) and v > 0),
     ("reward.prefix_weight", "a number >= 0", lambda v: _number(v) and v >= 0),
-    *[(f"model.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-      for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")],
+    *[
+        (f"model.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")
+    ],
 ]
 
 
@@ -235,8 +280,11 @@ def number_kind(annotation) -> str | None:
     import types
     import typing
 
-    args = set(typing.get_args(annotation)) if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
+    args = (
+        set(typing.get_args(annotation))
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
         else {annotation}
+    )
     args.discard(type(None))
     if args == {bool}:
         return "true or false"
@@ -300,11 +348,16 @@ def check_reward_model_kind(model, objective, name: str = "reward_model"):
     """The reward model must be what ``objective`` scores with: BT and GAIL a sequence classifier, AIRL a causal LM."""
     kind = reward_model_kind(model)
     if kind is not None and kind != objective.model_kind:
-        want = "a sequence classifier (AutoModelForSequenceClassification, num_labels=1)" \
-            if objective.model_kind == "classifier" else "a causal LM (AutoModelForCausalLM)"
-        raise ValueError(f"{name} is a {type(model).__name__} ({kind}), but objective={objective.name!r} scores with "
-                         f"{want}: build it with trl_irl.models.load_reward_model(path, {objective.model_kind!r}), or "
-                         "choose the objective that matches it")
+        want = (
+            "a sequence classifier (AutoModelForSequenceClassification, num_labels=1)"
+            if objective.model_kind == "classifier"
+            else "a causal LM (AutoModelForCausalLM)"
+        )
+        raise ValueError(
+            f"{name} is a {type(model).__name__} ({kind}), but objective={objective.name!r} scores with "
+            f"{want}: build it with trl_irl.models.load_reward_model(path, {objective.model_kind!r}), or "
+            "choose the objective that matches it"
+        )
 
 
 def check_reference_source(model, beta: float):
@@ -313,6 +366,8 @@ def check_reference_source(model, beta: float):
     (its reference is the base with the adapter off), is right."""
     if beta and not isinstance(model, str) and not hasattr(model, "peft_config"):
         source = getattr(getattr(model, "config", None), "_name_or_path", "") or "(no path)"
-        raise ValueError(f"model is an in-memory {type(model).__name__} and beta={beta} > 0: TRL would load the KL "
-                         f"reference from {source!r}, not from the weights you passed. Save the model and pass its "
-                         "folder (model='path/to/folder'), or set beta=0")
+        raise ValueError(
+            f"model is an in-memory {type(model).__name__} and beta={beta} > 0: TRL would load the KL "
+            f"reference from {source!r}, not from the weights you passed. Save the model and pass its "
+            "folder (model='path/to/folder'), or set beta=0"
+        )

@@ -18,6 +18,7 @@ the reward learns as every reward here does: its objective's loss (``rewards/obj
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -53,9 +54,18 @@ def nll(policy: GRUPolicy, data: Rollouts) -> torch.Tensor:
     return -policy.logps(data.starts, data.actions).mean()
 
 
-def behaviour_cloning(policy: GRUPolicy, demos: Rollouts, heldout: Rollouts, generator: torch.Generator,
-                      learning_rate: float = 3e-3, batch: int = 64, max_epochs: int = 300, patience: int = 5,
-                      labels: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> GRUPolicy:
+def behaviour_cloning(
+    policy: GRUPolicy,
+    demos: Rollouts,
+    heldout: Rollouts,
+    generator: torch.Generator,
+    learning_rate: float = 3e-3,
+    batch: int = 64,
+    max_epochs: int = 300,
+    patience: int = 5,
+    labels: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> GRUPolicy:
     """Minimise the NLL of the demonstrated actions (or of ``labels`` at the demonstrated prefixes where ``mask``,
     for DAgger); keep the weights with the best held-out NLL."""
     targets = demos.actions if labels is None else labels
@@ -82,8 +92,17 @@ def behaviour_cloning(policy: GRUPolicy, demos: Rollouts, heldout: Rollouts, gen
     return policy
 
 
-def policy_gradient_step(policy, optimizer, bc, rollouts: Rollouts, token_rewards: torch.Tensor, mask: torch.Tensor,
-                         s: RLSettings, demos: Rollouts | None = None, logps: torch.Tensor | None = None) -> float:
+def policy_gradient_step(
+    policy,
+    optimizer,
+    bc,
+    rollouts: Rollouts,
+    token_rewards: torch.Tensor,
+    mask: torch.Tensor,
+    s: RLSettings,
+    demos: Rollouts | None = None,
+    logps: torch.Tensor | None = None,
+) -> float:
     """REINFORCE with a per-position baseline:  A_t = G_t - mean_batch G_t,  G_t the return-to-go of
     r_t - beta (log pi - log pi_BC);  loss = -mean_t A_t log pi(a_t | a_<t)  [+ bc_weight * NLL(demos)].
     ``logps``: the rollouts' log pi with its graph, when the caller has it already."""
@@ -136,9 +155,18 @@ class SequenceScorer(torch.nn.Module):
         return self.head(out[:, 1:]).squeeze(-1)
 
 
-def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts, horizon: int, objective: str,
-               s: RLSettings, generator: torch.Generator, reward_init: GRUPolicy | None = None,
-               learn_reward: bool = True) -> GRUPolicy:
+def online_irl(
+    bc: GRUPolicy,
+    env: Automaton,
+    demos: Rollouts,
+    heldout: Rollouts,
+    horizon: int,
+    objective: str,
+    s: RLSettings,
+    generator: torch.Generator,
+    reward_init: GRUPolicy | None = None,
+    learn_reward: bool = True,
+) -> GRUPolicy:
     """Alternate ``reward_steps`` reward updates (demonstrations vs fresh policy samples) with one policy step on
     the learnt token rewards. The learner never sees validity: every token of a sample is scored and trained on.
 
@@ -158,8 +186,9 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
     init = bc if reward_init is None else reward_init
     reward = clone(init) if objective == "airl" else SequenceScorer(init)
-    reward_optimizer = torch.optim.AdamW(reward.parameters(), lr=s.reward_learning_rate,
-                                         weight_decay=s.reward_weight_decay)
+    reward_optimizer = torch.optim.AdamW(
+        reward.parameters(), lr=s.reward_learning_rate, weight_decay=s.reward_weight_decay
+    )
     ones = torch.ones(s.batch, horizon)
 
     def token_rewards(starts: torch.Tensor, actions: torch.Tensor, policy_logps: torch.Tensor) -> torch.Tensor:
@@ -167,13 +196,18 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts
             return airl_logits(reward.logps(starts, actions), policy_logps)
         return reward(starts, actions)
 
-    def with_samples(data: Rollouts, rollouts: Rollouts, sample_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def with_samples(
+        data: Rollouts, rollouts: Rollouts, sample_logps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token rewards of a batch drawn from ``data`` and of the samples, in one forward of the reward model."""
         demo = draw(data, s.batch, generator)
         with torch.no_grad():
             demo_logps = policy.logps(demo.starts, demo.actions)
-        both = token_rewards(torch.cat([demo.starts, rollouts.starts]), torch.cat([demo.actions, rollouts.actions]),
-                             torch.cat([demo_logps, sample_logps]))
+        both = token_rewards(
+            torch.cat([demo.starts, rollouts.starts]),
+            torch.cat([demo.actions, rollouts.actions]),
+            torch.cat([demo_logps, sample_logps]),
+        )
         return both[: s.batch], both[s.batch :]
 
     # the library's reward learning: the objective's loss, one shared optimizer step (rewards/online.reward_step)
@@ -192,15 +226,22 @@ def online_irl(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts
         logps = policy.logps(rollouts.starts, rollouts.actions)  # the policy step's too: the reward steps don't move it
         sample_logps = logps.detach()
         for _ in range(s.reward_steps if learn_reward else 0):
-            reward_step(reward, params, reward_optimizer, s.max_grad_norm, lambda: pair_loss(rollouts, sample_logps),
-                        hint="Lower compounding.rl.reward_learning_rate")
+            reward_step(
+                reward,
+                params,
+                reward_optimizer,
+                s.max_grad_norm,
+                functools.partial(pair_loss, rollouts, sample_logps),
+                hint="Lower compounding.rl.reward_learning_rate",
+            )
         with torch.no_grad():
             held_rewards, r = with_samples(heldout, rollouts, sample_logps)
             separation = (held_rewards.sum(1)[:, None] > r.sum(1)[None, :]).float().mean().item()
         policy.separation.append(separation)
         r = r.clamp(-s.reward_clip, s.reward_clip) if separation >= s.reward_gate else torch.zeros_like(r)
-        policy_gradient_step(policy, optimizer, bc, rollouts, r, ones, s, demos=draw(demos, s.batch, generator),
-                             logps=logps)
+        policy_gradient_step(
+            policy, optimizer, bc, rollouts, r, ones, s, demos=draw(demos, s.batch, generator), logps=logps
+        )
     return policy
 
 
@@ -209,28 +250,45 @@ def draw(data: Rollouts, n: int, generator: torch.Generator) -> Rollouts:
     return data[torch.randint(len(data.starts), (n,), generator=generator)]
 
 
-def _reward_free_loop(bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, s: RLSettings,
-                      generator: torch.Generator) -> GRUPolicy:
+def _reward_free_loop(
+    bc: GRUPolicy, env: Automaton, demos: Rollouts, horizon: int, s: RLSettings, generator: torch.Generator
+) -> GRUPolicy:
     """online_irl's policy loop with zero reward: what its BC loss and KL to BC do on their own."""
     policy = clone(bc)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.learning_rate)
     for _ in range(s.iterations):
         rollouts = policy.sample(env, s.batch, horizon, generator)
-        policy_gradient_step(policy, optimizer, bc, rollouts, torch.zeros(s.batch, horizon),
-                             torch.ones(s.batch, horizon), s, demos=draw(demos, s.batch, generator))
+        policy_gradient_step(
+            policy,
+            optimizer,
+            bc,
+            rollouts,
+            torch.zeros(s.batch, horizon),
+            torch.ones(s.batch, horizon),
+            s,
+            demos=draw(demos, s.batch, generator),
+        )
     return policy
 
 
-def dagger(bc: GRUPolicy, env: Automaton, demos: Rollouts, heldout: Rollouts, horizon: int, s: RLSettings,
-           generator: torch.Generator) -> GRUPolicy:
+def dagger(
+    bc: GRUPolicy,
+    env: Automaton,
+    demos: Rollouts,
+    heldout: Rollouts,
+    horizon: int,
+    s: RLSettings,
+    generator: torch.Generator,
+) -> GRUPolicy:
     """Each round: roll the policy out, let the expert label the states it reached (a sampled expert action where
     the sequence is still alive), and refit on the demonstrations plus every label so far."""
     policy = clone(bc)
     starts, actions, labels, masks = [demos.starts], [demos.actions], [demos.actions], [demos.alive]
     for _ in range(s.dagger_rounds):
         r = policy.sample(env, s.dagger_rollouts, horizon, generator)
-        expert = torch.multinomial(env.expert_probs(r.states).reshape(-1, env.n_actions), 1,
-                                   generator=generator).reshape(r.actions.shape)
+        expert = torch.multinomial(
+            env.expert_probs(r.states).reshape(-1, env.n_actions), 1, generator=generator
+        ).reshape(r.actions.shape)
         starts.append(r.starts)
         actions.append(r.actions)
         labels.append(expert)

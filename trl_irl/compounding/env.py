@@ -26,13 +26,15 @@ class Rollouts:
     alive: torch.Tensor  # (N, T) bool, no earlier non-recoverable error (recoverable: all True)
     expert_logps: torch.Tensor  # (N, T) expert log p(action | state), -inf where invalid
 
-    def __getitem__(self, idx) -> "Rollouts":
+    def __getitem__(self, idx) -> Rollouts:
         """The sequences ``idx`` of the batch."""
         return Rollouts(*(getattr(self, f.name)[idx] for f in fields(self)))
 
-    def prefix(self, horizon: int) -> "Rollouts":
+    def prefix(self, horizon: int) -> Rollouts:
         """The first ``horizon`` steps of every sequence."""
-        return Rollouts(*(v if f.name == "starts" else v[:, :horizon] for f in fields(self) for v in [getattr(self, f.name)]))
+        return Rollouts(
+            *(v if f.name == "starts" else v[:, :horizon] for f in fields(self) for v in [getattr(self, f.name)])
+        )
 
 
 class Automaton:
@@ -54,8 +56,11 @@ class Automaton:
         """States, validity and expert log-probs of ``actions`` (N, T) from ``starts``: an invalid action leaves the
         state as it was; without ``task.recoverable`` every later step is dead."""
         N, T = actions.shape
-        states, valid, alive = (torch.empty(N, T, dtype=torch.long), torch.empty(N, T, dtype=torch.bool),
-                                torch.empty(N, T, dtype=torch.bool))
+        states, valid, alive = (
+            torch.empty(N, T, dtype=torch.long),
+            torch.empty(N, T, dtype=torch.bool),
+            torch.empty(N, T, dtype=torch.bool),
+        )
         s, ok = starts.clone(), torch.ones(N, dtype=torch.bool)
         for t in range(T):
             a = actions[:, t]
@@ -102,8 +107,9 @@ class GRUPolicy(torch.nn.Module):
         return self(starts, actions).gather(-1, actions[..., None]).squeeze(-1)
 
     @torch.no_grad()
-    def sample(self, env: Automaton, n: int, horizon: int, generator: torch.Generator,
-               starts: torch.Tensor | None = None) -> Rollouts:
+    def sample(
+        self, env: Automaton, n: int, horizon: int, generator: torch.Generator, starts: torch.Tensor | None = None
+    ) -> Rollouts:
         starts = torch.randint(env.n_starts, (n,), generator=generator) if starts is None else starts
         x, h = (starts + self.n_actions)[:, None], None
         actions = torch.empty(n, horizon, dtype=torch.long)

@@ -44,15 +44,34 @@ from ..validation import refusing
 from . import arms as A
 from .env import Automaton, GRUPolicy, metrics
 
-ARMS = ("bc", "bc_reward_width", "bc_loss_only", "online_irl_bt", "online_irl_airl", "airl_reward_frozen", "oracle_rl",
-        "dagger")
+ARMS = (
+    "bc",
+    "bc_reward_width",
+    "bc_loss_only",
+    "online_irl_bt",
+    "online_irl_airl",
+    "airl_reward_frozen",
+    "oracle_rl",
+    "dagger",
+)
 VALIDITY_ARMS = ("oracle_rl", "dagger")  # the only arms that see validity: trained once per error mode
 REWARD_ARMS = ("bc_reward_width", "online_irl_bt", "online_irl_airl", "airl_reward_frozen")  # use the reward model's BC
-AXES = {"task": ("plain", "rare"), "errors": ("nonrecoverable", "recoverable"), "capacity": ("realisable", "small"),
-        "demos": ("small", "large")}
+AXES = {
+    "task": ("plain", "rare"),
+    "errors": ("nonrecoverable", "recoverable"),
+    "capacity": ("realisable", "small"),
+    "demos": ("small", "large"),
+}
 GOAL_SETTING = "rare/nonrecoverable/small/small"  # the issue's goal: non-recoverable, misspecified
-METRICS = ("success_rate", "invalid_per_rollout", "expert_logprob_per_token", "errors_per_rollout", "errors_after_first",
-           "steps_after_first", "cost")
+METRICS = (
+    "success_rate",
+    "invalid_per_rollout",
+    "expert_logprob_per_token",
+    "errors_per_rollout",
+    "errors_after_first",
+    "steps_after_first",
+    "cost",
+)
 
 
 @dataclass
@@ -99,8 +118,16 @@ class StudyConfig:
     eval_rollouts: int = 2000
     bc_learning_rate: float = 3e-3
     bc_patience: int = 10
-    rl: dict = field(default_factory=lambda: {"iterations": 600, "learning_rate": 3e-3, "bc_weight": 0.5,
-                                              "reward_steps": 2, "reward_learning_rate": 3e-3, "gamma": 0.97})
+    rl: dict = field(
+        default_factory=lambda: {
+            "iterations": 600,
+            "learning_rate": 3e-3,
+            "bc_weight": 0.5,
+            "reward_steps": 2,
+            "reward_learning_rate": 3e-3,
+            "gamma": 0.97,
+        }
+    )
     """``arms.RLSettings`` fields for every RL arm (and DAgger's rounds). Chosen on seeds 0-1 of the goal setting:
     policy lr 3e-3 lifts the oracle from 0.32 to 0.77 in the same time; online IRL's extra BC loss (0.5) kept
     Bradley-Terry from collapsing at that lr; two reward steps per policy step, not one, let the Bradley-Terry scorer
@@ -114,11 +141,11 @@ class StudyConfig:
     bootstrap: int = 2000
 
     @classmethod
-    def quick(cls, **overrides) -> "StudyConfig":
+    def quick(cls, **overrides) -> StudyConfig:
         return replace(cls(), **overrides)
 
     @classmethod
-    def full(cls, **overrides) -> "StudyConfig":
+    def full(cls, **overrides) -> StudyConfig:
         """Horizons up to 128, 3 seeds, and one factor at a time changed from the goal's group (task, capacity,
         demonstrations), each group under both error modes: 12 (group, seed) jobs of about 20 min each at T=128."""
         groups = ["rare/{}/small/small", "plain/{}/small/small", "rare/{}/realisable/small", "rare/{}/small/large"]
@@ -130,8 +157,10 @@ class StudyConfig:
         for name in self.settings:
             parts = name.split("/")
             if len(parts) != 4 or any(p not in choices for p, choices in zip(parts, AXES.values())):
-                raise ValueError(f"compounding.settings: {name!r} is not task/errors/capacity/demos with "
-                                 + ", ".join(f"{k} in {v}" for k, v in AXES.items()))
+                raise ValueError(
+                    f"compounding.settings: {name!r} is not task/errors/capacity/demos with "
+                    + ", ".join(f"{k} in {v}" for k, v in AXES.items())
+                )
         if unknown := set(self.arms) - set(ARMS):
             raise ValueError(f"compounding.arms: unknown {sorted(unknown)}; choose from {ARMS}")
         if "bc" not in self.arms:
@@ -143,11 +172,15 @@ class StudyConfig:
         if self.workers < 1:
             raise ValueError("compounding.workers must be >= 1 (1 runs every job in this process)")
         if self.reward_capacity not in (*AXES["capacity"], "policy"):
-            raise ValueError(f"compounding.reward_capacity must be one of {(*AXES['capacity'], 'policy')}, "
-                             f"got {self.reward_capacity!r}")
+            raise ValueError(
+                f"compounding.reward_capacity must be one of {(*AXES['capacity'], 'policy')}, "
+                f"got {self.reward_capacity!r}"
+            )
         if unknown := set(self.rl) - {f.name for f in fields(A.RLSettings)}:
-            raise ValueError(f"compounding.rl: unknown {sorted(unknown)}; fields of arms.RLSettings are "
-                             f"{[f.name for f in fields(A.RLSettings)]}")
+            raise ValueError(
+                f"compounding.rl: unknown {sorted(unknown)}; fields of arms.RLSettings are "
+                f"{[f.name for f in fields(A.RLSettings)]}"
+            )
         for key, levels in (("hidden", AXES["capacity"]), ("demos", AXES["demos"])):
             if missing := set(levels) - set(getattr(self, key)):
                 raise ValueError(f"compounding.{key} needs a value for {sorted(missing)}")
@@ -161,9 +194,16 @@ class StudyConfig:
     def task(self, setting: str, seed: int) -> AutomatonTask:
         kind, errors, _, _ = setting.split("/")
         rare = dict(rare_states=self.rare_states, rare_prob=self.rare_prob, rare_exit_prob=self.rare_exit_prob)
-        return AutomatonTask(n_states=self.n_states, n_tokens=self.n_tokens, n_allowed=self.n_allowed,
-                             horizon=max(self.horizons), seed=seed, transitions="random",
-                             recoverable=errors == "recoverable", **(rare if kind == "rare" else {}))
+        return AutomatonTask(
+            n_states=self.n_states,
+            n_tokens=self.n_tokens,
+            n_allowed=self.n_allowed,
+            horizon=max(self.horizons),
+            seed=seed,
+            transitions="random",
+            recoverable=errors == "recoverable",
+            **(rare if kind == "rare" else {}),
+        )
 
 
 def cost(m: dict, recoverable: bool, n_rollouts: int) -> float:
@@ -183,22 +223,38 @@ def bootstrap_ci(per_seed: np.ndarray, statistic, n: int, seed: int = 0) -> tupl
     """95% percentile interval of ``statistic(rows)`` over resamples (with replacement) of the rows of ``per_seed``."""
     from ..statistics import interval, resample_indices
 
-    low, high = interval(np.array([statistic(per_seed[rows]) for (rows,) in resample_indices((len(per_seed),), n, seed)]))
+    low, high = interval(
+        np.array([statistic(per_seed[rows]) for (rows,) in resample_indices((len(per_seed),), n, seed)])
+    )
     return low, high
 
 
-def arm_trainers(cfg: StudyConfig, env: Automaton, bc: GRUPolicy, reward_bc: GRUPolicy, data, heldout, horizon: int,
-                 s: A.RLSettings, g: torch.Generator) -> dict:
+def arm_trainers(
+    cfg: StudyConfig,
+    env: Automaton,
+    bc: GRUPolicy,
+    reward_bc: GRUPolicy,
+    data,
+    heldout,
+    horizon: int,
+    s: A.RLSettings,
+    g: torch.Generator,
+) -> dict:
     """How each arm is trained from the shared BC policy (``reward_bc``: the BC policy of the reward model's width)."""
-    irl = lambda objective, **kw: A.online_irl(bc, env, data, heldout, horizon, objective, s, g, reward_init=reward_bc, **kw)  # noqa: E731
-    return {"bc": lambda: bc,
-            "bc_reward_width": lambda: reward_bc,
-            "bc_loss_only": lambda: A.online_irl(bc, env, data, heldout, horizon, "none", s, g),
-            "online_irl_bt": lambda: irl("bt"),
-            "online_irl_airl": lambda: irl("airl"),
-            "airl_reward_frozen": lambda: irl("airl", learn_reward=False),
-            "oracle_rl": lambda: A.oracle_rl(bc, env, horizon, s, g),
-            "dagger": lambda: A.dagger(bc, env, data, heldout, horizon, s, g)}
+
+    def irl(objective, **kw):
+        return A.online_irl(bc, env, data, heldout, horizon, objective, s, g, reward_init=reward_bc, **kw)
+
+    return {
+        "bc": lambda: bc,
+        "bc_reward_width": lambda: reward_bc,
+        "bc_loss_only": lambda: A.online_irl(bc, env, data, heldout, horizon, "none", s, g),
+        "online_irl_bt": lambda: irl("bt"),
+        "online_irl_airl": lambda: irl("airl"),
+        "airl_reward_frozen": lambda: irl("airl", learn_reward=False),
+        "oracle_rl": lambda: A.oracle_rl(bc, env, horizon, s, g),
+        "dagger": lambda: A.dagger(bc, env, data, heldout, horizon, s, g),
+    }
 
 
 def train_group(cfg: StudyConfig, group: tuple[str, str, str], seed: int, log=print) -> list[dict]:
@@ -222,8 +278,14 @@ def train_group(cfg: StudyConfig, group: tuple[str, str, str], seed: int, log=pr
     def fit_bc(hidden: int) -> tuple[GRUPolicy, float]:
         start = time.perf_counter()
         torch.manual_seed(seed)
-        policy = A.behaviour_cloning(GRUPolicy(env.n_starts, env.n_actions, hidden), data, heldout, g,
-                                     learning_rate=cfg.bc_learning_rate, patience=cfg.bc_patience)
+        policy = A.behaviour_cloning(
+            GRUPolicy(env.n_starts, env.n_actions, hidden),
+            data,
+            heldout,
+            g,
+            learning_rate=cfg.bc_learning_rate,
+            patience=cfg.bc_patience,
+        )
         return policy, time.perf_counter() - start
 
     bc, bc_seconds = fit_bc(cfg.hidden[capacity])
@@ -246,10 +308,20 @@ def train_group(cfg: StudyConfig, group: tuple[str, str, str], seed: int, log=pr
                 for h in cfg.horizons:
                     metric = metrics(rollouts.prefix(h), h)
                     metric["cost"] = cost(metric, scored == "recoverable", cfg.eval_rollouts)
-                    rows.append({"setting": setting, "arm": arm, "seed": seed, "horizon": h, **metric,
-                                 "train_seconds": round(seconds, 2)})
-                log(f"{setting} seed {seed} {arm}: success@{horizon} {rows[-1]['success_rate']:.3f}, "
-                    f"cost {rows[-1]['cost']:.3f} ({seconds:.1f} s)")
+                    rows.append(
+                        {
+                            "setting": setting,
+                            "arm": arm,
+                            "seed": seed,
+                            "horizon": h,
+                            **metric,
+                            "train_seconds": round(seconds, 2),
+                        }
+                    )
+                log(
+                    f"{setting} seed {seed} {arm}: success@{horizon} {rows[-1]['success_rate']:.3f}, "
+                    f"cost {rows[-1]['cost']:.3f} ({seconds:.1f} s)"
+                )
     return rows
 
 
@@ -271,8 +343,10 @@ def summarise(cfg: StudyConfig, rows: list[dict]) -> dict:
     for setting in cfg.settings:
         exponents[setting] = {}
         for arm in cfg.arms:
-            per_seed = {h: {r["seed"]: r for r in rows if (r["setting"], r["arm"], r["horizon"]) == (setting, arm, h)}
-                        for h in cfg.horizons}
+            per_seed = {
+                h: {r["seed"]: r for r in rows if (r["setting"], r["arm"], r["horizon"]) == (setting, arm, h)}
+                for h in cfg.horizons
+            }
             seeds = sorted(per_seed[cfg.horizons[0]])
             for h in cfg.horizons:
                 entry = {"setting": setting, "arm": arm, "horizon": h, "seeds": len(seeds)}
@@ -285,7 +359,8 @@ def summarise(cfg: StudyConfig, rows: list[dict]) -> dict:
             exponents[setting][arm] = {
                 "b": fit_exponent(cfg.horizons, costs.mean(0)),
                 "ci95": bootstrap_ci(costs, lambda c: fit_exponent(cfg.horizons, c.mean(0)), cfg.bootstrap),
-                "per_seed": [fit_exponent(cfg.horizons, c) for c in costs]}
+                "per_seed": [fit_exponent(cfg.horizons, c) for c in costs],
+            }
         gaps[setting] = gap_closed(cfg, setting, summary)
     return {"summary": summary, "exponents": exponents, "gap_closed": gaps, "goals": goals(cfg, exponents, gaps)}
 
@@ -305,14 +380,24 @@ def goals(cfg: StudyConfig, exponents: dict, gaps: dict) -> dict:
     out = {}
     if GOAL_SETTING in gaps and gaps[GOAL_SETTING]:
         closed = {a: gaps[GOAL_SETTING][a] for a in irl}
-        out["online_irl_closes_half_the_gap"] = {"setting": GOAL_SETTING, "horizon": max(cfg.horizons), **closed,
-                                                 "met": {a: v is not None and v >= 0.5 for a, v in closed.items()}}
+        out["online_irl_closes_half_the_gap"] = {
+            "setting": GOAL_SETTING,
+            "horizon": max(cfg.horizons),
+            **closed,
+            "met": {a: v is not None and v >= 0.5 for a, v in closed.items()},
+        }
     out["exponents_on_rare_task"] = {
-        setting: {"bc_b": e["bc"]["b"], "bc_above_1": e["bc"]["b"] > 1,
-                  **{f"{a}_b": e[a]["b"] for a in irl}, **{f"{a}_at_most_1": e[a]["b"] <= 1 for a in irl},
-                  # separated: the CIs of BC's exponent and online IRL's do not overlap
-                  **{f"{a}_separated_from_bc": e[a]["ci95"][1] < e["bc"]["ci95"][0] for a in irl}}
-        for setting, e in exponents.items() if setting.startswith("rare/")}
+        setting: {
+            "bc_b": e["bc"]["b"],
+            "bc_above_1": e["bc"]["b"] > 1,
+            **{f"{a}_b": e[a]["b"] for a in irl},
+            **{f"{a}_at_most_1": e[a]["b"] <= 1 for a in irl},
+            # separated: the CIs of BC's exponent and online IRL's do not overlap
+            **{f"{a}_separated_from_bc": e[a]["ci95"][1] < e["bc"]["ci95"][0] for a in irl},
+        }
+        for setting, e in exponents.items()
+        if setting.startswith("rare/")
+    }
     return out
 
 
@@ -331,8 +416,15 @@ def run_study(cfg: StudyConfig, log=print, jobs_dir: Path | None = None) -> dict
     todo = [job for job in jobs if done.get(job[1:]) is None]
     if len(todo) < len(jobs):
         log(f"reusing {len(jobs) - len(todo)} finished jobs from {jobs_dir}")
-    save = (lambda job, rows: finish({"key": job_key(cfg, *job[1:]), "rows": rows},
-                                     jobs_dir / job_file(cfg, *job[1:]), indent=1)) if jobs_dir else (lambda job, rows: None)
+    save = (
+        (
+            lambda job, rows: finish(
+                {"key": job_key(cfg, *job[1:]), "rows": rows}, jobs_dir / job_file(cfg, *job[1:]), indent=1
+            )
+        )
+        if jobs_dir
+        else (lambda job, rows: None)
+    )
     if cfg.workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch or Hydra threads
         with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=context) as pool:
@@ -345,10 +437,18 @@ def run_study(cfg: StudyConfig, log=print, jobs_dir: Path | None = None) -> dict
             done[job[1:]] = train_group(*job, log=log)
             save(job, done[job[1:]])
     order = {setting: i for i, setting in enumerate(cfg.settings)}
-    rows = sorted((r for job_rows in done.values() for r in job_rows),
-                  key=lambda r: (order[r["setting"]], r["seed"], cfg.arms.index(r["arm"]), r["horizon"]))
-    return {"config": asdict(cfg), "rows": rows, **summarise(cfg, rows),
-            "wall_seconds": round(time.perf_counter() - start, 1), "jobs": len(jobs), "jobs_reused": len(jobs) - len(todo)}
+    rows = sorted(
+        (r for job_rows in done.values() for r in job_rows),
+        key=lambda r: (order[r["setting"]], r["seed"], cfg.arms.index(r["arm"]), r["horizon"]),
+    )
+    return {
+        "config": asdict(cfg),
+        "rows": rows,
+        **summarise(cfg, rows),
+        "wall_seconds": round(time.perf_counter() - start, 1),
+        "jobs": len(jobs),
+        "jobs_reused": len(jobs) - len(todo),
+    }
 
 
 def job_key(cfg: StudyConfig, group: tuple, seed: int) -> dict:
@@ -390,5 +490,6 @@ def run(study: StudyConfig, mode: str, out: Path) -> Path:
     result["mode"] = mode
     from .report import write_report
 
-    return finish(result, out / "compounding_error.json", lambda r, path: write_report(r, path.with_suffix(".md")),
-                  indent=1)
+    return finish(
+        result, out / "compounding_error.json", lambda r, path: write_report(r, path.with_suffix(".md")), indent=1
+    )

@@ -5,13 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NAMES = {"bc": "BC (SFT)", "bc_reward_width": "reference: BC at the reward model's width",
-         "bc_loss_only": "control: IRL loop, reward off", "online_irl_bt": "online IRL, Bradley-Terry",
-         "online_irl_airl": "online IRL, AIRL", "airl_reward_frozen": "control: AIRL reward frozen at its start",
-         "oracle_rl": "oracle RL", "dagger": "DAgger"}
-COLOURS = {"bc": "tab:red", "bc_reward_width": "tab:pink", "bc_loss_only": "tab:gray", "online_irl_bt": "tab:blue",
-           "online_irl_airl": "tab:purple", "airl_reward_frozen": "tab:olive", "oracle_rl": "tab:green",
-           "dagger": "tab:orange"}
+NAMES = {
+    "bc": "BC (SFT)",
+    "bc_reward_width": "reference: BC at the reward model's width",
+    "bc_loss_only": "control: IRL loop, reward off",
+    "online_irl_bt": "online IRL, Bradley-Terry",
+    "online_irl_airl": "online IRL, AIRL",
+    "airl_reward_frozen": "control: AIRL reward frozen at its start",
+    "oracle_rl": "oracle RL",
+    "dagger": "DAgger",
+}
+COLOURS = {
+    "bc": "tab:red",
+    "bc_reward_width": "tab:pink",
+    "bc_loss_only": "tab:gray",
+    "online_irl_bt": "tab:blue",
+    "online_irl_airl": "tab:purple",
+    "airl_reward_frozen": "tab:olive",
+    "oracle_rl": "tab:green",
+    "dagger": "tab:orange",
+}
 
 
 def _entry(result: dict, setting: str, arm: str, horizon: int) -> dict:
@@ -42,14 +55,19 @@ def plot(result: dict, png: Path, key: str, ylabel: str, log_y: bool):
         ax.set_xscale("log", base=2)
         if log_y:
             ax.set_yscale("log")
-            ax.plot(horizons, [y0 * h / horizons[0] for y0 in [_entry(result, setting, "bc", horizons[0])[key]]
-                               for h in horizons], "k:", lw=1, label="slope 1 (from BC at T0)")
+            ax.plot(
+                horizons,
+                [y0 * h / horizons[0] for y0 in [_entry(result, setting, "bc", horizons[0])[key]] for h in horizons],
+                "k:",
+                lw=1,
+                label="slope 1 (from BC at T0)",
+            )
         ax.set_xticks(horizons, [str(h) for h in horizons])
         ax.set_title(setting, fontsize=9)
         ax.set_xlabel("horizon T")
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=6)
-    for ax in list(axes.flat)[len(settings):]:
+    for ax in list(axes.flat)[len(settings) :]:
         ax.axis("off")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -97,32 +115,53 @@ def markdown(result: dict, success_png: str, cost_png: str, command: str) -> str
         c = g["online_irl_closes_half_the_gap"]
         for arm, met in c["met"].items():
             closed = "no gap (oracle <= BC)" if c[arm] is None else f"{c[arm]:.2f}"
-            lines.append(f"- Gap closed at T={c['horizon']} in `{c['setting']}` by {NAMES[arm]}: {closed} "
-                         f"(goal >= 0.5: {'met' if met else 'not met'}).")
+            lines.append(
+                f"- Gap closed at T={c['horizon']} in `{c['setting']}` by {NAMES[arm]}: {closed} "
+                f"(goal >= 0.5: {'met' if met else 'not met'})."
+            )
     for setting, e in g.get("exponents_on_rare_task", {}).items():
         irl = [k[:-2] for k in e if k.endswith("_b") and k != "bc_b"]
-        text = ", ".join(f"{NAMES[a]} {e[a + '_b']:.2f} ({'<= 1' if e[a + '_at_most_1'] else '> 1'}; CIs "
-                         f"{'separate' if e[a + '_separated_from_bc'] else 'overlap'})" for a in irl)
+        text = ", ".join(
+            f"{NAMES[a]} {e[a + '_b']:.2f} ({'<= 1' if e[a + '_at_most_1'] else '> 1'}; CIs "
+            f"{'separate' if e[a + '_separated_from_bc'] else 'overlap'})"
+            for a in irl
+        )
         verdicts = []
         for a in irl:
             if not (e["bc_above_1"] and e[a + "_at_most_1"]):
                 verdicts.append(f"{NAMES[a]}: not met")
             else:  # the point estimates satisfy it; only disjoint intervals make it a measured difference
-                verdicts.append(f"{NAMES[a]}: met {'with separate intervals' if e[a + '_separated_from_bc'] else 'by the point estimates only (intervals overlap)'}")
-        lines.append(f"- Exponents in `{setting}`: BC {e['bc_b']:.2f} ({'> 1' if e['bc_above_1'] else '<= 1'}); {text}. "
-                     f"Goal (BC > 1, online IRL <= 1): {'; '.join(verdicts)}.")
-    lines += ["", "## Fitted exponents b (cost ~ T^b), 95% CI over seeds", "",
-              "| setting | " + " | ".join(NAMES[a] for a in cfg["arms"]) + " |",
-              "|---|" + "---|" * len(cfg["arms"])]
+                how = (
+                    "with separate intervals"
+                    if e[a + "_separated_from_bc"]
+                    else "by the point estimates only (intervals overlap)"
+                )
+                verdicts.append(f"{NAMES[a]}: met {how}")
+        lines.append(
+            f"- Exponents in `{setting}`: BC {e['bc_b']:.2f} ({'> 1' if e['bc_above_1'] else '<= 1'}); {text}. "
+            f"Goal (BC > 1, online IRL <= 1): {'; '.join(verdicts)}."
+        )
+    lines += [
+        "",
+        "## Fitted exponents b (cost ~ T^b), 95% CI over seeds",
+        "",
+        "| setting | " + " | ".join(NAMES[a] for a in cfg["arms"]) + " |",
+        "|---|" + "---|" * len(cfg["arms"]),
+    ]
     for setting, per_arm in result["exponents"].items():
         cells = [f"{v['b']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]" for v in (per_arm[a] for a in cfg["arms"])]
         lines.append(f"| `{setting}` | " + " | ".join(cells) + " |")
-    lines += ["", "## Error rate along the rollout", "",
-              "Errors that count per step between consecutive horizons, (cost(T2) - cost(T1)) / (T2 - T1), seed means: "
-              "the hazard of the first error (non-recoverable) or the error rate (recoverable). Flat along a row is a "
-              "constant leak (b = 1); rising is compounding.", "",
-              "| setting | arm | " + " | ".join(f"{a}-{b}" for a, b in zip([0] + horizons[:-1], horizons)) + " |",
-              "|---|---|" + "---|" * len(horizons)]
+    lines += [
+        "",
+        "## Error rate along the rollout",
+        "",
+        "Errors that count per step between consecutive horizons, (cost(T2) - cost(T1)) / (T2 - T1), seed means: "
+        "the hazard of the first error (non-recoverable) or the error rate (recoverable). Flat along a row is a "
+        "constant leak (b = 1); rising is compounding.",
+        "",
+        "| setting | arm | " + " | ".join(f"{a}-{b}" for a, b in zip([0] + horizons[:-1], horizons)) + " |",
+        "|---|---|" + "---|" * len(horizons),
+    ]
     for setting in cfg["settings"]:
         for arm in cfg["arms"]:
             costs = [0.0] + [_entry(result, setting, arm, h)["cost"] for h in horizons]
@@ -130,31 +169,46 @@ def markdown(result: dict, success_png: str, cost_png: str, command: str) -> str
             lines.append(f"| `{setting}` | {NAMES[arm]} | " + " | ".join(f"{r:.4f}" for r in rates) + " |")
     recoverable = [setting for setting in cfg["settings"] if setting.split("/")[1] == "recoverable"]
     if recoverable:
-        lines += ["", f"## After the first error (recoverable settings, T={T})", "",
-                  "P(an error) is 1 - success; the error rate after it is the errors after each rollout's first one "
-                  "divided by the steps left after it (pooled over rollouts and seeds). A rate near the first-error "
-                  "hazard is a policy that recovers; a much higher one keeps erring in contexts no demonstration "
-                  "shows, which is what makes the recoverable cost compound.", "",
-                  "| setting | arm | P(an error) | errors after the first | steps after the first | error rate after it |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## After the first error (recoverable settings, T={T})",
+            "",
+            "P(an error) is 1 - success; the error rate after it is the errors after each rollout's first one "
+            "divided by the steps left after it (pooled over rollouts and seeds). A rate near the first-error "
+            "hazard is a policy that recovers; a much higher one keeps erring in contexts no demonstration "
+            "shows, which is what makes the recoverable cost compound.",
+            "",
+            "| setting | arm | P(an error) | errors after the first | steps after the first | error rate after it |",
+            "|---|---|---|---|---|---|",
+        ]
         for setting in recoverable:
             for arm in cfg["arms"]:
                 e = _entry(result, setting, arm, T)
                 rate = e["errors_after_first"] / e["steps_after_first"] if e["steps_after_first"] else float("nan")
-                lines.append(f"| `{setting}` | {NAMES[arm]} | {1 - e['success_rate']:.3f} | "
-                             f"{e['errors_after_first']:.2f} | {e['steps_after_first']:.1f} | {rate:.3f} |")
-    lines += ["", f"## Success rate, and gap closed at T={T}", "",
-              "| setting | arm | " + " | ".join(f"T={h}" for h in horizons) + f" | invalid/rollout @{T} | "
-              f"expert log-lik/token @{T} | gap closed @{T} | train s |",
-              "|---|---|" + "---|" * (len(horizons) + 4)]
+                lines.append(
+                    f"| `{setting}` | {NAMES[arm]} | {1 - e['success_rate']:.3f} | "
+                    f"{e['errors_after_first']:.2f} | {e['steps_after_first']:.1f} | {rate:.3f} |"
+                )
+    lines += [
+        "",
+        f"## Success rate, and gap closed at T={T}",
+        "",
+        "| setting | arm | " + " | ".join(f"T={h}" for h in horizons) + f" | invalid/rollout @{T} | "
+        f"expert log-lik/token @{T} | gap closed @{T} | train s |",
+        "|---|---|" + "---|" * (len(horizons) + 4),
+    ]
     for setting in cfg["settings"]:
         for arm in cfg["arms"]:
             e = {h: _entry(result, setting, arm, h) for h in horizons}
             gap = result["gap_closed"].get(setting, {}).get(arm)
             seconds = [r["train_seconds"] for r in result["rows"] if (r["setting"], r["arm"]) == (setting, arm)]
-            lines.append(f"| `{setting}` | {NAMES[arm]} | " + " | ".join(f"{e[h]['success_rate']:.3f}" for h in horizons)
-                         + f" | {e[T]['invalid_per_rollout']:.1f} | {e[T]['expert_logprob_per_token']:.3f} | "
-                         + (f"{gap:.2f}" if gap is not None else "") + f" | {sum(seconds) / len(seconds):.0f} |")
+            lines.append(
+                f"| `{setting}` | {NAMES[arm]} | "
+                + " | ".join(f"{e[h]['success_rate']:.3f}" for h in horizons)
+                + f" | {e[T]['invalid_per_rollout']:.1f} | {e[T]['expert_logprob_per_token']:.3f} | "
+                + (f"{gap:.2f}" if gap is not None else "")
+                + f" | {sum(seconds) / len(seconds):.0f} |"
+            )
     lines += ["", f"![success rate vs horizon]({success_png})", "", f"![cost vs horizon, log-log]({cost_png})", ""]
     return "\n".join(lines)
 
@@ -168,4 +222,3 @@ def write_report(result: dict, md: Path, command: str = "trl-irl recipe=compound
     plot(result, cost_png, "cost", "cost (errors that count)", log_y=True)
     md.write_text(markdown(result, success_png.name, cost_png.name, command))
     return md
-

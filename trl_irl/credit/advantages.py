@@ -26,8 +26,9 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float =
     return returns
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016), as in CleanRL's ``ppo.py``:
 
         delta_t = r_t + gamma V(s_{t+1}) - V(s_t)      (V = 0 after the completion's last token)
@@ -63,8 +64,9 @@ def _reference(x: torch.Tensor, mask: torch.Tensor, dim) -> torch.Tensor:
     return torch.where(torch.isinf(ref), torch.zeros_like(ref), ref)
 
 
-def group_baseline(returns: torch.Tensor, mask: torch.Tensor, group_size: int,
-                   leave_one_out: bool = False) -> torch.Tensor:
+def group_baseline(
+    returns: torch.Tensor, mask: torch.Tensor, group_size: int, leave_one_out: bool = False
+) -> torch.Tensor:
     """Per-position mean return of the group's completions running at t:
 
         b_{i,t} = mean_{j in group(i), mask_{j,t}=1} G_{j,t}             (GRPO, REINFORCE++-baseline)
@@ -84,8 +86,9 @@ def group_baseline(returns: torch.Tensor, mask: torch.Tensor, group_size: int,
     return baseline.expand_as(g_returns).reshape_as(returns) * mask
 
 
-def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, scale: str = "group",
-                    eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(
+    returns: torch.Tensor, mask: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO group normalisation (Shao et al. 2024), per position, with TRL's ``scale_rewards``:
 
         A_{i,t} = (G_{i,t} - b_{i,t}) / (s + eps)
@@ -115,8 +118,9 @@ def grpo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int, 
     return advantages
 
 
-def _sequence_grpo_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_size: int, scale: str,
-                               eps: float) -> torch.Tensor:
+def _sequence_grpo_advantages(
+    rewards: torch.Tensor, valid: torch.Tensor, group_size: int, scale: str, eps: float
+) -> torch.Tensor:
     """One reward per completion (B,): TRL's GRPO advantage computed op for op as ``GRPOTrainer`` does (NaN for an
     invalid row, ``nanmean`` / TRL's ``nanstd``, then NaN -> 0), so the advantages are TRL's bit for bit."""
     from trl.trainer.utils import nanstd
@@ -127,8 +131,9 @@ def _sequence_grpo_advantages(rewards: torch.Tensor, valid: torch.Tensor, group_
     if scale == "batch":
         std = nanstd(rewards).expand_as(rewards) if rewards.numel() > 1 else torch.zeros_like(rewards)
     else:
-        std = nanstd(grouped, dim=1).repeat_interleave(group_size, dim=0) if group_size > 1 else \
-            torch.zeros_like(rewards)
+        std = (
+            nanstd(grouped, dim=1).repeat_interleave(group_size, dim=0) if group_size > 1 else torch.zeros_like(rewards)
+        )
     advantages = rewards - mean
     if scale != "none":
         advantages = advantages / (std + eps)
@@ -140,8 +145,9 @@ def rloo_advantages(returns: torch.Tensor, mask: torch.Tensor, group_size: int) 
     return (returns - group_baseline(returns, mask, group_size, leave_one_out=True)) * mask.to(returns.dtype)
 
 
-def remax_advantages(returns: torch.Tensor, mask: torch.Tensor, greedy_returns: torch.Tensor,
-                     greedy_mask: torch.Tensor) -> torch.Tensor:
+def remax_advantages(
+    returns: torch.Tensor, mask: torch.Tensor, greedy_returns: torch.Tensor, greedy_mask: torch.Tensor
+) -> torch.Tensor:
     """ReMax (Li et al. 2024): the baseline is the return of the greedy completion of the same prompt,
     A_{i,t} = G_{i,t} - G^greedy_{i,t}  (0 where the greedy completion has ended). ``greedy_*`` are row-aligned with
     ``returns``; any width (they are cut or zero-padded to T)."""

@@ -23,8 +23,7 @@ def terminal_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out * mask.to(out.dtype)
 
 
-def redistribute_by_prefix_scores(prefix_scores: torch.Tensor, mask: torch.Tensor,
-                                  final: torch.Tensor) -> torch.Tensor:
+def redistribute_by_prefix_scores(prefix_scores: torch.Tensor, mask: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
     """Reward redistribution by prefix scores:  r_t = R(x, y_<=t) - R(x, y_<t),  with R(x, y_<1) = 0 and the last
     token's prefix score replaced by the sequence reward ``final`` (B,), so that  sum_t r_t = final  exactly.
 
@@ -39,8 +38,9 @@ def redistribute_by_prefix_scores(prefix_scores: torch.Tensor, mask: torch.Tenso
     return (potential - previous) * mask
 
 
-def attention_credit(attention: torch.Tensor, mask: torch.Tensor, final: torch.Tensor,
-                     mix: float = 0.5) -> torch.Tensor:
+def attention_credit(
+    attention: torch.Tensor, mask: torch.Tensor, final: torch.Tensor, mix: float = 0.5
+) -> torch.Tensor:
     """Attention-based credit (Chan et al. 2024, "Dense reward for free"): the reward model's attention from its
     scoring position over the completion's tokens, w_t = a_t / sum_k a_k, spreads a share ``mix`` of the reward:
 
@@ -53,8 +53,9 @@ def attention_credit(attention: torch.Tensor, mask: torch.Tensor, final: torch.T
     return mix * final[:, None] * weights + (1 - mix) * terminal_rewards(final, mask)
 
 
-def implicit_rewards(logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,
-                     beta: float = 1.0) -> torch.Tensor:
+def implicit_rewards(
+    logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
     """Implicit token reward of a language-model reward (PRIME, Cui et al. 2025; DPO's implicit reward per token):
     r_t = beta * (log pi_theta(y_t | s_t) - log pi_ref(y_t | s_t)), pi_theta the reward LM, pi_ref the reference."""
     return beta * (logps - ref_logps) * mask.to(logps.dtype)

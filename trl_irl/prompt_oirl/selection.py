@@ -15,13 +15,16 @@ def best_of_n(scores: np.ndarray, observed: np.ndarray, candidates) -> np.ndarra
     masked = np.where(observed[:, candidates], scores[:, candidates], -np.inf)
     if np.isneginf(masked).all(axis=1).any():
         bad = np.flatnonzero(np.isneginf(masked).all(axis=1))[:5]
-        raise ValueError(f"rows {bad.tolist()} have no observed label among prompts {candidates.tolist()}: "
-                         "selection could not be scored there")
+        raise ValueError(
+            f"rows {bad.tolist()} have no observed label among prompts {candidates.tolist()}: "
+            "selection could not be scored there"
+        )
     return candidates[masked.argmax(axis=1)]
 
 
-def best_of_n_with_default(scores: np.ndarray, observed: np.ndarray, candidates, default: int,
-                           margin: float) -> np.ndarray:
+def best_of_n_with_default(
+    scores: np.ndarray, observed: np.ndarray, candidates, default: int, margin: float
+) -> np.ndarray:
     """Conservative best-of-N: the reward model's best candidate only where it beats the query-agnostic ``default``
     prompt by more than ``margin`` in predicted P(correct), else ``default`` (margin = inf: always the default)."""
     choice = best_of_n(scores, observed, candidates)
@@ -31,8 +34,9 @@ def best_of_n_with_default(scores: np.ndarray, observed: np.ndarray, candidates,
     return np.where(switch, choice, default)
 
 
-def best_of_n_with_fallback(scores: np.ndarray, observed: np.ndarray, candidates, fallback_candidates,
-                            threshold: float) -> np.ndarray:
+def best_of_n_with_fallback(
+    scores: np.ndarray, observed: np.ndarray, candidates, fallback_candidates, threshold: float
+) -> np.ndarray:
     """Prompt-OIRL's rule (the authors' ``smart_combined``): the best candidate where its score reaches
     ``threshold``, else the best of ``fallback_candidates`` (the held-out prompts)."""
     choice = best_of_n(scores, observed, candidates)
@@ -77,8 +81,10 @@ def classification_scores(prob: np.ndarray, labels: np.ndarray, threshold: float
     observed = labels >= 0
     pred, truth = prob[observed] >= threshold, labels[observed] == 1
     positives = pred.sum()
-    return {"accuracy": float((pred == truth).mean()),
-            "precision": float((pred & truth).sum() / positives) if positives else float("nan")}
+    return {
+        "accuracy": float((pred == truth).mean()),
+        "precision": float((pred & truth).sum() / positives) if positives else float("nan"),
+    }
 
 
 def best_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
@@ -90,9 +96,9 @@ def best_threshold(prob: np.ndarray, labels: np.ndarray) -> float:
     return float(grid[int(np.argmax(accuracy))])
 
 
-
-def paired_bootstrap_ci(labels: np.ndarray, choice: np.ndarray, baseline: np.ndarray, n: int = 2000,
-                        seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    labels: np.ndarray, choice: np.ndarray, baseline: np.ndarray, n: int = 2000, seed: int = 0
+) -> tuple[float, float]:
     """95% interval of success_rate(choice) - success_rate(baseline), resampling test rows with replacement."""
     from ..statistics import bootstrap_means, interval
 

@@ -1,9 +1,9 @@
 """Where the reward comes from: IRL objectives (BT, GAIL, AIRL) and the online reward updater."""
 
 from .objectives import (
+    OBJECTIVES,
     AIRLObjective,
     GAILObjective,
-    OBJECTIVES,
     RewardObjective,
     encode,
     make_objective,
@@ -12,5 +12,17 @@ from .objectives import (
 from .online import OnlineRewardUpdater, ReplayBuffer, RunningStandardizer
 from .saved import SavedReward, load_reward
 
-__all__ = ["AIRLObjective", "GAILObjective", "OBJECTIVES", "OnlineRewardUpdater", "ReplayBuffer", "RewardObjective",
-           "RunningStandardizer", "SavedReward", "encode", "load_reward", "make_objective", "register_objective"]
+__all__ = [
+    "AIRLObjective",
+    "GAILObjective",
+    "OBJECTIVES",
+    "OnlineRewardUpdater",
+    "ReplayBuffer",
+    "RewardObjective",
+    "RunningStandardizer",
+    "SavedReward",
+    "encode",
+    "load_reward",
+    "make_objective",
+    "register_objective",
+]

@@ -36,8 +36,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def airl_loss(l_demo: torch.Tensor, l_sample: torch.Tensor, mask_demo: torch.Tensor,
-              mask_sample: torch.Tensor) -> torch.Tensor:
+def airl_loss(
+    l_demo: torch.Tensor, l_sample: torch.Tensor, mask_demo: torch.Tensor, mask_sample: torch.Tensor
+) -> torch.Tensor:
     """Token-level binary cross-entropy on AIRL logits (B, T), demonstration tokens labelled 1:
     L = 1/2 [ mean_{demo tokens} softplus(-l) + mean_{sample tokens} softplus(l) ]."""
     return 0.5 * (masked_mean(F.softplus(-l_demo), mask_demo) + masked_mean(F.softplus(l_sample), mask_sample))

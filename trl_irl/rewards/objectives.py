@@ -26,8 +26,9 @@ from ..batching import check_batch_size, model_inputs
 from . import losses
 
 
-def tokenize_completions(tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-                         completions: list[str]) -> list[tuple[list[int], int]]:
+def tokenize_completions(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], completions: list[str]
+) -> list[tuple[list[int], int]]:
     """``(ids of prompt + completion + eos, prompt length)`` per row; the completion mask starts at the prompt length.
     Prompts and completions are tokenised apart (in two batched calls) so the mask is exact; EOS marks the end."""
     prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -84,8 +85,10 @@ class RewardObjective:
         if prefix_weight < 0:
             raise ValueError(f"reward prefix_weight must be >= 0, got {prefix_weight}")
         if prefix_weight and not self.has_prefix_loss:
-            raise ValueError(f"reward prefix_weight applies to sequence classifiers (bt, gail); the '{self.name}' "
-                             "objective is already per token: set prefix_weight=0")
+            raise ValueError(
+                f"reward prefix_weight applies to sequence classifiers (bt, gail); the '{self.name}' "
+                "objective is already per token: set prefix_weight=0"
+            )
         self.prefix_weight = prefix_weight
 
     # --- the three pieces a variant overrides --------------------------------------------------------------
@@ -146,7 +149,9 @@ class RewardObjective:
         return self.loss(demo[keep], sample[keep], batch)
 
     @torch.no_grad()
-    def rewards(self, model, tokenizer, prompts, completions, policy=None, batch_size: int | None = None) -> torch.Tensor:
+    def rewards(
+        self, model, tokenizer, prompts, completions, policy=None, batch_size: int | None = None
+    ) -> torch.Tensor:
         """Policy rewards (B,) for text completions, without gradients, ``batch_size`` rows at a time (None: all)."""
         self._check_policy(policy)
         check_batch_size(batch_size)
@@ -155,7 +160,9 @@ class RewardObjective:
         size = batch_size or max(len(prompts), 1)
         scores = []
         for i in range(0, len(prompts), size):  # each chunk padded to its own longest row
-            batch = {k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + size], completions[i : i + size]).items()}
+            batch = {
+                k: v.to(device) for k, v in encode(tokenizer, prompts[i : i + size], completions[i : i + size]).items()
+            }
             scores.append(self.reward(self.score(model, batch, policy), batch).float())
         return torch.cat(scores) if scores else torch.zeros(0, device=device)
 
@@ -169,8 +176,10 @@ class RewardObjective:
         """The raw pooled score (B,) and the raw score at every position (B, L), from one forward pass."""
         head = getattr(model, "score", None)
         if head is None:
-            raise ValueError(f"prefix scores need a causal sequence classifier with a per-position `score` head "
-                             f"(Llama, Mistral, Qwen, ...); {type(model).__name__} has none: use credit=sequence")
+            raise ValueError(
+                f"prefix scores need a causal sequence classifier with a per-position `score` head "
+                f"(Llama, Mistral, Qwen, ...); {type(model).__name__} has none: use credit=sequence"
+            )
         captured = []
         handle = head.register_forward_hook(lambda module, args, output: captured.append(output))
         try:
@@ -190,8 +199,10 @@ class RewardObjective:
 
     def _check_policy(self, policy):
         if self.needs_policy and policy is None:
-            raise ValueError(f"the '{self.name}' reward objective needs the current policy to compute log pi(a|s): "
-                             "pass policy=<the policy model>")
+            raise ValueError(
+                f"the '{self.name}' reward objective needs the current policy to compute log pi(a|s): "
+                "pass policy=<the policy model>"
+            )
 
 
 class GAILObjective(RewardObjective):
@@ -228,7 +239,9 @@ class AIRLObjective(RewardObjective):
         return scores.sum(dim=-1)  # scores are already zero outside the completion
 
 
-OBJECTIVES: dict[str, type[RewardObjective]] = {cls.name: cls for cls in (RewardObjective, GAILObjective, AIRLObjective)}
+OBJECTIVES: dict[str, type[RewardObjective]] = {
+    cls.name: cls for cls in (RewardObjective, GAILObjective, AIRLObjective)
+}
 
 
 def _where(cls) -> tuple[str, str]:
@@ -243,8 +256,10 @@ def register_objective(cls: type[RewardObjective]) -> type[RewardObjective]:
         raise TypeError(f"register_objective takes a subclass of trl_irl.rewards.RewardObjective, got {cls!r}")
     taken = OBJECTIVES.get(getattr(cls, "name", None))
     if taken is not None and _where(taken) != _where(cls):  # the same class again (a module reloaded) replaces it
-        raise ValueError(f"objective name {cls.name!r} is taken by {taken.__name__}: give {cls.__name__} a name of its "
-                         "own (the class attribute `name`, what reward.objective= selects)")
+        raise ValueError(
+            f"objective name {cls.name!r} is taken by {taken.__name__}: give {cls.__name__} a name of its "
+            "own (the class attribute `name`, what reward.objective= selects)"
+        )
     OBJECTIVES[cls.name] = cls
     return cls
 

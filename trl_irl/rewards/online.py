@@ -13,6 +13,7 @@ change what they learn.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from ..batching import all_reduce_mean_, check_batch_size
 from ..checkpoints import atomic_directory, read_json, read_safetensors
 from ..models import limit_trainable_layers
 from ..precision import cpu_autocast
 from ..shared_base import adapter_scope, trainable_parameters
-from ..batching import all_reduce_mean_, check_batch_size
 from .objectives import RewardObjective, encode
 
 STATE_DIR = "irl_reward"
@@ -84,13 +85,16 @@ class RunningStandardizer:
         self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
-DIVERGING_HINT = ("Lower reward_learning_rate or reward_max_grad_norm (reward.online.learning_rate / max_grad_norm "
-                  "on the CLI), and resume from the last checkpoint (resume=true) or an earlier one "
-                  "(resume_from=checkpoint-N)")
+DIVERGING_HINT = (
+    "Lower reward_learning_rate or reward_max_grad_norm (reward.online.learning_rate / max_grad_norm "
+    "on the CLI), and resume from the last checkpoint (resume=true) or an earlier one "
+    "(resume_from=checkpoint-N)"
+)
 
 
-def reward_step(model, params, optimizer, max_grad_norm: float, loss_fn, step: int = 0,
-                hint: str = DIVERGING_HINT) -> dict[str, float]:
+def reward_step(
+    model, params, optimizer, max_grad_norm: float, loss_fn, step: int = 0, hint: str = DIVERGING_HINT
+) -> dict[str, float]:
     """One optimizer step of a learning reward model, the one every reward learner here takes (the online updates,
     an adapter role's pretraining, the compounding study's).
 
@@ -113,8 +117,10 @@ def reward_step(model, params, optimizer, max_grad_norm: float, loss_fn, step: i
     all_reduce_mean_([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
     metrics = {**metrics, "grad_norm": torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()}
     if not (math.isfinite(loss.item()) and math.isfinite(metrics["grad_norm"])):
-        raise FloatingPointError(f"the reward model's loss or gradient is not finite (loss {loss.item()}, grad norm "
-                                 f"{metrics['grad_norm']}) at reward update {step}: it is diverging. {hint}")
+        raise FloatingPointError(
+            f"the reward model's loss or gradient is not finite (loss {loss.item()}, grad norm "
+            f"{metrics['grad_norm']}) at reward update {step}: it is diverging. {hint}"
+        )
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # no gradients held between updates: one adapter's worth of memory
     return metrics
@@ -123,10 +129,24 @@ def reward_step(model, params, optimizer, max_grad_norm: float, loss_fn, step: i
 class OnlineRewardUpdater:
     """Owns a learning reward model: buffer, optimizer, cross-process gradient sync, state for checkpoints."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, objective: RewardObjective, *, learning_rate: float,
-                 weight_decay: float, batch_size: int, steps: int, buffer_size: int, max_grad_norm: float, seed: int,
-                 scoring_batch_size: int | None = None, trainable_layers: int | None = None, bf16: bool = False,
-                 demonstrations: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        objective: RewardObjective,
+        *,
+        learning_rate: float,
+        weight_decay: float,
+        batch_size: int,
+        steps: int,
+        buffer_size: int,
+        max_grad_norm: float,
+        seed: int,
+        scoring_batch_size: int | None = None,
+        trainable_layers: int | None = None,
+        bf16: bool = False,
+        demonstrations: list[tuple[str, str]] | None = None,
+    ):
         """``batch_size`` (demonstration, sample) pairs per optimizer step; ``scoring_batch_size`` rows per forward
         pass when ``rewards`` scores (None: all at once); ``trainable_layers``: only the model's top blocks and head
         train (``models.limit_trainable_layers``); ``bf16``: scoring and updates under bf16 autocast on CPU;
@@ -138,7 +158,9 @@ class OnlineRewardUpdater:
         self.batch_size, self.steps, self.max_grad_norm = batch_size, steps, max_grad_norm
         self.params = trainable_parameters(model)
         if not self.params:
-            raise ValueError("the reward model has no trainable parameters: an online reward model must be able to learn")
+            raise ValueError(
+                "the reward model has no trainable parameters: an online reward model must be able to learn"
+            )
         self.optimizer = torch.optim.AdamW(self.params, lr=learning_rate, weight_decay=weight_decay)
         self.buffer = ReplayBuffer(buffer_size)
         self.standardizer = RunningStandardizer()
@@ -156,8 +178,10 @@ class OnlineRewardUpdater:
         missing = [i for i, d in enumerate(demonstrations) if d is None]
         if missing:
             if not self.demonstrations:
-                raise ValueError(f"{len(missing)} sample(s) have no demonstration (prompts without one) and the updater "
-                                 "has none to pair them with: pass demonstrations=[(prompt, demonstration), ...]")
+                raise ValueError(
+                    f"{len(missing)} sample(s) have no demonstration (prompts without one) and the updater "
+                    "has none to pair them with: pass demonstrations=[(prompt, demonstration), ...]"
+                )
             drawn = torch.randint(len(self.demonstrations), (len(missing),), generator=self.generator).tolist()
             for i, j in zip(missing, drawn):
                 demonstration_prompts[i], demonstrations[i] = self.demonstrations[j]
@@ -175,8 +199,14 @@ class OnlineRewardUpdater:
             prompts, demos, samples, demo_prompts = zip(*self.buffer.sample(self.batch_size, self.generator))
             batch = encode(self.tokenizer, list(demo_prompts) + list(prompts), list(demos) + list(samples))
             batch = {k: v.to(device) for k, v in batch.items()}
-            metrics = reward_step(self.model, self.params, self.optimizer, self.max_grad_norm,
-                                  lambda: self.pair_loss(batch, policy), self.num_updates)
+            metrics = reward_step(
+                self.model,
+                self.params,
+                self.optimizer,
+                self.max_grad_norm,
+                functools.partial(self.pair_loss, batch, policy),
+                self.num_updates,
+            )
             self.num_updates += 1
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / self.steps
@@ -189,8 +219,9 @@ class OnlineRewardUpdater:
 
     def rewards(self, prompts, completions, policy=None) -> torch.Tensor:
         with cpu_autocast(self.bf16, self.device):
-            return self.objective.rewards(self.model, self.tokenizer, prompts, completions, policy,
-                                          batch_size=self.scoring_batch_size)
+            return self.objective.rewards(
+                self.model, self.tokenizer, prompts, completions, policy, batch_size=self.scoring_batch_size
+            )
 
     @property
     def device(self) -> torch.device:
@@ -216,11 +247,15 @@ class OnlineRewardUpdater:
     def load(self, directory: str | os.PathLike):
         directory = Path(directory)
         if not (directory / "state.json").exists():
-            raise FileNotFoundError(f"no online reward state in {directory} (expected {STATE_DIR}/state.json in the "
-                                    "checkpoint): was it written by OnlineIRLTrainer?")
+            raise FileNotFoundError(
+                f"no online reward state in {directory} (expected {STATE_DIR}/state.json in the "
+                "checkpoint): was it written by OnlineIRLTrainer?"
+            )
         missing, unexpected = self.model.load_state_dict(read_safetensors(directory / "model"), strict=False)
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:  # tied heads are not saved
-            raise ValueError(f"reward checkpoint does not match the reward model: missing={missing} unexpected={unexpected}")
+            raise ValueError(
+                f"reward checkpoint does not match the reward model: missing={missing} unexpected={unexpected}"
+            )
         device = next(self.model.parameters()).device
         self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=device, weights_only=True))
         state = read_json(directory / "state.json")
@@ -228,5 +263,7 @@ class OnlineRewardUpdater:
         self.standardizer.load_state_dict(state["standardizer"])
         self.generator.set_state(torch.tensor(state["generator"], dtype=torch.uint8))
         self.buffer = ReplayBuffer(state["buffer_capacity"])
-        self.buffer.items.extend((*item, item[0]) if len(item) == 3 else tuple(item)  # 3: written before pairing
-                                 for item in state["buffer"])
+        self.buffer.items.extend(
+            (*item, item[0]) if len(item) == 3 else tuple(item)  # 3: written before pairing
+            for item in state["buffer"]
+        )

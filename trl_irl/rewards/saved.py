@@ -41,10 +41,14 @@ def write_card(directory: str | Path, objective, policy: str | Path | None, lora
     def relative(path):
         return None if path is None else os.path.relpath(Path(path).resolve(), directory.resolve())
 
-    card = {"objective": objective.name, "prefix_weight": objective.prefix_weight, "kind": objective.model_kind,
-            "policy": relative(policy) if objective.needs_policy else None,
-            "input": "prompt tokens + completion tokens + EOS, tokenised apart without special tokens, right-padded",
-            "lora": None if lora is None else {**lora, "base": relative(lora["base"]), "start": relative(lora["start"])}}
+    card = {
+        "objective": objective.name,
+        "prefix_weight": objective.prefix_weight,
+        "kind": objective.model_kind,
+        "policy": relative(policy) if objective.needs_policy else None,
+        "input": "prompt tokens + completion tokens + EOS, tokenised apart without special tokens, right-padded",
+        "lora": None if lora is None else {**lora, "base": relative(lora["base"]), "start": relative(lora["start"])},
+    }
     atomic_write_text(directory / CARD, json.dumps(card, indent=2))
 
 
@@ -57,9 +61,12 @@ class SavedReward:
     def score(self, prompts: list[str], completions: list[str], batch_size: int = 32) -> list[float]:
         """The reward of each (prompt, completion) pair (module docstring: the input and what the number means)."""
         if len(prompts) != len(completions):
-            raise ValueError(f"score: {len(prompts)} prompts and {len(completions)} completions; give one of each per pair")
-        return self.objective.rewards(self.model, self.tokenizer, list(prompts), list(completions), self.policy,
-                                      batch_size).tolist()
+            raise ValueError(
+                f"score: {len(prompts)} prompts and {len(completions)} completions; give one of each per pair"
+            )
+        return self.objective.rewards(
+            self.model, self.tokenizer, list(prompts), list(completions), self.policy, batch_size
+        ).tolist()
 
     def best_of(self, prompt: str, completions: list[str], batch_size: int = 32) -> str:
         """Best-of-n: the completion of ``prompt`` this reward scores highest (the first of a tie)."""
@@ -80,8 +87,10 @@ def load_reward(path: str | Path, device=None) -> SavedReward:
 
     path = Path(path)
     if not (path / CARD).exists():
-        raise FileNotFoundError(f"{path} holds no {CARD}: give a reward folder a run saved (<run>/<algo>/final_reward "
-                                "or <run>/reward_pretrain/final)")
+        raise FileNotFoundError(
+            f"{path} holds no {CARD}: give a reward folder a run saved (<run>/<algo>/final_reward "
+            "or <run>/reward_pretrain/final)"
+        )
     card = read_json(path / CARD)
     objective = make_objective(card["objective"], card["prefix_weight"])
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
@@ -96,11 +105,20 @@ def load_reward(path: str | Path, device=None) -> SavedReward:
 
     lora = card["lora"]  # rebuilt as the run's evaluation built it (roles.Roles.evaluation_models, load_policy)
     base_path = str((path / lora["base"]).resolve())
-    base = SharedBase(base_path, lora["peft"], lora["quant"], policy_adapter=str((path / lora["start"]).resolve()),
-                      roles=(REWARD,), device=device)
+    base = SharedBase(
+        base_path,
+        lora["peft"],
+        lora["quant"],
+        policy_adapter=str((path / lora["start"]).resolve()),
+        roles=(REWARD,),
+        device=device,
+    )
     base.model.eval()  # the role's forward runs the shared model: its LoRA dropout off
     model = base.role(REWARD, card["kind"])
     load_role(model, path)
-    policy = None if policy_path is None else PeftModel.from_pretrained(
-        load_causal_lm(base_path, lora["quant"], device=device), policy_path).eval()
+    policy = (
+        None
+        if policy_path is None
+        else PeftModel.from_pretrained(load_causal_lm(base_path, lora["quant"], device=device), policy_path).eval()
+    )
     return SavedReward(model.eval(), tokenizer, objective, policy)

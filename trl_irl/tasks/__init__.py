@@ -11,5 +11,14 @@ from .verifiers import make_verifier, register_verifier
 register_task("automaton", AutomatonTask)
 register_task("dataset", DatasetTask)
 
-__all__ = ["TASKS", "AutomatonTask", "DatasetTask", "Task", "TaskData", "make_task", "make_verifier", "register_task",
-           "register_verifier"]
+__all__ = [
+    "TASKS",
+    "AutomatonTask",
+    "DatasetTask",
+    "Task",
+    "TaskData",
+    "make_task",
+    "make_verifier",
+    "register_task",
+    "register_verifier",
+]

@@ -18,7 +18,6 @@ over-weights a door (a small deviation) lands where its behaviour is least train
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -90,14 +89,23 @@ class AutomatonTask(Task):
             (0 <= self.rare_states < self.n_states, "task.rare_states must be in 0..task.n_states-1"),
             (not self.rare_states or 0 < self.rare_prob < 1, "task.rare_prob must be in (0, 1)"),
             (self.rare_exit_prob is None or 0 < self.rare_exit_prob < 1, "task.rare_exit_prob must be in (0, 1)"),
-            (self.rare_exit_prob is None or self.n_allowed >= 2,
-             "task.rare_exit_prob needs task.n_allowed >= 2 (the exit and at least one token that stays)"),
-            (not self.rare_states or self.n_allowed < self.n_tokens,
-             "task.n_allowed must be < task.n_tokens with rare_states (the door is a token outside the allowed ones)"),
-            (not self.rare_states or self.transitions == "random",
-             "task.rare_states needs task.transitions='random' (with 'token' the last token alone sets the state)"),
-            *[(getattr(self, k) >= 1, f"task.{k} must be >= 1") for k in ("num_demonstrations", "num_validation",
-                                                                         "num_heldout")],
+            (
+                self.rare_exit_prob is None or self.n_allowed >= 2,
+                "task.rare_exit_prob needs task.n_allowed >= 2 (the exit and at least one token that stays)",
+            ),
+            (
+                not self.rare_states or self.n_allowed < self.n_tokens,
+                "task.n_allowed must be < task.n_tokens with rare_states (the door is a token outside the allowed "
+                "ones)",
+            ),
+            (
+                not self.rare_states or self.transitions == "random",
+                "task.rare_states needs task.transitions='random' (with 'token' the last token alone sets the state)",
+            ),
+            *[
+                (getattr(self, k) >= 1, f"task.{k} must be >= 1")
+                for k in ("num_demonstrations", "num_validation", "num_heldout")
+            ],
         ]
         for ok, message in checks:
             if not ok:
@@ -163,25 +171,41 @@ class AutomatonTask(Task):
 
     def check_tokenizer(self, tokenizer, model_path: str):
         """One tokenizer token per step, or the horizon in tokens and in steps disagree."""
-        merged = [s for s in self.prompts + self.step_texts
-                  if len(tokenizer(s, add_special_tokens=False)["input_ids"]) != 1]
+        merged = [
+            s for s in self.prompts + self.step_texts if len(tokenizer(s, add_special_tokens=False)["input_ids"]) != 1
+        ]
         if merged:
-            raise ValueError(f"with model.path={model_path} the task's steps {merged[:4]} are not single tokens: set "
-                             "task.separator=' ' (subword tokenizers write ' a' as one token)")
+            raise ValueError(
+                f"with model.path={model_path} the task's steps {merged[:4]} are not single tokens: set "
+                "task.separator=' ' (subword tokenizers write ' a' as one token)"
+            )
 
     # --- the Task interface -----------------------------------------------------------------------------------
     def data(self, tokenizer, seed: int) -> TaskData:
         """Expert rollouts; each split has its own seed, so the evaluation's rows are never trained on. The report
         says what the rows are: counts, the automaton's shape, and the expert's entropy per step."""
-        report = {"train": self.num_demonstrations, "validation": self.num_validation, "heldout": self.num_heldout,
-                  "max_completion_length": self.horizon, "n_states": self.n_states, "n_tokens": self.n_tokens,
-                  "n_allowed": self.n_allowed, "transitions": self.transitions, "rare_states": self.rare_states,
-                  "recoverable": self.recoverable, "automaton_seed": self.seed,
-                  "expert_entropy_per_token": -self.expert_logprob_per_token()}
-        return TaskData(train=self.sample_demonstrations(self.num_demonstrations, seed=1000 + seed),
-                        validation=self.sample_demonstrations(self.num_validation, seed=1500 + seed),
-                        heldout=self.sample_demonstrations(self.num_heldout, seed=2000 + seed),
-                        max_completion_length=self.horizon, max_prompt_length=1, report=report)
+        report = {
+            "train": self.num_demonstrations,
+            "validation": self.num_validation,
+            "heldout": self.num_heldout,
+            "max_completion_length": self.horizon,
+            "n_states": self.n_states,
+            "n_tokens": self.n_tokens,
+            "n_allowed": self.n_allowed,
+            "transitions": self.transitions,
+            "rare_states": self.rare_states,
+            "recoverable": self.recoverable,
+            "automaton_seed": self.seed,
+            "expert_entropy_per_token": -self.expert_logprob_per_token(),
+        }
+        return TaskData(
+            train=self.sample_demonstrations(self.num_demonstrations, seed=1000 + seed),
+            validation=self.sample_demonstrations(self.num_validation, seed=1500 + seed),
+            heldout=self.sample_demonstrations(self.num_heldout, seed=2000 + seed),
+            max_completion_length=self.horizon,
+            max_prompt_length=1,
+            report=report,
+        )
 
     @property
     def verifier(self):
@@ -193,8 +217,10 @@ class AutomatonTask(Task):
         token_lp = [self.token_logprobs(p, c) for p, c in zip(prompts, samples)]
         valid = np.concatenate([lp[np.isfinite(lp)] for lp in token_lp] or [np.zeros(0)])
         n_steps = sum(len(lp) for lp in token_lp)
-        return {"expert_logprob_per_token": float(valid.mean()) if valid.size else -math.inf,
-                "valid_token_rate": float(valid.size / max(n_steps, 1))}
+        return {
+            "expert_logprob_per_token": float(valid.mean()) if valid.size else -math.inf,
+            "valid_token_rate": float(valid.size / max(n_steps, 1)),
+        }
 
     def reference(self) -> dict[str, float]:
         return {"expert_logprob_per_token": self.expert_logprob_per_token(), "success_rate": 1.0}
@@ -204,7 +230,9 @@ class AutomatonTask(Task):
 
     def start_state(self, prompt: str) -> int:
         if len(prompt) != 1 or prompt not in STATE_CHARS[: self.n_states]:
-            raise ValueError(f"prompt {prompt!r} is not a start state of this task (one of {STATE_CHARS[: self.n_states]})")
+            raise ValueError(
+                f"prompt {prompt!r} is not a start state of this task (one of {STATE_CHARS[: self.n_states]})"
+            )
         return STATE_CHARS.index(prompt)
 
     @property
@@ -267,7 +295,9 @@ class AutomatonTask(Task):
         return int(np.isfinite(self.token_logprobs(prompt, completion)).sum())
 
     def is_success(self, prompt: str, completion: str) -> bool:
-        return len(self.split(completion)) == self.horizon and self.valid_prefix_length(prompt, completion) == self.horizon
+        return (
+            len(self.split(completion)) == self.horizon and self.valid_prefix_length(prompt, completion) == self.horizon
+        )
 
     def expert_logprob_per_token(self) -> float:
         """Exact E[log p(x_t|prefix)] over the expert's own rollouts of length ``horizon`` (minus its entropy rate)."""

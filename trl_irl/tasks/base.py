@@ -19,8 +19,8 @@ Write your own by subclassing ``Task`` (``data`` is the one method you must writ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -114,8 +114,10 @@ def make_task(task_cfg: dict) -> Task:
     name = str(cfg.pop("name"))
     factory = TASKS.get(name) or (import_callable(name, "task.name") if ":" in name else None)
     if factory is None:
-        raise ValueError(f"task.name={name!r} is unknown: choose one of {sorted(TASKS)}, or <module>:<function> "
-                         "for a task of your own (see trl_irl.tasks.register_task)")
+        raise ValueError(
+            f"task.name={name!r} is unknown: choose one of {sorted(TASKS)}, or <module>:<function> "
+            "for a task of your own (see trl_irl.tasks.register_task)"
+        )
     import inspect
     import typing
 
@@ -123,7 +125,7 @@ def make_task(task_cfg: dict) -> Task:
 
     try:  # a field typed as a number or a switch must hold one ("10%" for a float is refused with the fix)
         hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
-    except Exception:  # noqa: BLE001 - a plugin's annotations that cannot be resolved: its own checks apply
+    except Exception:
         hints = {}
     check_types(cfg, hints, lambda key: f"task.{key}")
     try:

@@ -25,8 +25,8 @@ import math
 import numbers
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # a number as people write it: optional sign, thousands separators, decimals ("-1,234.5", "72", ".5")
 NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)?(?:\.\d+)?")
@@ -152,27 +152,34 @@ def check_on_demonstrations(verifier: Callable, rows: list[dict], min_share: flo
             value = verifier(row["prompt"], completion, row)
         except BadScore as error:
             raise ValueError(f"{spec} {error} on {shown}: a verifier returns a number in [0, 1]") from None
-        except Exception as error:  # noqa: BLE001 - the user's function: say what it raised, where
-            raise ValueError(f"{spec} raised {type(error).__name__}: {error} on {shown}. It scores every sample the "
-                             "policy writes, as fn(prompt, completion, row): make it return 0 for text it cannot read "
-                             "rather than raise") from None
+        except Exception as error:
+            raise ValueError(
+                f"{spec} raised {type(error).__name__}: {error} on {shown}. It scores every sample the "
+                "policy writes, as fn(prompt, completion, row): make it return 0 for text it cannot read "
+                "rather than raise"
+            ) from None
         if not is_score(value):  # a verifier that is not a PythonVerifier: checked here
             raise ValueError(f"{spec} returned {value!r} on {shown}: a verifier returns a number in [0, 1]")
         return float(value)
 
-    scores = [score(r, r["completion"], f"the demonstration {r['completion'][:60]!r} of the prompt {r['prompt'][:60]!r}")
-              for r in rows]
-    for text, what in (("", "an empty completion"), (rows[0]["completion"][::-1] + " ?!", "a garbled completion")) \
-            if rows else ():
+    scores = [
+        score(r, r["completion"], f"the demonstration {r['completion'][:60]!r} of the prompt {r['prompt'][:60]!r}")
+        for r in rows
+    ]
+    for text, what in (
+        (("", "an empty completion"), (rows[0]["completion"][::-1] + " ?!", "a garbled completion")) if rows else ()
+    ):
         score(rows[0], text, f"{what} ({text[:60]!r}) of the prompt {rows[0]['prompt'][:60]!r}")
     correct = sum(v == 1 for v in scores)
     if scores and correct < min_share * len(scores):
         cut = f"; {truncated} of them were cut to task.max_completion_length, which may be why" if truncated else ""
-        raise ValueError(f"{spec} scores {correct} of the {len(scores)} demonstrations correct "
-                         f"({correct / len(scores):.0%}), below min_demo_success={min_share:g}{cut}: a verifier that "
-                         "does not pass the demonstrations cannot judge the policy's answers. Fix the verifier (for "
-                         "task=dataset: task.verifier, task.answer_column), or where the demonstrations are not all "
-                         f"correct lower min_demo_success (e.g. min_demo_success={math.floor(100 * correct / len(scores)) / 100:g})")
+        raise ValueError(
+            f"{spec} scores {correct} of the {len(scores)} demonstrations correct "
+            f"({correct / len(scores):.0%}), below min_demo_success={min_share:g}{cut}: a verifier that "
+            "does not pass the demonstrations cannot judge the policy's answers. Fix the verifier (for "
+            "task=dataset: task.verifier, task.answer_column), or where the demonstrations are not all "
+            f"correct lower min_demo_success (e.g. min_demo_success={math.floor(100 * correct / len(scores)) / 100:g})"
+        )
 
 
 def import_callable(spec: str, where: str) -> Callable:
@@ -185,8 +192,10 @@ def import_callable(spec: str, where: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"{where}: cannot import module {module_name!r} ({error}); put {module_name}.py in the "
-                         "working directory or install it") from None
+        raise ValueError(
+            f"{where}: cannot import module {module_name!r} ({error}); put {module_name}.py in the "
+            "working directory or install it"
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise ValueError(f"{where}: module {module_name!r} has no function {attr!r}")
@@ -211,5 +220,7 @@ def make_verifier(spec: str | None, answer_given: bool = True):
     if spec in VERIFIERS:
         return PythonVerifier(VERIFIERS[spec])
     registered = f", a name given to register_verifier ({', '.join(sorted(VERIFIERS))})" if VERIFIERS else ""
-    raise ValueError(f"task.verifier={spec!r} is unknown: choose none, exact, numeric, regex:<pattern>, "
-                     f"python:<module>:<function>{registered}")
+    raise ValueError(
+        f"task.verifier={spec!r} is unknown: choose none, exact, numeric, regex:<pattern>, "
+        f"python:<module>:<function>{registered}"
+    )

@@ -14,8 +14,8 @@ from transformers.utils import logging
 from trl import RLOOConfig, RLOOTrainer
 
 from .. import credit as C
-from .token_rewards import CREDITS
 from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin, sequence_rewards
+from .token_rewards import CREDITS
 
 logger = logging.get_logger(__name__)
 
@@ -24,19 +24,26 @@ logger = logging.get_logger(__name__)
 class UnscaledAdvantagesConfig(OnlineIRLConfig):
     """OnlineIRLConfig for estimators whose advantage is a plain difference of returns (RLOO, ReMax)."""
 
-    scale_rewards: str = field(default="none", metadata={
-        "help": "'none' only: RLOO's and ReMax's advantages are not divided by a standard deviation."})
+    scale_rewards: str = field(
+        default="none",
+        metadata={"help": "'none' only: RLOO's and ReMax's advantages are not divided by a standard deviation."},
+    )
 
 
 @dataclass
 class ReinforcePPConfig(OnlineIRLConfig):
     """OnlineIRLConfig for REINFORCE++; its KL usually goes in the reward (``token_kl_coef``)."""
 
-    group_baseline: bool = field(default=True, metadata={
-        "help": "Subtract the per-position group mean before the global normalisation (REINFORCE++-baseline); "
-                "False: plain REINFORCE++ (global normalisation only)."})
-    scale_rewards: str = field(default="batch", metadata={
-        "help": "'batch' only: REINFORCE++ normalises over the whole batch."})
+    group_baseline: bool = field(
+        default=True,
+        metadata={
+            "help": "Subtract the per-position group mean before the global normalisation (REINFORCE++-baseline); "
+            "False: plain REINFORCE++ (global normalisation only)."
+        },
+    )
+    scale_rewards: str = field(
+        default="batch", metadata={"help": "'batch' only: REINFORCE++ normalises over the whole batch."}
+    )
 
 
 class RLOOTokenTrainer(OnlineIRLTrainer):
@@ -70,8 +77,10 @@ class ReMaxTrainer(OnlineIRLTrainer):
     def _check_setup(self, args, objective, reward_model, same_tokenizer):
         super()._check_setup(args, objective, reward_model, same_tokenizer)
         if args.use_vllm:
-            logger.warning("ReMaxTrainer with use_vllm=true: the sampled completions come from vLLM, but the greedy "
-                           "baseline rollout runs on the training model's generate() (one greedy completion per prompt)")
+            logger.warning(
+                "ReMaxTrainer with use_vllm=true: the sampled completions come from vLLM, but the greedy "
+                "baseline rollout runs on the training model's generate() (one greedy completion per prompt)"
+            )
 
     def compute_advantages(self, rewards, mask, output, inputs):
         return C.remax_advantages(self.returns_to_go(rewards, mask), mask, *self.greedy_returns(output, inputs))
@@ -87,19 +96,27 @@ class ReMaxTrainer(OnlineIRLTrainer):
         tokenizer, pick = self.processing_class, group_starts.to(device)
         prompt_ids, prompt_mask = output["prompt_ids"][pick], output["prompt_mask"][pick]
         generated = self.accelerator.unwrap_model(self.model).generate(  # every EOS id TRL stops sampling at
-            input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=False, max_new_tokens=self.max_completion_length,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=self.eos_token_ids)
-        completion_ids = generated[:, prompt_ids.size(1):]
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=False,
+            max_new_tokens=self.max_completion_length,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=self.eos_token_ids,
+        )
+        completion_ids = generated[:, prompt_ids.size(1) :]
         is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=device))
         end = torch.where(is_eos.any(1), is_eos.int().argmax(1), completion_ids.size(1) - 1)
         completion_mask = (torch.arange(completion_ids.size(1), device=device)[None] <= end[:, None]).long()
         greedy_inputs = [inputs[i] for i in group_starts.tolist()]
-        completions = tokenizer.batch_decode(completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id),
-                                             skip_special_tokens=True)
+        completions = tokenizer.batch_decode(
+            completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id), skip_special_tokens=True
+        )
         ids_list = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask)]
         self._scoring_baseline = True  # score with the same reward, without moving its running statistics
         try:  # (gathers across processes: with several, each holds the same number of groups when B % G == 0)
-            per_func = self._calculate_rewards(greedy_inputs, [x["prompt"] for x in greedy_inputs], completions, ids_list)
+            per_func = self._calculate_rewards(
+                greedy_inputs, [x["prompt"] for x in greedy_inputs], completions, ids_list
+            )
         finally:
             self._scoring_baseline = False
         k = len(greedy_inputs)
@@ -108,8 +125,12 @@ class ReMaxTrainer(OnlineIRLTrainer):
         local = slice(self.accelerator.process_index * k, (self.accelerator.process_index + 1) * k)
         rewards = rewards[local]
         scorable = ~torch.isnan(per_func).all(1)[local, None]  # an unscorable greedy completion: baseline 0
-        greedy = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-                  "completion_mask": completion_mask}
+        greedy = {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "completion_ids": completion_ids,
+            "completion_mask": completion_mask,
+        }
         if self.args.token_level:
             completion_mask = completion_mask * scorable
             returns = self.returns_to_go(self.token_rewards(greedy, rewards), completion_mask)
@@ -123,15 +144,23 @@ class ReMaxTrainer(OnlineIRLTrainer):
 class TRLRLOOConfig(OnlineRewardFields, RLOOConfig):
     """TRL's RLOOConfig plus the online reward model's settings."""
 
-    credit: str = field(default="sequence", metadata={"config": "credit.name",
-        "help": "TRL's RLOO optimises a per-sequence ratio: only 'sequence'. For token credit use RLOOTokenTrainer "
-                "(algo=rloo_token)."})
+    credit: str = field(
+        default="sequence",
+        metadata={
+            "config": "credit.name",
+            "help": "TRL's RLOO optimises a per-sequence ratio: only 'sequence'. For token credit use RLOOTokenTrainer "
+            "(algo=rloo_token).",
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.credit != "sequence":
-            raise ValueError(f"credit={self.credit!r}: TRL's RLOO sums log-probs per sequence and cannot take token "
-                             f"advantages. Use algo=rloo_token (token-level RLOO) for credit in {[c for c in CREDITS if c != 'sequence']}")
+            raise ValueError(
+                f"credit={self.credit!r}: TRL's RLOO sums log-probs per sequence and cannot take token "
+                "advantages. Use algo=rloo_token (token-level RLOO) for credit in "
+                f"{[c for c in CREDITS if c != 'sequence']}"
+            )
 
 
 class TRLRLOOTrainer(OnlineRewardMixin, RLOOTrainer):

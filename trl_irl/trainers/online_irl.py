@@ -58,27 +58,77 @@ def check_trainable_layers(value, name: str):
 class OnlineRewardFields:
     """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
 
-    objective: str = field(default="bt", metadata={"config": "reward.objective", "help": "IRL loss of the online reward updates: 'bt', 'gail' or 'airl'."})
-    demonstration_column: str = field(default="demonstration", metadata={
-        "help": "Dataset column with a demonstration for the row's prompt; it is the positive in reward updates."})
-    reward_update_every: int = field(default=1, metadata={"config": "reward.online.update_every", 
-        "help": "Update the reward model every this many generation batches (0 freezes it: a fixed reward model)."})
-    reward_update_steps: int = field(default=2, metadata={"config": "reward.online.update_steps", "help": "Reward-model optimizer steps per update."})
-    reward_batch_size: int = field(default=32, metadata={"config": "reward.online.batch_size", "help": "Demonstration-sample pairs per reward step."})
-    reward_learning_rate: float = field(default=1e-4, metadata={"config": "reward.online.learning_rate", "help": "AdamW learning rate of the reward model."})
-    reward_weight_decay: float = field(default=1e-4, metadata={"config": "reward.online.weight_decay", "help": "AdamW weight decay of the reward model."})
-    reward_max_grad_norm: float = field(default=1.0, metadata={"config": "reward.online.max_grad_norm", "help": "Gradient clipping of the reward model."})
-    reward_trainable_layers: int | None = field(default=None, metadata={"config": "reward.online.trainable_layers",
-        "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it); "
-                "backward stops below them. Applies to reward pretraining too (IRLRewardConfig.trainable_layers)."})
-    reward_buffer_size: int = field(default=1024, metadata={"config": "reward.online.buffer_size", 
-        "help": "Replay buffer: the most recent (prompt, demonstration, sample) triples the reward model learns from."})
-    prefix_weight: float = field(default=0.0, metadata={"config": "reward.prefix_weight", 
-        "help": "Weight of the reward loss on every pair of prefixes (bt, gail): trains the scores that "
-                "credit=redistribution reads at intermediate tokens (objectives.RewardObjective.prefix_pair_loss)."})
-    reward_standardize: bool = field(default=True, metadata={"config": "reward.online.standardize", 
-        "help": "Standardise the IRL reward with running mean/std over all rewards seen (steady scale while the "
-                "reward model moves; matters when it is combined with other reward functions)."})
+    objective: str = field(
+        default="bt",
+        metadata={
+            "config": "reward.objective",
+            "help": "IRL loss of the online reward updates: 'bt', 'gail' or 'airl'.",
+        },
+    )
+    demonstration_column: str = field(
+        default="demonstration",
+        metadata={
+            "help": "Dataset column with a demonstration for the row's prompt; it is the positive in reward updates."
+        },
+    )
+    reward_update_every: int = field(
+        default=1,
+        metadata={
+            "config": "reward.online.update_every",
+            "help": "Update the reward model every this many generation batches (0 freezes it: a fixed reward model).",
+        },
+    )
+    reward_update_steps: int = field(
+        default=2, metadata={"config": "reward.online.update_steps", "help": "Reward-model optimizer steps per update."}
+    )
+    reward_batch_size: int = field(
+        default=32,
+        metadata={"config": "reward.online.batch_size", "help": "Demonstration-sample pairs per reward step."},
+    )
+    reward_learning_rate: float = field(
+        default=1e-4,
+        metadata={"config": "reward.online.learning_rate", "help": "AdamW learning rate of the reward model."},
+    )
+    reward_weight_decay: float = field(
+        default=1e-4,
+        metadata={"config": "reward.online.weight_decay", "help": "AdamW weight decay of the reward model."},
+    )
+    reward_max_grad_norm: float = field(
+        default=1.0,
+        metadata={"config": "reward.online.max_grad_norm", "help": "Gradient clipping of the reward model."},
+    )
+    reward_trainable_layers: int | None = field(
+        default=None,
+        metadata={
+            "config": "reward.online.trainable_layers",
+            "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it); "
+            "backward stops below them. Applies to reward pretraining too (IRLRewardConfig.trainable_layers).",
+        },
+    )
+    reward_buffer_size: int = field(
+        default=1024,
+        metadata={
+            "config": "reward.online.buffer_size",
+            "help": "Replay buffer: the most recent (prompt, demonstration, sample) triples the reward model learns "
+            "from.",
+        },
+    )
+    prefix_weight: float = field(
+        default=0.0,
+        metadata={
+            "config": "reward.prefix_weight",
+            "help": "Weight of the reward loss on every pair of prefixes (bt, gail): trains the scores that "
+            "credit=redistribution reads at intermediate tokens (objectives.RewardObjective.prefix_pair_loss).",
+        },
+    )
+    reward_standardize: bool = field(
+        default=True,
+        metadata={
+            "config": "reward.online.standardize",
+            "help": "Standardise the IRL reward with running mean/std over all rewards seen (steady scale while the "
+            "reward model moves; matters when it is combined with other reward functions).",
+        },
+    )
 
     def __post_init__(self):
         no_bf16_without_gpu(self)
@@ -97,7 +147,9 @@ class OnlineRewardFields:
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be >= 1 (or -1: num_train_epochs decides), got {self.max_steps}")
         if self.reward_update_every < 0:
-            raise ValueError(f"reward_update_every must be >= 0 (0 freezes the reward model), got {self.reward_update_every}")
+            raise ValueError(
+                f"reward_update_every must be >= 0 (0 freezes the reward model), got {self.reward_update_every}"
+            )
 
 
 @dataclass
@@ -105,16 +157,39 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
     """GRPOConfig plus the online reward model's and token credit's settings. KL to the initial (BC) policy is
     GRPO's ``beta`` (a loss term); ``token_kl_coef`` puts a per-token KL penalty in the reward instead."""
 
-    credit: str = field(default="sequence", metadata={"config": "credit.name", 
-        "help": f"How reward is spread over tokens: one of {list(CREDITS)} (see trl_irl/trainers/token_rewards.py)."})
-    credit_gamma: float = field(default=1.0, metadata={"config": "credit.credit_gamma", 
-        "help": "Discount of token rewards in returns-to-go G_t = sum_k gamma^(k-t) r_k (and GAE's gamma in PPO)."})
-    attention_mix: float = field(default=0.5, metadata={"config": "credit.attention_mix", 
-        "help": "credit=attention: share of the reward spread by attention; the rest stays on the last token."})
-    implicit_beta: float = field(default=1.0, metadata={"config": "credit.implicit_beta", "help": "credit=implicit: beta of beta * log q / pi_ref."})
-    token_kl_coef: float = field(default=0.0, metadata={
-        "help": "Per-token KL penalty -coef * (log pi - log pi_ref) added to token rewards (needs beta > 0 for the "
-                "reference log-probs, or set beta tiny)."})
+    credit: str = field(
+        default="sequence",
+        metadata={
+            "config": "credit.name",
+            "help": f"How reward is spread over tokens: one of {list(CREDITS)} "
+            "(see trl_irl/trainers/token_rewards.py).",
+        },
+    )
+    credit_gamma: float = field(
+        default=1.0,
+        metadata={
+            "config": "credit.credit_gamma",
+            "help": "Discount of token rewards in returns-to-go G_t = sum_k gamma^(k-t) r_k (and GAE's gamma in PPO).",
+        },
+    )
+    attention_mix: float = field(
+        default=0.5,
+        metadata={
+            "config": "credit.attention_mix",
+            "help": "credit=attention: share of the reward spread by attention; the rest stays on the last token.",
+        },
+    )
+    implicit_beta: float = field(
+        default=1.0,
+        metadata={"config": "credit.implicit_beta", "help": "credit=implicit: beta of beta * log q / pi_ref."},
+    )
+    token_kl_coef: float = field(
+        default=0.0,
+        metadata={
+            "help": "Per-token KL penalty -coef * (log pi - log pi_ref) added to token rewards (needs beta > 0 for the "
+            "reference log-probs, or set beta tiny)."
+        },
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -133,7 +208,8 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
 
 
 def deepspeed_stage(args) -> int | None:
-    """The ZeRO stage ``args`` will run under (``accelerate launch --use_deepspeed`` or ``deepspeed=...``), else None."""
+    """The ZeRO stage ``args`` will run under (``accelerate launch --use_deepspeed`` or ``deepspeed=...``), else
+    None."""
     plugin = getattr(args, "deepspeed_plugin", None)
     return None if plugin is None else plugin.zero_stage
 
@@ -144,15 +220,18 @@ def check_backends(args, model, trainer: str):
         raise ValueError(
             f"{trainer} under DeepSpeed ZeRO stage 3 is not supported: it partitions the model's weights, and the "
             "online reward model and a shared base's reward and critic adapters are read outside the engine. Use "
-            "ZeRO stage 1 or 2 (`accelerate launch --use_deepspeed --zero_stage 2 ...`) or DDP")
+            "ZeRO stage 1 or 2 (`accelerate launch --use_deepspeed --zero_stage 2 ...`) or DDP"
+        )
     if args.use_vllm:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         quantised = getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False)
         if quantised or "quantization_config" in (args.model_init_kwargs or {}):
             raise ValueError(
-                f"{trainer} with use_vllm=true and a bitsandbytes-quantised policy (quant=4bit/8bit) fails in TRL 1.16: "
+                f"{trainer} with use_vllm=true and a bitsandbytes-quantised policy (quant=4bit/8bit) fails in "
+                "TRL 1.16: "
                 "the weight sync sends dequantised merged weights that vLLM's engine cannot load "
-                "(huggingface/trl#4973). Set use_vllm=false, or quant=none (LoRA on a full-precision base)")
+                "(huggingface/trl#4973). Set use_vllm=false, or quant=none (LoRA on a full-precision base)"
+            )
 
 
 class EpochResumableSampler(torch.utils.data.Sampler):
@@ -196,8 +275,18 @@ class OnlineRewardMixin:
         reward_funcs: further reward functions or models, added to the IRL reward as in GRPO.
     """
 
-    def __init__(self, model, reward_model=None, args=None, train_dataset=None, processing_class=None,
-                 reward_processing_class=None, reward_funcs=None, demonstration_dataset=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        reward_model=None,
+        args=None,
+        train_dataset=None,
+        processing_class=None,
+        reward_processing_class=None,
+        reward_funcs=None,
+        demonstration_dataset=None,
+        **kwargs,
+    ):
         reward_tokenizer = reward_processing_class or processing_class
         check_tokenizer(processing_class, eos_token_ids=generation_eos_ids(model))
         learns = reward_model is not None and args.reward_update_every > 0
@@ -210,9 +299,11 @@ class OnlineRewardMixin:
                 check_dataset(demonstration_dataset, ["prompt", column], "demonstration_dataset")
             demonstrations = [(p, d) for p, d in zip(source["prompt"], source[column]) if d is not None]
             if not demonstrations:
-                raise ValueError(f"the reward model learns from demonstrations, and "
-                                 f"{'demonstration_dataset' if demonstration_dataset is not None else 'train_dataset'}"
-                                 f"'s {column!r} column has none: pass demonstration_dataset=... with them")
+                raise ValueError(
+                    f"the reward model learns from demonstrations, and "
+                    f"{'demonstration_dataset' if demonstration_dataset is not None else 'train_dataset'}"
+                    f"'s {column!r} column has none: pass demonstration_dataset=... with them"
+                )
         if reward_model is None and not reward_funcs:
             raise ValueError("no reward: pass reward_model=... (online IRL or fixed) and/or reward_funcs=[...]")
         objective = make_objective(args.objective, args.prefix_weight)
@@ -230,18 +321,33 @@ class OnlineRewardMixin:
                 return self.reward_updater.rewards(prompts, completions, self._policy_for_reward()).tolist()
 
             funcs.insert(0, irl_reward)
-        super().__init__(model=model, reward_funcs=funcs, args=args, train_dataset=train_dataset,
-                         processing_class=processing_class, **kwargs)
+        super().__init__(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
         contiguous_lm_head_input(self.accelerator.unwrap_model(self.model))  # the policy TRL loaded generates
         self.reward_updater = None
         if reward_model is not None:
             self.reward_updater = OnlineRewardUpdater(
-                reward_model.to(self.accelerator.device), reward_tokenizer, objective,
-                learning_rate=args.reward_learning_rate, weight_decay=args.reward_weight_decay,
-                batch_size=args.reward_batch_size, steps=args.reward_update_steps,
-                buffer_size=args.reward_buffer_size, max_grad_norm=args.reward_max_grad_norm, seed=args.seed,
+                reward_model.to(self.accelerator.device),
+                reward_tokenizer,
+                objective,
+                learning_rate=args.reward_learning_rate,
+                weight_decay=args.reward_weight_decay,
+                batch_size=args.reward_batch_size,
+                steps=args.reward_update_steps,
+                buffer_size=args.reward_buffer_size,
+                max_grad_norm=args.reward_max_grad_norm,
+                seed=args.seed,
                 scoring_batch_size=args.per_device_train_batch_size,  # scored per micro-batch, as TRL's log-probs
-                trainable_layers=args.reward_trainable_layers, bf16=bool(args.bf16), demonstrations=demonstrations)
+                trainable_layers=args.reward_trainable_layers,
+                bf16=bool(args.bf16),
+                demonstrations=demonstrations,
+            )
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer: bool):
         """Checks a subclass adds before any model is loaded."""
@@ -273,7 +379,9 @@ class OnlineRewardMixin:
     def _generate_and_score_completions(self, inputs):
         output = self._transform_scored(super()._generate_and_score_completions(inputs), inputs)
         if self.model.training and self.reward_updater is not None and self.args.reward_update_every:
-            ids = output["completion_ids"].masked_fill(output["completion_mask"] == 0, self.processing_class.pad_token_id)
+            ids = output["completion_ids"].masked_fill(
+                output["completion_mask"] == 0, self.processing_class.pad_token_id
+            )
             samples = self.processing_class.batch_decode(ids, skip_special_tokens=True)
             column = self.args.demonstration_column
             self.reward_updater.add([x["prompt"] for x in inputs], [x[column] for x in inputs], samples)
@@ -292,7 +400,8 @@ class OnlineRewardMixin:
                     f"at step {self.state.global_step}: it has diverged. Lower reward_learning_rate (now "
                     f"{self.args.reward_learning_rate}) or reward_max_grad_norm (reward.online.learning_rate / "
                     "max_grad_norm on the CLI), and resume from the last checkpoint (resume=true; checkpoints are "
-                    "checked for NaN before they are written) or an earlier one (resume_from=checkpoint-N)")
+                    "checked for NaN before they are written) or an earlier one (resume_from=checkpoint-N)"
+                )
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["irl/raw_reward"].append(irl.mean().item())
             if self.args.reward_standardize:
@@ -311,7 +420,8 @@ class OnlineRewardMixin:
             raise FloatingPointError(
                 f"NaN or inf in {bad[:5]}{' ...' if len(bad) > 5 else ''} at step {self.state.global_step}: training "
                 "diverged, and this checkpoint is not written, so the last one stays usable. Lower the learning rates "
-                "(learning_rate, reward_learning_rate) and resume (resume=true, or resume_from=checkpoint-N)")
+                "(learning_rate, reward_learning_rate) and resume (resume=true, or resume_from=checkpoint-N)"
+            )
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # TRL's save rotates only with a limit
         try:
             super()._save_checkpoint(model, trial)
@@ -321,8 +431,12 @@ class OnlineRewardMixin:
         if self.args.should_save:
             self._save_own_state(directory)
             mark_complete(directory)
-            rotate_checkpoints(output_dir=self._get_output_dir(trial=trial), save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # as TRL's
+            rotate_checkpoints(
+                output_dir=self._get_output_dir(trial=trial),
+                save_total_limit=limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )  # as TRL's
         self.accelerator.wait_for_everyone()
 
     def _get_train_sampler(self, dataset=None):
@@ -373,15 +487,18 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         the pipeline checks them at start-up)."""
         name = cls.__name__
         if args.scale_rewards not in cls.SCALE_REWARDS:
-            raise ValueError(f"{name} with scale_rewards={args.scale_rewards!r}: its advantages take "
-                             f"{list(cls.SCALE_REWARDS)} only (set scale_rewards={cls.SCALE_REWARDS[0]!r}, "
-                             f"algo.scale_rewards={cls.SCALE_REWARDS[0]} on the CLI)")
+            raise ValueError(
+                f"{name} with scale_rewards={args.scale_rewards!r}: its advantages take "
+                f"{list(cls.SCALE_REWARDS)} only (set scale_rewards={cls.SCALE_REWARDS[0]!r}, "
+                f"algo.scale_rewards={cls.SCALE_REWARDS[0]} on the CLI)"
+            )
         if args.multi_objective_aggregation != "sum_then_normalize":
-            raise ValueError(f"{name} with multi_objective_aggregation={args.multi_objective_aggregation!r}: every "
-                             "estimator here takes the weighted sum of the reward functions (TRL's default "
-                             "'sum_then_normalize'); set multi_objective_aggregation='sum_then_normalize' (or put the "
-                             "per-function normalisation in a reward function of yours)")
-
+            raise ValueError(
+                f"{name} with multi_objective_aggregation={args.multi_objective_aggregation!r}: every "
+                "estimator here takes the weighted sum of the reward functions (TRL's default "
+                "'sum_then_normalize'); set multi_objective_aggregation='sum_then_normalize' (or put the "
+                "per-function normalisation in a reward function of yours)"
+            )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -403,8 +520,9 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
             (B, T) advantages, zero where ``mask`` is 0. GRPO: returns-to-go G_t, per-position group mean, group std.
         """
         returns = self.returns_to_go(rewards, mask)
-        return self.across_processes(lambda g, m: C.grpo_advantages(g, m, self.num_generations,
-                                                                    scale=self.scale_rewards), returns, mask)
+        return self.across_processes(
+            lambda g, m: C.grpo_advantages(g, m, self.num_generations, scale=self.scale_rewards), returns, mask
+        )
 
     def returns_to_go(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """G_t = sum_{k >= t} gamma^(k-t) r_k with gamma = ``credit_gamma`` (on (B, 1): the reward itself)."""
@@ -432,8 +550,9 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         share, no advantage), as TRL's advantages do."""
         per_func = self._last_rewards_per_func
         start = self.accelerator.process_index * n_local
-        return sequence_rewards(per_func, self.reward_weights)[start : start + n_local], \
-            ~torch.isnan(per_func).all(dim=1)[start : start + n_local]
+        return sequence_rewards(per_func, self.reward_weights)[start : start + n_local], ~torch.isnan(per_func).all(
+            dim=1
+        )[start : start + n_local]
 
     def token_rewards(self, output: dict, sequence_rewards: torch.Tensor) -> torch.Tensor:
         """(B, T) token rewards from the configured credit source, plus the per-token KL penalty."""
@@ -447,11 +566,19 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         source = CREDITS[args.credit]
         policy_logps = self.policy_logps(output) if source.needs_policy or args.token_kl_coef else None
         ref_logps = self.ref_logps(output) if source.needs_reference or args.token_kl_coef else None
-        rewards = token_rewards(args.credit, output, sequence_rewards, updater=updater, scale=scale, shift=shift,
-                                policy_logps=policy_logps, ref_logps=ref_logps, args=args)
+        rewards = token_rewards(
+            args.credit,
+            output,
+            sequence_rewards,
+            updater=updater,
+            scale=scale,
+            shift=shift,
+            policy_logps=policy_logps,
+            ref_logps=ref_logps,
+            args=args,
+        )
         if args.token_kl_coef:
-            rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"],
-                                             args.token_kl_coef)
+            rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"], args.token_kl_coef)
         return rewards
 
     @torch.no_grad()
@@ -473,9 +600,13 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
 
     def _per_token_logps(self, model, output: dict) -> torch.Tensor:
         batch = prompt_completion_batch(output)
-        logps, _, _ = self._get_per_token_logps_and_entropies(model, batch["input_ids"], batch["attention_mask"],
-                                                              output["completion_ids"].size(1),
-                                                              batch_size=self.args.per_device_train_batch_size)
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            output["completion_ids"].size(1),
+            batch_size=self.args.per_device_train_batch_size,
+        )
         return logps
 
     def across_processes(self, fn, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

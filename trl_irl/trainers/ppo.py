@@ -42,18 +42,36 @@ class PPOConfig(OnlineIRLConfig):
 
     gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda: 1 = Monte-Carlo returns, 0 = one-step TD."})
     vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss in the total loss."})
-    cliprange_value: float = field(default=0.2, metadata={
-        "help": "Clip of the value prediction around its value at generation time (PPO's clipped value loss)."})
+    cliprange_value: float = field(
+        default=0.2,
+        metadata={
+            "help": "Clip of the value prediction around its value at generation time (PPO's clipped value loss)."
+        },
+    )
     critic_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the critic."})
-    critic_max_grad_norm: float = field(default=1.0, metadata={
-        "help": "Gradient clipping of the critic (under DeepSpeed the engine clips it with the policy at max_grad_norm)."})
-    whiten_advantages: bool = field(default=True, metadata={
-        "help": "Normalise advantages over the batch's valid tokens (mean 0, std 1)."})
-    scale_rewards: str = field(default="none", metadata={
-        "help": "GRPO's reward scaling does not apply to GAE: 'none' only (whiten_advantages normalises PPO's)."})
-    critic_model: str | None = field(default=None, metadata={
-        "help": "Path of the critic's initial weights (a causal LM or token classifier). Default: the policy's own "
-                "weights, with a zero value head, so the critic starts from the policy's features."})
+    critic_max_grad_norm: float = field(
+        default=1.0,
+        metadata={
+            "help": "Gradient clipping of the critic (under DeepSpeed the engine clips it with the policy at "
+            "max_grad_norm)."
+        },
+    )
+    whiten_advantages: bool = field(
+        default=True, metadata={"help": "Normalise advantages over the batch's valid tokens (mean 0, std 1)."}
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={
+            "help": "GRPO's reward scaling does not apply to GAE: 'none' only (whiten_advantages normalises PPO's)."
+        },
+    )
+    critic_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Path of the critic's initial weights (a causal LM or token classifier). Default: the policy's own "
+            "weights, with a zero value head, so the critic starts from the policy's features."
+        },
+    )
 
     @property
     def token_level(self) -> bool:
@@ -93,9 +111,11 @@ class PPOTrainer(OnlineIRLTrainer):
     def __init__(self, *args, critic=None, **kwargs):
         deepspeed = deepspeed_stage(kwargs.get("args", args[2] if len(args) > 2 else None)) is not None
         if deepspeed and not isinstance(critic, AdapterRole):
-            raise ValueError("PPOTrainer under DeepSpeed needs the critic as an adapter on the policy's shared base "
-                             "(shared_base=true): ZeRO optimises only parameters of the model it wraps, and a separate "
-                             "critic model is not one. Set shared_base=true, or launch without DeepSpeed (DDP)")
+            raise ValueError(
+                "PPOTrainer under DeepSpeed needs the critic as an adapter on the policy's shared base "
+                "(shared_base=true): ZeRO optimises only parameters of the model it wraps, and a separate "
+                "critic model is not one. Set shared_base=true, or launch without DeepSpeed (DDP)"
+            )
         super().__init__(*args, **kwargs)
         policy = self.accelerator.unwrap_model(self.model)
         self.critic = critic if critic is not None else build_critic(policy, self.args.critic_model)
@@ -106,7 +126,9 @@ class PPOTrainer(OnlineIRLTrainer):
     def values(self, critic, output: dict, batch_size: int | None = None) -> torch.Tensor:
         """V(s_t) for every completion token t (B, T): the critic's output at the position before token t, from
         ``batch_size`` rows at a time (None: all)."""
-        logits = by_rows(lambda b: critic(**model_inputs(b)).logits[..., 0], prompt_completion_batch(output), batch_size)
+        logits = by_rows(
+            lambda b: critic(**model_inputs(b)).logits[..., 0], prompt_completion_batch(output), batch_size
+        )
         P, T = output["prompt_ids"].size(1), output["completion_ids"].size(1)
         return logits[:, P - 1 : P - 1 + T].float() * output["completion_mask"]
 
@@ -146,7 +168,9 @@ class PPOTrainer(OnlineIRLTrainer):
                 else:
                     self.accelerator.backward(loss)
         self._metrics[mode]["value_loss"].append(value_loss.item())
-        self._metrics[mode]["value_clipfrac"].append(masked_mean(((values - clipped).abs() > 1e-8).float(), mask).item())
+        self._metrics[mode]["value_clipfrac"].append(
+            masked_mean(((values - clipped).abs() > 1e-8).float(), mask).item()
+        )
 
     def create_optimizer(self, *args, **kwargs):
         if self.optimizer is not None:  # built already (DeepSpeed's init builds it before Trainer asks)
@@ -166,7 +190,9 @@ class PPOTrainer(OnlineIRLTrainer):
             norm = torch.nn.utils.clip_grad_norm_(params, self.args.critic_max_grad_norm)
             self._metrics["train"]["critic_grad_norm"].append(norm.item())
 
-        def zero_critic(opt, args, kwargs):  # Trainer zeroes only the model's gradients; a critic outside it keeps its own
+        def zero_critic(
+            opt, args, kwargs
+        ):  # Trainer zeroes only the model's gradients; a critic outside it keeps its own
             for p in params:
                 p.grad = None
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig, RewardTrainer
 
+from ..models import limit_trainable_layers
 from ..rewards.objectives import collate, make_objective, tokenize_completions
 from ..validation import check_dataset, check_pad_id, check_tokenizer
-from ..models import limit_trainable_layers
 from .online_irl import check_trainable_layers, no_bf16_without_gpu
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
@@ -18,14 +18,30 @@ PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 class IRLRewardConfig(RewardConfig):
     """RewardConfig plus the IRL objective."""
 
-    objective: str = field(default="bt", metadata={"config": "reward.objective", "help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic "
-                                                           "discriminator) or 'airl' (per-token f - log pi)."})
-    prefix_weight: float = field(default=0.0, metadata={"config": "reward.prefix_weight",
-        "help": "Weight of the same loss on every pair of prefixes (bt, gail): trains the scores of cut-off "
-                "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss)."})
-    trainable_layers: int | None = field(default=None, metadata={"config": "reward.online.trainable_layers",
-        "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it), as the "
-                "online updates do (models.limit_trainable_layers)."})
+    objective: str = field(
+        default="bt",
+        metadata={
+            "config": "reward.objective",
+            "help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic discriminator) or 'airl' (per-token f - log pi).",
+        },
+    )
+    prefix_weight: float = field(
+        default=0.0,
+        metadata={
+            "config": "reward.prefix_weight",
+            "help": "Weight of the same loss on every pair of prefixes (bt, gail): trains the scores of cut-off "
+            "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss).",
+        },
+    )
+    trainable_layers: int | None = field(
+        default=None,
+        metadata={
+            "config": "reward.online.trainable_layers",
+            "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it), "
+            "as the "
+            "online updates do (models.limit_trainable_layers).",
+        },
+    )
 
     def __post_init__(self):
         no_bf16_without_gpu(self)
@@ -33,8 +49,10 @@ class IRLRewardConfig(RewardConfig):
         make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
         check_trainable_layers(self.trainable_layers, "trainable_layers")
         if self.center_rewards_coefficient is not None:  # a term of TRL's Bradley-Terry loss, which ours replaces
-            raise ValueError(f"center_rewards_coefficient={self.center_rewards_coefficient}: the IRL objective's loss "
-                             f"({self.objective}) replaces TRL's, so this term of TRL's would be dropped; leave it None")
+            raise ValueError(
+                f"center_rewards_coefficient={self.center_rewards_coefficient}: the IRL objective's loss "
+                f"({self.objective}) replaces TRL's, so this term of TRL's would be dropped; leave it None"
+            )
 
 
 @dataclass
@@ -53,16 +71,19 @@ class IRLRewardTrainer(RewardTrainer):
     """Learns a reward from demonstrations (``chosen``) vs samples of the current policy (``rejected``) for the
     same ``prompt``, with the loss of ``args.objective``. AIRL also needs ``policy``: its logit is f - log pi."""
 
-    def __init__(self, model, args: IRLRewardConfig, train_dataset, processing_class, eval_dataset=None,
-                 policy=None, **kwargs):
+    def __init__(
+        self, model, args: IRLRewardConfig, train_dataset, processing_class, eval_dataset=None, policy=None, **kwargs
+    ):
         self.objective = make_objective(args.objective, args.prefix_weight)
         check_tokenizer(processing_class)
         check_pad_id(model, processing_class, "model")
         check_dataset(train_dataset, PAIR_COLUMNS, "train_dataset")
         for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             if data is not None and "margin" in data.column_names:  # TRL's margin enters its BT loss, not ours
-                raise ValueError(f"{name} has a 'margin' column: the IRL objective's loss replaces TRL's Bradley-Terry "
-                                 "loss with margin, so it would be ignored; remove the column")
+                raise ValueError(
+                    f"{name} has a 'margin' column: the IRL objective's loss replaces TRL's Bradley-Terry "
+                    "loss with margin, so it would be ignored; remove the column"
+                )
         if eval_dataset is not None:
             check_dataset(eval_dataset, PAIR_COLUMNS, "eval_dataset")
         if self.objective.needs_policy and policy is None:
@@ -70,10 +91,15 @@ class IRLRewardTrainer(RewardTrainer):
         limit_trainable_layers(model, args.trainable_layers)
         if self.objective.model_kind == "lm":
             model.config.num_labels = 1  # RewardTrainer checks this; AIRL's score is per token, from an LM head
-        super().__init__(model=model, args=args, train_dataset=self._tokenize(train_dataset, processing_class),
-                         eval_dataset=None if eval_dataset is None else self._tokenize(eval_dataset, processing_class),
-                         processing_class=processing_class, data_collator=PairCollator(processing_class.pad_token_id),
-                         **kwargs)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=self._tokenize(train_dataset, processing_class),
+            eval_dataset=None if eval_dataset is None else self._tokenize(eval_dataset, processing_class),
+            processing_class=processing_class,
+            data_collator=PairCollator(processing_class.pad_token_id),
+            **kwargs,
+        )
         self.policy = None
         if policy is not None:
             self.policy = policy.to(self.accelerator.device).eval()
@@ -84,8 +110,11 @@ class IRLRewardTrainer(RewardTrainer):
         def tokenize(batch):
             chosen = tokenize_completions(tokenizer, batch["prompt"], batch["chosen"])
             rejected = tokenize_completions(tokenizer, batch["prompt"], batch["rejected"])
-            return {"chosen_ids": [ids for ids, _ in chosen], "rejected_ids": [ids for ids, _ in rejected],
-                    "prompt_length": [n for _, n in chosen]}
+            return {
+                "chosen_ids": [ids for ids, _ in chosen],
+                "rejected_ids": [ids for ids, _ in rejected],
+                "prompt_length": [n for _, n in chosen],
+            }
 
         return dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
 

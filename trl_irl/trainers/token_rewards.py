@@ -23,8 +23,9 @@ standardisation included).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -93,20 +94,25 @@ class CreditSource:
 CREDITS: dict[str, CreditSource] = {}
 
 
-def register_credit(name: str, reward_model: str | None = None, needs_reference: bool = False,
-                    needs_policy: bool = False):
+def register_credit(
+    name: str, reward_model: str | None = None, needs_reference: bool = False, needs_policy: bool = False
+):
     """Decorator: make ``credit=<name>`` spread rewards with the decorated ``fn(inputs: TokenRewardInputs)``. Every
     trainer takes it (its token rewards become returns-to-go, then each algorithm's advantages); the checks of
     ``check_credit`` follow from the flags."""
     if reward_model not in (None, "classifier", "lm"):
-        raise ValueError(f"register_credit({name!r}): reward_model must be None, 'classifier' or 'lm', "
-                         f"got {reward_model!r}")
+        raise ValueError(
+            f"register_credit({name!r}): reward_model must be None, 'classifier' or 'lm', got {reward_model!r}"
+        )
 
     def register(fn):
-        if name in CREDITS and (CREDITS[name].rewards.__module__, CREDITS[name].rewards.__qualname__) != \
-                (fn.__module__, fn.__qualname__):  # a reload re-registers the same function
-            raise ValueError(f"credit={name!r} is taken by {CREDITS[name].rewards.__qualname__}: register yours "
-                             "under a new name")
+        if name in CREDITS and (CREDITS[name].rewards.__module__, CREDITS[name].rewards.__qualname__) != (
+            fn.__module__,
+            fn.__qualname__,
+        ):  # a reload re-registers the same function
+            raise ValueError(
+                f"credit={name!r} is taken by {CREDITS[name].rewards.__qualname__}: register yours under a new name"
+            )
         CREDITS[name] = CreditSource(name, fn, reward_model, needs_reference, needs_policy)
         return fn
 
@@ -123,7 +129,7 @@ def sequence_credit(x: TokenRewardInputs) -> torch.Tensor:
 def redistribution_credit(x: TokenRewardInputs) -> torch.Tensor:
     objective, model = x.updater.objective, x.updater.model
     prefix = x.reward_model_rows(lambda b: objective.prefix_scores(model, b))
-    prefix = (prefix[:, x.prompt_length:] - x.shift) * x.scale  # score after each completion token
+    prefix = (prefix[:, x.prompt_length :] - x.shift) * x.scale  # score after each completion token
     return C.redistribute_by_prefix_scores(prefix, x.mask, x.sequence_rewards)
 
 
@@ -133,12 +139,12 @@ def attention_credit(x: TokenRewardInputs) -> torch.Tensor:
     batch = prompt_completion_batch(x.output)
     batch["query_index"] = x.prompt_length + C.last_token_index(x.mask)  # the RM scores the sequence at its last token
     attention = x.reward_model_rows(lambda b: objective.attention_weights(model, b, b["query_index"]), batch)
-    return C.attention_credit(attention[:, x.prompt_length:], x.mask, x.sequence_rewards, x.args.attention_mix)
+    return C.attention_credit(attention[:, x.prompt_length :], x.mask, x.sequence_rewards, x.args.attention_mix)
 
 
 def _reward_lm_logps(x: TokenRewardInputs) -> torch.Tensor:
     """log q(y_t | s_t) of the reward LM, completion tokens only."""
-    return x.reward_model_rows(lambda b: completion_logps(x.updater.model, b))[:, x.prompt_length - 1:]
+    return x.reward_model_rows(lambda b: completion_logps(x.updater.model, b))[:, x.prompt_length - 1 :]
 
 
 @register_credit("implicit", reward_model="lm", needs_reference=True)
@@ -159,18 +165,26 @@ def check_credit(name: str, objective, has_reward_model: bool, beta: float, same
     source = CREDITS[name]
     if source.reward_model is not None:
         if not has_reward_model:
-            raise ValueError(f"credit={name} reads token-level scores from a reward model, but only reward functions "
-                             "were given: pass reward_model=..., or use credit=sequence")
+            raise ValueError(
+                f"credit={name} reads token-level scores from a reward model, but only reward functions "
+                "were given: pass reward_model=..., or use credit=sequence"
+            )
         if objective.model_kind != source.reward_model:
             fix = "reward=bt or reward=gail" if source.reward_model == "classifier" else "reward=airl"
-            raise ValueError(f"credit={name} needs a {source.reward_model} reward model, but reward objective "
-                             f"'{objective.name}' uses a {objective.model_kind}: choose {fix}")
+            raise ValueError(
+                f"credit={name} needs a {source.reward_model} reward model, but reward objective "
+                f"'{objective.name}' uses a {objective.model_kind}: choose {fix}"
+            )
     if source.needs_reference and beta == 0.0:
-        raise ValueError(f"credit={name} needs the reference policy's log-probs: set beta > 0 (the KL coefficient "
-                         "loads the reference model)")
+        raise ValueError(
+            f"credit={name} needs the reference policy's log-probs: set beta > 0 (the KL coefficient "
+            "loads the reference model)"
+        )
     if source.reward_model is not None and not same_tokenizer:
-        raise ValueError(f"credit={name} scores the policy's tokens with the reward model, so both must share a "
-                         "tokenizer: pass reward_processing_class=None (the policy's), or use credit=sequence")
+        raise ValueError(
+            f"credit={name} scores the policy's tokens with the reward model, so both must share a "
+            "tokenizer: pass reward_processing_class=None (the policy's), or use credit=sequence"
+        )
 
 
 @torch.no_grad()
