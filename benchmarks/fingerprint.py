@@ -60,7 +60,7 @@ runs = [
 ]
 lines = []
 for algo, credit, objective in runs:
-    cfg, cls = ALGORITHMS[algo]
+    cfg, cls = ALGORITHMS[algo].config_cls, ALGORITHMS[algo].trainer_cls
     kw = dict(
         output_dir=f"{tmp}/{algo}{credit}",
         per_device_train_batch_size=16,

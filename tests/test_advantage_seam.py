@@ -75,7 +75,8 @@ def test_every_algorithm_computes_advantages_in_compute_advantages():
     from trl_irl.trainers import TRLRLOOTrainer
 
     own = {}
-    for name, (_, trainer_cls) in ALGORITHMS.items():
+    for name, spec in ALGORITHMS.items():
+        trainer_cls = spec.trainer_cls
         if trainer_cls is TRLRLOOTrainer:  # TRL's RLOO, unchanged: its advantages are TRL's (credit=sequence only)
             continue
         assert issubclass(trainer_cls, OnlineIRLTrainer), name

@@ -29,7 +29,7 @@ def make_args(algo, tmp_path, **overrides):
         reward_batch_size=8,
     )
     values.update(overrides)
-    return ALGORITHMS[algo][0](**values)
+    return ALGORITHMS[algo].config_cls(**values)
 
 
 def prefix_reward(task):
@@ -54,7 +54,7 @@ def prompt_dataset(task, demos):
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_each_algorithm_raises_the_success_rate(algo, tmp_path, task, tokenizer, bc_policy_path, demos):
-    trainer = ALGORITHMS[algo][1](
+    trainer = ALGORITHMS[algo].trainer_cls(
         model=bc_policy_path,
         args=make_args(algo, tmp_path),
         train_dataset=prompt_dataset(task, demos),
@@ -69,7 +69,7 @@ def test_each_algorithm_raises_the_success_rate(algo, tmp_path, task, tokenizer,
 
 def test_ppo_value_loss_falls(tmp_path, task, tokenizer, bc_policy_path, demos):
     args = make_args("ppo", tmp_path, max_steps=20, learning_rate=0.0, critic_learning_rate=3e-3)
-    trainer = ALGORITHMS["ppo"][1](
+    trainer = ALGORITHMS["ppo"].trainer_cls(
         model=bc_policy_path,
         args=args,
         train_dataset=prompt_dataset(task, demos),
@@ -86,7 +86,7 @@ def test_ppo_value_loss_falls(tmp_path, task, tokenizer, bc_policy_path, demos):
 def test_ppo_critic_gradient_is_cleared_after_each_step(tmp_path, task, tokenizer, policy_path, demos):
     """Trainer zeroes only the model's gradients and the critic is outside the model: without our clearing, each
     critic step would take the sum of every earlier step's gradient."""
-    trainer = ALGORITHMS["ppo"][1](
+    trainer = ALGORITHMS["ppo"].trainer_cls(
         model=policy_path,
         args=make_args("ppo", tmp_path, max_steps=3),
         train_dataset=prompt_dataset(task, demos),
@@ -115,7 +115,7 @@ def test_ppo_critic_and_its_optimizer_state_survive_resume(tmp_path, task, token
     kwargs = dict(
         train_dataset=prompt_dataset(task, demos), processing_class=tokenizer, reward_funcs=[prefix_reward(task)]
     )
-    first = ALGORITHMS["ppo"][1](
+    first = ALGORITHMS["ppo"].trainer_cls(
         model=policy_path, args=make_args("ppo", tmp_path, max_steps=2, save_strategy="steps", save_steps=2), **kwargs
     )
     first.train()
@@ -123,7 +123,7 @@ def test_ppo_critic_and_its_optimizer_state_survive_resume(tmp_path, task, token
     checkpoint = tmp_path / "ppo" / "checkpoint-2"
     assert (checkpoint / "critic" / "model.safetensors").exists() and not (checkpoint / "critic.tmp").exists()
 
-    class Recording(ALGORITHMS["ppo"][1]):
+    class Recording(ALGORITHMS["ppo"].trainer_cls):
         def _load_optimizer_and_scheduler(self, checkpoint):
             super()._load_optimizer_and_scheduler(checkpoint)
             self.after_load = critic_state(self)
@@ -142,7 +142,7 @@ def test_ppo_critic_and_its_optimizer_state_survive_resume(tmp_path, task, token
 )
 def test_token_credit_trains_with_an_online_reward(credit, objective, tmp_path, task, tokenizer, policy_path, demos):
     kind = "lm" if objective == "airl" else "classifier"
-    trainer = ALGORITHMS["rloo_token"][1](
+    trainer = ALGORITHMS["rloo_token"].trainer_cls(
         model=policy_path,
         reward_model=load_reward_model(policy_path, kind),
         args=make_args("rloo_token", tmp_path, max_steps=2, credit=credit, objective=objective, beta=0.05),
@@ -165,7 +165,7 @@ def test_token_credit_trains_with_an_online_reward(credit, objective, tmp_path, 
 
 def test_credit_that_needs_another_reward_model_fails_before_loading(tmp_path, task, tokenizer, demos):
     with pytest.raises(ValueError, match="credit=airl needs a lm reward model.*reward=airl"):
-        ALGORITHMS["grpo"][1](
+        ALGORITHMS["grpo"].trainer_cls(
             model=str(tmp_path / "missing"),
             reward_model=torch.nn.Linear(1, 1),
             args=make_args("grpo", tmp_path, credit="airl", objective="bt"),
@@ -173,7 +173,7 @@ def test_credit_that_needs_another_reward_model_fails_before_loading(tmp_path, t
             processing_class=tokenizer,
         )
     with pytest.raises(ValueError, match="credit=redistribution reads token-level scores from a reward model"):
-        ALGORITHMS["grpo"][1](
+        ALGORITHMS["grpo"].trainer_cls(
             model=str(tmp_path / "missing"),
             args=make_args("grpo", tmp_path, credit="redistribution"),
             train_dataset=prompt_dataset(task, demos),

@@ -88,6 +88,7 @@ BAD_INPUTS = [
     (("credit=airl",), "credit=airl"),
     (("algo=rloo", "credit=redistribution"), "credit.name='redistribution': TRL's RLOO sums log-probs per sequence"),
     (("algo=rloo_token", "+algo.scale_rewards=group"), "scale_rewards"),
+    (("algo=rloo", "peft=lora"), "algo=rloo is TRL's RLOOTrainer, which we run with full models only"),
     (("quant=4bit",), "only adapters can train: add peft=lora"),
     (("shared_base=true",), "shared_base=true puts the critic and the reward as LoRA adapters"),
     (("model=local",), "model.path has no value"),

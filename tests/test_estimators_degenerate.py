@@ -151,11 +151,11 @@ def check_own(trainer, args):
 
 
 def test_the_configs_default_to_the_scaling_their_estimator_takes():
-    for name, cls in ALGORITHMS.items():
+    for name, spec in ALGORITHMS.items():
         if name == "rloo":
             continue  # TRL's RLOO: its own settings
-        config = cls[0](output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
-        assert config.scale_rewards in cls[1].SCALE_REWARDS, name
+        config = spec.config_cls(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
+        assert config.scale_rewards in spec.trainer_cls.SCALE_REWARDS, name
 
 
 def test_normalize_then_sum_refused_on_every_path():

@@ -27,7 +27,7 @@ def examples(monkeypatch):
     yield importlib.import_module
     for registry, entries in before:
         registry.clear(), registry.update(entries)
-    for name in ("hinge_objective", "dr_grpo", "uniform_credit"):
+    for name in ("hinge_objective", "dr_grpo", "uniform_credit", "decoupled_gae"):
         sys.modules.pop(name, None)
 
 
@@ -115,6 +115,59 @@ def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, mon
     assert stage["credit"]["name"] == "uniform"
     state = json.loads(max((tmp_path / "run" / "dr_grpo").glob("checkpoint-*/trainer_state.json")).read_text())
     assert any("irl/loss" in row for row in state["log_history"])  # the hinge loss trained the reward online
+
+
+def test_decoupled_gae_regresses_the_critic_on_monte_carlo_returns(examples, monkeypatch):
+    """The override alone, on a hand-worked batch: PPO's own step (stubbed) read V and returned the advantages; the
+    critic's targets become GAE at critic_gae_lambda = 1, i.e. the returns-to-go sum_{k>=t} r_k (gamma 1) whatever V
+    is, and V itself on padding."""
+    module = examples("decoupled_gae")
+    values = torch.tensor([[0.5, -2.0, 3.0], [1.0, 7.0, 0.0]])
+
+    def ppo_step(self, rewards, mask, output, inputs):  # what PPOTrainer.compute_advantages leaves in output
+        output.update(old_values=values, returns=torch.full_like(values, 99.0))
+        return "advantages"
+
+    monkeypatch.setattr(trl_irl.PPOTrainer, "compute_advantages", ppo_step)
+    trainer = object.__new__(module.DecoupledGAETrainer)
+    trainer.args = module.DecoupledGAEConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none")
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    output = {}
+    assert trainer.compute_advantages(rewards, mask, output, None) == "advantages"
+    assert output["returns"].tolist() == [[1.0, 1.0, 1.0], [2.0, 0.0, 0.0]]  # the last: padding keeps V = 0
+
+
+def test_a_plugin_algorithm_with_a_critic_runs_through_the_cli_job(examples, tmp_path, monkeypatch):
+    """Registered with critic=True, the job builds it a critic from BC and the trainer learns and saves it: nothing
+    in the job names the algorithm."""
+    from trl_irl.roles import Roles
+
+    built = []
+    critic = Roles.critic
+    monkeypatch.setattr(Roles, "critic", lambda self, *a, **kw: built.append(critic(self, *a, **kw)) or built[-1])
+    monkeypatch.chdir(EXAMPLES)
+    sys.path.remove(str(EXAMPLES))
+    metrics = trl_irl.run(
+        "recipe=toy",
+        "plugins=[decoupled_gae]",
+        "algo.name=decoupled_gae",
+        "arms=[bc,decoupled_gae]",
+        output_dir=tmp_path / "run",
+    )
+    assert set(metrics["arms"]) == {"bc", "bc@T*", "decoupled_gae"} and len(built) == 1  # the job's critic
+    checkpoint = max((tmp_path / "run" / "decoupled_gae").glob("checkpoint-*"))
+    assert list((checkpoint / "critic").glob("*.safetensors"))
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert any("value_loss" in row for row in state["log_history"])
+
+
+def test_a_spec_still_reads_as_the_old_pair_with_a_warning():
+    with pytest.warns(DeprecationWarning, match="AlgorithmSpec"):
+        assert ALGORITHMS["grpo"][1] is OnlineIRLTrainer
+    with pytest.warns(DeprecationWarning):
+        config_cls, trainer_cls = ALGORITHMS["ppo"]
+    assert (config_cls, trainer_cls) == (trl_irl.PPOConfig, trl_irl.PPOTrainer) and ALGORITHMS["ppo"].critic
 
 
 def test_uniform_credit_on_a_hand_worked_batch(examples):

@@ -117,7 +117,7 @@ def test_the_support_matrix_is_what_the_start_up_checks_accept(tmp_path):
     def built_in(registry, code):  # the library's own entries, not the examples' plugins other tests registered
         return [name for name, entry in registry.items() if code(entry).__module__.startswith("trl_irl.")]
 
-    algos, credits = built_in(ALGORITHMS, lambda e: e[1]), built_in(CREDITS, lambda e: e.rewards)
+    algos, credits = built_in(ALGORITHMS, lambda e: e.trainer_cls), built_in(CREDITS, lambda e: e.rewards)
     accepted = {}
     for algo, credit, objective in itertools.product(algos, credits, built_in(OBJECTIVES, lambda e: e)):
         try:

@@ -10,7 +10,7 @@ from trl_irl.pipeline import Pipeline
 from trl_irl.schema import build_config, check_section, config_paths, config_values, section_paths
 from trl_irl.trainers import ALGORITHMS, IRLRewardConfig, OnlineIRLConfig, PPOConfig
 
-CONFIGS = [cls for cls, _ in ALGORITHMS.values()] + [IRLRewardConfig]
+CONFIGS = [spec.config_cls for spec in ALGORITHMS.values()] + [IRLRewardConfig]
 
 
 def keys(value, prefix=""):

@@ -142,7 +142,7 @@ def test_ppo_values_in_chunks_equal_one_call(policy_path, tokenizer):
 def test_ppo_scores_its_generation_batch_a_micro_batch_at_a_time(tmp_path, task, tokenizer, policy_path, demos):
     """4 completions per micro-batch, 2 micro-batches per generation: the reward model (sequence reward and prefix
     scores) and the critic never see the 8 rows of the generation batch in one forward."""
-    args = ALGORITHMS["ppo"][0](
+    args = ALGORITHMS["ppo"].config_cls(
         output_dir=str(tmp_path / "ppo"),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
@@ -161,7 +161,7 @@ def test_ppo_scores_its_generation_batch_a_micro_batch_at_a_time(tmp_path, task,
         credit="redistribution",
     )
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
-    trainer = ALGORITHMS["ppo"][1](
+    trainer = ALGORITHMS["ppo"].trainer_cls(
         model=policy_path,
         reward_model=load_reward_model(policy_path, "classifier"),
         args=args,

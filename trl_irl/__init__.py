@@ -23,6 +23,7 @@ _EXPORTS = {
     "tasks": ["AutomatonTask", "DatasetTask", "Task", "TaskData", "register_task", "register_verifier"],
     "trainers": [
         "ALGORITHMS",
+        "AlgorithmSpec",
         "CREDITS",
         "IRLRewardConfig",
         "IRLRewardTrainer",

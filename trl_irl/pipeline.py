@@ -153,12 +153,11 @@ class Pipeline:
         from .rewards import make_objective
 
         self.objective = make_objective(cfg["reward"]["objective"], cfg["reward"]["prefix_weight"])
-        from .trainers import ALGORITHMS, IRLRewardConfig, OnlineIRLConfig
+        from .trainers import IRLRewardConfig, OnlineIRLConfig, algorithm
 
-        if cfg["algo"]["name"] not in ALGORITHMS:
-            raise ValueError(f"algo.name={cfg['algo']['name']!r} is unknown: choose one of {sorted(ALGORITHMS)}")
+        self.spec = algorithm(cfg["algo"]["name"])  # what the algorithm needs: the job asks it, never the name
         self.algo = cfg["algo"]["name"]
-        config_cls = ALGORITHMS[self.algo][0]
+        config_cls = self.spec.config_cls
         for section, values, cls in (
             ("algo", cfg["algo"], config_cls),
             ("reward.pretrain", cfg["reward"]["pretrain"], IRLRewardConfig),
@@ -268,10 +267,8 @@ class Pipeline:
                 f"task.name={cfg['task']['name']} gives no alphabet for the tiny model's character "
                 "tokenizer: give a model (model=local model.path=...)"
             )
-        if lora and self.algo == "rloo":
-            raise ValueError(
-                "algo=rloo is TRL's RLOOTrainer, which we run with full models only: with peft=lora use algo=rloo_token"
-            )
+        if lora and self.spec.full_models_only:
+            raise ValueError(self.spec.full_models_only)
 
     # --- helpers ----------------------------------------------------------------------------------------------
     def common_args(self, stage: str) -> dict:
@@ -343,10 +340,9 @@ class Pipeline:
 
     def policy_config(self, stage: str, max_completion_length: int, **overrides):
         """The algorithm's config for an RL arm: online IRL (``stage`` = the algo), or the oracle."""
-        from .trainers import ALGORITHMS
         from .trainers.token_rewards import CREDITS
 
-        cls = ALGORITHMS[self.algo][0]
+        cls = self.spec.config_cls
         a = dict(self.cfg["algo"])
         a.pop("name")
         extra = a.pop("extra")
@@ -405,8 +401,6 @@ class Pipeline:
     def check_trainer_configs(self):
         """Build each trainer config this run will use, so that TRL's checks (and ours) stop a bad value before any
         model loads or stage runs. The completion length is the task's, or a stand-in before the data is read."""
-        from .trainers import ALGORITHMS
-
         length = self.cfg["task"].get("max_completion_length") or 1
         self.bc_config()
         if self.algo in self.arms:
@@ -424,10 +418,9 @@ class Pipeline:
             elif arm == "sdft":
                 self.sdft_config()
             elif arm != "bc":
-                trainer_cls = ALGORITHMS[self.algo][1]
                 config = self.policy_config(arm, length)
-                if hasattr(trainer_cls, "check_advantage_settings"):  # ours; TRL's RLOO checks its own
-                    trainer_cls.check_advantage_settings(config)
+                if self.spec.check_settings is not None:
+                    self.spec.check_settings(config)
 
     def final_dir(self, stage: str) -> Path:
         return self.out / stage / "final"
@@ -638,7 +631,7 @@ class Pipeline:
             self.cfg["peft"],
             self.cfg["quant"],
             bool(self.cfg["shared_base"]),
-            critic=self.algo == "ppo",
+            critic=self.spec.critic,
             device=self.state.device,
         )
 
@@ -800,8 +793,6 @@ class Pipeline:
     def build_policy_trainer(self, stage: str, bc: str, reward=None, **overrides):
         """The configured algorithm's trainer for ``stage`` (online IRL on ``reward``, or ``"oracle"``: the task's
         verifier) from the BC policy ``bc``."""
-        from .trainers import ALGORITHMS
-
         oracle = stage == "oracle"
         args = self.policy_config(stage, self.data.max_completion_length, **overrides)
         rows = self.data.policy_rows(verifier=oracle)  # the prompts it rolls out on (task.rollout_pool)
@@ -809,14 +800,14 @@ class Pipeline:
             rewards = {"reward_model": None, "reward_funcs": [verifier_reward(self.task.verifier, rows)]}
         else:  # a sample on a rollout prompt is paired with one of these demonstrations (OnlineRewardUpdater.add)
             rewards = {"reward_model": reward, "demonstration_dataset": self.rows_dataset(self.data.train)}
-        critic = self.roles.critic(bc) if self.algo == "ppo" else None
-        return ALGORITHMS[self.algo][1](
+        critic = {"critic": self.roles.critic(bc)} if self.spec.critic else {}
+        return self.spec.trainer_cls(
             model=self.roles.policy(bc, reward_model=not oracle),
             args=args,
             train_dataset=self.rows_dataset(rows),
             processing_class=self.tokenizer,
             **rewards,
-            **({"critic": critic} if critic is not None else {}),
+            **critic,
         )
 
     def spin_training(self, bc: str):
