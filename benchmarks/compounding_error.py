@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from trl_irl.compounding.experiment import StudyConfig, run_study  # noqa: E402
 from trl_irl.compounding.report import write_report  # noqa: E402
-from trl_irl.jobs import finish  # noqa: E402
+from trl_irl.results import finish  # noqa: E402
 
 # --smoke: the quick study's code path at a size that runs in seconds
 SMOKE = dict(

@@ -349,7 +349,7 @@ def main():
     out = Path(opts.out or ROOT / "benchmarks" / "results" / f"online_irl_overhead_{opts.model}.json")
     opts.out = None if opts.bc and not opts.out else str(out)
 
-    from trl_irl.cli import compose
+    from trl_irl.config import compose
     from trl_irl.pipeline import Pipeline
 
     work = Path(tempfile.mkdtemp(prefix="online_irl_overhead_"))

@@ -260,7 +260,7 @@ def test_a_qlora_recipe_end_to_end_on_the_tiny_model(policy_path, task, tmp_path
 
 def test_a_key_set_without_plus_that_is_not_in_the_config_names_the_key_meant():
     """Hydra refuses ``algo.max_step=5`` with "not in struct" and advises ``+algo.max_step=5``, the wrong fix."""
-    from trl_irl.cli import check_override_keys
+    from trl_irl.config import check_override_keys
     from trl_irl.validation import Refused
 
     with pytest.raises(

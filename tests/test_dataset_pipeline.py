@@ -50,7 +50,7 @@ def run(*args, cwd=None, timeout=300):
 def composed(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from trl_irl.cli import CONF_DIR, config_dict
+    from trl_irl.config import CONF_DIR, config_dict
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return config_dict(compose("config", overrides=list(overrides)))

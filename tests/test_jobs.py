@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from trl_irl.jobs import JOBS, finish, job
+from trl_irl.jobs import JOBS, job
+from trl_irl.results import finish
 
 
 def test_finish_writes_then_reports_and_returns_the_path(tmp_path):
@@ -38,7 +39,7 @@ def test_the_three_jobs_and_an_unknown_one():
 
 
 def test_runs_of_a_wandb_sweep_log_online():
-    from trl_irl.jobs import wandb_mode
+    from trl_irl.tracking import wandb_mode
 
     assert wandb_mode({"mode": "offline"}, {}) == "offline"  # no server by default
     assert wandb_mode({"mode": "offline"}, {"WANDB_SWEEP_ID": "abc123"}) == "online"  # started by `wandb agent`
@@ -50,7 +51,7 @@ def test_each_stage_logs_to_wandb_under_its_own_keys_and_step():
     """One wandb run holds every stage: BC's and reward pretraining's eval loss, and their steps, stay apart."""
     from transformers import TrainerState
 
-    from trl_irl.jobs import stage_wandb
+    from trl_irl.tracking import stage_wandb
 
     logged, defined = [], []
 

@@ -104,10 +104,10 @@ def test_an_installed_wheel_finds_its_configs_recipes_and_data_from_any_folder(t
     )
     code = textwrap.dedent("""
         import sys
-        import trl_irl, trl_irl.cli
+        import trl_irl, trl_irl.cli, trl_irl.config
         from hydra import compose, initialize_config_dir
         assert trl_irl.__file__.startswith(sys.argv[1]), trl_irl.__file__  # the installed copy, not the clone
-        with initialize_config_dir(config_dir=str(trl_irl.cli.CONF_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(trl_irl.config.CONF_DIR), version_base="1.3"):
             toy = compose("config", overrides=["recipe=toy", "output_dir=x"])
             oirl = compose("config", overrides=["recipe=prompt_oirl", "output_dir=x"])
         from pathlib import Path

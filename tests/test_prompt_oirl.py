@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trl_irl.cli import DATA_DIR
+from trl_irl.config import DATA_DIR
 from trl_irl.prompt_oirl import selection as sel
 from trl_irl.prompt_oirl.data import load_logs
 from trl_irl.prompt_oirl.features import EmbeddingCache

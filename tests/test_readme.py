@@ -110,7 +110,7 @@ def readme_matrix() -> dict[tuple[str, str], set[str]]:
 
 
 def test_the_support_matrix_is_what_the_start_up_checks_accept(tmp_path):
-    import trl_irl.cli as cli
+    from trl_irl.config import check
     from trl_irl.rewards.objectives import OBJECTIVES
     from trl_irl.trainers import ALGORITHMS, CREDITS
 
@@ -121,7 +121,7 @@ def test_the_support_matrix_is_what_the_start_up_checks_accept(tmp_path):
     accepted = {}
     for algo, credit, objective in itertools.product(algos, credits, built_in(OBJECTIVES, lambda e: e)):
         try:
-            cli.check(f"algo={algo}", f"credit={credit}", f"reward={objective}", output_dir=tmp_path)
+            check(f"algo={algo}", f"credit={credit}", f"reward={objective}", output_dir=tmp_path)
         except ValueError:
             continue
         accepted.setdefault((algo, credit), set()).add(objective)

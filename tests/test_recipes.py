@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from trl_irl.cli import CONF_DIR, DATA_DIR, config_dict
+from trl_irl.config import CONF_DIR, DATA_DIR, config_dict
 
 RECIPES = sorted(
     str(p.relative_to(CONF_DIR / "recipe").with_suffix(""))

@@ -8,10 +8,11 @@ import torch
 from datasets import Dataset
 
 from trl_irl import OnlineIRLConfig, OnlineIRLTrainer, precision
-from trl_irl.models import build_tiny_causal_lm, limit_trainable_layers, load_reward_model, save_model
+from trl_irl.models import build_tiny_causal_lm, load_reward_model, save_model
 from trl_irl.rewards import OnlineRewardUpdater, make_objective
 from trl_irl.rewards.objectives import encode
 from trl_irl.shared_base import REWARD, SharedBase, adapter_scope, trainable_parameters
+from trl_irl.trainable_layers import limit_trainable_layers
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_the_config_refuses_a_bad_number_of_blocks(tmp_path):
 
 def test_the_cli_refuses_more_blocks_than_the_model_has_before_any_training(tmp_path):
     from trl_irl import Refused
-    from trl_irl.cli import check
+    from trl_irl.config import check
 
     with pytest.raises(Refused, match=r"reward.online.trainable_layers=3: the reward model has 2 blocks"):
         check("reward.online.trainable_layers=3", output_dir=tmp_path / "run")
@@ -221,7 +222,7 @@ def test_a_bad_bf16_value_names_the_key():
 
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_the_pipeline_sets_every_trainer_and_says_the_fallback_once(monkeypatch, tmp_path, capsys, has_bf16):
-    from trl_irl.cli import compose
+    from trl_irl.config import compose
     from trl_irl.pipeline import Pipeline
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
@@ -234,7 +235,7 @@ def test_the_pipeline_sets_every_trainer_and_says_the_fallback_once(monkeypatch,
 
 
 def test_the_default_on_cpu_is_fp32(tmp_path):
-    from trl_irl.cli import compose
+    from trl_irl.config import compose
     from trl_irl.pipeline import Pipeline
 
     for overrides in ((), ("recipe=smollm2_word_reversal",)):

@@ -391,7 +391,7 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
     false gives each a base of its own (the memory benchmark's separate setup, with LoRA). PPO trains all three."""
     from hydra import compose, initialize_config_dir
 
-    from trl_irl.cli import CONF_DIR, config_dict
+    from trl_irl.config import CONF_DIR, config_dict
     from trl_irl.pipeline import Pipeline
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,8 +1,9 @@
 """The jobs ``trl-irl`` runs, and the one way each ends.
 
 Every job is checked whole before it starts (``Job.check``: a refusal writes nothing), then computes a result (a
-JSON-able dict); ``finish`` writes it atomically, reports it (a table on the console, its figures beside the JSON)
-and returns the JSON's path, which the CLI prints as its last line.
+JSON-able dict); ``results.finish`` writes it atomically, reports it (a table on the console, its figures beside the
+JSON) and returns the JSON's path, which the CLI prints as its last line. Each job imports its own stack when it is
+chosen (TRL alone takes about 7 s to import, and the prompt_oirl job never needs it).
 
 =================  ===========================================  ====================================
 job                what it does                                 writes
@@ -20,64 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoints import atomic_write_text
 from .validation import Refused, refusing
-
-
-def finish(result: dict, path: Path, report: Callable[[dict, Path], object] | None = None, indent: int = 2) -> Path:
-    """Write ``result`` to ``path`` atomically (a finished job is never half-written), then ``report(result, path)``
-    (the console table and the figures beside it); returns ``path``."""
-    path = atomic_write_text(path, json.dumps(result, indent=indent))  # makes the folder too
-    if report is not None:
-        report(result, path)
-    return path
-
-
-def wandb_mode(logger: dict, environ) -> str:
-    """WANDB_MODE when set; online under ``wandb agent`` (it sets WANDB_SWEEP_ID: the sweep reads the runs' metrics
-    from the server); else ``logger.mode`` (offline by default: no server, never block on the network)."""
-    if environ.get("WANDB_MODE"):
-        return environ["WANDB_MODE"]
-    return "online" if environ.get("WANDB_SWEEP_ID") else logger.get("mode", "offline")
-
-
-def _start_logger(cfg: dict):
-    logger = cfg["logger"]
-    if logger["report_to"] != "wandb":
-        return None
-    import os
-
-    import wandb
-
-    os.environ["WANDB_MODE"] = wandb_mode(logger, os.environ)
-    os.environ.setdefault("WANDB_PROJECT", logger.get("project", "trl-irl"))
-    return wandb.init(project=os.environ["WANDB_PROJECT"], config=cfg, dir=cfg["output_dir"])
-
-
-def stage_wandb(stage: str):
-    """transformers' wandb callback, with every key of a stage under the stage's name (``bc/eval/loss``,
-    ``reward_pretrain/eval/loss``, ``grpo/train/reward``) and its own step axis (``<stage>/global_step``): one wandb
-    run holds every stage of the job, so the stages' ``eval/loss`` and steps must not run into each other."""
-    from transformers.integrations import WandbCallback
-    from transformers.integrations.integration_utils import rewrite_logs
-
-    class StageWandb(WandbCallback):
-        def setup(self, args, state, model, **kwargs):
-            super().setup(args, state, model, **kwargs)
-            if self._wandb is not None and state.is_world_process_zero and self._wandb.run is not None:
-                self._wandb.define_metric(f"{stage}/global_step")
-                self._wandb.define_metric(f"{stage}/*", step_metric=f"{stage}/global_step", step_sync=True)
-
-        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
-            if self._wandb is None:
-                return
-            if not self._initialized:
-                self.setup(args, state, model)
-            if state.is_world_process_zero and logs:
-                logged = {f"{stage}/{k}": v for k, v in rewrite_logs(logs).items()}
-                self._wandb.log({**logged, f"{stage}/global_step": state.global_step})
-
-    return StageWandb()
 
 
 def _check_pipeline(cfg: dict):
@@ -89,8 +33,10 @@ def _check_pipeline(cfg: dict):
 
 def _pipeline(pipeline) -> Path | None:
     """The main job, logged to wandb when ``logger=wandb``; None on the other processes of ``accelerate launch``."""
+    from .tracking import start_wandb
+
     cfg = pipeline.cfg
-    run = _start_logger(cfg) if pipeline.state.is_main_process else None
+    run = start_wandb(cfg) if pipeline.state.is_main_process else None
     path = pipeline.run()
     if not pipeline.state.is_main_process:  # several processes: one reports
         return None

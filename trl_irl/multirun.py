@@ -9,6 +9,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from .results import finish
+
 REFUSED = "refused.txt"  # in a multirun's job folder: its config was refused (trl_irl.cli.refuse), and why
 
 
@@ -97,8 +99,6 @@ class MultirunSummary(Callback):
         from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
-
-        from .jobs import finish
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.exists():

@@ -40,8 +40,8 @@ import torch
 
 from .checkpoints import atomic_write_text, check_requested, non_finite, select_checkpoint
 from .console import never_rewarded, quiet_progress, stage_header
-from .jobs import finish
 from .precision import cpu_autocast, resolve_bf16
+from .results import finish
 from .run_folder import RunLock, check_resume, raise_if_terminated, stage_config, termination_check, write_stage_config
 from .schema import build_config, check_fields, check_section, config_paths, config_values, section_paths
 from .tasks import make_task
@@ -539,8 +539,8 @@ class Pipeline:
         trained model is saved in."""
         from transformers.integrations import WandbCallback
 
-        from .jobs import stage_wandb
         from .models import base_model_name, model_card_callback
+        from .tracking import stage_wandb
 
         merged = self.lora and stage not in ("bc", "reward_pretrain")  # a LoRA arm is also saved merged, for inference
         saved = self.out / stage.split(" ")[0] / ("merged" if merged else "final")
@@ -578,7 +578,7 @@ class Pipeline:
             self.task.check_tokenizer(self.tokenizer, self.init_path)
         self.data = self.task.data(self.tokenizer, self.cfg["seed"])
         if self.algo in self.arms:  # the reward model is the initial model's shape: its blocks are known now
-            from .models import check_block_count, num_blocks
+            from .trainable_layers import check_block_count, num_blocks
 
             blocks = m["num_layers"] if self.init_path is None else num_blocks(self.init_path)
             check_block_count(self.cfg["reward"]["online"].get("trainable_layers"), blocks)

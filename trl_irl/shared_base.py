@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .models import load_causal_lm, lora_config
+
 POLICY, REWARD, CRITIC = "default", "reward", "critic"
 
 
@@ -193,8 +195,6 @@ class SharedBase:
         device=None,
     ):
         from peft import PeftModel, get_peft_model
-
-        from .models import load_causal_lm, lora_config
 
         base = load_causal_lm(base_path, quant, device=device)
         if policy_adapter is not None:

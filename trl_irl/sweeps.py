@@ -5,7 +5,7 @@ A sweep config (``trl_irl/conf/recipe/sweeps/*.yaml``, or a YAML of yours) makes
 values the config leaves to you (``model.path: {value: ???}``) as fixed sweep parameters, checks every run the
 sweep would start as a run checks itself before loading a model (so a wrong path fails here, not in run 7 on the
 GPU), and writes the filled config for ``wandb sweep``. A run under ``wandb agent`` logs online
-(``jobs.wandb_mode``) and reports ``policy/<metric>``, the trained arm's, whatever its algorithm.
+(``tracking.wandb_mode``) and reports ``policy/<metric>``, the trained arm's, whatever its algorithm.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .cli import CONF_DIR, check
+from .config import CONF_DIR, check
 
 SWEEP_DIR = CONF_DIR / "recipe" / "sweeps"
 MISSING = "???"

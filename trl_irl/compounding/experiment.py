@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..jobs import finish
+from ..results import finish
 from ..tasks import AutomatonTask
 from ..validation import refusing
 from . import arms as A

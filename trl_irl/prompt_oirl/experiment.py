@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results import finish
 from ..validation import refusing
 from . import selection as sel
 from .data import PromptLogs, load_logs
@@ -134,8 +135,6 @@ def check(cfg: dict) -> PromptLogs:
 def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
     """The whole job on the checked ``logs`` (``check``; read here when not given); returns the path of
     metrics.json."""
-    from ..jobs import finish
-
     start = time.perf_counter()
     d = cfg["data"]
     logs = check(cfg) if logs is None else logs

@@ -24,9 +24,9 @@ import torch
 
 from ..batching import all_reduce_mean_, check_batch_size
 from ..checkpoints import atomic_directory, read_json, read_safetensors
-from ..models import limit_trainable_layers
 from ..precision import cpu_autocast
 from ..shared_base import adapter_scope, trainable_parameters
+from ..trainable_layers import limit_trainable_layers
 from .objectives import RewardObjective, encode
 
 STATE_DIR = "irl_reward"
@@ -149,7 +149,7 @@ class OnlineRewardUpdater:
     ):
         """``batch_size`` (demonstration, sample) pairs per optimizer step; ``scoring_batch_size`` rows per forward
         pass when ``rewards`` scores (None: all at once); ``trainable_layers``: only the model's top blocks and head
-        train (``models.limit_trainable_layers``); ``bf16``: scoring and updates under bf16 autocast on CPU;
+        train (``trainable_layers.limit_trainable_layers``); ``bf16``: scoring and updates under bf16 autocast on CPU;
         ``demonstrations``: (prompt, demonstration) pairs a sample without a demonstration is paired with."""
         check_batch_size(scoring_batch_size)
         limit_trainable_layers(model, trainable_layers)

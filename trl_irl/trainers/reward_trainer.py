@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from trl import RewardConfig, RewardTrainer
 
-from ..models import limit_trainable_layers
 from ..rewards.objectives import collate, make_objective, tokenize_completions
+from ..trainable_layers import limit_trainable_layers
 from ..validation import check_dataset, check_pad_id, check_tokenizer
 from .online_irl import check_trainable_layers, no_bf16_without_gpu
 
@@ -39,7 +39,7 @@ class IRLRewardConfig(RewardConfig):
             "config": "reward.online.trainable_layers",
             "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it), "
             "as the "
-            "online updates do (models.limit_trainable_layers).",
+            "online updates do (trainable_layers.limit_trainable_layers).",
         },
     )
 
