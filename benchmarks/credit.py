@@ -38,7 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trl_irl.evaluation import sample_completions  # noqa: E402
-from trl_irl.pipeline import Pipeline  # noqa: E402
+from trl_irl.plan import RunPlan  # noqa: E402
+from trl_irl.stages.context import Context, open_context  # noqa: E402
+from trl_irl.stages.training import behaviour_cloning, build_policy_trainer, reward_pretraining  # noqa: E402
 
 ALGOS = ["grpo", "rloo", "rloo_token", "remax", "reinforce_pp", "ppo"]
 CREDITS = ["sequence", "redistribution", "redistribution_prefix", "attention", "implicit", "airl"]
@@ -62,7 +64,7 @@ ARM = {
 class SuccessTracker(TrainerCallback):
     """Success rate on the held-out prompts every ``every`` updates; time spent evaluating is kept apart."""
 
-    def __init__(self, pipeline: Pipeline, every: int, n_eval: int):
+    def __init__(self, pipeline: Context, every: int, n_eval: int):
         self.p, self.every, self.n_eval = pipeline, every, n_eval
         self.curve: list[tuple[int, float]] = []
         self.eval_seconds = 0.0
@@ -71,10 +73,12 @@ class SuccessTracker(TrainerCallback):
         start, rng = time.perf_counter(), torch.get_rng_state()
         was_training = model.training
         prompts = [d["prompt"] for d in self.p.data.heldout[: self.n_eval]]
-        samples = sample_completions(model, self.p.tokenizer, prompts, self.p.task.horizon, 256, seed=7, desc="eval")
+        samples = sample_completions(
+            model, self.p.tokenizer, prompts, self.p.plan.task.horizon, 256, seed=7, desc="eval"
+        )
         model.train(was_training)
         torch.set_rng_state(rng)  # evaluation must not change the training run's randomness
-        rate = sum(self.p.task.is_success(p, s) for p, s in zip(prompts, samples)) / len(prompts)
+        rate = sum(self.p.plan.task.is_success(p, s) for p, s in zip(prompts, samples)) / len(prompts)
         self.curve.append((step, rate))
         self.eval_seconds += time.perf_counter() - start
 
@@ -105,11 +109,13 @@ def run_arm(algo: str, arm: str, seed: int, args, out: Path) -> dict:
         ],
         out / f"seed{seed}_{reward_name}",
     )  # BC and reward pretraining shared by arms with this reward
-    p = Pipeline(cfg)
-    p.setup()
-    bc = p.behaviour_cloning()  # reused from disk after the first arm of this seed (resume=true)
-    reward = p.reward_pretraining(bc)  # likewise: each arm starts from a fresh copy of the same pretrained reward model
-    trainer = p.build_policy_trainer(
+    p = open_context(RunPlan(cfg))
+    bc = behaviour_cloning(p)  # reused from disk after the first arm of this seed (resume=true)
+    reward = reward_pretraining(
+        p, bc
+    )  # likewise: each arm starts from a fresh copy of the same pretrained reward model
+    trainer = build_policy_trainer(
+        p,
         p.algo,
         bc,
         reward,

@@ -219,7 +219,7 @@ def run_setup(model: str, setup: str, path: str, opts) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_irl.models import compute_dtype, contiguous_lm_head_input
-    from trl_irl.pipeline import load_tokenizer
+    from trl_irl.plan import load_tokenizer
     from trl_irl.shared_base import CRITIC, REWARD, SharedBase
     from trl_irl.trainers import PPOConfig, PPOTrainer
 

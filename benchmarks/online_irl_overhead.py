@@ -112,7 +112,11 @@ def behaviour_cloning(cfg, pipe, work: Path, steps: int, default_bf16: bool) -> 
             **c["extra"],
         )
         trainer = SFTTrainer(
-            model=pipe.init_path, args=args, train_dataset=train, processing_class=pipe.tokenizer, callbacks=[timer]
+            model=pipe.plan.init_path,
+            args=args,
+            train_dataset=train,
+            processing_class=pipe.tokenizer,
+            callbacks=[timer],
         )
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -350,15 +354,15 @@ def main():
     opts.out = None if opts.bc and not opts.out else str(out)
 
     from trl_irl.config import compose
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
+    from trl_irl.stages.context import open_context
 
     work = Path(tempfile.mkdtemp(prefix="online_irl_overhead_"))
     cfg = compose(*MODELS[opts.model], output_dir=work / "run")
-    pipe = Pipeline(cfg)
-    pipe.setup()
+    pipe = open_context(RunPlan(cfg))
     torch.set_num_threads(1)
     settings = SETTINGS[opts.model]
-    default = {"bf16": bool(pipe.bf16), "trainable_layers": cfg["reward"]["online"]["trainable_layers"]}
+    default = {"bf16": bool(pipe.plan.bf16), "trainable_layers": cfg["reward"]["online"]["trainable_layers"]}
     result = {
         "setup": {
             "model": opts.model,

@@ -171,7 +171,7 @@ def test_an_error_while_running_keeps_its_traceback(tmp_path, monkeypatch):
     (tmp_path / "boom.py").write_text(
         "import trl_irl.pipeline as p\n"
         "def fail(self, *a, **k):\n    raise ValueError('boom inside a stage')\n"
-        "p.Pipeline.behaviour_cloning = fail\n"
+        "p.behaviour_cloning = fail\n"
     )
     monkeypatch.chdir(tmp_path)
     result = run("recipe=toy", "plugins=[boom]", f"hydra.run.dir={tmp_path / 'run'}", timeout=180)

@@ -1,5 +1,5 @@
 """The compounding-error study's pieces: the batched automaton equals the task's own scalar code, and each arm
-moves the quantity it optimises (issue 6, work in progress: the benchmark itself is not built yet)."""
+moves the quantity it optimises."""
 
 import numpy as np
 import pytest

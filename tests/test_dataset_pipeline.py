@@ -12,6 +12,16 @@ import numpy as np
 import pytest
 import torch
 
+from trl_irl.stages.context import open_context
+from trl_irl.stages.training import (
+    behaviour_cloning,
+    build_policy_trainer,
+    reward_pretraining,
+    rows_dataset,
+    sdft_training,
+    spin_training,
+)
+
 TRL_IRL = shutil.which("trl-irl", path=str(Path(sys.executable).parent)) or "trl-irl"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 SMALL = [
@@ -103,10 +113,10 @@ def test_a_users_file_end_to_end(chat, tmp_path):
 
 @pytest.fixture
 def dataset_pipeline(tmp_path):
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     path = reversal_file(tmp_path / "my.jsonl")
-    pipeline = Pipeline(
+    pipeline = RunPlan(
         composed(
             "task=dataset",
             f"task.path={path}",
@@ -116,24 +126,24 @@ def dataset_pipeline(tmp_path):
             f"output_dir={tmp_path / 'run'}",
         )
     )
-    pipeline.setup()
-    return pipeline, pipeline.behaviour_cloning()
+    pipeline = open_context(pipeline)
+    return pipeline, behaviour_cloning(pipeline)
 
 
 def test_the_oracles_reward_is_the_verifier(dataset_pipeline):
     """The oracle trainer's rewards, through TRL's own reward call, equal the verifier on each row: right answers
     get 1, wrong ones 0, whatever the demonstrations look like."""
     p, bc = dataset_pipeline
-    trainer = p.build_policy_trainer("oracle", bc, max_steps=1)
+    trainer = build_policy_trainer(p, "oracle", bc, max_steps=1)
     assert trainer.reward_updater is None  # no reward model: nothing learns a reward here
-    rows = [p.rows_dataset(p.data.train)[i] for i in range(8)]
+    rows = [rows_dataset(p.data.train)[i] for i in range(8)]
     completions = [r["demonstration"] if i % 2 == 0 else r["demonstration"][::-1] + "x" for i, r in enumerate(rows)]
     ids = [p.tokenizer(c, add_special_tokens=False)["input_ids"] for c in completions]
     rewards = trainer._calculate_rewards(rows, [r["prompt"] for r in rows], completions, ids)
-    expected = [p.task.verifier(r["prompt"], c, p.data.train[r["row_index"]]) for r, c in zip(rows, completions)]
+    expected = [p.plan.task.verifier(r["prompt"], c, p.data.train[r["row_index"]]) for r, c in zip(rows, completions)]
     assert rewards[:, 0].tolist() == expected == [1.0, 0.0] * 4
-    irl = p.build_policy_trainer(
-        "grpo", bc, p.reward_pretraining(bc), max_steps=1
+    irl = build_policy_trainer(
+        p, "grpo", bc, reward_pretraining(p, bc), max_steps=1
     )  # online IRL: its one reward is the reward model's
     assert [f.__name__ for f in irl.reward_funcs] == ["irl_reward"] and irl.reward_updater is not None
 
@@ -141,10 +151,10 @@ def test_the_oracles_reward_is_the_verifier(dataset_pipeline):
 def test_spin_on_a_4bit_lora_policy(tmp_path):
     """SPIN with peft=lora quant=4bit: DPO trains the policy adapter against a frozen copy of it, and the arm is
     saved as the adapter alone plus the merged model, like every other arm."""
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     path = reversal_file(tmp_path / "my.jsonl")
-    p = Pipeline(
+    p = RunPlan(
         composed(
             "task=dataset",
             f"task.path={path}",
@@ -159,10 +169,10 @@ def test_spin_on_a_4bit_lora_policy(tmp_path):
             f"output_dir={tmp_path / 'run'}",
         )
     )
-    p.setup()
-    bc_path = p.behaviour_cloning()
-    p.spin_training(bc_path)
-    final = p.final_dir("spin")
+    p = open_context(p)
+    bc_path = behaviour_cloning(p)
+    spin_training(p, bc_path)
+    final = p.plan.final_dir("spin")
     assert (final / "adapter_model.safetensors").exists() and (final / "DONE").exists()
     assert (final.parent / "merged" / "model.safetensors").exists()
     from trl_irl.checkpoints import read_safetensors
@@ -181,10 +191,10 @@ def test_spin_trains_from_bc_on_demonstrations_over_its_own_samples(dataset_pipe
 
     p, bc_path = dataset_pipeline
     p.cfg["spin"] |= {"rounds": 2, "learning_rate": 1e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8}
-    p.spin_training(bc_path)
+    spin_training(p, bc_path)
     assert (p.out / "spin" / "round_1" / "final" / "model.safetensors").exists()
-    assert (p.final_dir("spin") / "DONE").exists()
-    bc, spin = p.roles.load_policy(bc_path), p.roles.load_policy(str(p.final_dir("spin")))
+    assert (p.plan.final_dir("spin") / "DONE").exists()
+    bc, spin = p.roles.load_policy(bc_path), p.roles.load_policy(str(p.plan.final_dir("spin")))
     prompts, demos = [r["prompt"] for r in p.data.train], [r["completion"] for r in p.data.train]
     samples = sample_completions(
         bc,
@@ -227,15 +237,18 @@ def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipel
 
     monkeypatch.setattr(sdft_trainer.DemonstrationTeacherContextBuilder, "_compose_teacher_prompt", spy)
     p.cfg["sdft"] |= {"max_steps": 40, "learning_rate": 3e-4, "per_device_train_batch_size": 8, "num_generations": 4}
-    p.sdft_training(bc_path)
-    assert (p.final_dir("sdft") / "DONE").exists()
+    sdft_training(p, bc_path)
+    assert (p.plan.final_dir("sdft") / "DONE").exists()
     demonstration = {r["prompt"]: r["completion"] for r in p.data.train}
     assert seen and all(demonstration[prompt] == context for prompt, context, _ in seen)
     assert all(teacher == f"{context}\n\n{prompt}" for prompt, context, teacher in seen)
     events = [json.loads(line) for line in (p.out / "train.log").read_text().splitlines()]
     losses = [e["sdft/distillation_loss"] for e in events if "sdft/distillation_loss" in e]
     assert len(losses) == 8 and np.mean(losses[-2:]) < 0.6 * np.mean(losses[:2]), losses
-    bc, sdft = p.roles.load_policy(bc_path).state_dict(), p.roles.load_policy(str(p.final_dir("sdft"))).state_dict()
+    bc, sdft = (
+        p.roles.load_policy(bc_path).state_dict(),
+        p.roles.load_policy(str(p.plan.final_dir("sdft"))).state_dict(),
+    )
     assert any(not torch.equal(bc[k], sdft[k]) for k in bc)
 
 
@@ -257,21 +270,21 @@ def test_sdft_distils_the_policy_toward_bc_shown_the_demonstration(dataset_pipel
     ],
 )
 def test_bad_input_is_refused_before_any_model_loads(overrides, message, tmp_path):
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     file = reversal_file(tmp_path / "my.jsonl")
     cfg = composed(*[o.replace("{file}", str(file)) for o in overrides], f"output_dir={tmp_path / 'run'}")
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        Pipeline(cfg)
+        RunPlan(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_filtering_that_leaves_no_rows_stops_before_the_model(tmp_path):
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     file = reversal_file(tmp_path / "my.jsonl")
     with pytest.raises(ValueError, match="no training rows left with prompts of at most task.max_prompt_length=3"):
-        Pipeline(
+        RunPlan(
             composed("task=dataset", f"task.path={file}", "task.max_prompt_length=3", f"output_dir={tmp_path / 'run'}")
         )
     assert not (tmp_path / "run" / "init").exists() and not (tmp_path / "run" / "bc").exists()
@@ -302,7 +315,7 @@ def test_a_registered_task_from_the_command_line(tmp_path):
     reversal_file(tmp_path / "my.jsonl")
     sys.path.insert(0, str(tmp_path))
     try:
-        from trl_irl.pipeline import Pipeline
+        from trl_irl.plan import RunPlan
 
         cfg = composed(
             "task=dataset",
@@ -311,7 +324,7 @@ def test_a_registered_task_from_the_command_line(tmp_path):
             "~task.verifier",
             f"output_dir={tmp_path / 'run'}",
         )
-        pipeline = Pipeline(cfg)
+        pipeline = RunPlan(cfg)
         assert pipeline.arms == ["bc", "grpo", "oracle"]  # its verifier brings the oracle
     finally:
         sys.path.remove(str(tmp_path))

@@ -9,6 +9,11 @@ import pytest
 import torch
 
 from trl_irl.evaluation import evaluate_arm, pass_at_k, sample_completions
+from trl_irl.stages.context import open_context
+from trl_irl.stages.evaluate import best_bc_temperature
+from trl_irl.stages.training import (
+    behaviour_cloning,
+)
 
 
 @pytest.mark.parametrize(
@@ -26,11 +31,11 @@ def automaton_bc(tmp_path_factory):
     """A BC policy on the default task, from the job itself (two epochs: sampling is not yet deterministic)."""
     from test_dataset_pipeline import composed
 
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
-    p = Pipeline(composed("bc.num_train_epochs=2", "arms=[bc]", f"output_dir={tmp_path_factory.mktemp('bc') / 'run'}"))
-    p.setup()
-    return p, p.roles.load_policy(p.behaviour_cloning())
+    p = RunPlan(composed("bc.num_train_epochs=2", "arms=[bc]", f"output_dir={tmp_path_factory.mktemp('bc') / 'run'}"))
+    p = open_context(p)
+    return p, p.roles.load_policy(behaviour_cloning(p))
 
 
 def test_temperature_zero_is_greedy_and_one_is_todays_sampling(automaton_bc):
@@ -71,7 +76,7 @@ def test_several_samples_a_prompt(automaton_bc):
         seed=0,
         name="bc",
     )
-    metrics, records = evaluate_arm(policy, p.tokenizer, p.task, rows, num_samples=4, **common)
+    metrics, records = evaluate_arm(policy, p.tokenizer, p.plan.task, rows, num_samples=4, **common)
     scores = np.array([r["scores"] for r in records])
     assert scores.shape == (10, 4) and [r["sample"] for r in records] == [r["samples"][0] for r in records]
     assert metrics["success_rate"] == pytest.approx(scores.mean())
@@ -83,9 +88,9 @@ def test_several_samples_a_prompt(automaton_bc):
         policy, p.tokenizer, [r["prompt"] for r in rows], p.data.max_completion_length, 64, seed=0, temperature=0.0
     )
     assert metrics["success_greedy"] == pytest.approx(
-        np.mean([p.task.verifier(r["prompt"], g, r) for r, g in zip(rows, greedy)])
+        np.mean([p.plan.task.verifier(r["prompt"], g, r) for r, g in zip(rows, greedy)])
     )
-    one, records = evaluate_arm(policy, p.tokenizer, p.task, rows, num_samples=1, **common)
+    one, records = evaluate_arm(policy, p.tokenizer, p.plan.task, rows, num_samples=1, **common)
     assert "samples" not in records[0] and "pass@2" not in one and "samples_per_prompt" not in one
 
 
@@ -101,11 +106,11 @@ def test_bc_at_its_best_temperature_is_chosen_on_validation_rows_only(automaton_
         return sample(model, tokenizer, prompts, *args, **kwargs)
 
     monkeypatch.setattr(evaluation, "sample_completions", spy)
-    found = p.best_bc_temperature(policy)
+    found = best_bc_temperature(p, policy)
     assert set(seen) <= {r["prompt"] for r in p.data.validation} and seen
     assert not set(seen) & {r["prompt"] for r in p.data.heldout} - {r["prompt"] for r in p.data.validation}
     successes = {float(t): v for t, v in found["validation_success"].items()}
     assert set(successes) == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert found["temperature"] == min(t for t, v in successes.items() if v == max(successes.values()))
     p.cfg["eval"]["temperatures"] = []
-    assert p.best_bc_temperature(policy) is None
+    assert best_bc_temperature(p, policy) is None

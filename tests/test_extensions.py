@@ -187,10 +187,10 @@ def test_a_registered_credit_is_checked_by_its_flags(examples):
 
     register_credit("needs_lm", reward_model="lm", needs_reference=True)(lambda x: None)
     with pytest.raises(ValueError, match="credit=needs_lm needs a lm reward model.*choose reward=airl"):
-        check_credit("needs_lm", make_objective("bt"), True, 0.1, True)
+        check_credit("needs_lm", make_objective("bt"), has_reward_model=True, beta=0.1, same_tokenizer=True)
     with pytest.raises(ValueError, match="credit=needs_lm needs the reference policy's log-probs: set beta > 0"):
-        check_credit("needs_lm", make_objective("airl"), True, 0.0, True)
-    check_credit("needs_lm", make_objective("airl"), True, 0.1, True)
+        check_credit("needs_lm", make_objective("airl"), has_reward_model=True, beta=0.0, same_tokenizer=True)
+    check_credit("needs_lm", make_objective("airl"), has_reward_model=True, beta=0.1, same_tokenizer=True)
     with pytest.raises(ValueError, match="credit='sequence' is taken"):
         register_credit("sequence")(lambda x: None)
     with pytest.raises(ValueError, match="credit='nope' is unknown"):

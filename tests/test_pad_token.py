@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
 from trl_irl.models import build_char_tokenizer, load_reward_model, save_model, use_distinct_pad
-from trl_irl.pipeline import load_tokenizer
+from trl_irl.plan import load_tokenizer
 from trl_irl.rewards import make_objective
 from trl_irl.rewards.objectives import tokenize_completions
 from trl_irl.trainers import IRLRewardConfig, IRLRewardTrainer

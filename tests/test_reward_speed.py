@@ -12,6 +12,7 @@ from trl_irl.models import build_tiny_causal_lm, load_reward_model, save_model
 from trl_irl.rewards import OnlineRewardUpdater, make_objective
 from trl_irl.rewards.objectives import encode
 from trl_irl.shared_base import REWARD, SharedBase, adapter_scope, trainable_parameters
+from trl_irl.stages.context import open_context
 from trl_irl.trainable_layers import limit_trainable_layers
 
 
@@ -223,25 +224,25 @@ def test_a_bad_bf16_value_names_the_key():
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_the_pipeline_sets_every_trainer_and_says_the_fallback_once(monkeypatch, tmp_path, capsys, has_bf16):
     from trl_irl.config import compose
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: has_bf16)
-    pipe = Pipeline(compose("model.bf16=true", "use_cpu=true", output_dir=tmp_path / "run"))
+    pipe = RunPlan(compose("model.bf16=true", "use_cpu=true", output_dir=tmp_path / "run"))
     assert pipe.bc_config().bf16 is has_bf16 and pipe.policy_config("grpo", 8).bf16 is has_bf16
     assert pipe.reward_pretrain_config().bf16 is has_bf16 and pipe.sample_bf16 is has_bf16
-    pipe.setup()
+    pipe = open_context(pipe)
     said = capsys.readouterr().out.count("model.bf16=true: this CPU has no bf16 instructions")
     assert said == (0 if has_bf16 else 1)
 
 
 def test_the_default_on_cpu_is_fp32(tmp_path):
     from trl_irl.config import compose
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     for overrides in ((), ("recipe=smollm2_word_reversal",)):
         cfg = compose(*overrides, "use_cpu=true", output_dir=tmp_path / "run")
         assert precision.resolve_bf16(cfg["model"]["bf16"], use_cpu=True) == (False, None)
-    assert Pipeline(compose("use_cpu=true", output_dir=tmp_path / "run")).bc_config().bf16 is False
+    assert RunPlan(compose("use_cpu=true", output_dir=tmp_path / "run")).bc_config().bf16 is False
 
 
 def test_bc_losses_in_bf16_autocast_agree_with_fp32_for_20_steps(task, tokenizer, tmp_path):

@@ -8,6 +8,12 @@ import pytest
 import torch
 
 from trl_irl.models import build_char_tokenizer
+from trl_irl.stages.context import open_context
+from trl_irl.stages.training import (
+    behaviour_cloning,
+    build_policy_trainer,
+    reward_pretraining,
+)
 from trl_irl.tasks import DatasetTask
 
 
@@ -286,10 +292,10 @@ def test_the_rl_arms_roll_out_on_the_rollout_prompts(files, tmp_path):
     metrics.json's ``task`` report."""
     from test_dataset_pipeline import SMALL, composed
 
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     main, rollout = files
-    p = Pipeline(
+    p = RunPlan(
         composed(
             "task=dataset",
             f"task.path={main}",
@@ -301,12 +307,12 @@ def test_the_rl_arms_roll_out_on_the_rollout_prompts(files, tmp_path):
             f"output_dir={tmp_path / 'run'}",
         )
     )
-    p.setup()
-    bc = p.behaviour_cloning()
-    oracle = p.build_policy_trainer("oracle", bc, max_steps=1)
+    p = open_context(p)
+    bc = behaviour_cloning(p)
+    oracle = build_policy_trainer(p, "oracle", bc, max_steps=1)
     assert set(oracle.train_dataset["prompt"]) == {r["prompt"] for r in p.data.rollout if r["answer"] is not None}
     assert len(oracle.train_dataset) == 11
-    irl = p.build_policy_trainer("grpo", bc, p.reward_pretraining(bc), max_steps=2)
+    irl = build_policy_trainer(p, "grpo", bc, reward_pretraining(p, bc), max_steps=2)
     assert set(irl.train_dataset["prompt"]) == {r["prompt"] for r in p.data.rollout}
     irl.train()
     items = list(irl.reward_updater.buffer.items)
@@ -321,7 +327,7 @@ def test_the_rl_arms_roll_out_on_the_rollout_prompts(files, tmp_path):
 def test_an_oracle_without_answered_rollout_prompts_is_refused_before_any_model(tmp_path):
     from test_dataset_pipeline import composed
 
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     main = write_jsonl(tmp_path / "m.jsonl", demo_rows(30) + [{"prompt": "rev zz=", "completion": ""}])
     with pytest.raises(
@@ -329,7 +335,7 @@ def test_an_oracle_without_answered_rollout_prompts_is_refused_before_any_model(
         match=r"the oracle arm rolls out on prompts with an answer for the verifier, and "
         r"task.rollout_pool=rollout leaves none",
     ):
-        Pipeline(
+        RunPlan(
             composed(
                 "task=dataset",
                 f"task.path={main}",

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from tests.test_recipes import composed
-from trl_irl.pipeline import Pipeline
+from trl_irl.plan import RunPlan
 from trl_irl.schema import build_config, check_section, config_paths, config_values, section_paths
 from trl_irl.trainers import ALGORITHMS, IRLRewardConfig, OnlineIRLConfig, PPOConfig
 
@@ -58,7 +58,7 @@ def test_the_policy_config_takes_each_value_from_its_path():
         "reward=gail",
         "algo.gae_lambda=0.7",
     )
-    pipeline = Pipeline(cfg)
+    pipeline = RunPlan(cfg)
     args = pipeline.policy_config("ppo", 6)
     assert isinstance(args, PPOConfig)
     assert (args.credit, args.attention_mix, args.credit_gamma) == ("attention", 0.3, 0.9)

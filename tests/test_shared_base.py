@@ -14,6 +14,12 @@ from trl_irl.rewards import make_objective
 from trl_irl.rewards.objectives import completion_logps, encode
 from trl_irl.rewards.online import OnlineRewardUpdater
 from trl_irl.shared_base import CRITIC, POLICY, REWARD, AdapterRole, SharedBase, export_merged_policy, load_role
+from trl_irl.stages.context import open_context
+from trl_irl.stages.training import (
+    behaviour_cloning,
+    build_policy_trainer,
+    reward_pretraining,
+)
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
 
@@ -392,7 +398,7 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
     from hydra import compose, initialize_config_dir
 
     from trl_irl.config import CONF_DIR, config_dict
-    from trl_irl.pipeline import Pipeline
+    from trl_irl.plan import RunPlan
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = config_dict(
@@ -409,11 +415,11 @@ def test_pipeline_puts_roles_on_one_base_or_on_their_own(shared_base, tmp_path):
                 ],
             )
         )
-    pipeline = Pipeline(cfg)
-    pipeline.setup()
-    bc = pipeline.behaviour_cloning()
-    reward = pipeline.reward_pretraining(bc)
-    trainer = pipeline.build_policy_trainer("ppo", bc, reward, max_steps=2, save_strategy="no")
+    pipeline = RunPlan(cfg)
+    pipeline = open_context(pipeline)
+    bc = behaviour_cloning(pipeline)
+    reward = reward_pretraining(pipeline, bc)
+    trainer = build_policy_trainer(pipeline, "ppo", bc, reward, max_steps=2, save_strategy="no")
     policy, critic = trainer.model, trainer.critic
     bases = {id(policy), id(critic.peft_model), id(reward.peft_model)}
     assert len(bases) == (1 if shared_base else 3)

@@ -20,7 +20,7 @@ gap an arm closes. The ``bc@T*`` arm is BC sampled at the temperature of ``eval.
 validation rows (chosen there, never on held-out rows): RL sharpens a policy, and a colder BC sharpens it for free, so
 an arm that beats ``bc`` but not ``bc@T*`` has not shown that it learned more than a temperature.
 
-``reward_diagnostics`` (``rerank``; the pipeline's ``reward_diagnostics``): does the learned reward know a good
+``reward_diagnostics`` (``rerank``; ``stages/evaluate.reward_diagnostics``): does the learned reward know a good
 completion from a bad one? BC samples ``eval.rerank_samples`` completions per held-out prompt; the reward as reward
 pretraining left it and as the online-IRL arm left it picks one: best-of-n success against a random pick's, with a
 paired interval, and the reward's AUC against the verifier.

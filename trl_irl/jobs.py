@@ -25,26 +25,26 @@ from .validation import Refused, refusing
 
 
 def _check_pipeline(cfg: dict):
-    from .pipeline import Pipeline
+    from .plan import RunPlan
 
     with refusing(RuntimeError):  # RuntimeError: the run folder is in use by another run
-        return Pipeline(cfg)  # its constructor is the pipeline's whole check: config, files, data, folder
+        return RunPlan(cfg)  # the run's whole check: config, files, data, trainer configs, folder
 
 
-def _pipeline(pipeline) -> Path | None:
+def _pipeline(plan) -> Path | None:
     """The main job, logged to wandb when ``logger=wandb``; None on the other processes of ``accelerate launch``."""
+    from .pipeline import run as run_pipeline
     from .tracking import start_wandb
 
-    cfg = pipeline.cfg
-    run = start_wandb(cfg) if pipeline.state.is_main_process else None
-    path = pipeline.run()
-    if not pipeline.state.is_main_process:  # several processes: one reports
+    run = start_wandb(plan.cfg) if plan.state.is_main_process else None
+    path = run_pipeline(plan)
+    if not plan.state.is_main_process:  # several processes: one reports
         return None
     if run is not None:
         arms = json.loads(path.read_text())["arms"]
         run.summary.update({f"{arm}/{k}": v for arm, values in arms.items() for k, v in values.items()})
         # the trained arm under one name too, so a sweep over algorithms has one metric to optimise
-        run.summary.update({f"policy/{k}": v for k, v in arms[pipeline.algo].items()})
+        run.summary.update({f"policy/{k}": v for k, v in arms[plan.algo].items()})
         run.finish()
     return path
 

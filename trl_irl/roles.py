@@ -29,7 +29,7 @@ class Roles:
     """
 
     def __init__(
-        self, init_path: str, tokenizer, peft: dict, quant: dict, shared_base: bool, critic: bool, device=None
+        self, init_path: str, tokenizer, peft: dict, quant: dict, *, shared_base: bool, critic: bool, device=None
     ):
         self.init_path, self.tokenizer, self.peft, self.quant = init_path, tokenizer, peft, quant
         self.lora, self.shared, self.has_critic, self.device = bool(peft.get("enabled")), shared_base, critic, device
@@ -57,12 +57,12 @@ class Roles:
             self.bases[key] = SharedBase(self.init_path, self.peft, self.quant, policy_adapter=start, roles=roles)
         return self.bases[key]
 
-    def policy(self, start: str, reward_model: bool = True):
+    def policy(self, start: str, learns_reward: bool = True):
         """The policy for a TRL trainer, from the policy at ``start``: the folder (full models), or the PEFT model with
-        its adapter. ``reward_model=False`` (the oracle): no reward adapter is added to a shared base."""
+        its adapter. ``learns_reward=False`` (the oracle): no reward adapter is added to a shared base."""
         if not self.lora:
             return start
-        roles = None if reward_model else ((CRITIC,) if self.shared and self.has_critic else ())
+        roles = None if learns_reward else ((CRITIC,) if self.shared and self.has_critic else ())
         return self._base(POLICY, start, roles).model
 
     def critic(self, start: str):

@@ -200,7 +200,7 @@ def write_stage_config(stage_dir: Path, config: dict):
     atomic_write_text(stage_dir / STAGE_CONFIG, json.dumps(config, indent=2))
 
 
-def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, retrain_changed: bool) -> tuple[list, list]:
+def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, *, retrain_changed: bool) -> tuple[list, list]:
     """Before a resumed run reuses anything (reads only): every stage folder in ``out`` must have been trained under the
     config this run gives it. A differing stage is refused (the error lists the keys) unless ``retrain_changed``.
     Returns (the stages reused or continued, the stages to train again)."""

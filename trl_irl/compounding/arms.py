@@ -1,4 +1,4 @@
-"""The arms of the compounding-error study, all from the same BC policy and demonstrations (issue 6).
+"""The arms of the compounding-error study, all from the same BC policy and demonstrations.
 
     bc              behaviour cloning: maximum likelihood on the demonstrations, early-stopped on held-out NLL
     oracle_rl       REINFORCE on the true reward (-1 at each error that counts): the ceiling

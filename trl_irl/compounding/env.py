@@ -1,4 +1,4 @@
-"""The known-expert automaton as batched tensors, and a small recurrent policy that acts in it (issue 6).
+"""The known-expert automaton as batched tensors, and a small recurrent policy that acts in it.
 
 TRL runs of a transformer cost minutes each; the compounding-error study needs hundreds of (arm, horizon, setting,
 seed) runs on 2 cores, so it rolls a GRU out in a vectorised loop instead. The dynamics are the task's own

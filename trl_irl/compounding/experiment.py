@@ -1,4 +1,4 @@
-"""The compounding-error study (issue 6): how the cost of each arm grows with the horizon T.
+"""The compounding-error study: how the cost of each arm grows with the horizon T.
 
 For each setting and seed: one automaton, N expert demonstrations of length T_max (the longest horizon), one BC
 policy, and every other arm trained from that BC policy at T_max. Each trained policy is then rolled out

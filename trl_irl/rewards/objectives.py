@@ -13,8 +13,8 @@ airl       causal LM q          token-level logistic on        sum_t log q(y_t|s
 =========  ===================  =============================  =====================================
 
 AIRL's f is the log-softmax of a causal LM initialised as a copy of the policy: f is normalised and the initial
-logit is exactly 0, which kept online IRL from collapsing in our calibration (raw-logit f drove the reward to
-about +5 per token and the policy after it).
+logit is exactly 0, so the reward starts at 0 and stays on the policy's scale (an unnormalised raw-logit f lets
+online IRL drive the reward to about +5 per token, and the policy collapses after it).
 """
 
 from __future__ import annotations

@@ -478,7 +478,13 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
     SCALE_REWARDS: tuple[str, ...] = ("group", "batch", "none")
 
     def _check_setup(self, args, objective, reward_model, same_tokenizer):
-        check_credit(args.credit, objective, reward_model is not None, args.beta, same_tokenizer)
+        check_credit(
+            args.credit,
+            objective,
+            has_reward_model=reward_model is not None,
+            beta=args.beta,
+            same_tokenizer=same_tokenizer,
+        )
         self.check_advantage_settings(args)
 
     @classmethod

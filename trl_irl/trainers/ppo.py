@@ -1,6 +1,6 @@
 """PPO (Schulman et al. 2017) as a thin ``GRPOTrainer`` subclass: a critic, GAE advantages of shape (B, T), a
-clipped value loss. TRL deleted its own PPOTrainer in 1.13; this one rides on GRPO's generation and clipped policy
-loss and adds only what PPO has beyond it.
+clipped value loss (TRL 1.16 has no PPOTrainer). It rides on GRPO's generation and clipped policy loss and adds
+only what PPO has beyond it.
 
 PPO epochs and minibatches are TRL's ``num_iterations`` and ``steps_per_generation``. Hooks, each calling ``super()``:
     compute_advantages     token rewards -> critic values -> GAE (credit/advantages.py) -> advantages, returns
@@ -108,15 +108,17 @@ class PPOTrainer(OnlineIRLTrainer):
 
     SCALE_REWARDS = ("none",)  # GAE's advantages are normalised by whiten_advantages
 
-    def __init__(self, *args, critic=None, **kwargs):
-        deepspeed = deepspeed_stage(kwargs.get("args", args[2] if len(args) > 2 else None)) is not None
+    def __init__(self, model, reward_model=None, args=None, *, critic=None, **kwargs):
+        """As ``OnlineIRLTrainer``; ``critic``: the value model (None: one built from the policy, ``build_critic``),
+        an ``AdapterRole`` on a shared base under DeepSpeed."""
+        deepspeed = deepspeed_stage(args) is not None
         if deepspeed and not isinstance(critic, AdapterRole):
             raise ValueError(
                 "PPOTrainer under DeepSpeed needs the critic as an adapter on the policy's shared base "
                 "(shared_base=true): ZeRO optimises only parameters of the model it wraps, and a separate "
                 "critic model is not one. Set shared_base=true, or launch without DeepSpeed (DDP)"
             )
-        super().__init__(*args, **kwargs)
+        super().__init__(model, reward_model, args, **kwargs)
         policy = self.accelerator.unwrap_model(self.model)
         self.critic = critic if critic is not None else build_critic(policy, self.args.critic_model)
         self.critic.to(self.accelerator.device).train()

@@ -159,7 +159,7 @@ def airl_credit(x: TokenRewardInputs) -> torch.Tensor:
     return C.match_sequence_reward(dense * x.scale, x.mask, x.sequence_rewards)
 
 
-def check_credit(name: str, objective, has_reward_model: bool, beta: float, same_tokenizer: bool):
+def check_credit(name: str, objective, *, has_reward_model: bool, beta: float, same_tokenizer: bool):
     """Fail before training when a credit source cannot work with this reward setup; the error says the fix. (An
     unknown name is the trainer config's to refuse: ``OnlineIRLConfig``.)"""
     source = CREDITS[name]
