@@ -182,3 +182,34 @@ def test_credit_that_needs_another_reward_model_fails_before_loading(tmp_path, t
         )
     with pytest.raises(ValueError, match="algo=rloo_token"):
         make_args("rloo", tmp_path, credit="attention")
+
+
+def test_remax_greedy_baseline_leaves_the_reward_statistics_and_its_metric_alone(
+    tmp_path, task, tokenizer, bc_policy_path, demos
+):
+    """ReMax scores its greedy completions with the online reward, as the sampled ones were scored, but only the
+    sampled completions move the running standardisation and enter the logged ``irl/raw_reward``."""
+    reward = load_reward_model(bc_policy_path, "classifier", tokenizer.pad_token_id)
+    args = make_args("remax", tmp_path, max_steps=2, reward_update_every=1, reward_update_steps=1)
+    trainer = ALGORITHMS["remax"].trainer_cls(
+        model=bc_policy_path,
+        reward_model=reward,
+        args=args,
+        train_dataset=prompt_dataset(task, demos),
+        processing_class=tokenizer,
+    )
+    calls, score = [], trainer.score_rewards
+
+    def recording(*a, sampled, **kw):
+        metric, statistics = trainer._metrics["train"]["irl/raw_reward"], trainer.reward_updater.standardizer
+        before = (len(metric), statistics.count)
+        rewards = score(*a, sampled=sampled, **kw)
+        calls.append((sampled, len(rewards), len(metric) - before[0], statistics.count - before[1]))
+        return rewards
+
+    trainer.score_rewards = recording
+    trainer.train()
+    n = args.per_device_train_batch_size
+    assert [c for c in calls if c[0]] == [(True, n, 1, n)] * 2  # each step's sampled batch: logged, counted
+    greedy = [c for c in calls if not c[0]]
+    assert len(greedy) == 2 and all(c[2:] == (0, 0) for c in greedy)  # its greedy completions: neither

@@ -12,6 +12,7 @@ import torch
 from trl_irl import credit
 from trl_irl.trainers import ALGORITHMS, OnlineIRLTrainer
 from trl_irl.trainers.algorithms import ReinforcePPTrainer, ReMaxTrainer, RLOOTokenTrainer
+from trl_irl.trainers.online_irl import ROW_REWARDS
 from trl_irl.trainers.ppo import PPOTrainer
 
 
@@ -169,10 +170,12 @@ def test_normalize_then_sum_refused_on_every_path():
 def test_unscorable_rows_get_no_reward_share_and_no_advantage():
     trainer = object.__new__(OnlineIRLTrainer)
     nan = float("nan")
-    trainer._last_rewards_per_func = torch.tensor([[1.0, nan], [nan, nan], [0.5, 2.0], [nan, 1.0]])
+    per_func = torch.tensor([[1.0, nan], [nan, nan], [0.5, 2.0], [nan, 1.0]])
     trainer.reward_weights = torch.tensor([1.0, 0.5])
     trainer.accelerator = SimpleNamespace(process_index=0, num_processes=1)
-    rewards, scorable = trainer.local_sequence_rewards(4)
+    rows = [{"prompt": "p", ROW_REWARDS: r} for r in per_func]
+    rewards, scorable = trainer.local_sequence_rewards(rows)
+    assert all(ROW_REWARDS not in row for row in rows)  # taken out of the batch
     assert rewards.tolist() == [1.0, 0.0, 1.5, 0.5]
     assert scorable.tolist() == [True, False, True, True]
     trainer.num_generations, trainer.scale_rewards, trainer.args = 4, "none", SimpleNamespace(credit_gamma=1.0)

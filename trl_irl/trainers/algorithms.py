@@ -112,13 +112,11 @@ class ReMaxTrainer(OnlineIRLTrainer):
             completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id), skip_special_tokens=True
         )
         ids_list = [ids[m.bool()].tolist() for ids, m in zip(completion_ids, completion_mask)]
-        self._scoring_baseline = True  # score with the same reward, without moving its running statistics
-        try:  # (gathers across processes: with several, each holds the same number of groups when B % G == 0)
-            per_func = self._calculate_rewards(
-                greedy_inputs, [x["prompt"] for x in greedy_inputs], completions, ids_list
-            )
-        finally:
-            self._scoring_baseline = False
+        # the same reward, its running statistics left as they are; gathered across processes (with several, each
+        # holds the same number of groups when B % G == 0)
+        per_func = self.score_rewards(
+            greedy_inputs, [x["prompt"] for x in greedy_inputs], completions, ids_list, sampled=False
+        )
         k = len(greedy_inputs)
         rewards = sequence_rewards(per_func, self.reward_weights)
         self._metrics["train"]["remax/greedy_reward"].append(rewards.mean().item())

@@ -8,7 +8,9 @@ method, ``compute_advantages``: GRPO here, RLOO / ReMax / REINFORCE++ in ``algor
 Hooks (each calls ``super()`` and transforms its result; no TRL method body is copied):
     _generate                        bf16 autocast of the policy's sampling on CPU
     _generate_and_score_completions  token credit -> advantages (B, T); buffer the samples; update the reward model
-    _calculate_rewards               stop on NaN rewards; standardise the IRL reward with running statistics
+    _calculate_rewards               ``score_rewards`` on the sampled batch: stop on NaN rewards, standardise the IRL
+                                     reward with running statistics; each row's rewards are carried in its batch row
+                                     (``ROW_REWARDS``) to the advantages
     _save_checkpoint / _load_optimizer_and_scheduler   the reward model, its optimizer, buffer and statistics; a
                                                        NaN check first, the COMPLETE marker last
 """
@@ -391,7 +393,16 @@ class OnlineRewardMixin:
         return output
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered (B, n)
+        """TRL's hook, called on the sampled batch: ``score_rewards``."""
+        return self.score_rewards(inputs, prompts, completions, completion_ids_list, sampled=True)
+
+    def score_rewards(self, inputs, prompts, completions, completion_ids_list, *, sampled: bool) -> torch.Tensor:
+        """Every reward function's score of each completion, gathered over processes (B, n_funcs): TRL's reward
+        call, then for the IRL reward a stop on NaN and the running standardisation. ``sampled``: the completions the
+        policy learns from (their IRL rewards move the running statistics and are logged as ``irl/raw_reward``);
+        False for a baseline's (ReMax's greedy completions), scored with the same statistics, which stay as they are.
+        """
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         if self.reward_updater is not None:
             irl = rewards[:, 0]
             if torch.isnan(irl).any():
@@ -402,13 +413,13 @@ class OnlineRewardMixin:
                     "max_grad_norm on the CLI), and resume from the last checkpoint (resume=true; checkpoints are "
                     "checked for NaN before they are written) or an earlier one (resume_from=checkpoint-N)"
                 )
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["irl/raw_reward"].append(irl.mean().item())
+            if sampled:
+                mode = "train" if self.model.training else "eval"
+                self._metrics[mode]["irl/raw_reward"].append(irl.mean().item())
             if self.args.reward_standardize:
-                if self.model.training and not getattr(self, "_scoring_baseline", False):
+                if self.model.training and sampled:
                     self.reward_updater.standardizer.update(irl)  # identical on every rank: rewards are gathered
                 rewards[:, 0] = self.reward_updater.standardizer(irl)
-        self._last_rewards_per_func = rewards
         return rewards
 
     def _save_checkpoint(self, model, trial):
@@ -458,6 +469,9 @@ class OnlineRewardMixin:
 
     def _checkpoint_dir(self, trial) -> str:
         return os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+
+
+ROW_REWARDS = "trl_irl_rewards"  # a sampled batch row's rewards (n_funcs,), from _calculate_rewards to the advantages
 
 
 def sequence_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -535,10 +549,20 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         return C.discounted_returns(rewards, mask, self.args.credit_gamma)
 
     # --- wiring -----------------------------------------------------------------------------------------------
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """The mixin's scoring; in training each of this process's rows (``inputs``) then carries its own rewards
+        (n_funcs,) under ``ROW_REWARDS`` to ``local_sequence_rewards``, past TRL's own advantages."""
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered (B, n)
+        if self.model.training:
+            start = self.accelerator.process_index * len(inputs)
+            for row, own in zip(inputs, rewards[start : start + len(inputs)]):
+                row[ROW_REWARDS] = own
+        return rewards
+
     def _transform_scored(self, output, inputs):
         if not self.model.training:  # evaluation: TRL's advantages enter only its eval loss
             return output
-        rewards, scorable = self.local_sequence_rewards(len(inputs))
+        rewards, scorable = self.local_sequence_rewards(inputs)
         if self.args.token_level:
             mask = output["completion_mask"] * scorable[:, None]
             rewards = self.token_rewards(output, rewards)
@@ -549,16 +573,14 @@ class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
         self._log_advantages(advantages, mask)
         return output
 
-    def local_sequence_rewards(self, n_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def local_sequence_rewards(self, inputs: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's sequence rewards (B,), every reward function weighted and summed (TRL's
-        ``sum_then_normalize``), and which rows are scorable (B,) bool. A row for which every reward function
-        returned None is TRL's unscorable row: its reward is 0 here and the estimators mask it out (no baseline
-        share, no advantage), as TRL's advantages do."""
-        per_func = self._last_rewards_per_func
-        start = self.accelerator.process_index * n_local
-        return sequence_rewards(per_func, self.reward_weights)[start : start + n_local], ~torch.isnan(per_func).all(
-            dim=1
-        )[start : start + n_local]
+        ``sum_then_normalize``), and which rows are scorable (B,) bool, from the rewards each row of ``inputs``
+        carries (``ROW_REWARDS``, taken out of the row here). A row for which every reward function returned None is
+        TRL's unscorable row: its reward is 0 here and the estimators mask it out (no baseline share, no advantage),
+        as TRL's advantages do."""
+        per_func = torch.stack([row.pop(ROW_REWARDS) for row in inputs])
+        return sequence_rewards(per_func, self.reward_weights), ~torch.isnan(per_func).all(dim=1)
 
     def token_rewards(self, output: dict, sequence_rewards: torch.Tensor) -> torch.Tensor:
         """(B, T) token rewards from the configured credit source, plus the per-token KL penalty."""
