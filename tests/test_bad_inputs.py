@@ -57,6 +57,8 @@ BAD_INPUTS = [
     (("bc.num_train_epochs=0",), "bc.num_train_epochs=0: must be a number > 0"),
     (("bc.per_device_train_batch_size=0",), "bc.per_device_train_batch_size=0: must be an integer >= 1"),
     (("bc.early_stopping_patience=0",), "bc.early_stopping_patience=0: must be an integer >= 1"),
+    (("bc.early_stopping_patience=true",), "bc.early_stopping_patience=True: must be an integer >= 1"),
+    (("algo.num_generations=true",), "algo.num_generations=True: must be an integer >= 2"),
     (("algo.learning_rate=0",), "algo.learning_rate=0: must be a number > 0"),
     (("algo.learning_rate=-1e-4",), "algo.learning_rate=-0.0001: must be a number > 0"),
     (("algo.beta=-1",), "algo.beta must be >= 0, got -1"),
@@ -280,7 +282,7 @@ def no_model(monkeypatch):
     def setup(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(pipeline.Pipeline, "setup", setup)  # the first stage: the model
+    monkeypatch.setattr(pipeline, "open_context", setup)  # the first step of a run: the model
 
 
 @pytest.mark.parametrize("overrides, fragment", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import shlex
+from collections.abc import Callable
 
 
 class Refused(ValueError):
@@ -220,56 +221,49 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def integer_at_least(low: int, note: str = "") -> tuple[str, Callable]:
+    """The rule "an integer >= low" (true and false are not integers here), and its test."""
+    return f"an integer >= {low}{note}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def number_above(low: float) -> tuple[str, Callable]:
+    """The rule "a number > low", and its test."""
+    return f"a number > {low:g}", lambda v: _number(v) and v > low
+
+
+def number_at_least(low: float) -> tuple[str, Callable]:
+    """The rule "a number >= low", and its test."""
+    return f"a number >= {low:g}", lambda v: _number(v) and v >= low
+
+
 # (config path, the rule, a test of the value); a path absent from the config is skipped. The rules of our trainer
-# configs' own fields (reward.online.*, algo.beta, algo.max_steps) are theirs, stated once in their __post_init__
+# configs' own fields (reward.online.*, algo.beta, algo.max_steps) are theirs, stated once in their __post_init__.
+TRAINED_SECTIONS = ("bc", "spin", "sdft", "algo", "reward.pretrain")
 RANGES = [
     ("seed", "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
-    ("threads", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    ("eval.batch_size", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    ("eval.rerank_samples", "an integer >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-    ("eval.num_samples", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    ("threads", *integer_at_least(1)),
+    ("eval.batch_size", *integer_at_least(1)),
+    ("eval.rerank_samples", *integer_at_least(0)),
+    ("eval.num_samples", *integer_at_least(1)),
     (
         "eval.temperatures",
         "a list of numbers >= 0 ([] for no bc@T* arm)",
         lambda v: isinstance(v, (list, tuple)) and all(_number(t) and t >= 0 for t in v),
     ),
     ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
-    *[
-        (f"{s}.learning_rate", "a number > 0", lambda v: _number(v) and v > 0)
-        for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")
-    ],
-    *[
-        (
-            f"sdft.{k}",
-            "an integer >= 1 (null: the algo's)",
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        )
-        for k in ("max_steps", "num_generations")
-    ],
-    ("algo.critic_learning_rate", "a number > 0", lambda v: _number(v) and v > 0),
-    *[
-        (
-            f"{s}.per_device_train_batch_size",
-            "an integer >= 1",
-            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-        )
-        for s in ("bc", "spin", "sdft", "algo", "reward.pretrain")
-    ],
-    *[
-        (f"{s}.num_train_epochs", "a number > 0", lambda v: _number(v) and v > 0)
-        for s in ("bc", "spin", "reward.pretrain")
-    ],
-    ("bc.early_stopping_patience", "an integer >= 1", lambda v: isinstance(v, int) and v >= 1),
-    ("spin.rounds", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    ("spin.beta", "a number > 0", lambda v: _number(v) and v > 0),
-    ("algo.num_generations", "an integer >= 2 (a group to compare)", lambda v: isinstance(v, int) and v >= 2),
-    ("algo.temperature", "a number > 0", lambda v: _number(v) and v > 0),
-    ("algo.save_steps", "a number > 0", lambda v: _number(v) and v > 0),
-    ("reward.prefix_weight", "a number >= 0", lambda v: _number(v) and v >= 0),
-    *[
-        (f"model.{k}", "an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
-        for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")
-    ],
+    *[(f"{s}.learning_rate", *number_above(0)) for s in TRAINED_SECTIONS],
+    *[(f"sdft.{k}", *integer_at_least(1, " (null: the algo's)")) for k in ("max_steps", "num_generations")],
+    ("algo.critic_learning_rate", *number_above(0)),
+    *[(f"{s}.per_device_train_batch_size", *integer_at_least(1)) for s in TRAINED_SECTIONS],
+    *[(f"{s}.num_train_epochs", *number_above(0)) for s in ("bc", "spin", "reward.pretrain")],
+    ("bc.early_stopping_patience", *integer_at_least(1)),
+    ("spin.rounds", *integer_at_least(1)),
+    ("spin.beta", *number_above(0)),
+    ("algo.num_generations", *integer_at_least(2, " (a group to compare)")),
+    ("algo.temperature", *number_above(0)),
+    ("algo.save_steps", *number_above(0)),
+    ("reward.prefix_weight", *number_at_least(0)),
+    *[(f"model.{k}", *integer_at_least(1)) for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")],
 ]
 
 

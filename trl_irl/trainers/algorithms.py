@@ -14,7 +14,14 @@ from transformers.utils import logging
 from trl import RLOOConfig, RLOOTrainer
 
 from .. import credit as C
-from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardFields, OnlineRewardMixin, sequence_rewards
+from .online_irl import (
+    OnlineIRLConfig,
+    OnlineIRLTrainer,
+    OnlineRewardFields,
+    OnlineRewardMixin,
+    check_training_fields,
+    sequence_rewards,
+)
 from .token_rewards import CREDITS
 
 logger = logging.get_logger(__name__)
@@ -153,6 +160,7 @@ class TRLRLOOConfig(OnlineRewardFields, RLOOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_training_fields(self)
         if self.credit != "sequence":
             raise ValueError(
                 f"credit={self.credit!r}: TRL's RLOO sums log-probs per sequence and cannot take token "

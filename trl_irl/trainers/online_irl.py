@@ -143,15 +143,23 @@ class OnlineRewardFields:
         for name in ("reward_learning_rate", "reward_max_grad_norm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("learning_rate", "reward_weight_decay", "beta"):  # learning_rate 0: a frozen policy (a probe)
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ValueError(f"max_steps must be >= 1 (or -1: num_train_epochs decides), got {self.max_steps}")
+        if self.reward_weight_decay < 0:
+            raise ValueError(f"reward_weight_decay must be >= 0, got {self.reward_weight_decay}")
         if self.reward_update_every < 0:
             raise ValueError(
                 f"reward_update_every must be >= 0 (0 freezes the reward model), got {self.reward_update_every}"
             )
+
+
+def check_training_fields(config):
+    """The fields of the TRL config beneath ours (GRPOConfig, RLOOConfig) that TRL leaves unchecked and our trainers
+    rely on; each config class with a TRL base calls it after its own checks. ``learning_rate`` 0 is allowed: a frozen
+    policy (a probe)."""
+    for name in ("learning_rate", "beta"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ValueError(f"max_steps must be >= 1 (or -1: num_train_epochs decides), got {config.max_steps}")
 
 
 @dataclass
@@ -195,6 +203,7 @@ class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_training_fields(self)
         if self.credit not in CREDITS:
             raise ValueError(f"credit={self.credit!r} is unknown: choose one of {list(CREDITS)}")
         if not 0.0 <= self.credit_gamma <= 1.0:
