@@ -201,7 +201,7 @@ def test_registering_a_taken_name_or_a_wrong_type_is_refused():
     class Other(RewardObjective):
         name = "bt"
 
-    with pytest.raises(ValueError, match="'bt' is taken by RewardObjective"):
+    with pytest.raises(ValueError, match="'bt' is taken by BradleyTerryObjective"):
         register_objective(Other)
     with pytest.raises(TypeError, match="subclass of trl_irl.rewards.RewardObjective"):
         register_objective(object)
@@ -215,3 +215,17 @@ def test_a_plugin_that_is_not_there_is_named_before_anything_runs(tmp_path):
     with pytest.raises(ValueError, match="plugins: no module named 'no_such_plugin'"):
         trl_irl.run("recipe=toy", "plugins=[no_such_plugin]", output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_objective_base_is_neutral_and_its_old_meaning_is_deprecated():
+    from trl_irl.rewards import BradleyTerryObjective
+
+    class NoLoss(RewardObjective):
+        name = "no_loss"
+
+    with pytest.raises(NotImplementedError, match="NoLoss must override loss"):
+        NoLoss().loss(torch.zeros(2), torch.zeros(2), None)
+    with pytest.warns(DeprecationWarning, match="use BradleyTerryObjective"):
+        old = RewardObjective(prefix_weight=0.5)
+    assert type(old) is BradleyTerryObjective and old.prefix_weight == 0.5
+    assert type(make_objective("bt")) is BradleyTerryObjective

@@ -12,6 +12,7 @@ _EXPORTS = {
     "cli": ["Metrics", "run"],
     "rewards": [
         "AIRLObjective",
+        "BradleyTerryObjective",
         "GAILObjective",
         "OnlineRewardUpdater",
         "RewardObjective",

@@ -3,6 +3,7 @@
 from .objectives import (
     OBJECTIVES,
     AIRLObjective,
+    BradleyTerryObjective,
     GAILObjective,
     RewardObjective,
     encode,
@@ -14,6 +15,7 @@ from .saved import SavedReward, load_reward
 
 __all__ = [
     "AIRLObjective",
+    "BradleyTerryObjective",
     "GAILObjective",
     "OBJECTIVES",
     "OnlineRewardUpdater",

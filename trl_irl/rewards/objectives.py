@@ -19,6 +19,8 @@ online IRL drive the reward to about +5 per token, and the policy collapses afte
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -72,9 +74,12 @@ def completion_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
 
 
 class RewardObjective:
-    """Bradley-Terry on a sequence classifier: the default, and the base the other objectives override."""
+    """The base of every objective: how a reward model scores a sequence, learns from (demonstration, sample) pairs
+    and rewards the policy. Its scoring is a sequence classifier's (one score per sequence, the reward as it is); a
+    variant sets ``name`` and overrides ``loss`` (and ``score``, ``reward``, ``model_kind`` where it differs).
+    ``BradleyTerryObjective`` is the default objective."""
 
-    name = "bt"
+    name: str | None = None  # what reward.objective= selects
     model_kind = "classifier"  # what ``models.load_reward_model`` builds for it
     needs_policy = False  # whether scoring needs the current policy's log-probs
     has_prefix_loss = True  # whether ``prefix_weight`` applies (a classifier scores every prefix)
@@ -91,13 +96,25 @@ class RewardObjective:
             )
         self.prefix_weight = prefix_weight
 
+    def __new__(cls, *args, **kwargs):
+        if cls is RewardObjective:  # the name meant Bradley-Terry before it was the base
+            warnings.warn(
+                "RewardObjective() is the objectives' base and no longer Bradley-Terry: use BradleyTerryObjective() "
+                "(this one returns it, for one release)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            cls = BradleyTerryObjective
+        return super().__new__(cls)
+
     # --- the three pieces a variant overrides --------------------------------------------------------------
     def score(self, model, batch, policy=None) -> torch.Tensor:
         """The model's raw output: a scalar per sequence (B,), or AIRL's per-token logits (B, L-1)."""
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits[:, 0]
 
     def loss(self, demo: torch.Tensor, sample: torch.Tensor, batch) -> torch.Tensor:
-        return losses.bradley_terry_loss(demo, sample)
+        """The loss of a batch of demonstration scores against sample scores (each (B,), or (B, L-1) per token)."""
+        raise NotImplementedError(f"{type(self).__name__} must override loss(demo, sample, batch)")
 
     def reward(self, scores: torch.Tensor, batch) -> torch.Tensor:
         """The policy's reward for each sequence (B,)."""
@@ -205,6 +222,15 @@ class RewardObjective:
             )
 
 
+class BradleyTerryObjective(RewardObjective):
+    """Bradley-Terry on a sequence classifier: the demonstration preferred over the sample, -log sigmoid(s_d - s_s)."""
+
+    name = "bt"
+
+    def loss(self, demo, sample, batch):
+        return losses.bradley_terry_loss(demo, sample)
+
+
 class GAILObjective(RewardObjective):
     """Logistic discriminator (demonstrations 1, samples 0); rewards the policy with -log(1 - D)."""
 
@@ -240,7 +266,7 @@ class AIRLObjective(RewardObjective):
 
 
 OBJECTIVES: dict[str, type[RewardObjective]] = {
-    cls.name: cls for cls in (RewardObjective, GAILObjective, AIRLObjective)
+    cls.name: cls for cls in (BradleyTerryObjective, GAILObjective, AIRLObjective)
 }
 
 
