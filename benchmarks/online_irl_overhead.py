@@ -15,7 +15,7 @@ Parts, in the order they run (one torch thread; every ratio is a median over rou
    takes ``--online-updates`` online updates (``reward.online``: batch, learning rate) on the same pairs; after each,
    its pair accuracy on the held-out prompts (demonstration vs a BC sample, ties apart: pairs whose sample equals
    the demonstration are left out), with a paired bootstrap 95% interval of its difference from full depth.
-4. Step time: TRL's ``GRPOTrainer`` on the reward model frozen vs ``OnlineIRLTrainer`` (the reward learning every
+4. Step time: TRL's ``GRPOTrainer`` on the reward model frozen vs ``OnlineRewardGRPOTrainer`` (the reward learning every
    batch) with each setting, 16 completions a step (4 prompts x 4), the recipe's lengths, learning rates and beta;
    arms alternate within each round; ``--steps`` steps per arm per round, the first left out.
    ``ratio_median_of_rounds.online_irl`` is the recipe's default settings against the frozen reward, both in the
@@ -239,7 +239,7 @@ def step_times(
 ) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
-    from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+    from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
     from trl_irl.rewards import make_objective
 
     tok, algo, online = pipe.tokenizer, cfg["algo"], cfg["reward"]["online"]
@@ -282,12 +282,12 @@ def step_times(
 
     def online_irl(setting, bf16):
         def build():
-            return OnlineIRLTrainer(
+            return OnlineRewardGRPOTrainer(
                 model=bc_path,
                 reward_model=reward_model(bc_path, tok, setting),
                 train_dataset=dataset,
                 processing_class=tok,
-                args=OnlineIRLConfig(
+                args=OnlineRewardGRPOConfig(
                     output_dir=str(work / "irl"),
                     bf16=bf16,
                     reward_batch_size=online["batch_size"],

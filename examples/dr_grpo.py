@@ -3,8 +3,8 @@ group standard deviation and with the token losses summed over a constant instea
 
     A_{i,t} = G_{i,t} - mean_{j in group(i)} G_{j,t}
 
-Subclass ``OnlineIRLTrainer`` and override ``compute_advantages``, the one place every estimator is called from (on
-this process's token rewards (B, T), T = 1 with credit=sequence); ``SCALE_REWARDS`` names the TRL ``scale_rewards``
+Subclass ``OnlineRewardGRPOTrainer`` and override ``compute_advantages``, the one place every estimator is called from
+(on this process's token rewards (B, T), T = 1 with credit=sequence); ``SCALE_REWARDS`` names the TRL ``scale_rewards``
 values the estimator honours. The config subclass sets TRL's matching defaults. From the folder holding this file:
 
     trl-irl plugins=[dr_grpo] algo.name=dr_grpo
@@ -12,17 +12,17 @@ values the estimator honours. The config subclass sets TRL's matching defaults. 
 
 from dataclasses import dataclass, field
 
-from trl_irl import OnlineIRLConfig, OnlineIRLTrainer, register_algorithm
+from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer, register_algorithm
 from trl_irl.credit import grpo_advantages
 
 
 @dataclass
-class DrGRPOConfig(OnlineIRLConfig):
+class DrGRPOConfig(OnlineRewardGRPOConfig):
     scale_rewards: str = field(default="none", metadata={"help": "'none' only: no division by a standard deviation."})
     loss_type: str = field(default="dr_grpo", metadata={"help": "TRL's constant-normalised token loss."})
 
 
-class DrGRPOTrainer(OnlineIRLTrainer):
+class DrGRPOTrainer(OnlineRewardGRPOTrainer):
     SCALE_REWARDS = ("none",)
 
     def compute_advantages(self, rewards, mask, output, inputs):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.trainers import ALGORITHMS
 
 
-class ComparingTrainer(OnlineIRLTrainer):
+class ComparingTrainer(OnlineRewardGRPOTrainer):
     """Keeps TRL's advantages and ours for every generation batch."""
 
     def _transform_scored(self, output, inputs):
@@ -39,7 +39,7 @@ def tied_and_unscorable(prompts, completions, **_):
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_grpo_sequence_advantages_are_trls_bit_for_bit(scale, tmp_path, policy_path, tokenizer, demos):
-    args = OnlineIRLConfig(
+    args = OnlineRewardGRPOConfig(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=16,
         num_generations=4,
@@ -79,7 +79,7 @@ def test_every_algorithm_computes_advantages_in_compute_advantages():
         trainer_cls = spec.trainer_cls
         if trainer_cls is TRLRLOOTrainer:  # TRL's RLOO, unchanged: its advantages are TRL's (credit=sequence only)
             continue
-        assert issubclass(trainer_cls, OnlineIRLTrainer), name
-        assert trainer_cls._transform_scored is OnlineIRLTrainer._transform_scored, name
-        own[name] = trainer_cls.compute_advantages is not OnlineIRLTrainer.compute_advantages
+        assert issubclass(trainer_cls, OnlineRewardGRPOTrainer), name
+        assert trainer_cls._transform_scored is OnlineRewardGRPOTrainer._transform_scored, name
+        own[name] = trainer_cls.compute_advantages is not OnlineRewardGRPOTrainer.compute_advantages
     assert own == {"grpo": False, "ppo": True, "rloo_token": True, "remax": True, "reinforce_pp": True}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.models import load_causal_lm, load_reward_model
 from trl_irl.rewards import make_objective
 from trl_irl.rewards.objectives import encode, pair_accuracy
@@ -23,7 +23,7 @@ def args(tmp_path, **overrides):
         report_to="none",
         beta=0.0,
     )
-    return OnlineIRLConfig(**{**values, **overrides})
+    return OnlineRewardGRPOConfig(**{**values, **overrides})
 
 
 def dataset(demos):
@@ -35,7 +35,7 @@ def test_a_reward_model_of_the_wrong_kind_is_refused_at_construction(
     objective, kind, tmp_path, policy_path, tokenizer, demos
 ):
     with pytest.raises(ValueError, match=f"objective='{objective}' scores with"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "never_loaded"),
             reward_model=load_reward_model(policy_path, kind),
             args=args(tmp_path, objective=objective),
@@ -47,7 +47,7 @@ def test_a_reward_model_of_the_wrong_kind_is_refused_at_construction(
 def test_an_in_memory_policy_with_a_kl_term_is_refused(tmp_path, policy_path, tokenizer, demos):
     policy = load_causal_lm(policy_path)
     with pytest.raises(ValueError, match="TRL would load the KL reference from"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=policy,
             reward_model=load_reward_model(policy_path, "classifier"),
             args=args(tmp_path, beta=0.05),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trl_irl import credit
-from trl_irl.trainers import ALGORITHMS, OnlineIRLTrainer
+from trl_irl.trainers import ALGORITHMS, OnlineRewardGRPOTrainer
 from trl_irl.trainers.algorithms import ReinforcePPTrainer, ReMaxTrainer, RLOOTokenTrainer
 from trl_irl.trainers.online_irl import ROW_REWARDS
 from trl_irl.trainers.ppo import PPOTrainer
@@ -129,7 +129,7 @@ def fake_trainer(cls, **args):
 @pytest.mark.parametrize(
     "cls, allowed",
     [
-        (OnlineIRLTrainer, ["group", "batch", "none"]),
+        (OnlineRewardGRPOTrainer, ["group", "batch", "none"]),
         (RLOOTokenTrainer, ["none"]),
         (ReMaxTrainer, ["none"]),
         (ReinforcePPTrainer, ["batch"]),
@@ -160,7 +160,7 @@ def test_the_configs_default_to_the_scaling_their_estimator_takes():
 
 
 def test_normalize_then_sum_refused_on_every_path():
-    trainer, args = fake_trainer(OnlineIRLTrainer, multi_objective_aggregation="normalize_then_sum")
+    trainer, args = fake_trainer(OnlineRewardGRPOTrainer, multi_objective_aggregation="normalize_then_sum")
     for token_level in (True, False):  # sequence credit too: the default run goes through the same seam
         args.token_level = token_level
         with pytest.raises(ValueError, match="multi_objective_aggregation='normalize_then_sum'"):
@@ -168,7 +168,7 @@ def test_normalize_then_sum_refused_on_every_path():
 
 
 def test_unscorable_rows_get_no_reward_share_and_no_advantage():
-    trainer = object.__new__(OnlineIRLTrainer)
+    trainer = object.__new__(OnlineRewardGRPOTrainer)
     nan = float("nan")
     per_func = torch.tensor([[1.0, nan], [nan, nan], [0.5, 2.0], [nan, 1.0]])
     trainer.reward_weights = torch.tensor([1.0, 0.5])
@@ -179,6 +179,6 @@ def test_unscorable_rows_get_no_reward_share_and_no_advantage():
     assert rewards.tolist() == [1.0, 0.0, 1.5, 0.5]
     assert scorable.tolist() == [True, False, True, True]
     trainer.num_generations, trainer.scale_rewards, trainer.args = 4, "none", SimpleNamespace(credit_gamma=1.0)
-    adv = OnlineIRLTrainer.compute_advantages(trainer, rewards[:, None], scorable[:, None].float(), {}, [])
+    adv = OnlineRewardGRPOTrainer.compute_advantages(trainer, rewards[:, None], scorable[:, None].float(), {}, [])
     # the baseline is the mean of the three scorable rows (1.0), not of four with a 0 for the unscorable one
     assert adv[:, 0].tolist() == pytest.approx([0.0, 0.0, 0.5, -0.5])

@@ -14,7 +14,14 @@ import trl_irl
 from trl_irl.evaluation import sample_completions
 from trl_irl.models import load_reward_model
 from trl_irl.rewards import OBJECTIVES, OnlineRewardUpdater, RewardObjective, make_objective, register_objective
-from trl_irl.trainers import ALGORITHMS, CREDITS, OnlineIRLConfig, OnlineIRLTrainer, register_algorithm, register_credit
+from trl_irl.trainers import (
+    ALGORITHMS,
+    CREDITS,
+    OnlineRewardGRPOConfig,
+    OnlineRewardGRPOTrainer,
+    register_algorithm,
+    register_credit,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -164,7 +171,7 @@ def test_a_plugin_algorithm_with_a_critic_runs_through_the_cli_job(examples, tmp
 
 def test_a_spec_still_reads_as_the_old_pair_with_a_warning():
     with pytest.warns(DeprecationWarning, match="AlgorithmSpec"):
-        assert ALGORITHMS["grpo"][1] is OnlineIRLTrainer
+        assert ALGORITHMS["grpo"][1] is OnlineRewardGRPOTrainer
     with pytest.warns(DeprecationWarning):
         config_cls, trainer_cls = ALGORITHMS["ppo"]
     assert (config_cls, trainer_cls) == (trl_irl.PPOConfig, trl_irl.PPOTrainer) and ALGORITHMS["ppo"].critic
@@ -194,7 +201,7 @@ def test_a_registered_credit_is_checked_by_its_flags(examples):
     with pytest.raises(ValueError, match="credit='sequence' is taken"):
         register_credit("sequence")(lambda x: None)
     with pytest.raises(ValueError, match="credit='nope' is unknown"):
-        OnlineIRLConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none", credit="nope")
+        OnlineRewardGRPOConfig(output_dir="/tmp/unused", use_cpu=True, report_to="none", credit="nope")
 
 
 def test_registering_a_taken_name_or_a_wrong_type_is_refused():
@@ -205,10 +212,10 @@ def test_registering_a_taken_name_or_a_wrong_type_is_refused():
         register_objective(Other)
     with pytest.raises(TypeError, match="subclass of trl_irl.rewards.RewardObjective"):
         register_objective(object)
-    with pytest.raises(ValueError, match="algo.name='grpo' is taken by OnlineIRLTrainer"):
-        register_algorithm("grpo", OnlineIRLConfig, type("Mine", (OnlineIRLTrainer,), {}))
+    with pytest.raises(ValueError, match="algo.name='grpo' is taken by OnlineRewardGRPOTrainer"):
+        register_algorithm("grpo", OnlineRewardGRPOConfig, type("Mine", (OnlineRewardGRPOTrainer,), {}))
     with pytest.raises(TypeError, match="config dataclass and a transformers Trainer"):
-        register_algorithm("mine", dict, OnlineIRLTrainer)
+        register_algorithm("mine", dict, OnlineRewardGRPOTrainer)
 
 
 def test_a_plugin_that_is_not_there_is_named_before_anything_runs(tmp_path):
@@ -229,3 +236,13 @@ def test_the_objective_base_is_neutral_and_its_old_meaning_is_deprecated():
         old = RewardObjective(prefix_weight=0.5)
     assert type(old) is BradleyTerryObjective and old.prefix_weight == 0.5
     assert type(make_objective("bt")) is BradleyTerryObjective
+
+
+def test_the_renamed_trainer_and_config_answer_to_their_old_names_with_a_warning():
+    from trl_irl.trainers import OnlineRewardGRPOConfig
+
+    with pytest.warns(DeprecationWarning, match="now OnlineRewardGRPOTrainer"):
+        assert trl_irl.OnlineIRLTrainer is OnlineRewardGRPOTrainer
+    with pytest.warns(DeprecationWarning, match="now OnlineRewardGRPOConfig"):
+        from trl_irl.trainers import OnlineIRLConfig
+    assert OnlineIRLConfig is OnlineRewardGRPOConfig

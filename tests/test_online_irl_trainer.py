@@ -1,4 +1,4 @@
-"""OnlineIRLTrainer: reward state survives checkpoint and resume; bad input stops early with a clear error."""
+"""OnlineRewardGRPOTrainer: reward state survives checkpoint and resume; bad input stops early with a clear error."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_irl import IRLRewardConfig, IRLRewardTrainer, OnlineIRLConfig, OnlineIRLTrainer
+from trl_irl import IRLRewardConfig, IRLRewardTrainer, OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.models import build_char_tokenizer, load_reward_model
 
 
@@ -32,10 +32,10 @@ def make_args(tmp_path, **overrides):
         seed=0,
     )
     values.update(overrides)
-    return OnlineIRLConfig(**values)
+    return OnlineRewardGRPOConfig(**values)
 
 
-def make_trainer(tmp_path, policy_path, tokenizer, demos, cls=OnlineIRLTrainer, **overrides):
+def make_trainer(tmp_path, policy_path, tokenizer, demos, cls=OnlineRewardGRPOTrainer, **overrides):
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     return cls(
         model=policy_path,
@@ -53,7 +53,7 @@ def reward_state(trainer):
     return params, moments, list(u.buffer.items), u.num_updates, u.standardizer.state_dict()
 
 
-class RecordingTrainer(OnlineIRLTrainer):
+class RecordingTrainer(OnlineRewardGRPOTrainer):
     """Records the reward state right after resume loaded it, before training goes on."""
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -102,7 +102,7 @@ def test_missing_column_stops_before_any_model_is_loaded(tmp_path, tokenizer):
     dataset = Dataset.from_list([{"prompt": "A", "answer": "abc"}])
     with pytest.raises(ValueError, match=r"lacks the column\(s\) \['demonstration'\]"):
         # the model path does not exist: validation comes first (a learning reward model needs demonstrations)
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "missing"),
             reward_model=torch.nn.Linear(1, 1),
             args=make_args(tmp_path),
@@ -113,7 +113,7 @@ def test_missing_column_stops_before_any_model_is_loaded(tmp_path, tokenizer):
 
 def test_no_reward_at_all_is_refused(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="no reward"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "missing"),
             reward_model=None,
             args=make_args(tmp_path),
@@ -124,7 +124,7 @@ def test_no_reward_at_all_is_refused(tmp_path, tokenizer):
 
 def test_empty_dataset_names_the_problem(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="train_dataset is empty"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "missing"),
             reward_model=None,
             args=make_args(tmp_path),
@@ -138,7 +138,7 @@ def test_tokenizer_without_pad_token_names_the_fix(tmp_path, task, demos):
     tokenizer.pad_token = None
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match="no pad token.*add_special_tokens"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "missing"),
             reward_model=None,
             args=make_args(tmp_path),
@@ -200,7 +200,7 @@ def test_vllm_with_a_4bit_policy_is_refused_before_any_engine_starts(tmp_path, p
     shared = SharedBase(policy_path, {"r": 4, "alpha": 8}, {"mode": "4bit"}, roles=(REWARD,))
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match=r"use_vllm=true and a bitsandbytes-quantised policy .*trl#4973"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=shared.model,
             reward_model=shared.role(REWARD, "classifier"),
             args=make_args(tmp_path, use_vllm=True),

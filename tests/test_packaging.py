@@ -29,7 +29,7 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
 def test_the_library_imports_without_the_prompt_oirl_extra():
     result = run_python("""
         import trl_irl, trl_irl.cli, trl_irl.pipeline, trl_irl.trainers, trl_irl.compounding.experiment
-        from trl_irl import OnlineIRLTrainer, PPOTrainer, run
+        from trl_irl import OnlineRewardGRPOTrainer, PPOTrainer, run
         print("imported")
     """)
     assert result.returncode == 0 and "imported" in result.stdout, result.stderr[-2000:]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.models import build_char_tokenizer, load_reward_model, save_model, use_distinct_pad
 from trl_irl.plan import load_tokenizer
 from trl_irl.rewards import make_objective
@@ -71,7 +71,7 @@ def test_use_distinct_pad_without_a_spare_token_names_the_fix():
 
 
 def online_args(tmp_path):
-    return OnlineIRLConfig(
+    return OnlineRewardGRPOConfig(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
         num_generations=4,
@@ -87,7 +87,7 @@ def online_args(tmp_path):
 def test_the_trainers_refuse_a_tokenizer_that_pads_with_eos(tmp_path, policy_path, tokenizer, demos, classifier):
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match="processing_class pads with '<eos>'.*use_distinct_pad"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "never_loaded"),
             reward_model=classifier,
             args=online_args(tmp_path),
@@ -111,7 +111,7 @@ def test_a_pad_among_the_generation_configs_eos_ids_is_refused(tmp_path, policy_
     policy.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.pad_token_id]
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     with pytest.raises(ValueError, match=r"one of its EOS ids \[0, 1\]"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=policy,
             reward_model=classifier,
             args=online_args(tmp_path),
@@ -124,7 +124,7 @@ def test_a_classifier_pooling_at_another_id_is_refused_and_an_unset_one_is_set(t
     data = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     classifier.config.pad_token_id = tokenizer.eos_token_id
     with pytest.raises(ValueError, match="reward_model.config.pad_token_id is 1 but its tokenizer pads with id 0"):
-        OnlineIRLTrainer(
+        OnlineRewardGRPOTrainer(
             model=str(tmp_path / "never_loaded"),
             reward_model=classifier,
             args=online_args(tmp_path),

@@ -89,7 +89,7 @@ def test_the_readme_quickstart_runs_as_written_from_the_cli(user_folder):
 
 
 def test_the_guide_python_examples_run_as_written(user_folder):
-    run_python_blocks(GUIDE)  # OnlineIRLTrainer, PPOTrainer, SharedBase: each trains and saves
+    run_python_blocks(GUIDE)  # OnlineRewardGRPOTrainer, PPOTrainer, SharedBase: each trains and saves
     assert (user_folder / "out" / "checkpoint-10").exists() and (user_folder / "out_shared" / "checkpoint-2").exists()
     assert len(blocks(GUIDE, "python")) >= 3
 

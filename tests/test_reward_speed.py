@@ -7,7 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_irl import OnlineIRLConfig, OnlineIRLTrainer, precision
+from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer, precision
 from trl_irl.models import build_tiny_causal_lm, load_reward_model, save_model
 from trl_irl.rewards import OnlineRewardUpdater, make_objective
 from trl_irl.rewards.objectives import encode
@@ -121,7 +121,7 @@ def test_a_bad_number_of_blocks_is_refused_naming_the_key(deep_path, tokenizer, 
 
 def test_the_config_refuses_a_bad_number_of_blocks(tmp_path):
     with pytest.raises(ValueError, match="reward_trainable_layers must be a number of blocks >= 1"):
-        OnlineIRLConfig(output_dir=str(tmp_path), use_cpu=True, reward_trainable_layers=0)
+        OnlineRewardGRPOConfig(output_dir=str(tmp_path), use_cpu=True, reward_trainable_layers=0)
 
 
 def test_the_cli_refuses_more_blocks_than_the_model_has_before_any_training(tmp_path):
@@ -134,12 +134,12 @@ def test_the_cli_refuses_more_blocks_than_the_model_has_before_any_training(tmp_
 
 def test_online_irl_trains_only_the_rewards_top_blocks(deep_path, tokenizer, demos, tmp_path):
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
-    trainer = OnlineIRLTrainer(
+    trainer = OnlineRewardGRPOTrainer(
         model=deep_path,
         reward_model=load_reward_model(deep_path, "classifier", tokenizer.pad_token_id),
         train_dataset=dataset,
         processing_class=tokenizer,
-        args=OnlineIRLConfig(
+        args=OnlineRewardGRPOConfig(
             output_dir=str(tmp_path),
             per_device_train_batch_size=8,
             num_generations=4,
@@ -324,12 +324,12 @@ def test_policy_generation_runs_under_autocast_only_when_bf16(policy_path, token
     monkeypatch.setattr(GRPOTrainer, "_generate", lambda self, prompts: seen.append(torch.is_autocast_enabled("cpu")))
     dataset = Dataset.from_list([{"prompt": d["prompt"], "demonstration": d["completion"]} for d in demos])
     for bf16 in (True, False):
-        trainer = OnlineIRLTrainer(
+        trainer = OnlineRewardGRPOTrainer(
             model=policy_path,
             reward_model=load_reward_model(policy_path, "classifier"),
             train_dataset=dataset,
             processing_class=tokenizer,
-            args=OnlineIRLConfig(
+            args=OnlineRewardGRPOConfig(
                 output_dir=str(tmp_path / str(bf16)),
                 per_device_train_batch_size=8,
                 num_generations=4,

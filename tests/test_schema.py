@@ -8,7 +8,7 @@ import pytest
 from tests.test_recipes import composed
 from trl_irl.plan import RunPlan
 from trl_irl.schema import build_config, check_section, config_paths, config_values, section_paths
-from trl_irl.trainers import ALGORITHMS, IRLRewardConfig, OnlineIRLConfig, PPOConfig
+from trl_irl.trainers import ALGORITHMS, IRLRewardConfig, OnlineRewardGRPOConfig, PPOConfig
 
 CONFIGS = [spec.config_cls for spec in ALGORITHMS.values()] + [IRLRewardConfig]
 
@@ -37,7 +37,7 @@ def test_every_shared_key_is_a_field_and_every_path_is_in_the_config():
 
 def test_a_field_has_one_name_for_one_setting():
     """``prefix_weight`` and ``objective`` are the same fields on the policy's config and the reward trainer's."""
-    policy, reward = config_paths(OnlineIRLConfig), config_paths(IRLRewardConfig)
+    policy, reward = config_paths(OnlineRewardGRPOConfig), config_paths(IRLRewardConfig)
     assert policy["objective"] == reward["objective"] == "reward.objective"
     assert policy["prefix_weight"] == reward["prefix_weight"] == "reward.prefix_weight"
     for cls in CONFIGS:  # each path feeds one field of a config
@@ -66,7 +66,7 @@ def test_the_policy_config_takes_each_value_from_its_path():
     assert (args.objective, args.prefix_weight, args.gae_lambda) == ("gail", 0.5, 0.7)
     assert config_values(PPOConfig, cfg)["reward_update_steps"] == cfg["reward"]["online"]["update_steps"]
     oracle = pipeline.policy_config("oracle", 6)  # no reward model: no credit read from one, no online settings
-    assert oracle.credit == "sequence" and oracle.reward_learning_rate == OnlineIRLConfig.reward_learning_rate
+    assert oracle.credit == "sequence" and oracle.reward_learning_rate == OnlineRewardGRPOConfig.reward_learning_rate
     reward = pipeline.reward_pretrain_config()
     assert (reward.objective, reward.prefix_weight) == ("gail", 0.5)
 
@@ -74,13 +74,13 @@ def test_the_policy_config_takes_each_value_from_its_path():
 def test_errors_name_the_path_written_and_leave_the_prose():
     base = dict(output_dir="/tmp/unused", use_cpu=True, bf16=False, report_to="none")
     with pytest.raises(ValueError, match=r"^reward\.online\.batch_size must be >= 1, got 0$"):
-        build_config(OnlineIRLConfig, {**base, "reward_batch_size": 0}, "algo")
+        build_config(OnlineRewardGRPOConfig, {**base, "reward_batch_size": 0}, "algo")
     with pytest.raises(ValueError, match=r"^algo\.beta must be >= 0, got -1$"):
-        build_config(OnlineIRLConfig, {**base, "beta": -1}, "algo", section_paths("algo", {"beta": -1}))
+        build_config(OnlineRewardGRPOConfig, {**base, "beta": -1}, "algo", section_paths("algo", {"beta": -1}))
     with pytest.raises(ValueError, match=r"^algo: token_kl_coef > 0 needs .*set beta > 0$"):  # prose: no path put in
-        build_config(OnlineIRLConfig, {**base, "token_kl_coef": 0.1}, "algo")
+        build_config(OnlineRewardGRPOConfig, {**base, "token_kl_coef": 0.1}, "algo")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lerning_rate'\] under reward.online: valid keys are"):
-        check_section({"reward": {"online": {"lerning_rate": 1}}}, "reward.online", [OnlineIRLConfig])
+        check_section({"reward": {"online": {"lerning_rate": 1}}}, "reward.online", [OnlineRewardGRPOConfig])
     assert section_paths("algo", {"name": "ppo", "beta": 0, "extra": {"loss_type": "bnpo"}}) == {
         "beta": "algo.beta",
         "loss_type": "algo.extra.loss_type",

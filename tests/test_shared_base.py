@@ -323,7 +323,7 @@ def test_cpu_generation_hands_the_lm_head_a_contiguous_input(policy_path, tokeni
     """pytorch/pytorch#151934: on CPU in bf16 a linear layer on the non-contiguous last-position slice copies the
     head's weight per sequence (+2.1 GB at Qwen2.5-0.5B's head, 8 sequences). Our loader and every trainer's policy
     hand the head a contiguous input; the hook is added once."""
-    from trl_irl import OnlineIRLConfig, OnlineIRLTrainer
+    from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
     from trl_irl.models import contiguous_lm_head_input, load_causal_lm
 
     assert not lm_head_input_is_contiguous(AutoModelForCausalLM.from_pretrained(policy_path))  # the premise
@@ -331,7 +331,7 @@ def test_cpu_generation_hands_the_lm_head_a_contiguous_input(policy_path, tokeni
     assert lm_head_input_is_contiguous(model)
     contiguous_lm_head_input(model)
     assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
-    args = OnlineIRLConfig(
+    args = OnlineRewardGRPOConfig(
         output_dir=str(tmp_path / "run"),
         per_device_train_batch_size=4,
         num_generations=4,
@@ -340,7 +340,7 @@ def test_cpu_generation_hands_the_lm_head_a_contiguous_input(policy_path, tokeni
         bf16=False,
         report_to="none",
     )
-    trainer = OnlineIRLTrainer(
+    trainer = OnlineRewardGRPOTrainer(
         model=policy_path,
         args=args,
         processing_class=tokenizer,

@@ -28,8 +28,8 @@ _EXPORTS = {
         "CREDITS",
         "IRLRewardConfig",
         "IRLRewardTrainer",
-        "OnlineIRLConfig",
-        "OnlineIRLTrainer",
+        "OnlineRewardGRPOConfig",
+        "OnlineRewardGRPOTrainer",
         "PPOConfig",
         "PPOTrainer",
         "ReinforcePPConfig",
@@ -51,6 +51,8 @@ __all__ = sorted(_MODULE_OF)
 def __getattr__(name):
     if name in _MODULE_OF:
         return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    if name in ("OnlineIRLTrainer", "OnlineIRLConfig"):  # renamed: trainers.DEPRECATED says to what, with a warning
+        return getattr(importlib.import_module(".trainers", __name__), name)
     raise AttributeError(f"module 'trl_irl' has no attribute {name!r}")
 
 

@@ -41,7 +41,7 @@ from .schema import build_config, check_fields, check_section, config_paths, con
 from .tasks import make_task
 from .tasks.verifiers import check_on_demonstrations
 from .trainable_layers import check_block_count, num_blocks
-from .trainers import IRLRewardConfig, OnlineIRLConfig, algorithm
+from .trainers import IRLRewardConfig, OnlineRewardGRPOConfig, algorithm
 from .trainers.token_rewards import CREDITS, check_credit
 from .validation import check_ranges, folder_option, id_list, resume_command
 
@@ -130,7 +130,9 @@ class RunPlan:
             if shared:
                 raise ValueError(f"{section}: {sorted(shared)} are set from {sorted(shared.values())}: set them there")
         check_section(cfg, "reward.online", [config_cls])
-        check_section(cfg, "credit", [config_cls, OnlineIRLConfig])  # TRL's RLOO ignores credit_gamma: one reward
+        check_section(
+            cfg, "credit", [config_cls, OnlineRewardGRPOConfig]
+        )  # TRL's RLOO ignores credit_gamma: one reward
         self.arms = self.resolve_arms()
         self.resume_from = self.resolve_resume_from()
         self.check_model_setup()

@@ -2,8 +2,8 @@
 config is said once, on the field.
 
 A section of the Hydra config holds fields of one trainer config as they are: ``algo`` the algorithm's
-(``OnlineIRLConfig`` and its subclasses), ``reward.pretrain`` ``IRLRewardConfig``'s, ``bc.extra`` / ``spin.extra``
-TRL's ``SFTConfig`` / ``DPOConfig``'s. A field set from a shared section names its path in its metadata,
+(``OnlineRewardGRPOConfig`` and its subclasses), ``reward.pretrain`` ``IRLRewardConfig``'s, ``bc.extra`` /
+``spin.extra`` TRL's ``SFTConfig`` / ``DPOConfig``'s. A field set from a shared section names its path in its metadata,
 ``field(..., metadata={"config": "reward.online.learning_rate"})``: ``reward.objective`` feeds every config that has an
 ``objective``, ``credit.*`` the credit fields, ``reward.online.*`` the online reward model's. From that one statement
 the pipeline builds every trainer config (``config_values``), checks each section's keys (``check_section``) and

@@ -275,9 +275,10 @@ def _where(cls) -> tuple[str, str]:
 
 
 def register_objective(cls: type[RewardObjective]) -> type[RewardObjective]:
-    """Make ``reward.objective=<cls.name>`` (and ``OnlineIRLConfig(objective=...)``) use ``cls`` (usable as a class
-    decorator). Subclass ``RewardObjective`` and override ``loss`` (and ``reward``, ``score``, ``model_kind`` if the
-    model is not a sequence classifier); the CLI's ``plugins=[your_module]`` imports the module that registers it."""
+    """Make ``reward.objective=<cls.name>`` (and ``OnlineRewardGRPOConfig(objective=...)``) use ``cls`` (usable as a
+    class decorator). Subclass ``RewardObjective`` and override ``loss`` (and ``reward``, ``score``, ``model_kind`` if
+    the model is not a sequence classifier); the CLI's ``plugins=[your_module]`` imports the module that registers
+    it."""
     if not (isinstance(cls, type) and issubclass(cls, RewardObjective)):
         raise TypeError(f"register_objective takes a subclass of trl_irl.rewards.RewardObjective, got {cls!r}")
     taken = OBJECTIVES.get(getattr(cls, "name", None))

@@ -249,7 +249,7 @@ class OnlineRewardUpdater:
         if not (directory / "state.json").exists():
             raise FileNotFoundError(
                 f"no online reward state in {directory} (expected {STATE_DIR}/state.json in the "
-                "checkpoint): was it written by OnlineIRLTrainer?"
+                "checkpoint): was it written by OnlineRewardGRPOTrainer?"
             )
         missing, unexpected = self.model.load_state_dict(read_safetensors(directory / "model"), strict=False)
         if unexpected or [k for k in missing if not k.endswith("lm_head.weight")]:  # tied heads are not saved

@@ -5,6 +5,8 @@ class, whether it trains a critic. Advantages are computed in each trainer's ``c
 critic), from the pure functions in ``trl_irl/credit``.
 """
 
+import warnings
+
 from .algorithms import (
     ReinforcePPConfig,
     ReinforcePPTrainer,
@@ -14,7 +16,7 @@ from .algorithms import (
     TRLRLOOTrainer,
     UnscaledAdvantagesConfig,
 )
-from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, OnlineRewardMixin
+from .online_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer, OnlineRewardMixin
 from .ppo import PPOConfig, PPOTrainer
 from .registry import ALGORITHMS, AlgorithmSpec, algorithm, register_algorithm
 from .reward_trainer import IRLRewardConfig, IRLRewardTrainer
@@ -30,8 +32,8 @@ __all__ = [
     "register_credit",
     "IRLRewardConfig",
     "IRLRewardTrainer",
-    "OnlineIRLConfig",
-    "OnlineIRLTrainer",
+    "OnlineRewardGRPOConfig",
+    "OnlineRewardGRPOTrainer",
     "OnlineRewardMixin",
     "PPOConfig",
     "PPOTrainer",
@@ -43,3 +45,18 @@ __all__ = [
     "TRLRLOOTrainer",
     "UnscaledAdvantagesConfig",
 ]
+
+
+# the names these classes had before they said what they are; kept, with a warning, for one release
+DEPRECATED = {"OnlineIRLTrainer": "OnlineRewardGRPOTrainer", "OnlineIRLConfig": "OnlineRewardGRPOConfig"}
+
+
+def __getattr__(name):
+    if name in DEPRECATED:
+        warnings.warn(
+            f"trl_irl.{name} is now {DEPRECATED[name]} (the old name goes in the next release)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

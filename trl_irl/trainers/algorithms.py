@@ -1,4 +1,4 @@
-"""Critic-free policy-gradient algorithms: each is ``OnlineIRLTrainer`` with its own ``compute_advantages``.
+"""Critic-free policy-gradient algorithms: each is ``OnlineRewardGRPOTrainer`` with its own ``compute_advantages``.
 
 All take the same reward sources (online IRL, fixed reward model, reward functions) and every token credit; their
 loss is GRPO's token-level clipped surrogate, so (B, T) advantages are used as they are. ``TRLRLOOTrainer`` is TRL's
@@ -15,9 +15,9 @@ from trl import RLOOConfig, RLOOTrainer
 
 from .. import credit as C
 from .online_irl import (
-    OnlineIRLConfig,
-    OnlineIRLTrainer,
     OnlineRewardFields,
+    OnlineRewardGRPOConfig,
+    OnlineRewardGRPOTrainer,
     OnlineRewardMixin,
     check_training_fields,
     sequence_rewards,
@@ -28,8 +28,8 @@ logger = logging.get_logger(__name__)
 
 
 @dataclass
-class UnscaledAdvantagesConfig(OnlineIRLConfig):
-    """OnlineIRLConfig for estimators whose advantage is a plain difference of returns (RLOO, ReMax)."""
+class UnscaledAdvantagesConfig(OnlineRewardGRPOConfig):
+    """OnlineRewardGRPOConfig for estimators whose advantage is a plain difference of returns (RLOO, ReMax)."""
 
     scale_rewards: str = field(
         default="none",
@@ -38,8 +38,8 @@ class UnscaledAdvantagesConfig(OnlineIRLConfig):
 
 
 @dataclass
-class ReinforcePPConfig(OnlineIRLConfig):
-    """OnlineIRLConfig for REINFORCE++; its KL usually goes in the reward (``token_kl_coef``)."""
+class ReinforcePPConfig(OnlineRewardGRPOConfig):
+    """OnlineRewardGRPOConfig for REINFORCE++; its KL usually goes in the reward (``token_kl_coef``)."""
 
     group_baseline: bool = field(
         default=True,
@@ -53,7 +53,7 @@ class ReinforcePPConfig(OnlineIRLConfig):
     )
 
 
-class RLOOTokenTrainer(OnlineIRLTrainer):
+class RLOOTokenTrainer(OnlineRewardGRPOTrainer):
     """RLOO (Ahmadian et al. 2024) with a token-level loss: A_{i,t} = G_{i,t} - mean_{j != i} G_{j,t}, no std scaling.
     Use it for token credit; ``TRLRLOOTrainer`` is TRL's sequence-level RLOO."""
 
@@ -64,7 +64,7 @@ class RLOOTokenTrainer(OnlineIRLTrainer):
         return self.across_processes(lambda g, m: C.rloo_advantages(g, m, self.num_generations), returns, mask)
 
 
-class ReinforcePPTrainer(OnlineIRLTrainer):
+class ReinforcePPTrainer(OnlineRewardGRPOTrainer):
     """REINFORCE++ (Hu 2025): A = whiten_batch(G - b), b the group mean with ``group_baseline`` else 0."""
 
     SCALE_REWARDS = ("batch",)
@@ -75,7 +75,7 @@ class ReinforcePPTrainer(OnlineIRLTrainer):
         return self.across_processes(lambda g, m: C.reinforce_pp_advantages(g, m, group), returns, mask)
 
 
-class ReMaxTrainer(OnlineIRLTrainer):
+class ReMaxTrainer(OnlineRewardGRPOTrainer):
     """ReMax (Li et al. 2024): the baseline is the reward of a greedy completion of the same prompt (one extra greedy
     rollout per prompt group), A_{i,t} = G_{i,t} - G^greedy_{i,t}."""
 

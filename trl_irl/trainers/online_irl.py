@@ -163,7 +163,7 @@ def check_training_fields(config):
 
 
 @dataclass
-class OnlineIRLConfig(OnlineRewardFields, GRPOConfig):
+class OnlineRewardGRPOConfig(OnlineRewardFields, GRPOConfig):
     """GRPOConfig plus the online reward model's and token credit's settings. KL to the initial (BC) policy is
     GRPO's ``beta`` (a loss term); ``token_kl_coef`` puts a per-token KL penalty in the reward instead."""
 
@@ -377,7 +377,7 @@ class OnlineRewardMixin:
 
     def _transform_scored(self, output: dict, inputs: list[dict]) -> dict:
         """Runs after TRL scored the batch and before the reward model learns from it (so token credit reads the
-        same reward model that scored the batch). Identity here; ``OnlineIRLTrainer`` puts advantages in."""
+        same reward model that scored the batch). Identity here; ``OnlineRewardGRPOTrainer`` puts advantages in."""
         return output
 
     # --- hooks ------------------------------------------------------------------------------------------------
@@ -488,8 +488,10 @@ def sequence_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     return (per_func * weights.to(per_func.device)).nansum(dim=1)
 
 
-class OnlineIRLTrainer(OnlineRewardMixin, GRPOTrainer):
-    """GRPO with an online-IRL (or fixed) reward and token-level credit; the base of our other algorithms.
+class OnlineRewardGRPOTrainer(OnlineRewardMixin, GRPOTrainer):
+    """GRPO on our reward source (``OnlineRewardMixin``: a reward model that keeps learning from demonstrations, or a
+    fixed one, and/or reward functions such as the oracle's verifier), with token-level credit; the base of our other
+    algorithms.
 
     Every run's advantages come from ``compute_advantages``, the default's included: with ``credit=sequence`` the
     returns are the sequence rewards (B, 1) and GRPO's estimator gives TRL's own advantages bit for bit; with token

@@ -31,14 +31,14 @@ from ..batching import all_reduce_mean_, by_rows, model_inputs, prompt_completio
 from ..checkpoints import atomic_directory, read_safetensors
 from ..rewards.losses import masked_mean
 from ..shared_base import AdapterRole, adapter_scope, trainable_parameters
-from .online_irl import OnlineIRLConfig, OnlineIRLTrainer, deepspeed_stage
+from .online_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer, deepspeed_stage
 
 CRITIC_DIR = "critic"
 
 
 @dataclass
-class PPOConfig(OnlineIRLConfig):
-    """OnlineIRLConfig plus the critic's settings. GAE's gamma is ``credit_gamma``."""
+class PPOConfig(OnlineRewardGRPOConfig):
+    """OnlineRewardGRPOConfig plus the critic's settings. GAE's gamma is ``credit_gamma``."""
 
     gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda: 1 = Monte-Carlo returns, 0 = one-step TD."})
     vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss in the total loss."})
@@ -102,15 +102,15 @@ def build_critic(policy: torch.nn.Module, path: str | None = None) -> torch.nn.M
     return critic.to(next(policy.parameters()).device)
 
 
-class PPOTrainer(OnlineIRLTrainer):
+class PPOTrainer(OnlineRewardGRPOTrainer):
     """PPO with a separate critic and GAE over token rewards from any credit source (``credit=sequence``: the
     reward on the last token). Takes the same reward sources as every trainer here."""
 
     SCALE_REWARDS = ("none",)  # GAE's advantages are normalised by whiten_advantages
 
     def __init__(self, model, reward_model=None, args=None, *, critic=None, **kwargs):
-        """As ``OnlineIRLTrainer``; ``critic``: the value model (None: one built from the policy, ``build_critic``),
-        an ``AdapterRole`` on a shared base under DeepSpeed."""
+        """As ``OnlineRewardGRPOTrainer``; ``critic``: the value model (None: one built from the policy,
+        ``build_critic``), an ``AdapterRole`` on a shared base under DeepSpeed."""
         deepspeed = deepspeed_stage(args) is not None
         if deepspeed and not isinstance(critic, AdapterRole):
             raise ValueError(
@@ -138,7 +138,8 @@ class PPOTrainer(OnlineIRLTrainer):
         """GAE on the critic's values V(s_t), whitened over the batch; also leaves in ``output`` what the value loss
         needs: the critic's targets (returns; V itself on masked rows, so they add no loss) and V at sampling time.
 
-        Args / Returns: as ``OnlineIRLTrainer.compute_advantages``, rewards always (B, T) (``PPOConfig.token_level``).
+        Args / Returns: as ``OnlineRewardGRPOTrainer.compute_advantages``, rewards always (B, T)
+        (``PPOConfig.token_level``).
         """
         with torch.no_grad():  # per micro-batch, as TRL's log-probs
             values = self.values(self.critic, output, self.args.per_device_train_batch_size)

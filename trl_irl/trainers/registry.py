@@ -20,7 +20,7 @@ from .algorithms import (
     TRLRLOOTrainer,
     UnscaledAdvantagesConfig,
 )
-from .online_irl import OnlineIRLConfig, OnlineIRLTrainer
+from .online_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from .ppo import PPOConfig, PPOTrainer
 
 
@@ -38,7 +38,7 @@ class AlgorithmSpec:
             ``peft=lora``); None: it can.
         check_settings: ``(config) -> None``, raising on settings the trainer's advantages cannot honour (which
             ``scale_rewards``), called at start-up before any model loads; None: the config's own checks suffice.
-            Defaults to the trainer's ``check_advantage_settings`` (every ``OnlineIRLTrainer`` has one).
+            Defaults to the trainer's ``check_advantage_settings`` (every ``OnlineRewardGRPOTrainer`` has one).
     """
 
     config_cls: type
@@ -48,7 +48,7 @@ class AlgorithmSpec:
     check_settings: Callable | None = None
 
     def __post_init__(self):
-        if self.check_settings is None and issubclass(self.trainer_cls, OnlineIRLTrainer):
+        if self.check_settings is None and issubclass(self.trainer_cls, OnlineRewardGRPOTrainer):
             object.__setattr__(self, "check_settings", self.trainer_cls.check_advantage_settings)
 
     def __iter__(self):  # ``config_cls, trainer_cls = ALGORITHMS[name]``: the registry's entries were pairs
@@ -65,7 +65,7 @@ class AlgorithmSpec:
 
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "grpo": AlgorithmSpec(OnlineIRLConfig, OnlineIRLTrainer),
+    "grpo": AlgorithmSpec(OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer),
     "rloo": AlgorithmSpec(
         TRLRLOOConfig,
         TRLRLOOTrainer,
@@ -96,16 +96,16 @@ def register_algorithm(
     check_settings: Callable | None = None,
 ):
     """Make ``algo.name=<name>`` train with ``trainer_cls`` configured by ``config_cls`` (its fields are what the
-    ``algo`` group may set); the keywords are ``AlgorithmSpec``'s. The usual extension subclasses ``OnlineIRLTrainer``
-    (or ``PPOTrainer``, with ``critic=True``) and overrides ``compute_advantages``, the one seam every estimator goes
-    through; ``SCALE_REWARDS`` says which TRL ``scale_rewards`` it honours. The CLI's ``plugins=[your_module]``
-    imports the module that registers it. Returns ``trainer_cls``."""
+    ``algo`` group may set); the keywords are ``AlgorithmSpec``'s. The usual extension subclasses
+    ``OnlineRewardGRPOTrainer`` (or ``PPOTrainer``, with ``critic=True``) and overrides ``compute_advantages``, the one
+    seam every estimator goes through; ``SCALE_REWARDS`` says which TRL ``scale_rewards`` it honours. The CLI's
+    ``plugins=[your_module]`` imports the module that registers it. Returns ``trainer_cls``."""
     if not (
         dataclasses.is_dataclass(config_cls) and isinstance(trainer_cls, type) and issubclass(trainer_cls, Trainer)
     ):
         raise TypeError(
             f"register_algorithm({name!r}, ...) takes a config dataclass and a transformers Trainer "
-            f"subclass (e.g. of trl_irl.OnlineIRLTrainer), got {config_cls!r} and {trainer_cls!r}"
+            f"subclass (e.g. of trl_irl.OnlineRewardGRPOTrainer), got {config_cls!r} and {trainer_cls!r}"
         )
     spec = AlgorithmSpec(config_cls, trainer_cls, critic, full_models_only, check_settings)
     taken = ALGORITHMS.get(name)

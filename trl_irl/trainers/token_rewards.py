@@ -161,7 +161,7 @@ def airl_credit(x: TokenRewardInputs) -> torch.Tensor:
 
 def check_credit(name: str, objective, *, has_reward_model: bool, beta: float, same_tokenizer: bool):
     """Fail before training when a credit source cannot work with this reward setup; the error says the fix. (An
-    unknown name is the trainer config's to refuse: ``OnlineIRLConfig``.)"""
+    unknown name is the trainer config's to refuse: ``OnlineRewardGRPOConfig``.)"""
     source = CREDITS[name]
     if source.reward_model is not None:
         if not has_reward_model:
