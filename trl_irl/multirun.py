@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from .results import finish
+from .run_folder import key_of
+from .statistics import over_seeds
 
 REFUSED = "refused.txt"  # in a multirun's job folder: its config was refused (trl_irl.cli.refuse), and why
 
@@ -52,8 +54,6 @@ def multirun_rows(sweep_dir: Path) -> list[dict]:
 def seed_groups(rows: list[dict]) -> list[dict]:
     """The finished jobs grouped by their overrides other than ``seed=``: per group its seeds and, for every metric
     of the rows, the mean, standard deviation and 95% t interval over the seeds (``statistics.over_seeds``)."""
-    from .run_folder import key_of
-    from .statistics import over_seeds
 
     groups: dict[str, list[dict]] = {}
     for row in rows:

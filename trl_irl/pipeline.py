@@ -49,7 +49,7 @@ def train_and_evaluate(plan: RunPlan, runner: StageRunner) -> Path:
     log_history = []  # the online-IRL arm's, for the plot
     for arm in [a for a in plan.arms if a != "bc"]:
         with runner.timing(arm):
-            if runner.reuses(arm):
+            if runner.reuse_finished(arm):
                 continue
             if arm == plan.algo:  # online IRL: a reward pretrained on BC's samples, then learning beside the policy
                 with runner.timing("reward_pretrain", header=False):

@@ -42,7 +42,7 @@ from .tasks import make_task
 from .tasks.verifiers import check_on_demonstrations
 from .trainable_layers import check_block_count, num_blocks
 from .trainers import IRLRewardConfig, OnlineRewardGRPOConfig, algorithm
-from .trainers.token_rewards import CREDITS, check_credit
+from .trainers.token_rewards import check_credit
 from .validation import check_ranges, folder_option, id_list, resume_command
 
 
@@ -383,10 +383,8 @@ class RunPlan:
         a.pop("name")
         extra = a.pop("extra")
         shared = config_values(cls, self.cfg)  # reward.objective / prefix_weight, credit.*, reward.online.*
-        if stage == "oracle":  # the verifier is a reward function: no reward model to learn or read credit from
-            shared = {k: v for k, v in shared.items() if not config_paths(cls)[k].startswith("reward.online.")}
-            if "credit" in shared and CREDITS[shared["credit"]].reward_model is not None:
-                shared["credit"] = "sequence"
+        if stage == "oracle":
+            shared = self.spec.oracle_values(shared)
         return build_config(
             cls,
             {

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .models import load_causal_lm, load_reward_model, save_model
+from .models import load_causal_lm, load_reward_model, lora_config, save_model
+from .rewards.saved import write_card
 from .shared_base import CRITIC, POLICY, REWARD, AdapterRole, SharedBase, export_merged_policy, load_role
 
 
@@ -41,7 +42,6 @@ class Roles:
         (so the CPU 4-bit fix applies) with the adapter for TRL to add."""
         if not self.lora:
             return self.init_path, {}
-        from .models import lora_config
 
         return load_causal_lm(self.init_path, self.quant), {"peft_config": lora_config(self.peft)}
 
@@ -112,7 +112,6 @@ class Roles:
         tokenizer, and the card ``trl_irl.load_reward`` reads (``rewards/saved.py``): ``objective``, ``start`` (the
         policy the reward was built from: a role's adapter is configured as its adapter), and ``policy``, the folder
         of the policy AIRL's reward reads log pi from."""
-        from .rewards.saved import write_card
 
         if self.lora:
             reward.save_pretrained(directory)

@@ -21,12 +21,16 @@ import contextlib
 import datetime
 import json
 import os
+import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
+import yaml
+
 from .checkpoints import atomic_write_text, read_json
-from .validation import lookup
+from .validation import folder_option, lookup, resume_command
 
 LOCK = ".trl_irl.lock"
 STAGE_CONFIG = "stage_config.json"
@@ -98,7 +102,6 @@ RUN_KEYS = ("resume", "resume_from", "retrain_changed", "output_dir")  # how one
 def write_record(out: Path, overrides: list[str], cfg: dict):
     """What Hydra writes as a CLI job starts, for a run started from Python: ``.hydra/overrides.yaml`` (the
     overrides a resume composes the config from again) and ``.hydra/config.yaml`` (the config, to read)."""
-    import yaml
 
     atomic_write_text(out / RECORD, yaml.safe_dump([o for o in overrides if key_of(o) != "output_dir"]))
     atomic_write_text(out / RECORD.with_name("config.yaml"), yaml.safe_dump(cfg, sort_keys=False))
@@ -113,7 +116,6 @@ def resume_overrides(out: Path, given: list[str]) -> list[str]:
     """The overrides a resumed run composes its config from: those the run in ``out`` was started with (its
     ``RECORD``; none where there is no record), less any whose key a ``given`` one sets, then the ``given`` ones. A
     given ``key=value`` whose recorded one was added with ``+`` keeps the ``+``."""
-    import yaml
 
     path = Path(out) / RECORD
     recorded = yaml.safe_load(path.read_text()) if path.exists() else []
@@ -135,11 +137,6 @@ def resumable(out: Path):
     SIGTERM), so the lock is released and files are left as a crash leaves them (checkpoints are written as a unit: a
     torn one is set aside on resume). Either prints one line with the exact command that resumes the run (on the main
     process), then the interrupt goes on up."""
-    import signal
-    import sys
-    import threading
-
-    from .validation import resume_command
 
     def terminate(signum, frame):
         TERMINATING.set()
@@ -204,7 +201,6 @@ def check_resume(out: Path, stages: list[str], cfg: dict, algo: str, *, retrain_
     """Before a resumed run reuses anything (reads only): every stage folder in ``out`` must have been trained under the
     config this run gives it. A differing stage is refused (the error lists the keys) unless ``retrain_changed``.
     Returns (the stages reused or continued, the stages to train again)."""
-    from .validation import folder_option
 
     changed, reused = {}, []
     for stage in stages:
@@ -300,7 +296,6 @@ class RunLock:
         self.path.unlink(missing_ok=True)
 
     def _refuse(self, owner: dict):
-        from .validation import folder_option
 
         pid, host = owner.get("pid"), owner.get("host")
         if not owner:  # unreadable: a run is writing it this instant, or it is damaged

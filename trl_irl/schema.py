@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 
-from .validation import lookup
+from .validation import check_types, lookup
 
 
 def config_paths(cls) -> dict[str, str]:
@@ -71,9 +72,6 @@ def build_config(cls, values: dict, where: str, paths: dict[str, str] | None = N
     checks (TRL's, ours) name the config path the user wrote: a field set from a shared section by its path
     (``reward_learning_rate`` as ``reward.online.learning_rate``), one from an open section by the path in ``paths``
     (``section_paths``), else the message says ``where``."""
-    import typing
-
-    from .validation import check_types
 
     check_fields(cls, values, where)
     named = {**(paths or {}), **config_paths(cls)}

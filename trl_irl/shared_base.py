@@ -28,7 +28,9 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
+from .checkpoints import atomic_directory, read_safetensors
 from .models import load_causal_lm, lora_config
 
 POLICY, REWARD, CRITIC = "default", "reward", "critic"
@@ -170,7 +172,6 @@ class AdapterRole(torch.nn.Module):
 
     def save_pretrained(self, directory, safe_serialization: bool = True):
         """This role's adapter and head as one safetensors file (keys as in ``state_dict()``)."""
-        from safetensors.torch import save_file
 
         Path(directory).mkdir(parents=True, exist_ok=True)
         save_file(
@@ -228,7 +229,6 @@ def copy_adapter(peft_model, source: str, target: str):
 
 def load_role(role: AdapterRole, directory):
     """Load what ``AdapterRole.save_pretrained`` wrote, in place (the shared base's parameters are updated)."""
-    from .checkpoints import read_safetensors
 
     weights = read_safetensors(directory)
     if not weights:
@@ -245,7 +245,6 @@ def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=No
 
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, trust_remote_code=False)
     merged = PeftModel.from_pretrained(base, adapter_dir, adapter_name=POLICY).merge_and_unload()
-    from .checkpoints import atomic_directory
 
     with atomic_directory(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

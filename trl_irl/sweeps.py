@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .checkpoints import atomic_write_text
 from .config import CONF_DIR, check
 
 SWEEP_DIR = CONF_DIR / "recipe" / "sweeps"
@@ -108,7 +109,6 @@ def main(argv: list[str]) -> int:
     spec = with_values(load(name), rest)
     count = check_runs(spec, name)
     out = out or Path(f"{Path(name).stem}.sweep.yaml")
-    from .checkpoints import atomic_write_text
 
     atomic_write_text(out, yaml.safe_dump(spec, sort_keys=False))
     print(f"checked the sweep's {count} run(s): each passes the checks a run makes before it loads a model")

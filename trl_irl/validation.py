@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
+import re
 import shlex
+import types
+import typing
 from collections.abc import Callable
 
 
@@ -56,7 +60,6 @@ def shell_word(text: str) -> str:
 def override_value(text: str) -> str:
     """``text`` as the value of a Hydra override: as it is where Hydra's grammar reads it so, else quoted (Hydra reads
     ``( ) [ ] { } , = '`` and spaces as syntax)."""
-    import re
 
     if re.fullmatch(r"[\w./~:+@%-]+", text):
         return text
@@ -186,7 +189,6 @@ def check_unknown_keys(cfg: dict, schema: dict, source=lambda path: "", open_sec
     """Every key of ``cfg`` must be in ``schema`` (the same config groups without recipe or overrides), except
     inside ``open_sections``. The error names the key as written, where it came from (``source(path)``) and the
     nearest valid key."""
-    import difflib
 
     known = set(_paths(schema))
     for path in _paths(cfg):
@@ -271,8 +273,6 @@ def number_kind(annotation) -> str | None:
     """What a field annotated ``annotation`` must hold when it is a number or a switch: ``"an integer"``, ``"a
     number"`` or ``"true or false"`` (``None`` allowed beside it where the annotation says so); None for anything
     else (text, containers, unions with text: their own checks read them)."""
-    import types
-    import typing
 
     args = (
         set(typing.get_args(annotation))

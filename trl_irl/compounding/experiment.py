@@ -39,10 +39,12 @@ import numpy as np
 import torch
 
 from ..results import finish
+from ..statistics import interval, resample_indices
 from ..tasks import AutomatonTask
 from ..validation import refusing
 from . import arms as A
 from .env import Automaton, GRUPolicy, metrics
+from .report import write_report
 
 ARMS = (
     "bc",
@@ -221,7 +223,6 @@ def fit_exponent(horizons, costs) -> float:
 
 def bootstrap_ci(per_seed: np.ndarray, statistic, n: int, seed: int = 0) -> tuple[float, float]:
     """95% percentile interval of ``statistic(rows)`` over resamples (with replacement) of the rows of ``per_seed``."""
-    from ..statistics import interval, resample_indices
 
     low, high = interval(
         np.array([statistic(per_seed[rows]) for (rows,) in resample_indices((len(per_seed),), n, seed)])
@@ -488,7 +489,6 @@ def run(study: StudyConfig, mode: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     result = run_study(study, jobs_dir=out / "jobs")  # rerun into the same folder to resume a stopped study
     result["mode"] = mode
-    from .report import write_report
 
     return finish(
         result, out / "compounding_error.json", lambda r, path: write_report(r, path.with_suffix(".md")), indent=1

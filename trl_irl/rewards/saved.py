@@ -27,6 +27,11 @@ import json
 import os
 from pathlib import Path
 
+from ..checkpoints import atomic_write_text, read_json
+from ..models import load_causal_lm, load_reward_model
+from ..shared_base import REWARD, SharedBase, load_role
+from .objectives import make_objective
+
 CARD = "trl_irl_reward.json"
 
 
@@ -34,7 +39,6 @@ def write_card(directory: str | Path, objective, policy: str | Path | None, lora
     """``CARD`` in ``directory``: the objective, the policy AIRL's reward reads log pi from, and with LoRA
     (``{"base", "start", "peft", "quant"}``) the base model, the policy adapter the reward role was built from, and
     the settings the role is rebuilt with. Paths are stored relative to ``directory``."""
-    from ..checkpoints import atomic_write_text
 
     directory = Path(directory)
 
@@ -81,10 +85,6 @@ def load_reward(path: str | Path, device=None) -> SavedReward:
     it reads log pi from."""
     from transformers import AutoTokenizer
 
-    from ..checkpoints import read_json
-    from ..models import load_causal_lm, load_reward_model
-    from .objectives import make_objective
-
     path = Path(path)
     if not (path / CARD).exists():
         raise FileNotFoundError(
@@ -100,8 +100,6 @@ def load_reward(path: str | Path, device=None) -> SavedReward:
         policy = None if policy_path is None else load_causal_lm(policy_path, device=device).eval()
         return SavedReward(model, tokenizer, objective, policy)
     from peft import PeftModel
-
-    from ..shared_base import REWARD, SharedBase, load_role
 
     lora = card["lora"]  # rebuilt as the run's evaluation built it (roles.Roles.evaluation_models, load_policy)
     base_path = str((path / lora["base"]).resolve())

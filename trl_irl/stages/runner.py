@@ -63,9 +63,9 @@ class StageRunner:
         self.state.wait_for_everyone()
         return result
 
-    def reuses(self, stage: str) -> bool:
-        """Whether a resumed run reuses ``stage`` as an earlier run finished it (and says so: its header would stand
-        alone on the console)."""
+    def reuse_finished(self, stage: str) -> bool:
+        """True when a resumed run finds ``stage`` finished by an earlier run: it says so (the stage's header would
+        stand alone on the console) and the stage is reused, not trained."""
         final = self.plan.final_dir(stage)
         reused = self.plan.cfg["resume"] and (final / "DONE").exists()
         if reused and self.state.is_main_process:

@@ -38,7 +38,7 @@ def behaviour_cloning(ctx: Context) -> str:
     """BC on the training rows (TRL's SFTTrainer), early-stopped on the validation loss; the best epoch's model is
     saved as ``bc/final``, every other arm's start. Returns that folder."""
     plan, runner = ctx.plan, ctx.runner
-    if runner.reuses("bc"):
+    if runner.reuse_finished("bc"):
         return str(plan.final_dir("bc"))
     runner.begin("bc")
     model, peft = ctx.roles.bc_model()
@@ -69,7 +69,7 @@ def reward_pretraining(ctx: Context, bc: str):
     the training rows and scored on the validation rows. Returns it (reloaded when a resumed run finished it)."""
     plan, runner = ctx.plan, ctx.runner
     kind = plan.objective.model_kind
-    if runner.reuses("reward_pretrain"):
+    if runner.reuse_finished("reward_pretrain"):
         return ctx.roles.reward(bc, kind, saved=plan.final_dir("reward_pretrain"))
     reward = ctx.roles.reward(bc, kind)
     runner.begin("reward_pretrain")

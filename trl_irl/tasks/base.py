@@ -19,8 +19,13 @@ Write your own by subclassing ``Task`` (``data`` is the one method you must writ
 
 from __future__ import annotations
 
+import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from ..validation import check_types
+from .verifiers import import_callable
 
 
 @dataclass
@@ -108,7 +113,6 @@ def register_task(name: str, factory: Callable[..., Task] | None = None):
 
 def make_task(task_cfg: dict) -> Task:
     """The task ``task.name`` names, built from the rest of the ``task`` group; errors name the config key."""
-    from .verifiers import import_callable
 
     cfg = dict(task_cfg)
     name = str(cfg.pop("name"))
@@ -118,10 +122,6 @@ def make_task(task_cfg: dict) -> Task:
             f"task.name={name!r} is unknown: choose one of {sorted(TASKS)}, or <module>:<function> "
             "for a task of your own (see trl_irl.tasks.register_task)"
         )
-    import inspect
-    import typing
-
-    from ..validation import check_types
 
     try:  # a field typed as a number or a switch must hold one ("10%" for a float is refused with the fix)
         hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)

@@ -18,6 +18,8 @@ import random
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from .base import Task, TaskData
 from .verifiers import make_verifier
 
@@ -456,7 +458,7 @@ class DatasetTask(Task):
     def alphabet(self) -> list[str]:
         """Every character of the file's prompts and demonstrations (and of the chat template a character
         tokenizer renders messages with): what the tiny model's tokenizer is built from."""
-        from ..models import CHAR_CHAT_LITERALS
+        from ..models import CHAR_CHAT_LITERALS  # models imports transformers: reading a task's rows stays light
 
         chars = set(CHAR_CHAT_LITERALS) if self.chat else set()
         for r in self.all_rows + self.rollout_rows:
@@ -509,8 +511,6 @@ class DatasetTask(Task):
         """With ``max_completion_length`` left to the longest demonstration, a few demonstrations far longer than the
         rest (over ``factor`` x the 99th percentile of lengths in tokens, and over ``floor``) would make every sample
         of every step that long: refused with their count and the limit that cuts them."""
-        import numpy as np
-
         typical = float(np.percentile(lengths, 99, method="lower"))  # a length some demonstration has
         long = sorted(n for n in lengths if n > max(factor * typical, floor))
         if long:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from transformers import Trainer
 
+from ..schema import config_paths
 from .algorithms import (
     ReinforcePPConfig,
     ReinforcePPTrainer,
@@ -22,6 +23,7 @@ from .algorithms import (
 )
 from .online_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from .ppo import PPOConfig, PPOTrainer
+from .token_rewards import CREDITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,9 @@ class AlgorithmSpec:
             ``peft=lora``); None: it can.
         check_settings: ``(config) -> None``, raising on settings the trainer's advantages cannot honour (which
             ``scale_rewards``), called at start-up before any model loads; None: the config's own checks suffice.
-            Defaults to the trainer's ``check_advantage_settings`` (every ``OnlineRewardGRPOTrainer`` has one).
+            Defaults to the trainer's ``check_advantage_settings`` (every ``OnlineRewardGRPOTrainer`` has one). The
+            credits an algorithm takes are its config's to refuse (``TRLRLOOConfig``: sequence only).
+    ``oracle_values`` says what the oracle arm changes in the config.
     """
 
     config_cls: type
@@ -50,6 +54,17 @@ class AlgorithmSpec:
     def __post_init__(self):
         if self.check_settings is None and issubclass(self.trainer_cls, OnlineRewardGRPOTrainer):
             object.__setattr__(self, "check_settings", self.trainer_cls.check_advantage_settings)
+
+    def oracle_values(self, values: dict) -> dict:
+        """The oracle arm's values of the config fields set from shared sections (``values``: field -> value, as
+        online IRL's arm takes them): the verifier is a reward function, so no reward model's settings
+        (``reward.online.*``) and, where the credit reads a reward model, sequence credit. A spec whose oracle
+        differs overrides this."""
+        paths = config_paths(self.config_cls)
+        values = {k: v for k, v in values.items() if not paths[k].startswith("reward.online.")}
+        if "credit" in values and CREDITS[values["credit"]].reward_model is not None:
+            values["credit"] = "sequence"
+        return values
 
     def __iter__(self):  # ``config_cls, trainer_cls = ALGORITHMS[name]``: the registry's entries were pairs
         warnings.warn(
