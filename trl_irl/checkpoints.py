@@ -79,6 +79,15 @@ def read_safetensors(directory: str | Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def load_weights(module: torch.nn.Module, directory: str | Path, writer: str):
+    """``module``'s weights from the safetensors in ``directory``, in place; a folder without any names ``writer``,
+    what should have written them."""
+    weights = read_safetensors(directory)
+    if not weights:
+        raise FileNotFoundError(f"no weights in {directory}: was it written by {writer}?")
+    module.load_state_dict(weights)
+
+
 def read_json(path: str | Path) -> dict:
     """A JSON file, its path named when it cannot be parsed."""
     path = Path(path)

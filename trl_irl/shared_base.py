@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoints import atomic_directory, read_safetensors
+from .checkpoints import atomic_directory, load_weights
 from .models import load_causal_lm, lora_config
 
 POLICY, REWARD, CRITIC = "default", "reward", "critic"
@@ -230,10 +230,7 @@ def copy_adapter(peft_model, source: str, target: str):
 def load_role(role: AdapterRole, directory):
     """Load what ``AdapterRole.save_pretrained`` wrote, in place (the shared base's parameters are updated)."""
 
-    weights = read_safetensors(directory)
-    if not weights:
-        raise FileNotFoundError(f"no role weights in {directory}: was it written by AdapterRole.save_pretrained?")
-    role.load_state_dict(weights)
+    load_weights(role, directory, "AdapterRole.save_pretrained")
 
 
 def export_merged_policy(base_path: str, adapter_dir: str, out_dir, tokenizer=None, dtype="auto") -> str:

@@ -96,7 +96,8 @@ class StudyConfig:
     rare_states: int = 4
     """Sub-automaton size of the ``rare`` task."""
     rare_prob: float = 0.01
-    """The expert's door probability per main state (``rare`` task)."""
+    """The expert's door probability per main state (``rare`` task), half the task's default: the rarer the door,
+    the fewer demonstrations show the sub-automaton that BC must then act in unseen."""
     rare_exit_prob: float = 0.02
     """The expert's probability of leaving the sub-automaton per step: small = sticky (``rare`` task)."""
     start_states: int = 1
@@ -104,10 +105,8 @@ class StudyConfig:
     start state, position 0 has the fewest examples per context (N / 12) and BC's first-step leak (about 0.18 at
     N=200) dominates short horizons, which hides how the error rate evolves along the rollout."""
     hidden: dict = field(default_factory=lambda: {"realisable": 32, "small": 16})
-    """GRU width per capacity. Measured (BC on 200 demonstrations, held-out NLL per token on 2000 expert rollouts,
-    goal setting, seeds 0 / 1; expert 1.151 / 1.089): width 8 1.479 / 1.235, 16 1.282 / 1.170, 32 1.265 / 1.155,
-    64 1.268 / 1.160. 32 fits as well as 64 (realisable up to the data's own error); 16 is a little short; 8 is so
-    short that even oracle RL fails on one seed of two."""
+    """GRU width per capacity: 32 fits the expert as well as 64 does (realisable), 16 a little short of it (BC's
+    held-out NLL per width: docs/compounding_error_study.md, "The two capacities")."""
     reward_capacity: str = "realisable"
     """Width of the online-IRL reward model (AIRL's discriminator, the Bradley-Terry scorer): a ``hidden`` level, or
     ``policy`` for the policy's own width. A reward model is only trained, never deployed, so it may be larger than

@@ -57,16 +57,38 @@ def check_trainable_layers(value, name: str):
 
 
 @dataclass
-class OnlineRewardFields:
-    """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
+class ObjectiveFields:
+    """The reward model's objective, shared by the configs that train one: reward pretraining's and every policy
+    trainer's (listed before the TRL config it extends). Checks that the objective exists, and that bf16 has a GPU
+    or a CPU with bf16 instructions, before the TRL config's own checks."""
 
     objective: str = field(
         default="bt",
         metadata={
             "config": "reward.objective",
-            "help": "IRL loss of the online reward updates: 'bt', 'gail' or 'airl'.",
+            "help": "IRL loss of the reward model, in pretraining and online updates: 'bt' (Bradley-Terry), 'gail' "
+            "(logistic discriminator) or 'airl' (per-token f - log pi).",
         },
     )
+    prefix_weight: float = field(
+        default=0.0,
+        metadata={
+            "config": "reward.prefix_weight",
+            "help": "Weight of the reward loss on every pair of prefixes (bt, gail): trains the scores that "
+            "credit=redistribution reads at intermediate tokens (objectives.RewardObjective.prefix_pair_loss).",
+        },
+    )
+
+    def __post_init__(self):
+        no_bf16_without_gpu(self)
+        super().__post_init__()
+        make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
+
+
+@dataclass
+class OnlineRewardFields(ObjectiveFields):
+    """The online reward model's settings, shared by every trainer config (listed before the TRL config it extends)."""
+
     demonstration_column: str = field(
         default="demonstration",
         metadata={
@@ -115,14 +137,6 @@ class OnlineRewardFields:
             "from.",
         },
     )
-    prefix_weight: float = field(
-        default=0.0,
-        metadata={
-            "config": "reward.prefix_weight",
-            "help": "Weight of the reward loss on every pair of prefixes (bt, gail): trains the scores that "
-            "credit=redistribution reads at intermediate tokens (objectives.RewardObjective.prefix_pair_loss).",
-        },
-    )
     reward_standardize: bool = field(
         default=True,
         metadata={
@@ -133,9 +147,7 @@ class OnlineRewardFields:
     )
 
     def __post_init__(self):
-        no_bf16_without_gpu(self)
         super().__post_init__()
-        make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
         check_trainable_layers(self.reward_trainable_layers, "reward_trainable_layers")
         for name in ("reward_update_steps", "reward_batch_size", "reward_buffer_size"):
             if getattr(self, name) < 1:

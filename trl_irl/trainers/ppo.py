@@ -28,7 +28,7 @@ from transformers import AutoModelForTokenClassification
 
 from .. import credit as C
 from ..batching import all_reduce_mean_, by_rows, model_inputs, prompt_completion_batch
-from ..checkpoints import atomic_directory, read_safetensors
+from ..checkpoints import atomic_directory, load_weights
 from ..rewards.losses import masked_mean
 from ..shared_base import AdapterRole, adapter_scope, trainable_parameters
 from .online_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer, deepspeed_stage
@@ -223,7 +223,4 @@ def save_critic(critic: torch.nn.Module, directory: Path):
 
 
 def load_critic(critic: torch.nn.Module, directory: Path):
-    weights = read_safetensors(directory)
-    if not weights:
-        raise FileNotFoundError(f"no critic weights in {directory}: was the checkpoint written by PPOTrainer?")
-    critic.load_state_dict(weights)
+    load_weights(critic, directory, "PPOTrainer's checkpoint")

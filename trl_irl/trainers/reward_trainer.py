@@ -9,44 +9,26 @@ from trl import RewardConfig, RewardTrainer
 from ..rewards.objectives import collate, make_objective, tokenize_completions
 from ..trainable_layers import limit_trainable_layers
 from ..validation import check_dataset, check_pad_id, check_tokenizer
-from .online_irl import check_trainable_layers, no_bf16_without_gpu
+from .online_irl import ObjectiveFields, check_trainable_layers
 
 PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 @dataclass
-class IRLRewardConfig(RewardConfig):
+class IRLRewardConfig(ObjectiveFields, RewardConfig):
     """RewardConfig plus the IRL objective."""
 
-    objective: str = field(
-        default="bt",
-        metadata={
-            "config": "reward.objective",
-            "help": "IRL loss: 'bt' (Bradley-Terry), 'gail' (logistic discriminator) or 'airl' (per-token f - log pi).",
-        },
-    )
-    prefix_weight: float = field(
-        default=0.0,
-        metadata={
-            "config": "reward.prefix_weight",
-            "help": "Weight of the same loss on every pair of prefixes (bt, gail): trains the scores of cut-off "
-            "sequences that credit=redistribution reads (objectives.RewardObjective.prefix_pair_loss).",
-        },
-    )
     trainable_layers: int | None = field(
         default=None,
         metadata={
             "config": "reward.online.trainable_layers",
             "help": "Train only the reward model's top this many transformer blocks and its head (None: all of it), "
-            "as the "
-            "online updates do (trainable_layers.limit_trainable_layers).",
+            "as the online updates do (trainable_layers.limit_trainable_layers).",
         },
     )
 
     def __post_init__(self):
-        no_bf16_without_gpu(self)
         super().__post_init__()
-        make_objective(self.objective, self.prefix_weight)  # fails early on a bad name or weight
         check_trainable_layers(self.trainable_layers, "trainable_layers")
         if self.center_rewards_coefficient is not None:  # a term of TRL's Bradley-Terry loss, which ours replaces
             raise ValueError(
