@@ -1,4 +1,4 @@
-"""Compounding error of behaviour cloning vs online IRL across horizons (issue 6), with its report.
+"""Compounding error of behaviour cloning vs online IRL across horizons, with its report.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py --quick            # < 10 min on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compounding_error.py                    # full mode (resumable)

@@ -10,7 +10,7 @@ the policy samples one completion per held-out prompt (``--n-eval`` of them, tem
 recorded; ``updates_to_target`` is the first update at which it reaches the seed's BC success + ``--target-gain``
 (or an absolute ``--target``; ``null`` if never within ``--steps``). ``sec_per_update`` is training time only
 (evaluation excluded). Medians over seeds. Writes JSON ``{"rows": [...]}``, a table, and a plot next to the JSON.
-Goal (issue 3): token credit reaches the target in <= 1/2 the updates of sequence-level GRPO at <= 1.10x its
+Goal: token credit reaches the target in <= 1/2 the updates of sequence-level GRPO at <= 1.10x its
 time per update.
 """
 

@@ -1,5 +1,5 @@
 """Peak memory and throughput of one training step: the 4-bit policy alone, every role its own model, and every role
-on one 4-bit base (issue 5).
+on one 4-bit base.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --quick --out benchmarks/results/memory_quick.json
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --out benchmarks/results/memory.json      # CPU, full

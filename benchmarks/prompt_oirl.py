@@ -4,7 +4,7 @@ svamp leakage, and wall time per run with features cached.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/prompt_oirl.py --out benchmarks/results/prompt_oirl.json
 
 Runs ``recipe=prompt_oirl`` for each (dataset, split) below (after one warm-up run that fills the embedding cache)
-and writes one row per run plus the goal checks of issue 4. Quickest: ``--runs gsm8k:split_paper --no-warm-up`` with
+and writes one row per run plus the study's goal checks. Quickest: ``--runs gsm8k:split_paper --no-warm-up`` with
 ``--override`` pointing ``data.dir`` at a slice of the logs and small features (as ``tests/test_benchmarks.py`` does).
 """
 
