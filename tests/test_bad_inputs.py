@@ -71,7 +71,7 @@ BAD_INPUTS = [
     (("algo.num_generations=1",), "algo.num_generations=1: must be an integer >= 2"),
     (("algo.per_device_train_batch_size=6",), "algo / credit / reward.online:"),
     (("algo.temperature=0",), "algo.temperature=0: must be a number > 0"),
-    (("algo=ppo", "algo.critic_learning_rate=0"), "algo.critic_learning_rate=0: must be a number > 0"),
+    (("algo=ppo", "algo.critic_learning_rate=0"), "algo.critic_learning_rate must be > 0, got 0"),
     (("reward.online.learning_rate=0",), "reward.online.learning_rate must be > 0, got 0"),
     (("reward.online.batch_size=0",), "reward.online.batch_size must be >= 1, got 0"),
     (

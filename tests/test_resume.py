@@ -359,3 +359,24 @@ def test_a_sigterm_swallowed_by_library_code_still_ends_the_run(tmp_path):
             next_check()  # a stage starting, a training step ending: raised again
     with resumable(tmp_path):  # a new run starts clean: nothing raised
         raise_if_terminated()
+
+
+def test_the_reward_pretraining_stage_depends_on_its_trainable_blocks():
+    """Reward pretraining trains only ``reward.online.trainable_layers`` top blocks, as the online updates do: a
+    resume that changes it must retrain reward pretraining too, not reuse the one trained under the old value."""
+    cfg = {
+        "seed": 0,
+        "task": {"name": "dataset"},
+        "model": {},
+        "quant": {},
+        "peft": {},
+        "bc": {},
+        "reward": {"objective": "bt", "prefix_weight": 0.0, "pretrain": {}, "online": {"trainable_layers": None}},
+        "eval": {"batch_size": 8},
+    }
+    changed = json.loads(json.dumps(cfg))
+    changed["reward"]["online"]["trainable_layers"] = 2
+    assert config_changes(
+        stage_config(cfg, "reward_pretrain", "grpo"), stage_config(changed, "reward_pretrain", "grpo")
+    ) == ["reward.online.trainable_layers: None -> 2"]
+    assert config_changes(stage_config(cfg, "bc", "grpo"), stage_config(changed, "bc", "grpo")) == []

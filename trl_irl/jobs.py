@@ -8,7 +8,7 @@ chosen (TRL alone takes about 7 s to import, and the prompt_oirl job never needs
 =================  ===========================================  ====================================
 job                what it does                                 writes
 =================  ===========================================  ====================================
-pipeline           BC, online IRL, the oracle, SPIN; evaluation  metrics.json, metrics.png
+pipeline           BC, online IRL, oracle, SPIN, SDFT; evaluation metrics.json, metrics.png
 prompt_oirl        offline IRL for prompt selection (extra)      metrics.json, success_vs_k.png
 compounding_error  BC vs online IRL across horizons (a study)    compounding_error.json, .md, PNGs
 =================  ===========================================  ====================================
@@ -43,8 +43,8 @@ def _pipeline(plan) -> Path | None:
     if run is not None:
         arms = json.loads(path.read_text())["arms"]
         run.summary.update({f"{arm}/{k}": v for arm, values in arms.items() for k, v in values.items()})
-        # the trained arm under one name too, so a sweep over algorithms has one metric to optimise
-        run.summary.update({f"policy/{k}": v for k, v in arms[plan.algo].items()})
+        if plan.algo in arms:  # the trained arm under one name too, so a sweep over algorithms has one metric
+            run.summary.update({f"policy/{k}": v for k, v in arms[plan.algo].items()})
         run.finish()
     return path
 

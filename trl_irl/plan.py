@@ -3,8 +3,8 @@
 ``RunPlan(cfg)`` is the run's whole check, and writes nothing: the config's values and their combinations, the
 arms and the stage folders they train, the tokenizer and the task's rows (checked, with the verifier on the
 demonstrations), every trainer config (TRL's checks and ours fire here), and the run folder (free, and for a resume
-trained under this config). A bad config fails here, naming the key the user wrote. The CLI's check, the sweeps' check
-of every run and the pipeline (``pipeline.run``) all build it.
+trained under this config). A bad config fails here, naming the key the user wrote. The job's check builds it
+(``jobs.py``: for the CLI's check, the sweeps' check of every run and the run itself), and ``pipeline.run`` runs it.
 
 The arms (``arms``; default ``[bc, <algo>, oracle]``, the oracle where the task has a verifier):
 

@@ -43,7 +43,14 @@ def stage_sections(stage: str, algo: str) -> tuple[str, ...]:
     """The config sections (dotted for one key of a section) that shape ``stage``."""
     if stage == "bc":
         return BASE
-    pretrain = (*BASE, "reward.objective", "reward.prefix_weight", "reward.pretrain", "eval.batch_size")
+    pretrain = (
+        *BASE,
+        "reward.objective",
+        "reward.prefix_weight",
+        "reward.pretrain",
+        "reward.online.trainable_layers",  # reward pretraining trains the same top blocks as the online updates
+        "eval.batch_size",
+    )
     if stage == "reward_pretrain":
         return pretrain
     if stage == algo:

@@ -255,7 +255,6 @@ RANGES = [
     ("min_demo_success", "a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     *[(f"{s}.learning_rate", *number_above(0)) for s in TRAINED_SECTIONS],
     *[(f"sdft.{k}", *integer_at_least(1, " (null: the algo's)")) for k in ("max_steps", "num_generations")],
-    ("algo.critic_learning_rate", *number_above(0)),
     *[(f"{s}.per_device_train_batch_size", *integer_at_least(1)) for s in TRAINED_SECTIONS],
     *[(f"{s}.num_train_epochs", *number_above(0)) for s in ("bc", "spin", "reward.pretrain")],
     ("bc.early_stopping_patience", *integer_at_least(1)),

@@ -15,7 +15,7 @@ from ..tasks import TaskData
 from .runner import StageRunner
 
 # Each sampling draw of a run has a seed of its own, an offset plus the run's seed (SPIN's also its round, 100 per
-# seed), so that no two draws share random numbers and a rerun repeats every one of them.
+# seed), so that a rerun repeats every draw and, for seeds below 10, no two draws share random numbers.
 SAMPLING_SEEDS = {
     "reward_pretrain_train": 3000,  # BC's samples that reward pretraining prefers the demonstrations over
     "reward_pretrain_validation": 4000,

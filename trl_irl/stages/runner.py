@@ -53,6 +53,7 @@ class StageRunner:
                 flush=True,
             )
             return
+        # check_stages refused a changed stage without retrain_changed, so what is changed here is to retrain
         for stage in check_resume(self.out, plan.stages(), plan.cfg, plan.algo, retrain_changed=True)[1]:
             print(f"resume: {stage} was trained under another config; retraining it (retrain_changed=true)", flush=True)
             shutil.rmtree(self.out / stage)

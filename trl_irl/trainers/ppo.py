@@ -83,6 +83,8 @@ class PPOConfig(OnlineRewardGRPOConfig):
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.cliprange_value <= 0:
             raise ValueError(f"cliprange_value must be > 0, got {self.cliprange_value}")
+        if not self.critic_learning_rate > 0:
+            raise ValueError(f"critic_learning_rate must be > 0, got {self.critic_learning_rate}")
 
 
 def build_critic(policy: torch.nn.Module, path: str | None = None) -> torch.nn.Module:
