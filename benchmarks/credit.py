@@ -111,12 +111,11 @@ def run_arm(algo: str, arm: str, seed: int, args, out: Path) -> dict:
     )  # BC and reward pretraining shared by arms with this reward
     p = open_context(RunPlan(cfg))
     bc = behaviour_cloning(p)  # reused from disk after the first arm of this seed (resume=true)
-    reward = reward_pretraining(
-        p, bc
-    )  # likewise: each arm starts from a fresh copy of the same pretrained reward model
+    # likewise: each arm starts from a fresh copy of the same pretrained reward model
+    reward = reward_pretraining(p, bc)
     trainer = build_policy_trainer(
         p,
-        p.algo,
+        p.plan.algo,
         bc,
         reward,
         output_dir=str(out / "runs" / f"{algo}_{credit}_{seed}"),
