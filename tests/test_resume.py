@@ -126,6 +126,21 @@ def test_sigterm_is_an_interrupt_too(tmp_path):
     assert not (out / LOCK).exists()
 
 
+def test_a_resume_that_reuses_the_finished_online_arm_plots_its_reward_curve(reference, tmp_path):
+    """Everything finished, only the evaluation left: the online-IRL arm is reused, and the plot still shows its
+    reward updates (from the log history saved with the arm), the same figure as the uninterrupted run's."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "metrics.json").unlink()
+    (out / "metrics.png").unlink()
+    history = json.loads((out / "grpo" / "final" / "log_history.json").read_text())
+    assert sum("irl/accuracy" in event for event in history) == 5  # 10 steps, logged every 2nd (the toy recipe)
+    result = run(*ARGS, f"hydra.run.dir={out}", "resume=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "grpo: finished by an earlier run, reused" in result.stdout
+    assert (out / "metrics.png").read_bytes() == (reference / "metrics.png").read_bytes()
+
+
 def test_a_resume_composes_the_recorded_overrides_with_the_given_ones(tmp_path):
     from trl_irl.run_folder import RECORD, resume_overrides, write_record
 

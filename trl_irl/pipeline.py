@@ -30,7 +30,14 @@ from .results import finish
 from .stages.context import open_context
 from .stages.evaluate import evaluate
 from .stages.runner import StageRunner
-from .stages.training import behaviour_cloning, policy_training, reward_pretraining, sdft_training, spin_training
+from .stages.training import (
+    behaviour_cloning,
+    finished_log_history,
+    policy_training,
+    reward_pretraining,
+    sdft_training,
+    spin_training,
+)
 
 
 def run(plan: RunPlan) -> Path:
@@ -50,6 +57,8 @@ def train_and_evaluate(plan: RunPlan, runner: StageRunner) -> Path:
     for arm in [a for a in plan.arms if a != "bc"]:
         with runner.timing(arm):
             if runner.reuse_finished(arm):
+                if arm == plan.algo:
+                    log_history = finished_log_history(ctx, arm)
                 continue
             if arm == plan.algo:  # online IRL: a reward pretrained on BC's samples, then learning beside the policy
                 with runner.timing("reward_pretrain", header=False):

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import math
 import shutil
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -19,12 +21,14 @@ from transformers import EarlyStoppingCallback
 from trl import DPOTrainer, SFTTrainer
 from trl.experimental.sdft import SDFTTrainer
 
-from ..checkpoints import non_finite
+from ..checkpoints import atomic_write_text, non_finite
 from ..evaluation import sample_completions
 from ..rewards.online import OnlineRewardUpdater
 from ..shared_base import AdapterRole
 from ..trainers import IRLRewardTrainer
 from .context import Context
+
+LOG_HISTORY = "log_history.json"  # an RL arm's logged events, beside its final model
 
 
 def release_memory():
@@ -166,12 +170,25 @@ def policy_training(ctx: Context, arm: str, bc: str, reward=None) -> list[dict]:
         runner.on_main(
             ctx.roles.save_reward, reward, ctx.out / arm / "final_reward", plan.objective, bc, plan.final_dir(arm)
         )
-    runner.mark_done(arm, functools.partial(ctx.roles.save_policy, trainer.model.eval()))
     history = trainer.state.log_history
+    runner.mark_done(arm, functools.partial(save_rl_arm, ctx.roles, trainer.model.eval(), history))
     del trainer, reward
     ctx.roles.release()
     release_memory()
     return history
+
+
+def save_rl_arm(roles, model, history: list[dict], final: Path):
+    """A finished RL arm: its policy (``Roles.save_policy``) and its log history, the plot's curves when a resumed run
+    reuses the arm (``finished_log_history``)."""
+    roles.save_policy(model, final)
+    atomic_write_text(Path(final) / LOG_HISTORY, json.dumps(history))
+
+
+def finished_log_history(ctx: Context, arm: str) -> list[dict]:
+    """The log history ``policy_training`` saved with the finished ``arm`` (empty for an arm saved without one)."""
+    path = ctx.plan.final_dir(arm) / LOG_HISTORY
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def build_policy_trainer(ctx: Context, arm: str, bc: str, reward=None, **overrides):
