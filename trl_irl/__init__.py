@@ -5,6 +5,7 @@ The exports load lazily (PEP 562): ``import trl_irl`` stays cheap, and a job tha
 """
 
 import importlib
+import warnings
 
 __version__ = "0.3.0"
 
@@ -48,11 +49,26 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 __all__ = sorted(_MODULE_OF)
 
 
+# the names these classes had before they said what they are; kept, with a warning, for one release (here and in
+# trl_irl.trainers)
+RENAMED = {"OnlineIRLTrainer": "OnlineRewardGRPOTrainer", "OnlineIRLConfig": "OnlineRewardGRPOConfig"}
+
+
+def renamed(name: str) -> str:
+    """The current name of the old name ``name``, with a ``DeprecationWarning`` for the caller's caller."""
+    warnings.warn(
+        f"trl_irl.{name} is now {RENAMED[name]} (the old name goes in the next release)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return RENAMED[name]
+
+
 def __getattr__(name):
+    if name in RENAMED:
+        name = renamed(name)
     if name in _MODULE_OF:
         return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    if name in ("OnlineIRLTrainer", "OnlineIRLConfig"):  # renamed: trainers.DEPRECATED says to what, with a warning
-        return getattr(importlib.import_module(".trainers", __name__), name)
     raise AttributeError(f"module 'trl_irl' has no attribute {name!r}")
 
 

@@ -5,8 +5,7 @@ class, whether it trains a critic. Advantages are computed in each trainer's ``c
 critic), from the pure functions in ``trl_irl/credit``.
 """
 
-import warnings
-
+from .. import RENAMED, renamed
 from .algorithms import (
     ReinforcePPConfig,
     ReinforcePPTrainer,
@@ -47,16 +46,7 @@ __all__ = [
 ]
 
 
-# the names these classes had before they said what they are; kept, with a warning, for one release
-DEPRECATED = {"OnlineIRLTrainer": "OnlineRewardGRPOTrainer", "OnlineIRLConfig": "OnlineRewardGRPOConfig"}
-
-
 def __getattr__(name):
-    if name in DEPRECATED:
-        warnings.warn(
-            f"trl_irl.{name} is now {DEPRECATED[name]} (the old name goes in the next release)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return globals()[DEPRECATED[name]]
+    if name in RENAMED:  # an old name, with a warning
+        return globals()[renamed(name)]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
