@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.trainers import ALGORITHMS
 
@@ -39,21 +40,8 @@ def tied_and_unscorable(prompts, completions, **_):
 
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
 def test_grpo_sequence_advantages_are_trls_bit_for_bit(scale, tmp_path, policy_path, tokenizer, demos):
-    args = OnlineRewardGRPOConfig(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=16,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-3,
-        beta=0.0,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=0,
-        scale_rewards=scale,
+    args = tiny_rl_config(
+        OnlineRewardGRPOConfig, tmp_path / "run", per_device_train_batch_size=16, seed=0, scale_rewards=scale
     )
     trainer = ComparingTrainer(
         model=policy_path,

@@ -5,31 +5,17 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import ALGORITHMS
 from trl_irl.evaluation import sample_completions
 from trl_irl.models import load_reward_model
 
 
 def make_args(algo, tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / algo),
-        per_device_train_batch_size=16,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=60,
-        learning_rate=3e-3,
-        beta=0.0,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        reward_batch_size=8,
+    fields = dict(
+        per_device_train_batch_size=16, max_steps=60, learning_rate=3e-3, logging_steps=1, seed=0, reward_batch_size=8
     )
-    values.update(overrides)
-    return ALGORITHMS[algo].config_cls(**values)
+    return tiny_rl_config(ALGORITHMS[algo].config_cls, tmp_path / algo, **{**fields, **overrides})
 
 
 def prefix_reward(task):

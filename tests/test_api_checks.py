@@ -5,6 +5,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.models import load_causal_lm, load_reward_model
 from trl_irl.rewards import make_objective
@@ -12,18 +13,14 @@ from trl_irl.rewards.objectives import encode, pair_accuracy
 
 
 def args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "run"),
+    return tiny_rl_config(
+        OnlineRewardGRPOConfig,
+        tmp_path / "run",
         per_device_train_batch_size=4,
-        num_generations=4,
         max_completion_length=4,
         max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        beta=0.0,
+        **overrides,
     )
-    return OnlineRewardGRPOConfig(**{**values, **overrides})
 
 
 def dataset(demos):

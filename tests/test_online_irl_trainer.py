@@ -6,23 +6,13 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import IRLRewardConfig, IRLRewardTrainer, OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.models import build_char_tokenizer, load_reward_model
 
 
 def make_args(tmp_path, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-3,
-        beta=0.0,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
+    fields = dict(
         logging_steps=1,
         save_strategy="steps",
         save_steps=1,
@@ -31,8 +21,7 @@ def make_args(tmp_path, **overrides):
         reward_learning_rate=1e-3,
         seed=0,
     )
-    values.update(overrides)
-    return OnlineRewardGRPOConfig(**values)
+    return tiny_rl_config(OnlineRewardGRPOConfig, tmp_path / "run", **{**fields, **overrides})
 
 
 def make_trainer(tmp_path, policy_path, tokenizer, demos, cls=OnlineRewardGRPOTrainer, **overrides):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer
 from trl_irl.models import build_char_tokenizer, load_reward_model, save_model, use_distinct_pad
 from trl_irl.plan import load_tokenizer
@@ -71,16 +72,8 @@ def test_use_distinct_pad_without_a_spare_token_names_the_fix():
 
 
 def online_args(tmp_path):
-    return OnlineRewardGRPOConfig(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=4,
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        beta=0.0,
+    return tiny_rl_config(
+        OnlineRewardGRPOConfig, tmp_path / "run", per_device_train_batch_size=4, max_completion_length=4, max_steps=1
     )
 
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl.evaluation import auc, rerank
 
 
@@ -123,14 +124,8 @@ def test_trl_loads_the_saved_reward_as_it_is_and_scores_what_we_score(finished_r
     trainer = GRPOTrainer(
         model=str(out / "bc" / "final"),
         reward_funcs=str(folder),
-        args=GRPOConfig(
-            output_dir=str(out / "trl"),
-            per_device_train_batch_size=2,
-            num_generations=2,
-            max_completion_length=8,
-            use_cpu=True,
-            bf16=False,
-            report_to=[],
+        args=tiny_rl_config(
+            GRPOConfig, out / "trl", per_device_train_batch_size=2, num_generations=2, max_completion_length=8
         ),
         train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
     )

@@ -7,6 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import OnlineRewardGRPOConfig, OnlineRewardGRPOTrainer, precision
 from trl_irl.models import build_tiny_causal_lm, load_reward_model, save_model
 from trl_irl.rewards import OnlineRewardUpdater, make_objective
@@ -139,18 +140,9 @@ def test_online_irl_trains_only_the_rewards_top_blocks(deep_path, tokenizer, dem
         reward_model=load_reward_model(deep_path, "classifier", tokenizer.pad_token_id),
         train_dataset=dataset,
         processing_class=tokenizer,
-        args=OnlineRewardGRPOConfig(
-            output_dir=str(tmp_path),
-            per_device_train_batch_size=8,
-            num_generations=4,
-            max_completion_length=6,
-            max_steps=2,
-            learning_rate=1e-3,
-            beta=0.0,
-            use_cpu=True,
-            bf16=False,
-            report_to="none",
-            save_strategy="no",
+        args=tiny_rl_config(
+            OnlineRewardGRPOConfig,
+            tmp_path,
             reward_batch_size=8,
             reward_learning_rate=1e-2,
             reward_trainable_layers=2,
@@ -329,16 +321,7 @@ def test_policy_generation_runs_under_autocast_only_when_bf16(policy_path, token
             reward_model=load_reward_model(policy_path, "classifier"),
             train_dataset=dataset,
             processing_class=tokenizer,
-            args=OnlineRewardGRPOConfig(
-                output_dir=str(tmp_path / str(bf16)),
-                per_device_train_batch_size=8,
-                num_generations=4,
-                max_completion_length=6,
-                max_steps=1,
-                use_cpu=True,
-                bf16=bf16,
-                report_to="none",
-            ),
+            args=tiny_rl_config(OnlineRewardGRPOConfig, tmp_path / str(bf16), max_steps=1, bf16=bf16),
         )
         trainer._generate(["a"])
     assert seen == [True, False]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl import ALGORITHMS
 from trl_irl.batching import by_rows
 from trl_irl.models import load_reward_model
@@ -142,20 +143,11 @@ def test_ppo_values_in_chunks_equal_one_call(policy_path, tokenizer):
 def test_ppo_scores_its_generation_batch_a_micro_batch_at_a_time(tmp_path, task, tokenizer, policy_path, demos):
     """4 completions per micro-batch, 2 micro-batches per generation: the reward model (sequence reward and prefix
     scores) and the critic never see the 8 rows of the generation batch in one forward."""
-    args = ALGORITHMS["ppo"].config_cls(
-        output_dir=str(tmp_path / "ppo"),
+    args = tiny_rl_config(
+        ALGORITHMS["ppo"].config_cls,
+        tmp_path / "ppo",
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        learning_rate=1e-3,
-        beta=0.0,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        disable_tqdm=True,
-        save_strategy="no",
         seed=0,
         reward_batch_size=2,
         credit="redistribution",

@@ -10,6 +10,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM
 
+from tests.tiny_configs import tiny_rl_config
 from trl_irl.rewards import make_objective
 from trl_irl.rewards.objectives import completion_logps, encode
 from trl_irl.rewards.online import OnlineRewardUpdater
@@ -261,18 +262,13 @@ def test_4bit_shared_base_trains_through_eval_forwards(policy_path, task, tokeni
     shared = SharedBase(policy_path, LORA, quant=quant)
     assert shared.model.get_base_model().is_loaded_in_4bit
     reward, critic = shared.role(REWARD, "classifier"), shared.role(CRITIC, "token")
-    args = PPOConfig(
-        output_dir=str(tmp_path / "ppo"),
-        per_device_train_batch_size=8,
-        num_generations=4,
+    args = tiny_rl_config(
+        PPOConfig,
+        tmp_path / "ppo",
         max_completion_length=task.horizon,
         max_steps=4,
-        learning_rate=1e-3,
         beta=0.01,
-        use_cpu=True,
         bf16=bf16,
-        report_to="none",
-        disable_tqdm=True,
         logging_steps=1,
         save_strategy="steps",
         save_steps=2,
@@ -331,14 +327,8 @@ def test_cpu_generation_hands_the_lm_head_a_contiguous_input(policy_path, tokeni
     assert lm_head_input_is_contiguous(model)
     contiguous_lm_head_input(model)
     assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
-    args = OnlineRewardGRPOConfig(
-        output_dir=str(tmp_path / "run"),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=4,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
+    args = tiny_rl_config(
+        OnlineRewardGRPOConfig, tmp_path / "run", per_device_train_batch_size=4, max_completion_length=4
     )
     trainer = OnlineRewardGRPOTrainer(
         model=policy_path,
