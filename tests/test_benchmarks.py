@@ -229,6 +229,12 @@ def test_real_lm_on_the_tiny_model(tmp_path):
     picks = task["diagnostics"]["irl_bt"]["0"]["grpo"]["per_prompt"]
     lift = np.mean(picks["reward_pick"]) - np.mean(picks["random_pick"])
     assert report["reward_lift"]["irl_bt"]["final"]["lift"][0] == pytest.approx(lift)
+    # the Markdown tables beside the JSON: the same figures, and the decision rule's verdict from the goals
+    table = (tmp_path / "real_lm.md").read_text().splitlines()
+    arm_row, *_, verdict_row = [line for line in table if line.startswith("| irl_bt |")]
+    assert arm_row.split(" | ")[4] == f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]"  # the vs bc@T* column
+    holds = all(v for k, v in report["goals"]["irl_bt"].items() if k != "reward_lift")
+    assert verdict_row.endswith(f"| {'yes' if holds else 'no'} |")
     # the trained arms' weights are removed once their run is scored; BC's are kept for the next arm
     assert not (tmp_path / "work" / "spiral_matrix" / "seed0" / "oracle" / "oracle").exists()
     assert (tmp_path / "work" / "spiral_matrix" / "seed0" / "bc" / "bc" / "final").exists()
