@@ -147,6 +147,18 @@ BAD_INPUTS = [
         "task.rollout_pool=rollout leaves none",
     ),
     (
+        (
+            *DATA,
+            "task.rollout_path={fresh}",
+            "task.rollout_pool=rollout",
+            "task.num_rollout_prompts=3",
+            "arms=[bc,grpo]",
+        ),
+        "grpo: one generation batch samples 8 distinct prompts (64 completions: algo.per_device_train_batch_size=64 "
+        "x 1 step(s) a generation x 1 process(es), in groups of algo.num_generations=8), and the "
+        "task.rollout_pool=rollout pool holds 3, so the arm would train 0 steps",
+    ),
+    (
         ("task=dataset", "task.path={long}"),
         "task.path={long}: 1 of the 13 demonstrations are far longer than the rest (5000 tokens; 99% have at most",
     ),

@@ -88,6 +88,29 @@ def test_pools_hold_every_rollout_prompt_once_and_no_heldout_prompt(files):
     assert "z" in task.alphabet  # the tiny model's tokenizer can write the rollout prompts
 
 
+def test_the_report_counts_the_pool_each_rl_arm_rolls_out_on(files):
+    main, rollout = files
+    for pool in ("mixed", "rollout", "demonstrations"):
+        data = data_of(DatasetTask(main, rollout_path=rollout, verifier="exact", rollout_pool=pool))
+        assert data.report["online_irl_pool"] == len(data.policy_rows()), pool
+        assert data.report["oracle_pool"] == len(data.policy_rows(verifier=True)), pool
+
+
+def test_a_rollout_file_may_answer_some_of_its_prompts(tmp_path):
+    """A prompt without an answer (empty, or no cell) is the online-IRL arm's alone; the oracle's pool has the rest."""
+    rollout = [{"prompt": "rev zz=", "answer": "zz"}, {"prompt": "rev zy=", "answer": ""}, {"prompt": "rev zx="}]
+    data = data_of(
+        DatasetTask(
+            write_jsonl(tmp_path / "d.jsonl", demo_rows(20)),
+            rollout_path=write_jsonl(tmp_path / "r.jsonl", rollout),
+            verifier="exact",
+        )
+    )
+    assert {r["prompt"]: r["answer"] for r in data.rollout} == {"rev zz=": "zz", "rev zy=": None, "rev zx=": None}
+    assert data.report["rollout_prompts_with_answer"] == 1
+    assert data.report["oracle_pool"] == len(data.train) + 1 and data.report["online_irl_pool"] == len(data.train) + 3
+
+
 def test_the_cap_draws_rollout_prompts_by_the_task_seed(files):
     main, rollout = files
     full = data_of(DatasetTask(main, rollout_path=rollout)).rollout
@@ -143,13 +166,10 @@ def test_a_split_column_keeps_rows_without_demonstration_out_of_the_heldout_rows
         ),
         (
             None,
-            [{"prompt": "rev zz=", "answer": "zz"}, {"prompt": "rev zy=", "answer": ""}],
-            {"answer_column": "answer"},
-            r"task.rollout_path=.*: row 1 \(its line 2\) is unusable: no answer in its 'answer' column, "
-            r"which the verifier "
-            r"reads",
+            [{"prompt": "rev zz="}, {"prompt": ""}],
+            {},
+            r"task.rollout_path=.*: its line 2 is unusable: prompt empty",
         ),
-        (None, [{"prompt": ""}], {}, r"task.rollout_path=.*: row 0 \(its line 1\) is unusable: prompt empty"),
         (
             None,
             None,
@@ -345,3 +365,39 @@ def test_an_oracle_without_answered_rollout_prompts_is_refused_before_any_model(
             )
         )
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("arm", ["grpo", "oracle"])
+def test_a_pool_smaller_than_one_generation_batch_is_refused_before_any_model(arm, tmp_path):
+    """TRL's sampler drops a generation batch it cannot fill with distinct prompts: 3 prompts for a batch of 4
+    (16 completions in groups of 4) would train the arm 0 steps; 4 are enough."""
+    from test_dataset_pipeline import composed
+
+    from trl_irl.plan import RunPlan
+
+    rollout = [{"prompt": f"rev {word(i)}=", "answer": word(i)[::-1]} for i in range(200, 204)]
+
+    def plan(prompts: int):
+        return RunPlan(
+            composed(
+                "task=dataset",
+                f"task.path={write_jsonl(tmp_path / 'm.jsonl', demo_rows(30))}",
+                f"task.rollout_path={write_jsonl(tmp_path / 'r.jsonl', rollout[:prompts])}",
+                "task.verifier=exact",
+                "task.rollout_pool=rollout",
+                f"arms=[bc,{arm}]",
+                "algo.per_device_train_batch_size=16",
+                "algo.num_generations=4",
+                f"output_dir={tmp_path / 'run'}",
+            )
+        )
+
+    which = "prompts with an answer in " if arm == "oracle" else ""
+    with pytest.raises(
+        ValueError,
+        match=rf"{arm}: one generation batch samples 4 distinct prompts .*and the {which}task.rollout_pool=rollout "
+        r"pool holds 3, so the arm would train 0 steps",
+    ):
+        plan(3)
+    assert not (tmp_path / "run").exists()
+    assert plan(4).data.report["online_irl_pool"] == 4

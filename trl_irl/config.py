@@ -233,9 +233,10 @@ def check_written_keys(written: dict[str, str], schema: dict, choices: tuple[str
             check_unknown_keys(nested, schema, source, open_sections=())
         except ValueError as error:
             section = key.rpartition(".")[0]
-            field = (
-                f" A field of the {section} section's config class that its file does not list is set with a +: +{arg}"
-                if section in OPEN_SECTIONS
+            field = (  # a task's options are all in its file: a misspelling, never a field to add with +
+                f" If {last} is a field of the {section} section's config class that its file does not list, set it "
+                f"with a +: +{arg}"
+                if section in OPEN_SECTIONS and section != "task"
                 else ""
             )
             raise ValueError(f"{error}.{field}") from None

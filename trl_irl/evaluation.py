@@ -60,7 +60,7 @@ def sample_completions(
     model.eval()
     device = next(model.parameters()).device
     texts, ids_out = [], []
-    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False):
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=None):  # no bar when piped
         enc = tokenizer(
             prompts[i : i + batch_size],
             return_tensors="pt",

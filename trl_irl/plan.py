@@ -256,13 +256,6 @@ class RunPlan:
         if self.algo in self.arms:  # the reward model is the initial model's shape: its blocks are known now
             blocks = m["num_layers"] if self.builds_init_model else num_blocks(self.init_path)
             check_block_count(self.cfg["reward"]["online"].get("trainable_layers"), blocks)
-        if "oracle" in self.arms and not self.data.policy_rows(verifier=True):
-            raise ValueError(
-                f"the oracle arm rolls out on prompts with an answer for the verifier, and "
-                f"task.rollout_pool={self.data.rollout_pool} leaves none (no rollout prompt has one): give "
-                "the rollout prompts an answer column (task.answer_column), set task.rollout_pool=mixed, or "
-                "leave oracle out of arms"
-            )
         if self.task.verifier is not None:
             check_on_demonstrations(
                 self.task.verifier,
@@ -271,6 +264,34 @@ class RunPlan:
                 self.task.verifier_spec,
                 truncated=self.data.report.get("truncated_completions", 0),
             )
+        self.check_rollout_pools()
+
+    def check_rollout_pools(self):
+        """Each RL arm has a prompt to roll out on for every row of one generation batch: TRL's sampler drops a
+        batch it cannot fill with distinct prompts, so a smaller pool would train the arm 0 steps, silently."""
+        if "oracle" in self.arms and not self.data.policy_rows(verifier=True):
+            raise ValueError(
+                f"the oracle arm rolls out on prompts with an answer for the verifier, and "
+                f"task.rollout_pool={self.data.rollout_pool} leaves none (no rollout prompt has one): give "
+                "the rollout prompts an answer column (task.answer_column), set task.rollout_pool=mixed, or "
+                "leave oracle out of arms"
+            )
+        for arm in [a for a in self.arms if a in (self.algo, "oracle")]:
+            pool = self.data.policy_rows(verifier=arm == "oracle")
+            config = self.policy_config(arm, self.data.max_completion_length)
+            needed = config.generation_batch_size // config.num_generations
+            if len(pool) < needed:
+                which = "prompts with an answer in " if arm == "oracle" else ""
+                raise ValueError(
+                    f"{arm}: one generation batch samples {needed} distinct prompts ({config.generation_batch_size} "
+                    f"completions: algo.per_device_train_batch_size={config.per_device_train_batch_size} x "
+                    f"{config.steps_per_generation} step(s) a generation x {self.state.num_processes} process(es), "
+                    f"in groups of algo.num_generations={config.num_generations}), and the {which}"
+                    f"task.rollout_pool={self.data.rollout_pool} pool holds {len(pool)}, so the arm would train 0 "
+                    "steps: give more prompts (task.rollout_path, rows of task.path without a completion, "
+                    "task.num_rollout_prompts), set task.rollout_pool=mixed, or lower "
+                    "algo.per_device_train_batch_size"
+                )
 
     def stages(self) -> list[str]:
         """Every stage folder this run may write, in training order."""

@@ -171,13 +171,13 @@ class DatasetTask(Task):
         max_completion_length: the generation limit in tokens, EOS included; longer demonstrations are cut to it
             and counted (None: the longest demonstration's length + 1).
         seed: the draw of held-out, validation and capped rows.
-        rollout_path: a file of prompts (any format ``path`` takes; the same prompt and answer columns) the RL
-            arms roll out on beside the demonstration prompts. Rows of ``path`` without a completion (missing or
-            empty) are rollout prompts too. None: only those rows.
+        rollout_path: a file of prompts (any format ``path`` takes; the same prompt column, answers where it has
+            them in ``answer_column`` or else ``answer``) the RL arms roll out on beside the demonstration prompts.
+            Rows of ``path`` without a completion (missing or empty) are rollout prompts too. None: only those rows.
         num_rollout_prompts: at most this many rollout prompts, drawn by ``seed`` (None: all).
         rollout_pool: the prompts the RL arms roll out on: ``mixed`` (the demonstration prompts and the rollout
-            prompts, uniformly over both), ``rollout`` (the rollout prompts alone) or ``demonstrations``. The oracle
-            arm rolls out on those of them with an answer (a demonstration prompt always has one).
+            prompts together, each equally likely), ``rollout`` (the rollout prompts alone) or ``demonstrations``.
+            The oracle arm rolls out on those of them with an answer (a demonstration prompt always has one).
 
     Rollout prompts never include a held-out prompt (refused); a rollout prompt that has a demonstration (a training
     or validation prompt) is dropped and counted: the demonstration pool has the training ones.
@@ -249,9 +249,15 @@ class DatasetTask(Task):
             ("split_column", split_column),
         ):
             if column is not None and column not in columns:
+                unset = (
+                    ", or leave it unset: the verifier then reads the demonstration, and task.rollout_path's answers "
+                    "its 'answer' column"
+                    if key == "answer_column"
+                    else ""
+                )
                 raise ValueError(
                     f"task.{key}={column!r} is not a column of {self.path} (it has {columns}): set "
-                    f"task.{key}=<one of them>"
+                    f"task.{key}=<one of them>{unset}"
                 )
         self._verifier = make_verifier(verifier, answer_given=answer_column is not None)
         self.verifier_name = str(verifier)
@@ -395,30 +401,32 @@ class DatasetTask(Task):
                     f"{self.rollout_path} (it has {columns}): its prompts need the main file's prompt "
                     "column name"
                 )
-            # the answer column: the main file's (task.answer_column), or the file's own `answer` column
+            # the answer column: the main file's (task.answer_column), or the file's own `answer` column; a row
+            # without one is a prompt for online IRL alone (the oracle needs an answer; counted in the report)
             answer_column = self.answer_column or "answer"
-            answers = answer_column in columns
             for i, r in enumerate(file_rows):
                 problem = text_problem(as_text(r.get(self.prompt_column)))
-                answer = as_text(r.get(answer_column)) if answers else None
-                if problem is None and answers and not has_text(answer):
-                    problem = f"no answer in its {answer_column!r} column, which the verifier reads"
+                answer = as_text(r.get(answer_column))
+                answer = answer if has_text(answer) else None
                 if problem is not None:
-                    line = {".jsonl": " (its line " + str(i + 1) + ")", ".csv": " (its line " + str(i + 2) + ")"}
+                    line = {".jsonl": f"line {i + 1}", ".csv": f"line {i + 2}"}.get(
+                        Path(self.rollout_path).suffix.lower(), f"row {i + 1}"
+                    )
                     raise ValueError(
-                        f"task.rollout_path={self.rollout_path}: row {i}"
-                        f"{line.get(Path(self.rollout_path).suffix.lower(), '')} is unusable: "
-                        f"{'prompt ' + problem if 'answer' not in problem else problem}. Fix or remove it"
+                        f"task.rollout_path={self.rollout_path}: its {line} is unusable: prompt {problem}. Fix or "
+                        "remove it"
                     )
                 rows.append(({self.prompt_column: r[self.prompt_column], ROLLOUT_ANSWER: answer}, "task.rollout_path"))
         heldout = {prompt_key(r[self.prompt_column]) for r in self.heldout_rows}
         clashes = [(r, where) for r, where in rows if prompt_key(r[self.prompt_column]) in heldout]
         if clashes:
-            shown = "; ".join(f"{str(r[self.prompt_column])[:60]!r} ({where})" for r, where in clashes[:3])
+            shown = "; ".join(f"{str(r[self.prompt_column])[:60]!r} ({where})" for r, where in clashes[:5])
+            more = f"; and {len(clashes) - 5} more" if len(clashes) > 5 else ""
             raise ValueError(
                 f"{len(clashes)} rollout prompt(s) are also held-out prompts, which are only evaluated: "
-                f"{shown}{' ...' if len(clashes) > 3 else ''}. Remove them from the rollout prompts "
-                "(task.rollout_path, or rows of task.path without a completion)"
+                f"{shown}{more}. Remove them from the rollout prompts (task.rollout_path, or rows of task.path "
+                "without a completion); the held-out rows are drawn by task.seed, or are the rows you mark with "
+                "task.split_column"
             )
         demonstrated = {prompt_key(r[self.prompt_column]) for r in self.train_rows}
         kept: dict[str, dict] = {}
@@ -640,11 +648,21 @@ class DatasetTask(Task):
                 "the rollout prompts"
             )
         if self.rollout_rows or self.rollout_pool != "mixed":
+            answered = sum(r["answer"] is not None for r in kept)
+            # what the online-IRL arm and the oracle roll out on (TaskData.policy_rows): the pool's prompts, every
+            # one equally likely, so each source weighs in proportion to its size
+            pools = {
+                "mixed": (len(train) + len(kept), len(train) + answered),
+                "rollout": (len(kept), answered),
+                "demonstrations": (len(train), len(train)),
+            }[self.rollout_pool]
             report |= {
                 "rollout_pool": self.rollout_pool,
                 "rollout_prompts": len(kept),
-                "rollout_prompts_with_answer": sum(r["answer"] is not None for r in kept),
+                "rollout_prompts_with_answer": answered,
                 "heldout_prompts_in_rollout": clashes,
                 "demonstration_prompts": len(train),
+                "online_irl_pool": pools[0],
+                "oracle_pool": pools[1],
             }
         return kept
