@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,29 @@ def test_the_cli_says_which_key_was_meant_for_a_key_set_without_plus(tmp_path):
     result = run("algo.max_step=5", f"hydra.run.dir={tmp_path}", timeout=120)
     assert result.returncode == 2 and "not in struct" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("trl-irl: unknown config key algo.max_step")
+
+
+def test_the_python_door_keeps_the_stacks_notices_in_the_runs_log_and_restores_the_callers_logging(tmp_path):
+    """``trl_irl.run`` shows what the CLI shows: no progress bars of model loads, no library warnings on the console;
+    those go to ``<run>/cli.log``; afterwards the caller's logging and the libraries' settings are as they were."""
+    script = textwrap.dedent(
+        f"""
+        import logging, transformers, datasets
+        import trl_irl
+        before = (transformers.utils.logging.is_progress_bar_enabled(), logging._warnings_showwarning is None,
+                  len(logging.getLogger().handlers), transformers.utils.logging.get_verbosity())
+        trl_irl.run("recipe=toy", "algo.max_steps=2", "bc.num_train_epochs=1", output_dir={str(tmp_path / "run")!r})
+        after = (transformers.utils.logging.is_progress_bar_enabled(), logging._warnings_showwarning is None,
+                  len(logging.getLogger().handlers), transformers.utils.logging.get_verbosity())
+        assert before == after, (before, after)
+        assert datasets.utils.logging.is_progress_bar_enabled()
+        print("restored")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("restored")
+    for noise in ("Loading weights", "Writing model shards", "Warning", "warn("):
+        assert noise not in result.stderr, (noise, result.stderr[-2000:])
+    log = (tmp_path / "run" / "cli.log").read_text()
+    assert "TRLExperimentalWarning" in log  # raised while the run was checked, before its folder existed

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 from .checkpoints import atomic_write_text
 from .config import CONF_DIR, check, check_keys_known, compose, config_dict, hydra_message, load_plugins
-from .console import quiet_console, stack_notices_off
+from .console import notices_kept_for_the_run, quiet_console, stack_notices_off
 from .jobs import job
 from .multirun import REFUSED
 from .run_folder import Terminated, key_of, resumable, resume_overrides, wants_resume, write_record
@@ -57,7 +57,7 @@ def run(*overrides: str, output_dir: str | os.PathLike, resume: bool = False, ve
     Bad input raises ``Refused`` before anything is written; Ctrl-C says how to resume and raises KeyboardInterrupt.
     Multirun and Hydra's own flags are the CLI's."""
 
-    with door("python"), stack_notices_off():
+    with door("python"), stack_notices_off(), notices_kept_for_the_run() as keep_notices_in:
         overrides = list(overrides) + (["resume=true"] if resume else [])
         if verifier is not None:
             overrides.append(f"task.verifier={register_verifier(verifier)}")
@@ -74,6 +74,7 @@ def run(*overrides: str, output_dir: str | os.PathLike, resume: bool = False, ve
         out = Path(container["output_dir"])
         if checked.state.is_main_process:
             write_record(out, overrides, container)  # as Hydra does for a CLI run: what a resume composes again
+            keep_notices_in(out / "cli.log")  # the job's log file, named as the CLI's
         with resumable(out):
             path = runner.run(checked)
     return None if path is None else Metrics(path)

@@ -157,6 +157,76 @@ def stack_notices_off():
         yield
 
 
+@contextlib.contextmanager
+def notices_kept_for_the_run():
+    """``trl_irl.run``'s console, as the CLI's: the stack's notices and the libraries' progress bars stay off the
+    caller's console; they are held in memory until ``keep_in(path)`` names the run's log file (a refused run writes
+    nothing), then written there. Everything it changes (root handlers, warning capture, transformers' and datasets'
+    logging and bars) is restored on exit."""
+    import logging.handlers
+
+    import datasets
+    import transformers
+
+    tf_logging = transformers.utils.logging
+    tf_root = tf_logging._get_library_root_logger()
+    saved = {
+        "captured": logging._warnings_showwarning is not None,  # logging.captureWarnings(True) is on
+        "tf_propagate": tf_root.propagate,
+        "tf_handler": tf_logging._default_handler in tf_root.handlers,
+        "tf_verbosity": tf_logging.get_verbosity(),
+        "tf_bars": tf_logging.is_progress_bar_enabled(),
+        "ds_bars": datasets.utils.logging.is_progress_bar_enabled(),
+    }
+    root = logging.getLogger()
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    added_console = None
+    if not consoles:  # as the CLI's console handler: the run's own warnings still show
+        added_console = logging.StreamHandler()
+        added_console.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        consoles = [added_console]
+        root.addHandler(added_console)
+    notices = Notices()
+    for handler in consoles:
+        handler.addFilter(notices)
+    held = logging.handlers.BufferingHandler(capacity=10**9)
+    root.addHandler(held)
+    files: list[logging.Handler] = []
+
+    def keep_in(path: str | os.PathLike):
+        file = logging.FileHandler(path, mode="a", encoding="utf-8")
+        file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        for record in held.buffer:
+            file.handle(record)
+        root.removeHandler(held)
+        root.addHandler(file)
+        files.append(file)
+
+    logging.captureWarnings(True)
+    tf_logging.disable_default_handler()
+    tf_logging.enable_propagation()
+    tf_logging.set_verbosity_warning()
+    tf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    try:
+        yield keep_in
+    finally:
+        for handler in [held, *files, *([added_console] if added_console else [])]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in consoles:
+            handler.removeFilter(notices)
+        logging.captureWarnings(saved["captured"])
+        tf_root.propagate = saved["tf_propagate"]
+        if saved["tf_handler"]:
+            tf_logging.enable_default_handler()
+        tf_logging.set_verbosity(saved["tf_verbosity"])
+        if saved["tf_bars"]:
+            tf_logging.enable_progress_bar()
+        if saved["ds_bars"]:
+            datasets.enable_progress_bars()
+
+
 def _cuda() -> bool:
     import torch
 
