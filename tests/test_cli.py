@@ -50,6 +50,7 @@ def test_toy_recipe_end_to_end(tmp_path):
     assert (
         "success_rate - bc" in result.stdout and "95% paired bootstrap interval over the 32 held-out" in result.stdout
     )
+    assert "success_greedy 95%" in result.stdout and "success_greedy - bc" in result.stdout
     spans = metrics["intervals"]
     assert set(spans["success_rate"]["ci95"]) == {"bc", "bc@T*", "grpo", "oracle"}
     assert (

@@ -415,7 +415,11 @@ def print_table(metrics: dict, console=None):
     for key in dict.fromkeys(k for values in arms.values() for k, v in values.items() if not isinstance(v, dict)):
         row(key, [_cell(arms[a].get(key)) for a in arms], _cell(reference[key]) if key in reference else "")
     spans = metrics.get("intervals", {})
-    for key, label in (("success_rate", "success_rate"), ("demo_nll_per_token", "demo_nll")):
+    for key, label in (
+        ("success_rate", "success_rate"),
+        ("success_greedy", "success_greedy"),
+        ("demo_nll_per_token", "demo_nll"),
+    ):
         if key in spans:
             ci = spans[key]["ci95"]
             row(f"{label} 95%", [f"[{ci[a][0]:.3f}, {ci[a][1]:.3f}]" if ci.get(a) else "-" for a in arms])
