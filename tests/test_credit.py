@@ -168,3 +168,19 @@ def test_padding_never_gets_credit(estimator):
         "reinforce_pp": credit.reinforce_pp_advantages,
     }[estimator](returns * mask, mask, 4)
     assert torch.allclose(adv, clean, atol=1e-5)
+
+
+def test_the_oracle_says_when_it_trains_with_another_credit(tmp_path):
+    """The verifier is no reward model: a credit that reads one falls back to sequence for the oracle, and the run says
+    so before it starts (the spec's oracle_values decides; nothing is said where the credit stays)."""
+    from trl_irl.config import compose
+    from trl_irl.plan import RunPlan
+
+    plan = RunPlan(compose("recipe=toy", "algo=ppo", "credit=redistribution", output_dir=tmp_path / "a"))
+    assert plan.policy_config("oracle", 8).credit == "sequence"
+    assert (
+        "oracle: credit=redistribution reads the learnt reward, and the oracle's reward is the verifier: the oracle "
+        "trains with credit=sequence"
+    ) in plan.notes
+    plan = RunPlan(compose("recipe=toy", "algo=ppo", "credit=sequence", output_dir=tmp_path / "b"))
+    assert not any(n.startswith("oracle:") for n in plan.notes)

@@ -265,6 +265,14 @@ class RunPlan:
                 truncated=self.data.report.get("truncated_completions", 0),
             )
         self.check_rollout_pools()
+        if "oracle" in self.arms:  # AlgorithmSpec.oracle_values may change the credit: say so, not only in the docs
+            given = self.cfg["credit"]["name"]
+            used = getattr(self.policy_config("oracle", self.data.max_completion_length), "credit", given)
+            if used != given:
+                self.notes.append(
+                    f"oracle: credit={given} reads the learnt reward, and the oracle's reward is the verifier: the "
+                    f"oracle trains with credit={used}"
+                )
 
     def check_rollout_pools(self):
         """Each RL arm has a prompt to roll out on for every row of one generation batch: TRL's sampler drops a
