@@ -80,7 +80,7 @@ def test_notices_stay_off_the_console_and_errors_and_ours_do_not():
     assert keep(record("transformersx", logging.WARNING))  # a name that only starts alike is not one of them
 
 
-def test_a_multirun_summary_has_a_row_per_job(tmp_path, capsys):
+def test_a_multirun_summary_has_a_row_per_job(tmp_path, capsys, monkeypatch):
     from omegaconf import OmegaConf
 
     from trl_irl.multirun import MultirunSummary
@@ -93,19 +93,27 @@ def test_a_multirun_summary_has_a_row_per_job(tmp_path, capsys):
             json.dumps(
                 {
                     "arms": {"bc": {"success_rate": bc, "kl": 0.0}, "grpo": {"success_rate": grpo}},
-                    "gap_closed": {"grpo": grpo - bc},
+                    "gap_closed": {"grpo": grpo - bc, "bc@T*": None},
                 }
             )
         )
     (tmp_path / "2" / ".hydra").mkdir(parents=True)  # a job that failed: no result
-    MultirunSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    monkeypatch.chdir(tmp_path.parent)  # Hydra's sweep dir is relative to where trl-irl ran
+    MultirunSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": tmp_path.name}}}))
     out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == str(tmp_path / "multirun_summary.json")  # the path last
+    assert out.strip().splitlines()[-1] == str(tmp_path / "multirun_summary.json")  # the absolute path last
+    assert "None" not in out  # an undefined gap reads "-", as in a run's table
     summary = json.loads((tmp_path / "multirun_summary.json").read_text())
     rows = {r["job"]: r for r in summary["jobs"]}
     assert rows[0]["overrides"] == "seed=0 algo=grpo" and rows[0]["grpo/success_rate"] == 0.5
     assert rows[1]["bc/success_rate"] == 0.3 and rows[1]["grpo/gap_closed"] == 0.45 - 0.3
     assert rows[2]["missing"] is True and "(no result)" in out
+    # over the two seeds: t(1) = 12.706, so bc's interval 0.275 -+ 12.706 x 0.0354 / sqrt(2) is cut at 0, where a rate
+    # ends; the gap closed (0.25, 0.15) keeps its negative lower end
+    (group,) = summary["over_seeds"]
+    low, high = group["bc/success_rate"]["ci95"]
+    assert low == 0.0 and high == pytest.approx(0.275 + 12.706 * 0.05 / 2**0.5 / 2**0.5, abs=1e-3)
+    assert group["grpo/gap_closed"]["ci95"][0] == pytest.approx(0.2 - 12.706 * 0.1 / 2**0.5 / 2**0.5, abs=1e-3)
 
 
 def test_a_multirun_with_a_refused_job_lists_it_and_exits_2_after_the_summary(tmp_path, capsys):

@@ -72,13 +72,22 @@ def seed_groups(rows: list[dict]) -> list[dict]:
                 "seeds": seeds,
                 "jobs": [m["job"] for m in members],
                 **{
-                    k: over_seeds([m[k] for m in members if isinstance(m.get(k), (int, float))])
+                    k: within_rate_bounds(k, over_seeds([m[k] for m in members if isinstance(m.get(k), (int, float))]))
                     for k in metrics
                     if any(isinstance(m.get(k), (int, float)) for m in members)
                 },
             }
         )
     return out
+
+
+def within_rate_bounds(key: str, stats: dict) -> dict:
+    """A success rate's t interval cut to [0, 1], where a rate lies (a few seeds give a t interval wider than that);
+    other metrics (gap closed, a loss) as they are."""
+    if key.endswith("/success_rate") and stats.get("ci95"):
+        low, high = stats["ci95"]
+        stats = {**stats, "ci95": [max(low, 0.0), min(high, 1.0)]}
+    return stats
 
 
 def _over_seeds_cell(stats: dict | None) -> str:
@@ -100,7 +109,7 @@ class MultirunSummary(Callback):
         from rich.markup import escape
         from rich.table import Table
 
-        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()  # the path printed last is absolute, as a run's is
         if not sweep_dir.exists():
             return
         rows = multirun_rows(sweep_dir)
@@ -115,12 +124,15 @@ class MultirunSummary(Callback):
             for name in ["job", "overrides", *columns]:
                 table.add_column(name, justify="left" if name == "overrides" else "right", no_wrap=True)
             for r in rows:
-                cells = [f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in columns]
+                cells = [
+                    f"{r[c]:.3f}" if isinstance(r.get(c), float) else "-" if r.get(c) is None else str(r[c])
+                    for c in columns
+                ]
                 note = " (refused: see above)" if r.get("refused") else " (no result)" if r.get("missing") else ""
                 table.add_row(str(r["job"]), escape(r["overrides"]) + note, *cells)
             console.print(table)
             if any(len(g["seeds"]) > 1 for g in groups):
-                over = Table(title="over seeds: mean +- std [95% t interval]")
+                over = Table(title="over seeds: mean +- std [95% t interval; success rates' within [0, 1]]")
                 for name in ["overrides", "seeds", *columns]:
                     over.add_column(name, justify="left" if name == "overrides" else "right", no_wrap=True)
                 for g in groups:
