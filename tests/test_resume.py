@@ -312,6 +312,12 @@ def test_stage_configs_differ_where_the_stage_depends_on_the_change():
         "grpo": ["reward.online.learning_rate: 0.0001 -> 1e-05"],
         "oracle": ["task.verifier: 'exact' -> 'numeric'"],
     }
+    # each key once, nested as in the config: the online-IRL arm takes the whole reward section, its pretraining's keys
+    # among them; the oracle's verifier sits in its task
+    grpo, oracle = stage_config(cfg, "grpo", "grpo"), stage_config(cfg, "oracle", "grpo")
+    assert not [k for k in [*grpo, *oracle] if "." in k]
+    assert grpo["reward"]["objective"] == "bt" and grpo["reward"]["online"]["learning_rate"] == 1e-4
+    assert oracle["task"]["verifier"] == "exact"
 
 
 def test_nan_in_a_trained_model_is_never_saved(tmp_path, policy_path, tokenizer, demos):

@@ -79,7 +79,14 @@ def stage_config(cfg: dict, stage: str, algo: str) -> dict:
     if isinstance(out.get("task"), dict):  # the verifier and the rollout prompts shape the RL arms alone (their own
         skip = {*VERIFIER_KEYS, *(key.removeprefix("task.") for key in ROLLOUT)}  # sections)
         out["task"] = {k: v for k, v in out["task"].items() if k not in skip}
-    return json.loads(json.dumps(out))
+    nested: dict = {}  # one key once: "reward.objective" inside "reward" where the stage takes the whole section
+    for key, value in flatten(json.loads(json.dumps(out))).items():
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
 
 
 def flatten(value, prefix: str = "") -> dict:
