@@ -184,3 +184,19 @@ def test_the_oracle_says_when_it_trains_with_another_credit(tmp_path):
     ) in plan.notes
     plan = RunPlan(compose("recipe=toy", "algo=ppo", "credit=sequence", output_dir=tmp_path / "b"))
     assert not any(n.startswith("oracle:") for n in plan.notes)
+
+
+def test_the_credits_trace_in_the_logs_is_a_hand_worked_share_and_gap():
+    """Row 0 spreads 1.0 over two tokens (last share 0.5), row 1 puts 2.0 on its last (share 1) but its sequence
+    reward says 1.5 (gap 0.5), row 2 is empty (ignored)."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from trl_irl.trainers import OnlineRewardGRPOTrainer
+
+    trainer = SimpleNamespace(_metrics={"train": defaultdict(list)})
+    rewards = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    OnlineRewardGRPOTrainer._log_credit(trainer, rewards, torch.tensor([1.0, 1.5, 0.0]), mask)
+    logged = trainer._metrics["train"]
+    assert logged["credit/last_token_share"] == [pytest.approx(0.75)] and logged["credit/sum_gap"] == [0.5]

@@ -628,9 +628,27 @@ class OnlineRewardGRPOTrainer(OnlineRewardMixin, GRPOTrainer):
             ref_logps=ref_logps,
             args=args,
         )
+        self._log_credit(rewards, sequence_rewards, output["completion_mask"])
         if args.token_kl_coef:
             rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"], args.token_kl_coef)
         return rewards
+
+    def _log_credit(self, rewards: torch.Tensor, sequence_rewards: torch.Tensor, mask: torch.Tensor):
+        """What the credit did, in the logs: ``credit/last_token_share``, the mean share of a completion's
+        sum_t |r_t| on its last token (1 for sequence credit; lower, the more it spread), and
+        ``credit/sum_gap``, the largest |sum_t r_t - R| (0 where the credit keeps each sequence reward R; before the
+        per-token KL penalty)."""
+        lengths = mask.sum(dim=1)
+        rows = lengths > 0
+        if not rows.any():
+            return
+        last = (mask.cumsum(dim=1) == lengths[:, None]) & mask.bool()
+        spread = (rewards.abs() * mask).sum(dim=1)
+        shares = ((rewards.abs() * last).sum(dim=1) / spread.clamp_min(1e-12))[rows & (spread > 0)]
+        gaps = ((rewards * mask).sum(dim=1) - sequence_rewards).abs()[rows]
+        if shares.numel():
+            self._metrics["train"]["credit/last_token_share"].append(shares.mean().item())
+        self._metrics["train"]["credit/sum_gap"].append(gaps.max().item())
 
     @torch.no_grad()
     def policy_logps(self, output: dict) -> torch.Tensor:
