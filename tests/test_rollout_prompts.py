@@ -401,3 +401,26 @@ def test_a_pool_smaller_than_one_generation_batch_is_refused_before_any_model(ar
         plan(3)
     assert not (tmp_path / "run").exists()
     assert plan(4).data.report["online_irl_pool"] == 4
+
+
+def test_sdft_with_fewer_demonstration_prompts_than_one_generation_batch_is_refused(tmp_path):
+    from test_dataset_pipeline import composed
+
+    from trl_irl.plan import RunPlan
+
+    with pytest.raises(
+        ValueError,
+        match=r"sdft: one generation batch samples 128 distinct prompts \(256 completions: "
+        r"sdft.per_device_train_batch_size=256 .*and the demonstration prompts number \d+, so the arm would train 0 "
+        r"steps: give more demonstrations, or lower sdft.per_device_train_batch_size",
+    ):
+        RunPlan(
+            composed(
+                "task=dataset",
+                f"task.path={write_jsonl(tmp_path / 'm.jsonl', demo_rows(30))}",
+                "arms=[bc,sdft]",
+                "sdft.per_device_train_batch_size=256",
+                "sdft.num_generations=2",
+                f"output_dir={tmp_path / 'run'}",
+            )
+        )

@@ -284,21 +284,28 @@ class RunPlan:
                 "the rollout prompts an answer column (task.answer_column), set task.rollout_pool=mixed, or "
                 "leave oracle out of arms"
             )
-        for arm in [a for a in self.arms if a in (self.algo, "oracle")]:
-            pool = self.data.policy_rows(verifier=arm == "oracle")
-            config = self.policy_config(arm, self.data.max_completion_length)
+        for arm in [a for a in self.arms if a in (self.algo, "oracle", "sdft")]:
+            if arm == "sdft":  # it rolls out on the demonstration prompts
+                pool, config, section = self.data.train, self.sdft_config(), "sdft"
+                where = "the demonstration prompts number"
+                fix = "give more demonstrations, or lower sdft.per_device_train_batch_size"
+            else:
+                pool = self.data.policy_rows(verifier=arm == "oracle")
+                config, section = self.policy_config(arm, self.data.max_completion_length), "algo"
+                which = "prompts with an answer in " if arm == "oracle" else ""
+                where = f"the {which}task.rollout_pool={self.data.rollout_pool} pool holds"
+                fix = (
+                    "give more prompts (task.rollout_path, rows of task.path without a completion, "
+                    "task.num_rollout_prompts), set task.rollout_pool=mixed, or lower algo.per_device_train_batch_size"
+                )
             needed = config.generation_batch_size // config.num_generations
             if len(pool) < needed:
-                which = "prompts with an answer in " if arm == "oracle" else ""
                 raise ValueError(
                     f"{arm}: one generation batch samples {needed} distinct prompts ({config.generation_batch_size} "
-                    f"completions: algo.per_device_train_batch_size={config.per_device_train_batch_size} x "
+                    f"completions: {section}.per_device_train_batch_size={config.per_device_train_batch_size} x "
                     f"{config.steps_per_generation} step(s) a generation x {self.state.num_processes} process(es), "
-                    f"in groups of algo.num_generations={config.num_generations}), and the {which}"
-                    f"task.rollout_pool={self.data.rollout_pool} pool holds {len(pool)}, so the arm would train 0 "
-                    "steps: give more prompts (task.rollout_path, rows of task.path without a completion, "
-                    "task.num_rollout_prompts), set task.rollout_pool=mixed, or lower "
-                    "algo.per_device_train_batch_size"
+                    f"in groups of {section}.num_generations={config.num_generations}), and {where} {len(pool)}, "
+                    f"so the arm would train 0 steps: {fix}"
                 )
 
     def stages(self) -> list[str]:
