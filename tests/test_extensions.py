@@ -118,10 +118,19 @@ def test_the_examples_run_end_to_end_through_the_cli_job(examples, tmp_path, mon
     assert metrics.path == tmp_path / "run" / "metrics.json" and json.loads(metrics.path.read_text()) == metrics
     assert set(metrics["arms"]) == {"bc", "bc@T*", "dr_grpo"}
     stage = json.loads((tmp_path / "run" / "dr_grpo" / "stage_config.json").read_text())
-    assert stage["reward.objective"] == "hinge" and stage["algo"]["name"] == "dr_grpo"
+    assert stage["reward"]["objective"] == "hinge" and stage["algo"]["name"] == "dr_grpo"
     assert stage["credit"]["name"] == "uniform"
     state = json.loads(max((tmp_path / "run" / "dr_grpo").glob("checkpoint-*/trainer_state.json")).read_text())
     assert any("irl/loss" in row for row in state["log_history"])  # the hinge loss trained the reward online
+    # the saved reward names the plugin it needs: a process that has not imported it is told to, before any model loads
+    saved = tmp_path / "run" / "dr_grpo" / "final_reward"
+    hinge = OBJECTIVES.pop("hinge")
+    with pytest.raises(
+        ValueError, match=r"objective 'hinge' is not registered in this process .*`import hinge_objective`"
+    ):
+        trl_irl.load_reward(saved)
+    OBJECTIVES["hinge"] = hinge
+    assert len(trl_irl.load_reward(saved).score(["a"], ["b"])) == 1
 
 
 def test_decoupled_gae_regresses_the_critic_on_monte_carlo_returns(examples, monkeypatch):

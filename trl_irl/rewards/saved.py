@@ -30,7 +30,7 @@ from pathlib import Path
 from ..checkpoints import atomic_write_text, read_json
 from ..models import load_causal_lm, load_reward_model
 from ..shared_base import REWARD, SharedBase, load_role
-from .objectives import make_objective
+from .objectives import OBJECTIVES, make_objective
 
 CARD = "trl_irl_reward.json"
 
@@ -47,6 +47,7 @@ def write_card(directory: str | Path, objective, policy: str | Path | None, lora
 
     card = {
         "objective": objective.name,
+        "objective_module": type(objective).__module__,  # a plugin's: loading needs it imported first
         "prefix_weight": objective.prefix_weight,
         "kind": objective.model_kind,
         "policy": relative(policy) if objective.needs_policy else None,
@@ -92,6 +93,17 @@ def load_reward(path: str | Path, device=None) -> SavedReward:
             "or <run>/reward_pretrain/final)"
         )
     card = read_json(path / CARD)
+    if card["objective"] not in OBJECTIVES:  # registered by a plugin module this process has not imported
+        module = card.get("objective_module")
+        raise ValueError(
+            f"{path / CARD}: the reward objective {card['objective']!r} is not registered in this process (it has "
+            f"{sorted(OBJECTIVES)}): "
+            + (
+                f"`import {module}`, the plugin that registers it, before load_reward"
+                if module
+                else "import the plugin module that registers it (the run's plugins=[...]) before load_reward"
+            )
+        )
     objective = make_objective(card["objective"], card["prefix_weight"])
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     policy_path = None if card["policy"] is None else str((path / card["policy"]).resolve())
