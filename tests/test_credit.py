@@ -186,17 +186,22 @@ def test_the_oracle_says_when_it_trains_with_another_credit(tmp_path):
     assert not any(n.startswith("oracle:") for n in plan.notes)
 
 
-def test_the_credits_trace_in_the_logs_is_a_hand_worked_share_and_gap():
-    """Row 0 spreads 1.0 over two tokens (last share 0.5), row 1 puts 2.0 on its last (share 1) but its sequence
-    reward says 1.5 (gap 0.5), row 2 is empty (ignored)."""
+def test_the_credit_check_logs_a_hand_worked_share_and_gap_and_refuses_a_changed_reward():
+    """Row 0 spreads 1.0 over two tokens (last share 0.5), row 1 puts its 2.0 on its last (share 1), row 2 is empty
+    (ignored)."""
     from collections import defaultdict
     from types import SimpleNamespace
 
     from trl_irl.trainers import OnlineRewardGRPOTrainer
 
-    trainer = SimpleNamespace(_metrics={"train": defaultdict(list)})
+    trainer = SimpleNamespace(_metrics={"train": defaultdict(list)}, args=SimpleNamespace(credit="mine"))
     rewards = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.0, 2.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
-    OnlineRewardGRPOTrainer._log_credit(trainer, rewards, torch.tensor([1.0, 1.5, 0.0]), mask)
+    OnlineRewardGRPOTrainer.check_credit(trainer, rewards, torch.tensor([1.0, 2.0, 0.0]), mask)
     logged = trainer._metrics["train"]
-    assert logged["credit/last_token_share"] == [pytest.approx(0.75)] and logged["credit/sum_gap"] == [0.5]
+    assert logged["credit/last_token_share"] == [pytest.approx(0.75)] and logged["credit/sum_gap"] == [0.0]
+    # a source that changes a sequence reward (row 1: 2.0 spread, 1.5 given) or returns another shape is refused
+    with pytest.raises(ValueError, match=r"credit=mine: the token rewards of completion 1 sum to 2, its sequence "):
+        OnlineRewardGRPOTrainer.check_credit(trainer, rewards, torch.tensor([1.0, 1.5, 0.0]), mask)
+    with pytest.raises(ValueError, match=r"credit=mine returned token rewards of shape \(3, 2\) for completions"):
+        OnlineRewardGRPOTrainer.check_credit(trainer, rewards[:, :2], torch.tensor([1.0, 2.0, 0.0]), mask)

@@ -588,7 +588,7 @@ class OnlineRewardGRPOTrainer(OnlineRewardMixin, GRPOTrainer):
         rewards, scorable = self.local_sequence_rewards(inputs)
         if self.args.token_level:
             mask = output["completion_mask"] * scorable[:, None]
-            rewards = self.token_rewards(output, rewards)
+            rewards = self.token_rewards(output, rewards, scorable)
         else:  # sequence level: one reward per completion
             rewards, mask = rewards[:, None], scorable[:, None].to(rewards.dtype)
         advantages = self.compute_advantages(rewards, mask, output, inputs)
@@ -605,8 +605,11 @@ class OnlineRewardGRPOTrainer(OnlineRewardMixin, GRPOTrainer):
         per_func = torch.stack([row.pop(ROW_REWARDS) for row in inputs])
         return sequence_rewards(per_func, self.reward_weights), ~torch.isnan(per_func).all(dim=1)
 
-    def token_rewards(self, output: dict, sequence_rewards: torch.Tensor) -> torch.Tensor:
-        """(B, T) token rewards from the configured credit source, plus the per-token KL penalty."""
+    def token_rewards(
+        self, output: dict, sequence_rewards: torch.Tensor, scorable: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T) token rewards from the configured credit source, checked (``check_credit``), plus the per-token KL
+        penalty. ``scorable`` (B,) bool: the rows with a sequence reward (None: all)."""
         args, updater = self.args, self.reward_updater
         scale, shift = 1.0, 0.0  # raw reward-model units -> the trainer's: weight * (s - mean) / std
         if updater is not None:
@@ -628,16 +631,23 @@ class OnlineRewardGRPOTrainer(OnlineRewardMixin, GRPOTrainer):
             ref_logps=ref_logps,
             args=args,
         )
-        self._log_credit(rewards, sequence_rewards, output["completion_mask"])
+        mask = output["completion_mask"] if scorable is None else output["completion_mask"] * scorable[:, None]
+        self.check_credit(rewards, sequence_rewards, mask)
         if args.token_kl_coef:
             rewards = rewards + C.kl_penalty(policy_logps, ref_logps, output["completion_mask"], args.token_kl_coef)
         return rewards
 
-    def _log_credit(self, rewards: torch.Tensor, sequence_rewards: torch.Tensor, mask: torch.Tensor):
-        """What the credit did, in the logs: ``credit/last_token_share``, the mean share of a completion's
-        sum_t |r_t| on its last token (1 for sequence credit; lower, the more it spread), and
-        ``credit/sum_gap``, the largest |sum_t r_t - R| (0 where the credit keeps each sequence reward R; before the
-        per-token KL penalty)."""
+    def check_credit(self, rewards: torch.Tensor, sequence_rewards: torch.Tensor, mask: torch.Tensor):
+        """The credit source's token rewards are (B, T) and keep each completion's sequence reward R (a plugin's too:
+        a source that changes R is refused at its first batch), and what it did goes in the logs:
+        ``credit/last_token_share``, the mean share of a completion's sum_t |r_t| on its last token (1 for sequence
+        credit; lower, the more it spread), and ``credit/sum_gap``, the largest |sum_t r_t - R| (float error for the
+        built-in sources, about 1e-7; before the per-token KL penalty)."""
+        if rewards.shape != mask.shape:
+            raise ValueError(
+                f"credit={self.args.credit} returned token rewards of shape {tuple(rewards.shape)} for completions "
+                f"of shape {tuple(mask.shape)}: a credit source returns one reward per completion token"
+            )
         lengths = mask.sum(dim=1)
         rows = lengths > 0
         if not rows.any():
@@ -649,6 +659,15 @@ class OnlineRewardGRPOTrainer(OnlineRewardMixin, GRPOTrainer):
         if shares.numel():
             self._metrics["train"]["credit/last_token_share"].append(shares.mean().item())
         self._metrics["train"]["credit/sum_gap"].append(gaps.max().item())
+        tolerance = 1e-3 * (1.0 + sequence_rewards[rows].abs().max().item())
+        if gaps.max().item() > tolerance:
+            row = int(rows.nonzero()[gaps.argmax()])
+            raise ValueError(
+                f"credit={self.args.credit}: the token rewards of completion {row} sum to "
+                f"{(rewards[row] * mask[row]).sum().item():.6g}, its sequence reward is "
+                f"{sequence_rewards[row].item():.6g}: a credit source spreads the sequence reward over the tokens, "
+                "it must not change it (trl_irl.register_credit)"
+            )
 
     @torch.no_grad()
     def policy_logps(self, output: dict) -> torch.Tensor:
