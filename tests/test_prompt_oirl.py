@@ -282,6 +282,10 @@ def test_the_prompt_oirl_recipe_runs_on_a_slice_of_the_released_logs(tmp_path):
     assert path == out / "metrics.json" and (out / "success_vs_k.png").exists()
     result = json.loads(path.read_text())
     m = result["metrics"]
+    # the config it records is the one it read (no task, model or algo of the main job), as plain JSON (no NaN)
+    assert set(result["config"]) <= {"job", "seed", "threads", "data", "features", "rm", "selection", "output_dir"}
+    assert "NaN" not in path.read_text()
+    assert m["rm_precision"] is None or isinstance(m["rm_precision"], float)
     logs = load_logs(data, "gsm8k", "llama2")
     y = logs.labels[logs.rows("test")]
     # baselines recomputed here from the labels alone
@@ -315,3 +319,14 @@ def test_bad_prompt_oirl_config_fails_before_any_work(tmp_path):
     cmd = [sys.executable, "-m", "trl_irl.cli", "recipe=prompt_oirl", "rm.name=xgb", f"hydra.run.dir={tmp_path}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "rm.name='xgb' is not among rm.candidates" in proc.stderr
+
+
+def test_undefined_figures_are_null_and_an_unbounded_margin_is_inf_in_the_json():
+    from trl_irl.prompt_oirl.experiment import _rounded
+
+    assert _rounded({"precision": float("nan"), "margin": float("inf"), "x": 0.123456, "k": (1, 2.0)}) == {
+        "precision": None,
+        "margin": "inf",
+        "x": 0.1235,
+        "k": [1, 2.0],
+    }

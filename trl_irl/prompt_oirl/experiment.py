@@ -132,6 +132,10 @@ def check(cfg: dict) -> PromptLogs:
     return logs
 
 
+# the config keys this job reads (recipe=prompt_oirl's, and the run's own)
+JOB_KEYS = ("job", "seed", "threads", "data", "features", "rm", "selection", "output_dir")
+
+
 def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
     """The whole job on the checked ``logs`` (``check``; read here when not given); returns the path of
     metrics.json."""
@@ -264,7 +268,7 @@ def run(cfg: dict, out: Path, logs: PromptLogs | None = None) -> Path:
         },
         "reference": _reference(Path(d["dir"]), d["llm"], d["dataset"]),
         "timings_s": _rounded(timings),
-        "config": cfg,
+        "config": {k: v for k, v in cfg.items() if k in JOB_KEYS},  # not the main job's sections it never read
     }
     return finish(result, out / "metrics.json", lambda r, path: report(r, path.with_name("success_vs_k.png")))
 
@@ -466,5 +470,7 @@ def _rounded(x):
     if isinstance(x, tuple):
         return [_rounded(v) for v in x]
     if isinstance(x, float):
-        return round(x, 4) if np.isfinite(x) else str(x)  # strict JSON has no inf
+        if np.isnan(x):
+            return None  # undefined (a precision with no positive prediction)
+        return round(x, 4) if np.isfinite(x) else str(x)  # strict JSON has no inf: "inf" (switch_margin)
     return x

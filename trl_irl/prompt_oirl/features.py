@@ -96,6 +96,10 @@ class EmbeddingCache:
         keys = [text_key(t) for t in texts]
         new = list(dict.fromkeys(k for k in keys if k not in self.index))
         if new:
+            print(
+                f"features: embedding {len(new)} new texts with {self.model_path.name} (once: cached in {self.path})",
+                flush=True,
+            )
             first = {k: t for k, t in zip(keys, texts)}
             fresh = (
                 self._encoder()
