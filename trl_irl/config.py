@@ -239,4 +239,4 @@ def check_written_keys(written: dict[str, str], schema: dict, choices: tuple[str
                 if section in OPEN_SECTIONS and section != "task"
                 else ""
             )
-            raise ValueError(f"{error}.{field}") from None
+            raise ValueError(f"{error}.{field}" if field else str(error)) from None
