@@ -424,3 +424,20 @@ def test_sdft_with_fewer_demonstration_prompts_than_one_generation_batch_is_refu
                 f"output_dir={tmp_path / 'run'}",
             )
         )
+
+
+def test_a_run_with_few_held_out_prompts_says_its_intervals_are_wide(tmp_path):
+    from test_dataset_pipeline import composed
+
+    from trl_irl.plan import RunPlan
+
+    path = write_jsonl(tmp_path / "m.jsonl", demo_rows(30))
+    plan = RunPlan(composed("task=dataset", f"task.path={path}", f"output_dir={tmp_path / 'a'}"))
+    n = len(plan.data.heldout)
+    assert 0 < n < 30 and any(
+        note.startswith(f"task: {n} held-out prompts: every success rate and interval is over these alone")
+        and "task.heldout_fraction, task.num_heldout" in note
+        for note in plan.notes
+    )
+    plan = RunPlan(composed("recipe=toy", f"output_dir={tmp_path / 'b'}"))  # 32 held-out prompts: nothing said
+    assert len(plan.data.heldout) == 32 and not any("held-out prompts" in note for note in plan.notes)

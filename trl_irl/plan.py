@@ -97,6 +97,9 @@ ROLE_PRETRAIN_KEYS = (
 )
 
 
+FEW_HELDOUT = 30  # fewer held-out prompts than this: the run says its intervals are wide
+
+
 class RunPlan:
     """One run of the main job, checked and resolved: ``cfg``, the algorithm's ``spec``, the ``arms`` and ``stages()``,
     the ``task`` with its ``tokenizer`` and rows (``data``), the run folder ``out``, and a builder per trainer config.
@@ -265,6 +268,16 @@ class RunPlan:
                 truncated=self.data.report.get("truncated_completions", 0),
             )
         self.check_rollout_pools()
+        if 0 < len(self.data.heldout) < FEW_HELDOUT:
+            keys = (
+                "task.heldout_fraction, task.num_heldout"
+                if self.cfg["task"]["name"] == "dataset"
+                else "task.num_heldout"
+            )
+            self.notes.append(
+                f"task: {len(self.data.heldout)} held-out prompts: every success rate and interval is over these "
+                f"alone, so the intervals are wide (more: {keys}, or more rows)"
+            )
         if "oracle" in self.arms:  # AlgorithmSpec.oracle_values may change the credit: say so, not only in the docs
             given = self.cfg["credit"]["name"]
             used = getattr(self.policy_config("oracle", self.data.max_completion_length), "credit", given)
