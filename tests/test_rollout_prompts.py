@@ -94,6 +94,10 @@ def test_the_report_counts_the_pool_each_rl_arm_rolls_out_on(files):
         data = data_of(DatasetTask(main, rollout_path=rollout, verifier="exact", rollout_pool=pool))
         assert data.report["online_irl_pool"] == len(data.policy_rows()), pool
         assert data.report["oracle_pool"] == len(data.policy_rows(verifier=True)), pool
+        # counted by hand: 12 rollout prompts, 11 of them answered (test above), beside the training prompts
+        n = len(data.train)
+        expected = {"mixed": (n + 12, n + 11), "rollout": (12, 11), "demonstrations": (n, n)}[pool]
+        assert (data.report["online_irl_pool"], data.report["oracle_pool"]) == expected, pool
 
 
 def test_a_rollout_file_may_answer_some_of_its_prompts(tmp_path):

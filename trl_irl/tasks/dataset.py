@@ -616,7 +616,7 @@ class DatasetTask(Task):
             "max_completion_length": limit,
         }
         longest = max(r.pop("_prompt_tokens") for r in train + validation + heldout + rollout)
-        return TaskData(
+        data = TaskData(
             train=train,
             validation=validation,
             heldout=heldout,
@@ -626,6 +626,9 @@ class DatasetTask(Task):
             rollout=rollout,
             rollout_pool=self.rollout_pool,
         )
+        if "rollout_pool" in report:  # what the online-IRL arm and the oracle roll out on
+            report |= {"online_irl_pool": len(data.policy_rows()), "oracle_pool": len(data.policy_rows(verifier=True))}
+        return data
 
     def rollout_pool_rows(
         self, rollout: list[dict], train: list[dict], validation: list[dict], heldout: list[dict], report: dict
@@ -648,21 +651,11 @@ class DatasetTask(Task):
                 "the rollout prompts"
             )
         if self.rollout_rows or self.rollout_pool != "mixed":
-            answered = sum(r["answer"] is not None for r in kept)
-            # what the online-IRL arm and the oracle roll out on (TaskData.policy_rows): the pool's prompts, every
-            # one equally likely, so each source weighs in proportion to its size
-            pools = {
-                "mixed": (len(train) + len(kept), len(train) + answered),
-                "rollout": (len(kept), answered),
-                "demonstrations": (len(train), len(train)),
-            }[self.rollout_pool]
             report |= {
                 "rollout_pool": self.rollout_pool,
                 "rollout_prompts": len(kept),
-                "rollout_prompts_with_answer": answered,
+                "rollout_prompts_with_answer": sum(r["answer"] is not None for r in kept),
                 "heldout_prompts_in_rollout": clashes,
                 "demonstration_prompts": len(train),
-                "online_irl_pool": pools[0],
-                "oracle_pool": pools[1],
             }
         return kept
