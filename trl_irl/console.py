@@ -127,6 +127,15 @@ def quiet_console():
     for handler in logging.getLogger().handlers:  # first: importing the libraries below may already warn
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.addFilter(Notices())
+    route_library_notices()
+    if not _cuda():  # DeepSpeed announces its CPU fallback on import; say which accelerator, and it need not guess
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def route_library_notices():
+    """Warnings and the libraries' log records through the root logger (to its handlers: the job's log file), and
+    their progress bars off."""
+    import datasets
     import transformers
 
     logging.captureWarnings(True)  # warnings.warn -> logger py.warnings
@@ -134,14 +143,7 @@ def quiet_console():
     transformers.utils.logging.enable_propagation()
     transformers.utils.logging.set_verbosity_warning()  # its warnings reach the file; the console filter keeps them off
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars
-    try:
-        import datasets
-
-        datasets.disable_progress_bars()  # the map / filter bars of every dataset TRL prepares
-    except ImportError:  # pragma: no cover - datasets is a dependency of TRL
-        pass
-    if not _cuda():  # DeepSpeed announces its CPU fallback on import; say which accelerator, and it need not guess
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    datasets.disable_progress_bars()  # the map / filter bars of every dataset TRL prepares
 
 
 @contextlib.contextmanager
@@ -179,7 +181,9 @@ def notices_kept_for_the_run():
         "ds_bars": datasets.utils.logging.is_progress_bar_enabled(),
     }
     root = logging.getLogger()
-    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    consoles = [
+        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
     added_console = None
     if not consoles:  # as the CLI's console handler: the run's own warnings still show
         added_console = logging.StreamHandler()
@@ -202,12 +206,7 @@ def notices_kept_for_the_run():
         root.addHandler(file)
         files.append(file)
 
-    logging.captureWarnings(True)
-    tf_logging.disable_default_handler()
-    tf_logging.enable_propagation()
-    tf_logging.set_verbosity_warning()
-    tf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
+    route_library_notices()
     try:
         yield keep_in
     finally:
