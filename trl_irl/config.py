@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from .jobs import job
-from .validation import JOB_OPEN_SECTIONS, OPEN_SECTIONS, check_unknown_keys, given_where, refusing
+from .validation import JOB_OPEN_SECTIONS, OPEN_SECTIONS, check_unknown_keys, given_where, nest, refusing
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: a non-editable install finds it
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -223,16 +223,10 @@ def check_written_keys(written: dict[str, str], schema: dict, choices: tuple[str
                 source,
                 next((c.split("=", 1)[1] for c in choices if c.startswith("recipe=")), None),
             )
-        nested: dict = {}
-        *parents, last = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = None
         try:
-            check_unknown_keys(nested, schema, source, open_sections=())
+            check_unknown_keys(nest({key: None}), schema, source, open_sections=())
         except ValueError as error:
-            section = key.rpartition(".")[0]
+            section, _, last = key.rpartition(".")
             field = (  # a task's options are all in its file: a misspelling, never a field to add with +
                 f" If {last} is a field of the {section} section's config class that its file does not list, set it "
                 f"with a +: +{arg}"

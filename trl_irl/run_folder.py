@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoints import atomic_write_text, read_json
-from .validation import folder_option, lookup, resume_command
+from .validation import folder_option, lookup, nest, resume_command
 
 LOCK = ".trl_irl.lock"
 STAGE_CONFIG = "stage_config.json"
@@ -79,14 +79,8 @@ def stage_config(cfg: dict, stage: str, algo: str) -> dict:
     if isinstance(out.get("task"), dict):  # the verifier and the rollout prompts shape the RL arms alone (their own
         skip = {*VERIFIER_KEYS, *(key.removeprefix("task.") for key in ROLLOUT)}  # sections)
         out["task"] = {k: v for k, v in out["task"].items() if k not in skip}
-    nested: dict = {}  # one key once: "reward.objective" inside "reward" where the stage takes the whole section
-    for key, value in flatten(json.loads(json.dumps(out))).items():
-        *parents, last = key.split(".")
-        node = nested
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return nested
+    # one key once: "reward.objective" inside "reward" where the stage takes the whole section
+    return nest(flatten(json.loads(json.dumps(out))))
 
 
 def flatten(value, prefix: str = "") -> dict:

@@ -219,6 +219,18 @@ def lookup(cfg: dict, path: str, default=None):
     return value
 
 
+def nest(flat: dict) -> dict:
+    """``{"a.b": 1, "a.c": 2}`` -> ``{"a": {"b": 1, "c": 2}}``: dotted keys as the nested dict they name."""
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
