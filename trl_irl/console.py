@@ -124,12 +124,20 @@ class Notices(logging.Filter):
 def quiet_console():
     """Route warnings and the libraries' loggers through the root logger (the job's log file keeps them) and keep
     their notices off the console. Call once logging is configured (Hydra's job start)."""
-    for handler in logging.getLogger().handlers:  # first: importing the libraries below may already warn
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.addFilter(Notices())
+    for handler in console_handlers():  # first: importing the libraries below may already warn
+        handler.addFilter(Notices())
     route_library_notices()
     if not _cuda():  # DeepSpeed announces its CPU fallback on import; say which accelerator, and it need not guess
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def console_handlers() -> list[logging.Handler]:
+    """The root logger's handlers that write to a terminal stream (a FileHandler is a StreamHandler too)."""
+    return [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
 
 
 def route_library_notices():
@@ -181,9 +189,7 @@ def notices_kept_for_the_run():
         "ds_bars": datasets.utils.logging.is_progress_bar_enabled(),
     }
     root = logging.getLogger()
-    consoles = [
-        h for h in root.handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-    ]
+    consoles = console_handlers()
     added_console = None
     if not consoles:  # as the CLI's console handler: the run's own warnings still show
         added_console = logging.StreamHandler()
